@@ -1,0 +1,1 @@
+"""HTTP side of eventrunner: API, webhooks, metrics, dashboard."""
