@@ -1,0 +1,265 @@
+"""The `eventrunner` command line. Imports stay lazy: a no-change `run` is a whole process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import (
+    ConfigError,
+    EventRunnerError,
+    LockHeld,
+    ServerUnavailable,
+    UnknownName,
+    UsageError,
+    WorkspaceNotFound,
+)
+
+# Exit codes by error class, most specific first (walked along the class hierarchy).
+EXIT_CODES: dict[type[BaseException], int] = {
+    ConfigError: 2,
+    UsageError: 2,
+    WorkspaceNotFound: 2,
+    UnknownName: 2,
+    LockHeld: 3,
+    ServerUnavailable: 3,
+    EventRunnerError: 1,
+}
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """Map an error to an exit code by walking its class hierarchy."""
+    for cls in type(exc).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]
+    return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All commands and flags."""
+    p = argparse.ArgumentParser(prog="eventrunner", description="Keep derived files fresh, per entity.")
+    p.add_argument("-w", "--workspace", type=Path, help="workspace folder (default: nearest with eventrunner.toml or pipelines/)")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def cmd(name: str, help_: str, reads: bool = False) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        if reads:
+            sp.add_argument("--json", action="store_true", help="machine-readable output")
+        return sp
+
+    sp = cmd("init", "scaffold a working workspace (pipeline, handler, sample data)")
+    sp.add_argument("dir", nargs="?", type=Path, default=Path("."))
+    cmd("validate", "check pipeline files and handlers; exit 2 when invalid", reads=True)
+    sp = cmd("run", "bring everything (or the selection) up to date once", reads=True)
+    sp.add_argument("--pipeline")
+    sp.add_argument("--stage")
+    sp.add_argument("--entity")
+    sp.add_argument("--dry-run", action="store_true", help="show what would run")
+    sp.add_argument("-j", "--jobs", type=int, default=None, help="handlers running at once")
+    sp = cmd("status", "per-stage counts by state", reads=True)
+    sp.add_argument("--pipeline")
+    sp = cmd("entities", "list states with their reasons", reads=True)
+    sp.add_argument("--pipeline")
+    sp.add_argument("--stage")
+    sp.add_argument("--state")
+    sp.add_argument("--limit", type=int)
+    sp = cmd("explain", "why each stage of an entity is or is not stale", reads=True)
+    sp.add_argument("entity")
+    sp.add_argument("--stage")
+    sp.add_argument("--pipeline")
+    sp = cmd("invalidate", "force re-runs", reads=True)
+    sp.add_argument("stage")
+    sp.add_argument("entities", nargs="*")
+    sp.add_argument("--downstream", action="store_true")
+    sp = cmd("retry", "clear backoff and dead states", reads=True)
+    sp.add_argument("stage", nargs="?")
+    sp.add_argument("entities", nargs="*")
+    for name in ("hold", "release"):
+        sp = cmd(name, f"{name} states (manual hold)", reads=True)
+        sp.add_argument("stage")
+        sp.add_argument("entities", nargs="*")
+    sp = cmd("prune", "delete orphaned outputs and their manifests", reads=True)
+    sp.add_argument("--dry-run", action="store_true")
+    sp = cmd("graph", "the dependency graph across pipelines")
+    sp.add_argument("--format", choices=("text", "mermaid", "dot"), default="text")
+    sp = cmd("serve", "run the event-driven service (watch, webhooks, API)")
+    sp.add_argument("--host")
+    sp.add_argument("--port", type=int)
+    sp.add_argument("--no-watch", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        handler: Callable[[argparse.Namespace], int] = COMMANDS[args.command]
+        return handler(args)
+    except ConfigError as exc:
+        if getattr(args, "json", False):
+            print(json.dumps({"valid": False, "problems": [p.__dict__ for p in exc.problems]}, indent=2))
+        else:
+            print(f"eventrunner: {len(exc.problems)} problem(s) in the workspace:", file=sys.stderr)
+            for problem in exc.problems:
+                print(f"  {problem}", file=sys.stderr)
+        return 2
+    except EventRunnerError as exc:
+        print(f"eventrunner: {exc}", file=sys.stderr)
+        return exit_code_for(exc)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _setup_logging(verbose: int) -> None:
+    import logging
+
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _workspace_path(args: argparse.Namespace) -> Path:
+    from .config import find_workspace
+
+    return args.workspace.resolve() if args.workspace else find_workspace()
+
+
+def _open(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Any:
+    """(workspace, store, index) for a command."""
+    from .index import Index
+    from .store import Store
+    from .workspace import load_workspace
+
+    ws = load_workspace(_workspace_path(args), overrides)
+    store = Store(ws.settings.state_dir)
+    return ws, store, Index.load(ws, store)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .workspace import load_workspace
+
+    ws = load_workspace(_workspace_path(args))
+    if args.json:
+        _print_json({"valid": True, "stages": sorted(ws.graph.stages), "sources": sorted(ws.graph.sources)})
+    else:
+        print(f"valid: {len(ws.graph.pipelines)} pipeline(s), {len(ws.graph.stages)} stage(s), {len(ws.graph.sources)} source pattern(s)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .engine import Engine
+    from .ops import resolve_stages
+
+    t0 = time.perf_counter()
+    ws, store, index = _open(args)
+    if not args.dry_run:
+        _refuse_if_serving(ws)
+        store.acquire_lock("run")
+    try:
+        selected = set(resolve_stages(index, args.stage, args.pipeline))
+        entity = args.entity
+        jobs = args.jobs or ws.settings.runtime.concurrency
+        progress = None if args.json or args.dry_run or not sys.stdout.isatty() else _Progress()
+        engine = Engine(index, store, jobs=jobs, allow=lambda q, e: q in selected and entity in (None, e),
+                        listener=progress.on_event if progress else None)
+        initial = [(q, e, v) for q, e, v in engine.all_targets() if q in selected and entity in (None, e)]
+        engine.consider(initial, fresh_pass=True)
+        blocked = {(q, e) for q, e, v in initial if engine.evaluator.verdict(q, e, v).state not in ("fresh", "stale")}
+        if args.dry_run:
+            return _report_dry_run(args, engine, blocked)
+        if progress:
+            progress.start(engine.queue_depth)
+        try:
+            outcome = asyncio.run(_drain(engine))
+        finally:
+            if progress:
+                progress.stop()
+        if outcome.executed or index.changed:
+            index.save()
+    finally:
+        store.release_lock()
+    skipped = len(blocked - outcome.ran)
+    report = {"executed": outcome.executed, "succeeded": outcome.succeeded, "failed": outcome.failed,
+              "skipped": skipped, "duration_s": round(time.perf_counter() - t0, 3), "failures": outcome.failures}
+    if args.json:
+        _print_json(report)
+    else:
+        print(f"executed {outcome.executed}: {outcome.succeeded} succeeded, {outcome.failed} failed; "
+              f"{skipped} skipped (held, failed, dead or waiting) in {report['duration_s']}s")
+        for f in outcome.failures[:20]:
+            print(f"  FAILED {f['stage']} {f['entity']}: {f['error']}")
+    return 1 if outcome.failed else 0
+
+
+async def _drain(engine: Any) -> Any:
+    try:
+        return await engine.drain()
+    finally:
+        await engine.close()
+
+
+def _report_dry_run(args: argparse.Namespace, engine: Any, blocked: set[tuple[str, str]]) -> int:
+    would = sorted(engine._queued)
+    if args.json:
+        _print_json({"would_run": [{"stage": q, "entity": e} for q, e in would], "executed": 0,
+                     "succeeded": 0, "failed": 0, "skipped": len(blocked), "duration_s": 0.0})
+    else:
+        print(f"would run {len(would)} state(s) now (downstream states run after them as needed):")
+        for q, e in would[:200]:
+            print(f"  {q} {e}")
+    return 0
+
+
+def _refuse_if_serving(ws: Any) -> None:
+    from .client import server_address
+
+    addr = server_address(ws.settings.state_dir)
+    if addr is not None:
+        raise UsageError(f"a server is running at {addr}; it keeps the workspace up to date (use its API or stop it)")
+
+
+class _Progress:
+    """A rich progress bar fed by engine events."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("[bold]running"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"), transient=True)
+        self.task = self.progress.add_task("", total=0)
+
+    def start(self, total: int) -> None:
+        self.progress.update(self.task, total=total)
+        self.progress.start()
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        if event["kind"] == "queued":
+            self.progress.update(self.task, total=(self.progress.tasks[0].total or 0) + 1)
+        elif event["kind"] in ("succeeded", "failed"):
+            self.progress.update(self.task, advance=1, description=f"{event['stage']} {event['entity']}")
+
+
+from .cli_commands import COMMANDS_REST  # noqa: E402  (split to keep modules small)
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "validate": cmd_validate,
+    "run": cmd_run,
+    **COMMANDS_REST,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Talk to a running `eventrunner serve` of the same workspace (CLI commands that change state)."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .config import Settings
+from .errors import EventRunnerError, ServerUnavailable, UnknownName, UsageError
+
+SERVER_FILE = "server.json"
+
+
+def server_address(state_dir: Path) -> str | None:
+    """Base URL of the server that owns this workspace, or None when none is running."""
+    try:
+        info = json.loads((state_dir / SERVER_FILE).read_bytes())
+        pid = int(info["pid"])
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, KeyError, TypeError, ProcessLookupError, PermissionError):
+        return None
+    return str(info["url"])
+
+
+def call_server(settings: Settings, url: str, action: str, body: dict[str, Any]) -> Any:
+    """POST a management action to the server; errors come back as EventRunnerError."""
+    pipeline = body.pop("pipeline", None) or "_"
+    req = urllib.request.Request(
+        f"{url}/api/pipelines/{pipeline}/{action}",
+        data=json.dumps({k: v for k, v in body.items() if v is not None}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    if settings.server.token_env:
+        token = os.environ.get(settings.server.token_env)
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            err = json.loads(exc.read())["error"]
+            message = err["message"]
+        except Exception:
+            message = f"HTTP {exc.code}"
+        if exc.code == 404:
+            raise UnknownName(message) from None
+        if exc.code in (400, 422):
+            raise UsageError(message) from None
+        raise EventRunnerError(f"server refused {action}: {message}") from None
+    except OSError as exc:
+        raise ServerUnavailable(f"server at {url} did not answer: {exc}") from None

@@ -1,0 +1,134 @@
+"""Group commit: many finished runs share one durability barrier (syncfs) instead of an fsync each.
+
+Order within a batch keeps the crash guarantee: output contents are made durable, then renamed
+into place; manifests are written, made durable together with those renames, then renamed. A
+crash between any two steps leaves a state whose manifest disagrees with its output, which the
+next check reports stale; never a manifest that vouches for content that is not on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from .store import Failure, Manifest, Store, dumps, replace_path, syncfs, temp_path
+
+log = logging.getLogger("eventrunner.commit")
+
+
+@dataclass
+class Commit:
+    """One unit to make durable: a success (temps + manifest) or a failure record."""
+
+    manifest: Manifest | None = None
+    temps: list[tuple[Path, Path]] = field(default_factory=list)
+    failure: Failure | None = None
+    clear_failure: bool = False
+
+
+class Committer:
+    """Batches commits; `submit` returns once its commit is durable and in place."""
+
+    def __init__(self, store: Store, data_root: Path) -> None:
+        self.store = store
+        self.data_root = data_root
+        self._queue: asyncio.Queue[tuple[Commit, asyncio.Future[None]]] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.commits = 0
+        self.sync_seconds = 0.0
+        self._roots: list[Path] = []
+
+    async def __aenter__(self) -> Committer:
+        self.store.ensure()
+        self._roots = [self.data_root]
+        if os.stat(self.store.root).st_dev != os.stat(self.data_root).st_dev:
+            self._roots.append(self.store.root)
+        self._queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._loop())
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Finish queued commits, make the last renames durable, stop. Safe to call twice."""
+        if self._task is None or self._queue is None:
+            return
+        await self._queue.join()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+        await asyncio.to_thread(self._barrier)
+
+    async def submit(self, commit: Commit) -> None:
+        """Queue a commit and wait until it is durable."""
+        if self._queue is None:
+            raise RuntimeError("committer is not running")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._queue.put((commit, fut))
+        await fut
+
+    async def _loop(self) -> None:
+        assert self._queue is not None
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await asyncio.to_thread(self._write_batch, [c for c, _ in batch])
+            except Exception as exc:
+                log.exception("commit of %d states failed", len(batch))
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+            else:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_result(None)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    def _barrier(self) -> None:
+        import time
+
+        t0 = time.perf_counter()
+        for root in self._roots:
+            syncfs(root)
+        self.sync_seconds += time.perf_counter() - t0
+
+    def _write_batch(self, batch: list[Commit]) -> None:
+        self._barrier()  # 1. every output temp's content is durable
+        for c in batch:
+            for tmp, final in c.temps:
+                replace_path(tmp, final)  # 2. outputs in place
+        manifests: list[tuple[Path, Path]] = []
+        for c in batch:
+            record, path = None, None
+            if c.manifest is not None:
+                record = dumps(c.manifest.to_json())
+                path = self.store.manifest_path(c.manifest.stage, c.manifest.entity)
+            elif c.failure is not None:
+                record = dumps(c.failure.to_json())
+                path = self.store.failure_path(c.failure.stage, c.failure.entity)
+            if record is None or path is None:
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = temp_path(path)
+            tmp.write_bytes(record)  # 3. manifests written beside their place
+            manifests.append((tmp, path))
+        self._barrier()  # 4. manifests' content and the output renames are durable
+        for tmp, path in manifests:
+            os.replace(tmp, path)  # 5. manifests in place: the state is now fresh
+        for c in batch:
+            if c.clear_failure and c.manifest is not None:
+                self.store.delete_failure(c.manifest.stage, c.manifest.entity)
+        self.batches += 1
+        self.commits += len(batch)

@@ -1,0 +1,304 @@
+"""Plan and execute: a priority queue of stale states, bounded workers, group-committed writes.
+
+Shared by `eventrunner run` (drain once) and `serve` (long-running): every committed output is an
+event whose downstream (stage, entity) pairs are found through the graph and the index and
+checked alone, so work per event is proportional to what it affects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import loader
+from .commit import Commit, Committer
+from .errors import HandlerTimeout, PermanentError, RetryLater
+from .evaluate import Evaluator
+from .executor import Written, build_kwargs, make_context, prepare_and_call, store_result, wants_ctx
+from .index import Index
+from .patterns import entity_id
+from .staleness import after_failure
+from .store import Manifest, Store
+
+log = logging.getLogger("eventrunner.engine")
+
+Target = tuple[str, str, dict[str, str]]  # (stage qualname, entity id, values)
+Listener = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Outcome:
+    """Counts of one drain, for `run --json`."""
+
+    executed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    failures: list[dict[str, str]] = field(default_factory=list)
+    ran: set[tuple[str, str]] = field(default_factory=set)
+
+
+class Engine:
+    """Runs stale states, upstream first and by priority, and follows their effects downstream."""
+
+    def __init__(
+        self,
+        index: Index,
+        store: Store,
+        *,
+        jobs: int = 4,
+        allow: Callable[[str, str], bool] | None = None,
+        listener: Listener | None = None,
+        retry_in_run: bool = False,
+    ) -> None:
+        self.index = index
+        self.ws = index.ws
+        self.store = store
+        self.jobs = max(1, jobs)
+        self.allow = allow or (lambda q, e: True)
+        self.listeners: list[Listener] = [listener] if listener else []
+        self.evaluator = Evaluator(index)
+        self.outcome = Outcome()
+        self.retry_in_run = retry_in_run  # serve: failures come back through the sweep instead
+        self._heap: list[tuple[int, int, int, str, str]] = []
+        self._queued: dict[tuple[str, str], dict[str, str]] = {}
+        self._deferred: dict[str, list[tuple[int, int, int, str, str]]] = {}
+        self._running_per_stage: dict[str, int] = {}
+        self._rerun: set[tuple[str, str]] = set()
+        self._failed_now: set[tuple[str, str]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="eventrunner-handler")
+        self.committer = Committer(store, index.root)
+        self._funcs: dict[str, Callable[..., Any]] = {}
+
+    # -- events ----------------------------------------------------------------------------
+    def emit(self, kind: str, **data: Any) -> None:
+        """Tell listeners (progress bar, SSE, metrics) what happened."""
+        event = {"kind": kind, "time": time.time(), **data}
+        for fn in self.listeners:
+            try:
+                fn(event)
+            except Exception:
+                log.exception("event listener failed on %s", kind)
+
+    # -- planning ----------------------------------------------------------------------------
+    def consider(self, targets: Iterable[Target], *, fresh_pass: bool = False) -> int:
+        """Check each target and queue the stale ones; returns how many were queued."""
+        if not fresh_pass:
+            self.evaluator.reset()
+        n = 0
+        for q, eid, values in targets:
+            if not self.allow(q, eid):
+                continue
+            if (q, eid) in self.index.running:
+                self._rerun.add((q, eid))
+                continue
+            if (q, eid) in self._queued or (q, eid) in self._failed_now:
+                continue
+            verdict = self.evaluator.verdict(q, eid, values)
+            if verdict.state == "stale":
+                self._push(q, eid, values)
+                n += 1
+        return n
+
+    def all_targets(self) -> list[Target]:
+        """Every (stage, entity) of the workspace, upstream first: the O(workspace) path of `run`."""
+        out: list[Target] = []
+        for q in self.ws.graph.order:
+            out.extend((q, eid, values) for eid, values in self.index.stage_entities(q))
+        return out
+
+    def downstream_of(self, pattern_key: str, values: dict[str, str]) -> list[Target]:
+        """(stage, entity) pairs that read one instance of a pattern: the O(affected) path."""
+        out: list[Target] = []
+        g = self.ws.graph
+        for q, iname in g.consumers.get(pattern_key, []):
+            stage = g.stages[q]
+            inp = stage.input(iname)
+            ev = stage.entity_vars
+            if set(ev) <= set(inp.pattern.variables):
+                ent = {v: values[v] for v in ev}
+                out.append((q, entity_id(ev, ent), ent))
+                continue
+            # The input fixes only some entity variables (e.g. a shared config file): every
+            # entity agreeing on those is affected, found through a driver's projection.
+            key = tuple(values[v] for v in inp.shared)
+            seen: set[str] = set()
+            for d in stage.drivers:
+                inst = self.index.instances[stage.input(d).pattern.key]
+                for member in inst.select(inp.shared, key):
+                    mv = inst.items[member][0]
+                    ent = {v: mv[v] for v in ev}
+                    eid = entity_id(ev, ent)
+                    if eid not in seen:
+                        seen.add(eid)
+                        out.append((q, eid, ent))
+        return out
+
+    def _push(self, q: str, eid: str, values: dict[str, str]) -> None:
+        stage = self.ws.graph.stages[q]
+        heapq.heappush(self._heap, (-stage.priority, stage.depth, next(self._seq), q, eid))
+        self._queued[(q, eid)] = values
+        self.emit("queued", stage=q, entity=eid)
+        self._wake.set()
+
+    @property
+    def queue_depth(self) -> int:
+        """States waiting for a worker."""
+        return len(self._queued)
+
+    # -- execution -----------------------------------------------------------------------------
+    async def drain(self) -> Outcome:
+        """Run until nothing is queued or running (the `run` command)."""
+        async with self.committer:
+            while self._heap or self._tasks or any(self._deferred.values()):
+                self._dispatch()
+                if self._tasks:
+                    await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+                elif not self._heap:
+                    break
+        return self.outcome
+
+    def _dispatch(self) -> None:
+        """Start the best ready jobs while global and per-stage slots are free."""
+        while self._heap and len(self._tasks) < self.jobs:
+            item = heapq.heappop(self._heap)
+            q, eid = item[3], item[4]
+            limit = self.ws.graph.stages[q].concurrency
+            if limit is not None and self._running_per_stage.get(q, 0) >= limit:
+                self._deferred.setdefault(q, []).append(item)
+                continue
+            values = self._queued.pop((q, eid))
+            self._running_per_stage[q] = self._running_per_stage.get(q, 0) + 1
+            task = asyncio.ensure_future(self._run_one(q, eid, values))
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("internal error in a job", exc_info=task.exception())
+
+    def _release(self, q: str) -> None:
+        self._running_per_stage[q] -= 1
+        for item in self._deferred.pop(q, []):
+            heapq.heappush(self._heap, item)
+        self._wake.set()
+
+    def _handler(self, q: str) -> Callable[..., Any]:
+        func = self._funcs.get(q)
+        if func is None:
+            func = self._funcs[q] = loader.load(self.ws.handlers[q])
+        return func
+
+    async def _run_one(self, q: str, eid: str, values: dict[str, str]) -> None:
+        stage = self.ws.graph.stages[q]
+        self.evaluator.reset()
+        gathered = self.evaluator.gather(q, values)
+        key = self.evaluator.attempt_key(q, gathered.hashes())
+        prev = self.index.failures[q].get(eid)
+        attempt = (prev.attempts if prev is not None and prev.key == key else 0) + 1
+        self.index.running.add((q, eid))
+        self.index.mark_dirty()
+        self.outcome.executed += 1
+        self.outcome.ran.add((q, eid))
+        self.emit("started", stage=q, entity=eid, attempt=attempt)
+        started = time.time()
+        loop = asyncio.get_running_loop()
+        root = self.index.root
+        written: Written | None = None
+        try:
+            func = self._handler(q)
+            if asyncio.iscoroutinefunction(func):
+                ctx = make_context(stage, values, attempt, root)
+                kwargs = await loop.run_in_executor(self._pool, build_kwargs, stage, func, gathered.files, root)
+                coro = func(ctx, **kwargs) if wants_ctx(func) else func(**kwargs)
+                result = await asyncio.wait_for(coro, stage.timeout)
+                written = await loop.run_in_executor(self._pool, store_result, stage, values, result, ctx, root)
+            else:
+                fut = loop.run_in_executor(self._pool, prepare_and_call, stage, func, gathered.files, values, attempt, root)
+                written = await asyncio.wait_for(fut, stage.timeout)
+        except (TimeoutError, asyncio.TimeoutError) as exc:
+            await self._fail(q, eid, key, prev, HandlerTimeout(f"timed out after {stage.timeout}s"), exc, started)
+        except Exception as exc:
+            await self._fail(q, eid, key, prev, exc, exc, started)
+        else:
+            finished = time.time()
+            manifest = Manifest(
+                stage=q,
+                entity=eid,
+                values=dict(values),
+                code=self.ws.code[q],
+                params=self.ws.params[q],
+                inputs=gathered.hashes(),
+                outputs=written.hashes,
+                started=started,
+                finished_ns=time.time_ns(),
+                duration_s=round(finished - started, 6),
+                attempt=attempt,
+            )
+            await self.committer.submit(Commit(manifest=manifest, temps=written.temps, clear_failure=prev is not None))
+            for relpath, digest in written.hashes.items():
+                self.index.remember_file(relpath, digest)
+            self.index.record_manifest(manifest)
+            self.outcome.succeeded += 1
+            self.emit("succeeded", stage=q, entity=eid, duration_s=manifest.duration_s)
+            self._after_commit(q, eid, manifest)
+        finally:
+            self.index.running.discard((q, eid))
+            self._release(q)
+
+    async def _fail(self, q: str, eid: str, key: str, prev: Any, exc: BaseException, orig: BaseException, started: float) -> None:
+        stage = self.ws.graph.stages[q]
+        now = time.time()
+        failure = after_failure(
+            stage.retry,
+            prev,
+            stage=q,
+            entity=eid,
+            key=key,
+            error=f"{type(exc).__name__}: {exc}",
+            traceback="".join(traceback.format_exception(orig))[-8000:],
+            now=now,
+            permanent=isinstance(orig, PermanentError),
+            retry_after=orig.retry_after if isinstance(orig, RetryLater) else None,
+        )
+        await self.committer.submit(Commit(failure=failure))
+        self.index.failures[q][eid] = failure
+        self._failed_now.add((q, eid))
+        self.outcome.failed += 1
+        self.outcome.failures.append({"stage": q, "entity": eid, "error": failure.error})
+        log.warning("%s %s failed (attempt %d%s): %s", q, eid, failure.attempts, ", dead" if failure.dead else "", failure.error)
+        self.emit("failed", stage=q, entity=eid, error=failure.error, attempts=failure.attempts, dead=failure.dead, retry_at=failure.next_retry)
+
+    def _after_commit(self, q: str, eid: str, manifest: Manifest) -> None:
+        """A committed output is an event for the stages that read it."""
+        stage = self.ws.graph.stages[q]
+        self.index.running.discard((q, eid))
+        targets: list[Target] = []
+        inst = self.index.instances[stage.output.key]
+        for relpath in manifest.outputs:
+            values = inst.pattern.match(relpath)
+            if values is not None:
+                targets.extend(self.downstream_of(stage.output.key, values))
+        if (q, eid) in self._rerun:
+            self._rerun.discard((q, eid))
+            targets.append((q, eid, manifest.values))
+        self.consider(targets)
+
+    async def close(self) -> None:
+        """Wait for running jobs and stop the thread pool; safe to call twice."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)

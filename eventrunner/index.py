@@ -1,0 +1,284 @@
+"""In-memory view of every state: known pattern instances, manifests, failures, a stat/hash cache.
+
+Persisted as a rebuildable cache (`.eventrunner/index.pickle`) so that a no-change run reads one
+file plus stats. A `dirty` marker is written before any change to state and removed once the
+cache is saved again; a cache found dirty (a crash mid-run) is ignored and rebuilt from manifests.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .hashing import hash_path
+from .patterns import Pattern, entity_id, scan
+from .store import Control, Failure, Manifest, Store, atomic_write
+
+if TYPE_CHECKING:
+    from .workspace import Workspace
+
+CACHE_VERSION = 3
+# A file modified this recently may be modified again within the same mtime tick; don't trust
+# its cached hash (git's "racily clean" problem).
+RACY_NS = 50_000_000
+
+
+@dataclass(slots=True)
+class FileInfo:
+    """Stat identity of a file (or folder) and its content hash."""
+
+    size: int
+    mtime_ns: int
+    ino: int
+    hash: str
+
+
+Key = tuple[str, ...]
+
+
+class Instances:
+    """Known instances of one pattern: entity id -> (values, relpath), with lazy projections."""
+
+    __slots__ = ("_proj", "items", "pattern")
+
+    def __init__(self, pattern: Pattern) -> None:
+        self.pattern = pattern
+        self.items: dict[str, tuple[dict[str, str], str]] = {}
+        self._proj: dict[Key, dict[Key, set[str]]] = {}
+
+    def add(self, values: dict[str, str], relpath: str | None = None) -> str:
+        """Record an instance; returns its entity id."""
+        eid = entity_id(self.pattern.variables, values)
+        if eid in self.items:
+            return eid
+        self.items[eid] = (values, relpath if relpath is not None else self.pattern.format(values))
+        for vars_, groups in self._proj.items():
+            groups.setdefault(tuple(values[v] for v in vars_), set()).add(eid)
+        return eid
+
+    def discard(self, eid: str) -> bool:
+        """Forget an instance; True if it was known."""
+        item = self.items.pop(eid, None)
+        if item is None:
+            return False
+        for vars_, groups in self._proj.items():
+            k = tuple(item[0][v] for v in vars_)
+            members = groups.get(k)
+            if members is not None:
+                members.discard(eid)
+                if not members:
+                    del groups[k]
+        return True
+
+    def projection(self, vars_: Key) -> dict[Key, set[str]]:
+        """Instances grouped by their values of `vars_` (built once, then kept up to date)."""
+        groups = self._proj.get(vars_)
+        if groups is None:
+            groups = {}
+            for eid, (values, _) in self.items.items():
+                groups.setdefault(tuple(values[v] for v in vars_), set()).add(eid)
+            self._proj[vars_] = groups
+        return groups
+
+    def select(self, vars_: Key, key: Key) -> set[str]:
+        """Instances whose `vars_` have the values `key`."""
+        return self.projection(vars_).get(key, set())
+
+
+class Index:
+    """Everything needed to decide staleness without reading manifests one by one."""
+
+    def __init__(self, ws: Workspace, store: Store) -> None:
+        self.ws = ws
+        self.store = store
+        self.root = ws.settings.data_root
+        self.files: dict[str, FileInfo] = {}
+        self.instances: dict[str, Instances] = {k: Instances(p) for k, p in ws.graph.patterns.items()}
+        self.manifests: dict[str, dict[str, Manifest]] = {s: {} for s in ws.graph.stages}
+        self.failures: dict[str, dict[str, Failure]] = {s: {} for s in ws.graph.stages}
+        self.control = Control()
+        self.running: set[tuple[str, str]] = set()
+        self._dirty_marked = False
+        self.changed = False  # anything the cache should learn (saved only then)
+
+    # -- persistence --------------------------------------------------------------------
+    @property
+    def cache_path(self) -> Path:
+        return self.store.root / "index.pickle"
+
+    @property
+    def dirty_path(self) -> Path:
+        return self.store.root / "index.dirty"
+
+    @classmethod
+    def load(cls, ws: Workspace, store: Store) -> Index:
+        """From the cache when it is clean, else rebuilt from manifests and failure records."""
+        idx = cls(ws, store)
+        if not idx._load_cache():
+            idx._rebuild()
+        idx.scan_sources()
+        idx.derive()
+        return idx
+
+    def _load_cache(self) -> bool:
+        if self.dirty_path.exists():
+            return False
+        try:
+            with open(self.cache_path, "rb") as fh:
+                data = pickle.load(fh)
+        except (OSError, pickle.PickleError, EOFError, AttributeError, ValueError, TypeError):
+            return False
+        if data.get("version") != CACHE_VERSION:
+            return False
+        self.files = data["files"]
+        for s, ms in data["manifests"].items():
+            if s in self.manifests:
+                self.manifests[s] = ms
+        for s, fs in data["failures"].items():
+            if s in self.failures:
+                self.failures[s] = fs
+        self.control = data["control"]
+        return True
+
+    def _rebuild(self) -> None:
+        for m in self.store.iter_manifests():
+            if m.stage in self.manifests:
+                self.manifests[m.stage][m.entity] = m
+        for f in self.store.iter_failures():
+            if f.stage in self.failures:
+                self.failures[f.stage][f.entity] = f
+        self.control = self.store.read_control()
+
+    def mark_dirty(self) -> None:
+        """Say on disk that state is about to change, before it does."""
+        if not self._dirty_marked:
+            self.store.root.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.dirty_path, b"", durable=True)
+            self._dirty_marked = True
+
+    def save(self) -> None:
+        """Write the cache, then clear the dirty marker."""
+        data = {
+            "version": CACHE_VERSION,
+            "files": self.files,
+            "manifests": self.manifests,
+            "failures": self.failures,
+            "control": self.control,
+        }
+        self.store.root.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.cache_path, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL), durable=True)
+        self.dirty_path.unlink(missing_ok=True)
+        self._dirty_marked = False
+        self.changed = False
+
+    # -- files ----------------------------------------------------------------------------
+    def file_hash(self, relpath: str) -> str | None:
+        """Content hash through the stat fast path; None when the file is missing."""
+        path = os.path.join(self.root, relpath)
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            self.files.pop(relpath, None)
+            return None
+        info = self.files.get(relpath)
+        if info is not None and info.mtime_ns == st.st_mtime_ns and info.size == st.st_size and info.ino == st.st_ino:
+            return info.hash
+        try:
+            digest = hash_path(Path(path))
+        except FileNotFoundError:
+            return None
+        if time.time_ns() - st.st_mtime_ns > RACY_NS:
+            self.files[relpath] = FileInfo(st.st_size, st.st_mtime_ns, st.st_ino, digest)
+            self.changed = True
+        else:
+            self.files.pop(relpath, None)
+        return digest
+
+    def remember_file(self, relpath: str, digest: str) -> None:
+        """Cache the hash of a file we just wrote (so its next check costs one stat)."""
+        try:
+            st = os.stat(os.path.join(self.root, relpath))
+        except FileNotFoundError:
+            return
+        if time.time_ns() - st.st_mtime_ns > RACY_NS:
+            self.files[relpath] = FileInfo(st.st_size, st.st_mtime_ns, st.st_ino, digest)
+        else:
+            # Trusted only after the racy window: keep the hash, but force one re-hash later.
+            self.files[relpath] = FileInfo(st.st_size, -1, st.st_ino, digest)
+
+    # -- instances --------------------------------------------------------------------------
+    def scan_sources(self) -> None:
+        """Full scan of every source pattern (start-up and reconcile only: O(workspace))."""
+        for key in self.ws.graph.sources:
+            inst = Instances(self.instances[key].pattern)
+            for relpath, values in scan(inst.pattern, self.root):
+                inst.add(values, relpath)
+            self.instances[key] = inst
+
+    def derive(self) -> None:
+        """Instances of produced patterns, from their producers' entities, upstream first."""
+        g = self.ws.graph
+        for q in g.order:
+            stage = g.stages[q]
+            inst = Instances(self.instances[stage.output.key].pattern)
+            if stage.fanout_vars:
+                for m in self.manifests[q].values():
+                    for relpath in m.outputs:
+                        values = inst.pattern.match(relpath)
+                        if values is not None:
+                            inst.add(values, relpath)
+            else:
+                for _eid, values in self.stage_entities(q):
+                    inst.add(values)
+            self.instances[stage.output.key] = inst
+
+    def stage_entities(self, qualname: str) -> Iterator[tuple[str, dict[str, str]]]:
+        """(entity id, values) of every entity a stage has now, from its driver inputs."""
+        stage = self.ws.graph.stages[qualname]
+        if not stage.inputs:
+            yield entity_id((), {}), {}
+            return
+        seen: set[Key] = set()
+        ev = stage.entity_vars
+        for name in stage.drivers:
+            inp = stage.input(name)
+            for key in self.instances[inp.pattern.key].projection(ev):
+                if key not in seen:
+                    seen.add(key)
+                    values = dict(zip(ev, key, strict=True))
+                    yield entity_id(ev, values), values
+
+    def has_entity(self, qualname: str, values: dict[str, str]) -> bool:
+        """True when some driver input still binds this entity."""
+        stage = self.ws.graph.stages[qualname]
+        if not stage.inputs:
+            return True
+        key = tuple(values[v] for v in stage.entity_vars)
+        return any(
+            self.instances[stage.input(d).pattern.key].select(stage.entity_vars, key) for d in stage.drivers
+        )
+
+    # -- recording outcomes -------------------------------------------------------------------
+    def record_manifest(self, m: Manifest) -> None:
+        """A state was committed: keep its manifest; refresh fan-out instances."""
+        old = self.manifests[m.stage].get(m.entity)
+        self.manifests[m.stage][m.entity] = m
+        self.changed = True
+        stage = self.ws.graph.stages[m.stage]
+        if stage.fanout_vars:
+            inst = self.instances[stage.output.key]
+            for relpath in old.outputs if old else ():
+                if relpath not in m.outputs:
+                    values = inst.pattern.match(relpath)
+                    if values is not None:
+                        inst.discard(entity_id(inst.pattern.variables, values))
+            for relpath in m.outputs:
+                values = inst.pattern.match(relpath)
+                if values is not None:
+                    inst.add(values, relpath)
+        self.failures[m.stage].pop(m.entity, None)

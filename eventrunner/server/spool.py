@@ -1,0 +1,504 @@
+"""Durable webhook intake: a group-committed journal, then atomic files under the data root.
+
+`put()` returns only after the record is fsynced in the journal; concurrent puts share one
+fsync (group commit). Committed records are then written to their target files (temp file and
+rename) in journal order. A checkpoint says how far that is durable, so recovery replays only
+the rest. Message ids are kept for `dedup_ttl` in the journal and in `dedup.json`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import struct
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import xxhash
+
+from eventrunner.errors import IntakeFull, StorageError
+
+log = logging.getLogger("eventrunner.spool")
+
+# Record: magic, meta length, body length, xxh3-64 of (first 16 header bytes + meta + body).
+_HEAD = struct.Struct("<4sIQ")
+_SUM = struct.Struct("<Q")
+_MAGIC = b"ERJ1"
+_MAX_META = 1 << 20
+TMP_PREFIX = ".er-tmp-"
+JOURNAL_MAX_BYTES = 32 << 20
+
+STATS = (  # noqa: SIM905
+    "committed duplicates batches fsync_seconds_total storage_errors intake_full"
+    " materialised materialise_errors recovered rotations"
+).split()
+Seen = dict[str, tuple[float, str]]  # message id -> (accepted at, event id)
+
+
+@dataclass(frozen=True)
+class SpoolRecord:
+    """One webhook body and where it goes, relative to the data root."""
+
+    relpath: str
+    body: bytes
+    message_id: str | None = None
+    meta: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PutResult:
+    """The answer to `Spool.put`: the record's event id, or the original's for a duplicate."""
+
+    event_id: str
+    duplicate: bool
+
+
+@dataclass
+class _Entry:
+    record: SpoolRecord
+    event_id: str
+    ts: float
+    seq: int = 0  # journal and offset of the record, set when it is written
+    offset: int = 0
+
+
+def _encode(meta: Mapping[str, Any], body: bytes) -> list[bytes]:
+    meta_bytes = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+    head = _HEAD.pack(_MAGIC, len(meta_bytes), len(body))
+    digest = xxhash.xxh3_64(head)
+    digest.update(meta_bytes)
+    digest.update(body)
+    return [head, _SUM.pack(digest.intdigest()), meta_bytes, body]
+
+
+def _read_journal(path: Path, start: int, end: int | None) -> Iterator[tuple[int, Any, bytes]]:
+    """Yield (offset, meta, body) of intact records; stop at a torn tail or at `end`."""
+    with path.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        limit = size if end is None else min(size, end)
+        offset, fixed = start, _HEAD.size + _SUM.size
+        f.seek(start)
+        while offset + fixed <= limit:
+            head, tail = f.read(_HEAD.size), f.read(_SUM.size)
+            magic, meta_len, body_len = _HEAD.unpack(head)
+            total = fixed + meta_len + body_len
+            if magic != _MAGIC or meta_len > _MAX_META or offset + total > limit:
+                break
+            meta_bytes, body = f.read(meta_len), f.read(body_len)
+            digest = xxhash.xxh3_64(head)
+            digest.update(meta_bytes)
+            digest.update(body)
+            if _SUM.pack(digest.intdigest()) != tail:
+                break
+            yield offset, json.loads(meta_bytes), body
+            offset += total
+    if offset < limit:
+        log.warning("spool: dropping %d torn bytes at the end of %s", limit - offset, path.name)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_relpath(relpath: str) -> None:
+    parts = PurePosixPath(relpath).parts
+    if not parts or relpath.startswith("/") or ".." in parts or "\\" in relpath or "\0" in relpath:
+        raise ValueError(f"spool target {relpath!r} is not a plain relative path")
+
+
+class Spool:
+    """Durable, de-duplicating webhook intake; use as an async context manager."""
+
+    def __init__(
+        self,
+        spool_dir: Path,
+        data_root: Path,
+        *,
+        fsync: bool = True,
+        max_pending: int = 1000,
+        dedup_ttl: float = 7 * 86400,
+        on_materialised: Callable[[SpoolRecord, str], None] | None = None,
+        journal_max_bytes: int = JOURNAL_MAX_BYTES,
+    ) -> None:
+        self._dir, self._root = spool_dir, data_root
+        self._fsync, self._max_pending, self._ttl = fsync, max_pending, dedup_ttl
+        self._on_materialised, self._journal_max = on_materialised, journal_max_bytes
+        self.stats: dict[str, float] = dict.fromkeys(STATS, 0)
+        self._fd: int | None = None
+        self._seq = self._offset = 0
+        self._next_seq = 1
+        self._seals: dict[int, int] = {}  # abandoned journal -> end of its committed records
+        self._seen: Seen = {}
+        self._inflight: dict[str, asyncio.Future[PutResult]] = {}
+        self._pending: list[tuple[_Entry, asyncio.Future[PutResult]]] = []
+        self._busy = 0
+        self._dirty: set[Path] = set()  # materialised since the last checkpoint
+        self._failed_at: tuple[int, int] | None = None  # first record that could not be written
+        self._wakeup = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = self._closed = False
+        # One thread does all disk work, so journal order is file order without locks.
+        self._exec = ThreadPoolExecutor(1, thread_name_prefix="eventrunner-spool")
+
+    async def __aenter__(self) -> Spool:
+        if self._writer is not None or self._closed:
+            raise RuntimeError("a Spool can be opened only once")
+        loop = asyncio.get_running_loop()
+        try:
+            recovered = await loop.run_in_executor(self._exec, self._start_sync)
+        except OSError as exc:
+            self._closed = True
+            self._shutdown()
+            raise StorageError(f"cannot open webhook spool {self._dir}: {exc}") from exc
+        for entry in recovered:
+            self._notify_one(entry)
+        self._writer = asyncio.create_task(self._run_writer(), name="eventrunner-spool-writer")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Drain pending puts, checkpoint, and stop; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._closing = True
+            self._wakeup.set()
+            with contextlib.suppress(Exception):  # a failed writer has logged already
+                await self._writer
+            seen = self._pruned_seen()
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.run_in_executor(self._exec, self._close_sync, seen)
+            except OSError as exc:
+                log.error("spool: final checkpoint failed (records replay at next start): %s", exc)
+        self._shutdown()
+
+    async def put(self, record: SpoolRecord) -> PutResult:
+        """Store a record durably, or answer duplicate for a message id seen within the TTL."""
+        if self._writer is None or self._writer.done() or self._closed:
+            raise StorageError("webhook spool is not running")
+        _check_relpath(record.relpath)
+        mid = record.message_id
+        if mid:
+            seen = self._seen.get(mid)
+            if seen is not None and seen[0] >= time.time() - self._ttl:
+                self.stats["duplicates"] += 1
+                return PutResult(seen[1], duplicate=True)
+            first = self._inflight.get(mid)
+            if first is not None:  # same id still being committed: wait for its outcome
+                result = await asyncio.shield(first)
+                self.stats["duplicates"] += 1
+                return PutResult(result.event_id, duplicate=True)
+        if len(self._pending) + self._busy >= self._max_pending:
+            self.stats["intake_full"] += 1
+            raise IntakeFull(f"webhook intake has {self._max_pending} records waiting; retry later")
+        future: asyncio.Future[PutResult] = asyncio.get_running_loop().create_future()
+        if mid:
+            self._inflight[mid] = future
+        self._pending.append((_Entry(record, uuid.uuid4().hex, time.time()), future))
+        self._wakeup.set()
+        # Shielded: a caller that gives up must not cancel the answer other waiters share.
+        return await asyncio.shield(future)
+
+    def recover_sync(self) -> list[SpoolRecord]:
+        """Replay un-materialised records without an event loop; returns those written."""
+        if self._writer is not None:
+            raise RuntimeError("recover_sync() cannot run while the spool is open")
+        try:
+            return [entry.record for entry in self._recover()]
+        except OSError as exc:
+            raise StorageError(f"cannot recover webhook spool {self._dir}: {exc}") from exc
+
+    # -- event loop side -------------------------------------------------------------------
+
+    async def _run_writer(self) -> None:
+        try:
+            while self._pending or not self._closing:
+                if not self._pending:
+                    await self._wakeup.wait()
+                    self._wakeup.clear()
+                    continue
+                await self._commit_batch()
+        except Exception:
+            log.exception("spool: writer failed; failing every waiting put")
+            self._fail(self._pending, StorageError("webhook spool writer failed"))
+            self._pending = []
+            raise
+
+    async def _commit_batch(self) -> None:
+        batch, self._pending = self._pending, []
+        entries = [entry for entry, _ in batch]
+        loop = asyncio.get_running_loop()
+        self._busy = len(batch)
+        try:
+            await loop.run_in_executor(self._exec, self._commit, entries)
+        except Exception as exc:  # OSError; anything else is a bug, but must not hang puts
+            self.stats["storage_errors"] += 1
+            log.error("spool: journal write failed, %d puts refused: %s", len(batch), exc)
+            self._fail(batch, StorageError(f"webhook spool write failed: {exc}"))
+            return
+        finally:
+            self._busy = 0
+        self.stats["batches"] += 1
+        self.stats["committed"] += len(batch)
+        for entry, future in batch:
+            mid = entry.record.message_id
+            if mid:
+                self._seen[mid] = (entry.ts, entry.event_id)
+                self._inflight.pop(mid, None)
+            if not future.done():
+                future.set_result(PutResult(entry.event_id, duplicate=False))
+        # Not awaited: the next batch collects meanwhile, and the one thread runs it after this.
+        files = loop.run_in_executor(self._exec, self._materialise, entries)
+        files.add_done_callback(self._notify)
+        if self._offset >= self._journal_max:
+            try:
+                await loop.run_in_executor(self._exec, self._rotate, self._pruned_seen())
+            except OSError as exc:
+                log.error("spool: journal rotation failed, will retry: %s", exc)
+
+    def _fail(self, batch: list[tuple[_Entry, asyncio.Future[PutResult]]], exc: Exception) -> None:
+        for entry, future in batch:
+            if entry.record.message_id:
+                self._inflight.pop(entry.record.message_id, None)
+            if not future.done():
+                future.set_exception(exc)
+
+    def _notify(self, future: asyncio.Future[list[_Entry]]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return  # only a bug gets here; close() surfaces it
+        for entry in future.result():
+            self._notify_one(entry)
+
+    def _notify_one(self, entry: _Entry) -> None:
+        self.stats["materialised"] += 1
+        if self._on_materialised is None:
+            return
+        try:
+            self._on_materialised(entry.record, entry.event_id)
+        except Exception:
+            log.exception("spool: on_materialised failed for %s", entry.record.relpath)
+
+    def _pruned_seen(self) -> Seen:
+        horizon = time.time() - self._ttl
+        self._seen = {mid: hit for mid, hit in self._seen.items() if hit[0] >= horizon}
+        return dict(self._seen)  # a copy: the writer thread must not see the loop mutate it
+
+    def _shutdown(self) -> None:
+        self._exec.shutdown(wait=False)
+
+    # -- writer threads --------------------------------------------------------------------
+
+    def _commit(self, entries: list[_Entry]) -> None:
+        """Append a batch with one fsync; on failure leave nothing recovery would accept."""
+        if self._fd is None:
+            self._open_journal()
+        assert self._fd is not None
+        start = pos = self._offset
+        parts: list[bytes] = []
+        for entry in entries:
+            rec = entry.record
+            meta = dict(k="rec", id=entry.event_id, ts=entry.ts, path=rec.relpath)
+            encoded = _encode(meta | {"mid": rec.message_id, "meta": dict(rec.meta)}, rec.body)
+            entry.seq, entry.offset = self._seq, pos
+            pos += sum(map(len, encoded))
+            parts += encoded
+        try:
+            _write_all(self._fd, b"".join(parts))
+            if self._fsync:
+                began = time.perf_counter()
+                os.fdatasync(self._fd)
+                self.stats["fsync_seconds_total"] += time.perf_counter() - began
+        except OSError:
+            self._roll_back(start)
+            raise
+        self._offset = pos
+
+    def _roll_back(self, start: int) -> None:
+        assert self._fd is not None
+        try:
+            os.ftruncate(self._fd, start)
+            if self._fsync:
+                os.fsync(self._fd)
+        except OSError as exc:
+            # The tail may hold whole records of the refused batch: seal this journal at
+            # `start` (the seal goes first in the next journal) and never append to it again.
+            log.error("spool: cannot truncate journal %d back (%s); sealing it", self._seq, exc)
+            self._seals[self._seq] = start
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    def _open_journal(self) -> None:
+        seq, self._next_seq = self._next_seq, self._next_seq + 1
+        path = self._journal(seq)
+        self._seals.setdefault(seq, 0)  # until this journal is durably open, it holds nothing
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        try:
+            seals = {str(s): end for s, end in self._seals.items() if s != seq}
+            blob = b"".join(_encode({"k": "seal", "seals": seals}, b"")) if seals else b""
+            _write_all(fd, blob)
+            if self._fsync:
+                os.fsync(fd)
+                _fsync_path(self._dir)
+        except OSError:
+            os.close(fd)
+            raise
+        del self._seals[seq]
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd, self._seq, self._offset = fd, seq, len(blob)
+
+    def _materialise(self, entries: list[_Entry]) -> list[_Entry]:
+        done: list[_Entry] = []
+        for entry in entries:
+            target = self._root / entry.record.relpath
+            tmp = target.parent / f"{TMP_PREFIX}{uuid.uuid4().hex[:16]}"
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with tmp.open("xb") as f:
+                    f.write(entry.record.body)
+                os.replace(tmp, target)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                self.stats["materialise_errors"] += 1
+                log.error("spool: cannot write %s, kept for replay: %s", entry.record.relpath, exc)
+                if self._failed_at is None:
+                    self._failed_at = (entry.seq, entry.offset)
+                continue
+            self._dirty.add(target)
+            done.append(entry)
+        return done
+
+    def _rotate(self, seen: Seen) -> None:
+        self._open_journal()
+        self._checkpoint(self._seq, seen)
+        self.stats["rotations"] += 1
+
+    def _close_sync(self, seen: Seen) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._checkpoint(self._next_seq, seen)
+
+    def _checkpoint(self, upto: int, seen: Seen) -> None:
+        """Make written files durable, record how far replay may start, drop older journals."""
+        if self._fsync:
+            folders: set[Path] = set()
+            for path in self._dirty:
+                with contextlib.suppress(FileNotFoundError):
+                    _fsync_path(path)
+                folders.update(p for p in path.parents if p.is_relative_to(self._root))
+            for folder in folders:
+                with contextlib.suppress(FileNotFoundError):
+                    _fsync_path(folder)
+        self._dirty.clear()
+        seq, offset = self._failed_at or (upto, 0)
+        self._write_json("dedup.json", {"ids": {mid: list(hit) for mid, hit in seen.items()}})
+        self._write_json("checkpoint.json", {"journal": seq, "offset": offset})
+        if self._fsync:
+            _fsync_path(self._dir)
+        remaining = set()
+        for old, path in self._journals():
+            if old < seq:  # never the open journal: its seq is at least `seq`
+                path.unlink()
+            else:
+                remaining.add(old)
+        self._seals = {s: end for s, end in self._seals.items() if s in remaining}
+
+    def _write_json(self, name: str, data: Mapping[str, Any]) -> None:
+        tmp = self._dir / f"{TMP_PREFIX}{name}"
+        with tmp.open("wb") as f:
+            f.write(json.dumps(data, sort_keys=True).encode())
+            if self._fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, self._dir / name)
+
+    # -- recovery --------------------------------------------------------------------------
+
+    def _start_sync(self) -> list[_Entry]:
+        entries = self._recover()
+        self._open_journal()
+        return entries
+
+    def _recover(self) -> list[_Entry]:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        checkpoint = self._load_json("checkpoint.json")
+        cp = (int(checkpoint.get("journal", 0)), int(checkpoint.get("offset", 0)))
+        horizon = time.time() - self._ttl
+        seen: Seen = {
+            mid: (float(ts), str(eid))
+            for mid, (ts, eid) in self._load_json("dedup.json").get("ids", {}).items()
+            if float(ts) >= horizon
+        }
+        journals = self._journals()
+        seals: dict[int, int] = {}
+        for _, path in journals:  # a seal opens the journal after the one it bounds
+            for _, meta, _ in _read_journal(path, 0, None):
+                if meta.get("k") == "seal":
+                    seals.update({int(s): int(end) for s, end in meta["seals"].items()})
+                break
+        replay: list[_Entry] = []
+        for seq, path in journals:
+            for offset, meta, body in _read_journal(path, 0, seals.get(seq)):
+                if meta.get("k") != "rec":
+                    continue
+                if meta.get("mid") and meta["ts"] >= horizon:
+                    seen[meta["mid"]] = (meta["ts"], meta["id"])
+                if (seq, offset) >= cp:
+                    record = SpoolRecord(meta["path"], body, meta.get("mid"), meta.get("meta", {}))
+                    replay.append(_Entry(record, meta["id"], meta["ts"], seq, offset))
+        self._seen = seen
+        self._seals = seals
+        self._next_seq = max([cp[0], *(seq + 1 for seq, _ in journals)])
+        self._failed_at = None
+        done = self._materialise(replay)
+        self.stats["recovered"] += len(done)
+        if replay:
+            log.info("spool: replayed %d of %d records from the journal", len(done), len(replay))
+        self._checkpoint(self._next_seq, dict(seen))
+        return done
+
+    def _load_json(self, name: str) -> dict[str, Any]:
+        try:
+            data = json.loads((self._dir / name).read_bytes())
+        except FileNotFoundError:
+            return {}
+        except ValueError:
+            log.warning("spool: ignoring unreadable %s", name)
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _journal(self, seq: int) -> Path:
+        return self._dir / f"journal-{seq:08d}.log"
+
+    def _journals(self) -> list[tuple[int, Path]]:
+        found = []
+        for path in self._dir.glob("journal-*.log"):
+            with contextlib.suppress(ValueError):
+                found.append((int(path.stem.removeprefix("journal-")), path))
+        return sorted(found)

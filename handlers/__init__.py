@@ -1,0 +1,1 @@
+"""Stock handlers shipped with eventrunner, named without a module in pipeline files ("shell")."""
