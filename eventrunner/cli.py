@@ -163,6 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     ws, store, index = _open(args)
+    outcome = None
     if not args.dry_run:
         _refuse_if_serving(ws)
         store.acquire_lock("run")
@@ -189,7 +190,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             index.save()
     finally:
         store.release_lock()
-    skipped = len(blocked - outcome.ran)
+    # Skipped: states that needed work, were not run, and still are not fresh (held, dead, ...).
+    engine.evaluator.reset()
+    skipped = sum(
+        1 for q, e, v in initial
+        if (q, e) in blocked and (q, e) not in outcome.ran and index.has_entity(q, v)
+        and engine.evaluator.verdict(q, e, v).state != "fresh"
+    )
     report = {"executed": outcome.executed, "succeeded": outcome.succeeded, "failed": outcome.failed,
               "skipped": skipped, "duration_s": round(time.perf_counter() - t0, 3), "failures": outcome.failures}
     if args.json:

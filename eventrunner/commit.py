@@ -65,7 +65,8 @@ class Committer:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
-        await asyncio.to_thread(self._barrier)
+        if self.batches:
+            await asyncio.to_thread(self._barrier)  # the last batch's manifest renames
 
     async def submit(self, commit: Commit) -> None:
         """Queue a commit and wait until it is durable."""

@@ -146,6 +146,16 @@ class Engine:
                         out.append((q, eid, ent))
         return out
 
+    def removed_targets(self, pattern_key: str, values: dict[str, str]) -> list[Target]:
+        """Targets affected by an instance that disappeared, following entities that vanish with it."""
+        out: list[Target] = []
+        for q, eid, ent in self.downstream_of(pattern_key, values):
+            out.append((q, eid, ent))
+            stage = self.ws.graph.stages[q]
+            if not stage.fanout_vars and not self.index.has_entity(q, ent):
+                out.extend(self.removed_targets(stage.output.key, ent))
+        return out
+
     def _push(self, q: str, eid: str, values: dict[str, str]) -> None:
         stage = self.ws.graph.stages[q]
         heapq.heappush(self._heap, (-stage.priority, stage.depth, next(self._seq), q, eid))
@@ -235,6 +245,8 @@ class Engine:
             await self._fail(q, eid, key, prev, exc, exc, started)
         else:
             finished = time.time()
+            before = self.index.manifests[q].get(eid)
+            dropped = sorted((set(before.outputs) | set(before.dropped)) - set(written.hashes)) if before else []
             manifest = Manifest(
                 stage=q,
                 entity=eid,
@@ -247,14 +259,16 @@ class Engine:
                 finished_ns=time.time_ns(),
                 duration_s=round(finished - started, 6),
                 attempt=attempt,
+                dropped=dropped,
             )
             await self.committer.submit(Commit(manifest=manifest, temps=written.temps, clear_failure=prev is not None))
             for relpath, digest in written.hashes.items():
                 self.index.remember_file(relpath, digest)
+            old = self.index.manifests[q].get(eid)
             self.index.record_manifest(manifest)
             self.outcome.succeeded += 1
             self.emit("succeeded", stage=q, entity=eid, duration_s=manifest.duration_s)
-            self._after_commit(q, eid, manifest)
+            self._after_commit(q, eid, manifest, old)
         finally:
             self.index.running.discard((q, eid))
             self._release(q)
@@ -282,16 +296,20 @@ class Engine:
         log.warning("%s %s failed (attempt %d%s): %s", q, eid, failure.attempts, ", dead" if failure.dead else "", failure.error)
         self.emit("failed", stage=q, entity=eid, error=failure.error, attempts=failure.attempts, dead=failure.dead, retry_at=failure.next_retry)
 
-    def _after_commit(self, q: str, eid: str, manifest: Manifest) -> None:
-        """A committed output is an event for the stages that read it."""
+    def _after_commit(self, q: str, eid: str, manifest: Manifest, old: Manifest | None) -> None:
+        """A committed output is an event for the stages that read it (and read what it dropped)."""
         stage = self.ws.graph.stages[q]
         self.index.running.discard((q, eid))
         targets: list[Target] = []
-        inst = self.index.instances[stage.output.key]
+        pattern = self.index.instances[stage.output.key].pattern
         for relpath in manifest.outputs:
-            values = inst.pattern.match(relpath)
+            values = pattern.match(relpath)
             if values is not None:
                 targets.extend(self.downstream_of(stage.output.key, values))
+        for relpath in old.outputs if old else ():
+            values = pattern.match(relpath)
+            if relpath not in manifest.outputs and values is not None:
+                targets.extend(self.removed_targets(stage.output.key, values))
         if (q, eid) in self._rerun:
             self._rerun.discard((q, eid))
             targets.append((q, eid, manifest.values))

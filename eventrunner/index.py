@@ -263,6 +263,35 @@ class Index:
             self.instances[stage.input(d).pattern.key].select(stage.entity_vars, key) for d in stage.drivers
         )
 
+    def add_instance(self, key: str, values: dict[str, str], relpath: str | None = None) -> None:
+        """A pattern instance appeared: entities it binds downstream appear too (cascading)."""
+        inst = self.instances[key]
+        eid = entity_id(inst.pattern.variables, values)
+        if eid in inst.items:
+            return
+        inst.add(values, relpath)
+        g = self.ws.graph
+        for q, iname in g.consumers.get(key, []):
+            stage = g.stages[q]
+            if stage.fanout_vars or iname not in stage.drivers:
+                continue
+            ent = {v: values[v] for v in stage.entity_vars}
+            self.add_instance(stage.output.key, ent)
+
+    def discard_instance(self, key: str, values: dict[str, str]) -> None:
+        """A pattern instance is gone: entities no other driver binds disappear downstream."""
+        inst = self.instances[key]
+        if not inst.discard(entity_id(inst.pattern.variables, values)):
+            return
+        g = self.ws.graph
+        for q, iname in g.consumers.get(key, []):
+            stage = g.stages[q]
+            if stage.fanout_vars or iname not in stage.drivers:
+                continue
+            ent = {v: values[v] for v in stage.entity_vars}
+            if not self.has_entity(q, ent):
+                self.discard_instance(stage.output.key, ent)
+
     # -- recording outcomes -------------------------------------------------------------------
     def record_manifest(self, m: Manifest) -> None:
         """A state was committed: keep its manifest; refresh fan-out instances."""
@@ -271,14 +300,15 @@ class Index:
         self.changed = True
         stage = self.ws.graph.stages[m.stage]
         if stage.fanout_vars:
-            inst = self.instances[stage.output.key]
+            key = stage.output.key
+            pattern = self.instances[key].pattern
             for relpath in old.outputs if old else ():
                 if relpath not in m.outputs:
-                    values = inst.pattern.match(relpath)
+                    values = pattern.match(relpath)
                     if values is not None:
-                        inst.discard(entity_id(inst.pattern.variables, values))
+                        self.discard_instance(key, values)
             for relpath in m.outputs:
-                values = inst.pattern.match(relpath)
+                values = pattern.match(relpath)
                 if values is not None:
-                    inst.add(values, relpath)
+                    self.add_instance(key, values, relpath)
         self.failures[m.stage].pop(m.entity, None)

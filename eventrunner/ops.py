@@ -14,7 +14,7 @@ from .evaluate import Evaluator
 from .index import Index
 from .patterns import parse_entity_id
 from .staleness import STATES, Verdict
-from .store import Store
+from .store import Store, atomic_write, dumps
 
 
 @dataclass
@@ -187,24 +187,42 @@ def hold(index: Index, store: Store, stage: str, eids: list[str] | None = None, 
     return {"stage": q, "entities": targets, "held": on}
 
 
+def _delete_outputs(index: Index, relpaths: list[str]) -> None:
+    for relpath in relpaths:
+        path = index.root / relpath
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        index.files.pop(relpath, None)
+
+
 def prune(index: Index, store: Store, dry_run: bool = False) -> list[dict[str, Any]]:
-    """Delete outputs and manifests of orphaned states (their inputs are gone)."""
-    out = []
+    """Delete outputs and manifests of orphaned states, and fan-out outputs no longer produced."""
+    out: list[dict[str, Any]] = []
     for q in index.ws.graph.order:
+        for eid, f in list(index.failures[q].items()):
+            if eid not in index.manifests[q] and not index.has_entity(q, parse_entity_id(index.ws.graph.stages[q].entity_vars, eid)):
+                out.append({"stage": q, "entity": eid, "outputs": []})
+                if not dry_run:
+                    index.mark_dirty()
+                    store.delete_failure(q, eid)
+                    del index.failures[q][eid]
         for eid, m in list(index.manifests[q].items()):
             if index.has_entity(q, m.values):
+                if m.dropped:
+                    out.append({"stage": q, "entity": eid, "outputs": list(m.dropped)})
+                    if not dry_run:
+                        index.mark_dirty()
+                        _delete_outputs(index, m.dropped)
+                        m.dropped = []
+                        atomic_write(store.manifest_path(q, eid), dumps(m.to_json()))
                 continue
             out.append({"stage": q, "entity": eid, "outputs": sorted(m.outputs)})
             if dry_run:
                 continue
             index.mark_dirty()
-            for relpath in m.outputs:
-                path = index.root / relpath
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink(missing_ok=True)
-                index.files.pop(relpath, None)
+            _delete_outputs(index, [*m.outputs, *m.dropped])
             store.delete_manifest(q, eid)
             store.delete_failure(q, eid)
             del index.manifests[q][eid]

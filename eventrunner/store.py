@@ -101,6 +101,7 @@ class Manifest:
     finished_ns: int
     duration_s: float
     attempt: int = 1
+    dropped: list[str] = field(default_factory=list)  # fan-out outputs no longer produced (prune deletes)
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for the manifest file."""

@@ -10,7 +10,9 @@ import stat
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from contextlib import suppress
 from dataclasses import dataclass
+from itertools import takewhile
 from pathlib import Path
 from typing import Literal
 
@@ -21,9 +23,8 @@ logger = logging.getLogger("eventrunner.watch")
 ChangeKind = Literal["added", "modified", "deleted"]
 _Sig = tuple[int, int]  # (size, mtime_ns)
 _Probe = _Sig | Literal["missing", "dir", "other"]
-_Raw = list[
-    tuple[Change, str]
-]  # (change, relpath) as watchfiles reported it, ignored paths dropped
+# (change, relpath) as watchfiles reported it, ignored paths already dropped
+_Raw = list[tuple[Change, str]]
 
 _TEMP_PREFIXES = (".er-tmp-", ".#")
 _TEMP_SUFFIXES = (".tmp", ".swp", ".swx", "~", ".part", ".crdownload")
@@ -31,7 +32,6 @@ _LIMIT_HINTS = ("no space left on device", "too many open files", "watch limit",
 _SLACK = 0.01  # wake this much after the earliest due time so neighbours settle in the same batch
 _BACKOFF = (0.1, 5.0)  # restart delay after a watcher error: first, max
 _QUEUE_SIZE = 64  # raw batches; beyond this watchfiles keeps (and dedups) changes itself
-_IDLE_MS = 1_000  # awatch yields an empty set this often when idle (proves the watcher alive)
 
 
 @dataclass(frozen=True)
@@ -115,15 +115,12 @@ async def watch_changes(
             out: dict[str, ChangeKind] = {}
             for item in items:
                 if isinstance(item, Rescan):
-                    if out:
-                        yield _batch(out)
-                        out = {}
-                    yield item
+                    yield item  # reconciling covers whatever else is in flight, so order is moot
                 else:
                     out.update(await settler.arrive(item))
             out.update(await settler.settle_due())
             if out:
-                yield _batch(out)
+                yield [FileChange(kind, rel) for rel, kind in out.items()]
     finally:
         halt.set()
         for task in (getter, stopped, producer):
@@ -131,10 +128,6 @@ async def watch_changes(
                 task.cancel()
         # The watch thread checks `halt` every 50 ms, so the producer ends promptly.
         await asyncio.wait({producer})
-
-
-def _batch(out: dict[str, ChangeKind]) -> list[FileChange]:
-    return [FileChange(kind, rel) for rel, kind in out.items()]
 
 
 @dataclass(frozen=True)
@@ -153,13 +146,12 @@ async def _produce(
 ) -> None:
     """Run awatch, restarting it after errors; owe the consumer a Rescan for every gap."""
     polling = opts.force_polling
-    ever_live = False
     lost: str | None = None  # why a Rescan is owed once the next watcher is live
-    backoff = _BACKOFF[0]
-    prefix = opts.root + os.sep
+    ever_live, backoff = False, _BACKOFF[0]
+    cut = len(opts.root) + 1
 
     def keep(_change: Change, path: str) -> bool:
-        return path.startswith(prefix) and not is_ignored(path[len(prefix) :].replace(os.sep, "/"))
+        return path.startswith(opts.root + os.sep) and not is_ignored(_rel(path, cut))
 
     while not halt.is_set():
         changes = awatch(
@@ -167,8 +159,6 @@ async def _produce(
             watch_filter=keep,
             debounce=opts.debounce_ms,
             stop_event=halt,
-            rust_timeout=_IDLE_MS,
-            yield_on_timeout=True,
             force_polling=polling,
             poll_delay_ms=opts.poll_delay_ms,
         )
@@ -187,41 +177,45 @@ async def _produce(
                     lost = None
             raw = await first
             while True:
-                if raw:
-                    await queue.put([(c, p[len(prefix) :].replace(os.sep, "/")) for c, p in raw])
+                await queue.put([(change, _rel(path, cut)) for change, path in raw])
                 raw = await anext(changes)
         except StopAsyncIteration:
             return  # halt was set
         except Exception as exc:  # cancellation is a BaseException and passes through
             if _is_watch_limit(exc) and not polling:
                 polling = True
-                logger.warning(
-                    "INOTIFY LIMIT REACHED (fs.inotify.max_user_watches=%s, "
-                    "fs.inotify.max_user_instances=%s): falling back to polling %s every %dms, "
-                    "which is slower and costs CPU; raise the limit, e.g. "
-                    "`sysctl fs.inotify.max_user_watches=524288`. Cause: %s",
-                    _sysctl("max_user_watches"),
-                    _sysctl("max_user_instances"),
-                    opts.root,
-                    opts.poll_delay_ms,
-                    exc,
-                )
+                _warn_limit(opts, exc)
             else:
                 logger.error(
                     "file watcher on %s failed, restarting in %.1fs: %s", opts.root, backoff, exc
                 )
             if ever_live:
                 lost = f"file watcher restarted after an error: {exc}"
-            try:
+            with suppress(TimeoutError):
                 await asyncio.wait_for(halt.wait(), backoff)
-            except TimeoutError:
-                pass
             backoff = min(backoff * 2, _BACKOFF[1])
         finally:
             if first is not None and not first.done():
                 first.cancel()
                 await asyncio.wait({first})
             await changes.aclose()
+
+
+def _rel(path: str, cut: int) -> str:
+    return path[cut:].replace(os.sep, "/")
+
+
+def _warn_limit(opts: _Options, exc: Exception) -> None:
+    logger.warning(
+        "INOTIFY LIMIT REACHED (fs.inotify.max_user_watches=%s, fs.inotify.max_user_instances=%s):"
+        " falling back to polling %s every %dms, which is slower and costs CPU; raise the limit,"
+        " e.g. `sysctl fs.inotify.max_user_watches=524288`. Cause: %s",
+        _sysctl("max_user_watches"),
+        _sysctl("max_user_instances"),
+        opts.root,
+        opts.poll_delay_ms,
+        exc,
+    )
 
 
 def _is_watch_limit(exc: BaseException) -> bool:
@@ -249,7 +243,7 @@ class _Settler:
     """Holds changed files until their (size, mtime_ns) stands still for `settle` seconds.
 
     One ordered dict instead of a timer per file: every entry is due `settle` after its last
-    probe, so insertion order (with move-to-end on every re-probe) is due order.
+    probe, so insertion order is due order and the loop needs a single timer.
     """
 
     def __init__(self, root: str, settle: float) -> None:
@@ -258,56 +252,36 @@ class _Settler:
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
 
     def next_due(self) -> float | None:
-        for entry in self._pending.values():
-            return entry.due
-        return None
+        return next(iter(self._pending.values())).due if self._pending else None
 
     async def arrive(self, raw: _Raw) -> dict[str, ChangeKind]:
         """Probe freshly changed paths: deletions come back at once, files start settling."""
         added = {rel for change, rel in raw if change == Change.added}
-        rels = list(dict.fromkeys(rel for _, rel in raw))
-        probes = await asyncio.to_thread(_probe_all, self._root, rels, added)
-        now = time.monotonic()
-        out: dict[str, ChangeKind] = {}
-        for rel, probe, new in probes:
-            if probe == "missing":
-                self._pending.pop(rel, None)
-                out[rel] = "deleted"
-            elif isinstance(probe, tuple):
-                old = self._pending.pop(rel, None)
-                is_new = new or rel in added or (old is not None and old.added)
-                self._pending[rel] = _Pending(is_new, probe, now + self._settle)
-                out.pop(rel, None)
-        return out
+        return await self._probe(list(dict.fromkeys(rel for _, rel in raw)), added, fresh=True)
 
     async def settle_due(self) -> dict[str, ChangeKind]:
         """Re-probe files whose settle time is up: report the still ones, re-arm the rest."""
         now = time.monotonic()
-        rels: list[str] = []
-        for rel, waiting in self._pending.items():
-            if waiting.due > now:
-                break
-            rels.append(rel)
-        if not rels:
-            return {}
-        probes = await asyncio.to_thread(_probe_all, self._root, rels, set())
+        rels = list(takewhile(lambda rel: self._pending[rel].due <= now, self._pending))
+        return await self._probe(rels, set(), fresh=False) if rels else {}
+
+    async def _probe(
+        self, rels: list[str], added: set[str], *, fresh: bool
+    ) -> dict[str, ChangeKind]:
+        probes = await asyncio.to_thread(_probe_all, self._root, rels, added)
         now = time.monotonic()
         out: dict[str, ChangeKind] = {}
-        for rel, probe, _ in probes:
-            entry = self._pending.get(rel)
-            if entry is None:
-                continue
+        for rel, probe, walked in probes:
+            entry = self._pending.pop(rel, None)
             if probe == "missing":
-                del self._pending[rel]
                 out[rel] = "deleted"
-            elif probe == entry.sig:
-                del self._pending[rel]
+            elif not isinstance(probe, tuple):
+                continue  # a directory or a special file: not reported
+            elif not fresh and entry is not None and probe == entry.sig:
                 out[rel] = "added" if entry.added else "modified"
-            elif isinstance(probe, tuple):
-                entry.sig, entry.due = probe, now + self._settle
-                self._pending.move_to_end(rel)
-            else:
-                del self._pending[rel]  # became a directory or a special file: not ours
+            else:  # (re)arm: re-inserting at the end keeps the dict in due order
+                new = walked or rel in added or (entry is not None and entry.added)
+                self._pending[rel] = _Pending(new, probe, now + self._settle)
         return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -155,8 +156,13 @@ class Spool:
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing = self._closed = False
-        # One thread does all disk work, so journal order is file order without locks.
+        # One thread appends to the journal, one writes files (in journal order), so an fsync
+        # and file writes overlap. The checkpoint runs on the first only once files are idle.
         self._exec = ThreadPoolExecutor(1, thread_name_prefix="eventrunner-spool")
+        self._files = ThreadPoolExecutor(1, thread_name_prefix="eventrunner-spool-files")
+        self._files_last: asyncio.Future[list[_Entry]] | None = None
+        self._backlog = 0  # committed records not yet written to their files
+        self._files_progress = asyncio.Event()
 
     async def __aenter__(self) -> Spool:
         if self._writer is not None or self._closed:
@@ -186,6 +192,7 @@ class Spool:
             self._wakeup.set()
             with contextlib.suppress(Exception):  # a failed writer has logged already
                 await self._writer
+            await self._files_idle()
             seen = self._pruned_seen()
             loop = asyncio.get_running_loop()
             try:
@@ -269,10 +276,14 @@ class Spool:
                 self._inflight.pop(mid, None)
             if not future.done():
                 future.set_result(PutResult(entry.event_id, duplicate=False))
-        # Not awaited: the next batch collects meanwhile, and the one thread runs it after this.
-        files = loop.run_in_executor(self._exec, self._materialise, entries)
-        files.add_done_callback(self._notify)
+        while self._backlog > self._max_pending:  # bound memory and how far files lag behind
+            self._files_progress.clear()
+            await self._files_progress.wait()
+        self._backlog += len(entries)
+        self._files_last = loop.run_in_executor(self._files, self._materialise, entries)
+        self._files_last.add_done_callback(functools.partial(self._notify, len(entries)))
         if self._offset >= self._journal_max:
+            await self._files_idle()
             try:
                 await loop.run_in_executor(self._exec, self._rotate, self._pruned_seen())
             except OSError as exc:
@@ -285,9 +296,17 @@ class Spool:
             if not future.done():
                 future.set_exception(exc)
 
-    def _notify(self, future: asyncio.Future[list[_Entry]]) -> None:
+    async def _files_idle(self) -> None:
+        if self._files_last is not None:
+            with contextlib.suppress(Exception):  # _materialise catches OSError; others: a bug
+                await self._files_last
+
+    def _notify(self, count: int, future: asyncio.Future[list[_Entry]]) -> None:
+        self._backlog -= count
+        self._files_progress.set()
         if future.cancelled() or future.exception() is not None:
-            return  # only a bug gets here; close() surfaces it
+            log.error("spool: writing files failed: %r", future)
+            return
         for entry in future.result():
             self._notify_one(entry)
 
@@ -307,6 +326,7 @@ class Spool:
 
     def _shutdown(self) -> None:
         self._exec.shutdown(wait=False)
+        self._files.shutdown(wait=False)
 
     # -- writer threads --------------------------------------------------------------------
 
