@@ -210,10 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _drain(engine: Any) -> Any:
-    try:
-        return await engine.drain()
-    finally:
-        await engine.close()
+    return await engine.drain()
 
 
 def _report_dry_run(args: argparse.Namespace, engine: Any, blocked: set[tuple[str, str]]) -> int:
@@ -240,7 +237,13 @@ class _Progress:
     """A rich progress bar fed by engine events."""
 
     def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         self.progress = Progress(TextColumn("[bold]running"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"), transient=True)
         self.task = self.progress.add_task("", total=0)

@@ -8,6 +8,7 @@ checked alone, so work per event is proportional to what it affects.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
@@ -81,6 +82,8 @@ class Engine:
         self._pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="eventrunner-handler")
         self.committer = Committer(store, index.root)
         self._funcs: dict[str, Callable[..., Any]] = {}
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._accepting = True
 
     # -- events ----------------------------------------------------------------------------
     def emit(self, kind: str, **data: Any) -> None:
@@ -104,7 +107,7 @@ class Engine:
             if (q, eid) in self.index.running:
                 self._rerun.add((q, eid))
                 continue
-            if (q, eid) in self._queued or (q, eid) in self._failed_now:
+            if (q, eid) in self._queued or (not self.retry_in_run and (q, eid) in self._failed_now):
                 continue
             verdict = self.evaluator.verdict(q, eid, values)
             if verdict.state == "stale":
@@ -171,14 +174,53 @@ class Engine:
     # -- execution -----------------------------------------------------------------------------
     async def drain(self) -> Outcome:
         """Run until nothing is queued or running (the `run` command)."""
-        async with self.committer:
-            while self._heap or self._tasks or any(self._deferred.values()):
-                self._dispatch()
-                if self._tasks:
-                    await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
-                elif not self._heap:
-                    break
+        await self.start()
+        try:
+            await self.wait_idle()
+        finally:
+            await self.stop()
         return self.outcome
+
+    async def start(self) -> None:
+        """Start the committer and the dispatcher (long-running use: `serve`)."""
+        await self.committer.__aenter__()
+        self._dispatcher = asyncio.create_task(self._dispatch_loop())
+
+    async def wait_idle(self) -> None:
+        """Return once nothing is queued, deferred or running."""
+        while not self._is_idle():
+            self._idle.clear()
+            self._wake.set()
+            await self._idle.wait()
+
+    def _is_idle(self) -> bool:
+        return not self._heap and not self._tasks and not any(self._deferred.values())
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._accepting:
+                self._dispatch()
+            if self._is_idle() or (not self._accepting and not self._tasks):
+                self._idle.set()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop starting work; let running handlers finish (within `grace` s), commit, stop. Idempotent."""
+        self._accepting = False
+        if self._tasks:
+            done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+            self._dispatcher = None
+        await self.committer.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _dispatch(self) -> None:
         """Start the best ready jobs while global and per-stage slots are free."""
@@ -197,6 +239,7 @@ class Engine:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self._wake.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("internal error in a job", exc_info=task.exception())
 
@@ -239,7 +282,7 @@ class Engine:
             else:
                 fut = loop.run_in_executor(self._pool, prepare_and_call, stage, func, gathered.files, values, attempt, root)
                 written = await asyncio.wait_for(fut, stage.timeout)
-        except (TimeoutError, asyncio.TimeoutError) as exc:
+        except TimeoutError as exc:
             await self._fail(q, eid, key, prev, HandlerTimeout(f"timed out after {stage.timeout}s"), exc, started)
         except Exception as exc:
             await self._fail(q, eid, key, prev, exc, exc, started)
@@ -314,9 +357,3 @@ class Engine:
             self._rerun.discard((q, eid))
             targets.append((q, eid, manifest.values))
         self.consider(targets)
-
-    async def close(self) -> None:
-        """Wait for running jobs and stop the thread pool; safe to call twice."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._pool.shutdown(wait=False, cancel_futures=True)

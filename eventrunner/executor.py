@@ -123,12 +123,15 @@ def convert(path: Path, annotation: Any, what: str) -> Any:
 def build_kwargs(stage: Stage, func: Callable[..., Any], files: list[InputFile], root: Path) -> dict[str, Any]:
     """Keyword arguments for the handler: map inputs as one value, fan-in inputs as dict by member id."""
     hints = _hints(func)
+    # `**inputs: Path` annotates every input that has no parameter of its own (stock handlers).
+    var_kw = next((p.name for p in inspect.signature(func).parameters.values() if p.kind is p.VAR_KEYWORD), None)
+    default_ann = hints.get(var_kw) if var_kw else None
     kwargs: dict[str, Any] = {}
     for inp in stage.inputs:
-        ann = hints.get(inp.name)
+        ann = hints.get(inp.name, default_ann)
         if inp.aggregated:
             args = typing.get_args(ann)
-            inner = args[1] if len(args) == 2 else str
+            inner = args[1] if len(args) == 2 else ann if ann in (Path, bytes, str) else str
             kwargs[inp.name] = {
                 f.member: convert(root / f.relpath, inner, inp.name) for f in files if f.name == inp.name
             }

@@ -32,9 +32,8 @@ def validate_cron(text: str) -> str | None:
 class _Job:
     job_id: str
     func: JobFunc
-    make_trigger: Callable[
-        [], BaseTrigger
-    ]  # built at registration: interval start counts from then
+    # Built at registration, so an interval counts from the scheduler's start.
+    make_trigger: Callable[[], BaseTrigger]
     task: asyncio.Task[None] | None = None
     owed: bool = False  # a run came due while one was running: run once more when it ends
 
@@ -80,7 +79,9 @@ class Scheduler:
         return list(self._jobs)
 
     async def __aenter__(self) -> Scheduler:
-        if self._aps is None and not self._closed:
+        if self._closed:
+            raise RuntimeError("scheduler is closed")
+        if self._aps is None:
             self._aps = AsyncIOScheduler(
                 event_loop=asyncio.get_running_loop(), timezone=self._timezone
             )
@@ -105,7 +106,9 @@ class Scheduler:
         for task in running:
             task.cancel()
         if running:
-            await asyncio.wait(running, timeout=_CLOSE_GRACE)
+            _, stuck = await asyncio.wait(running, timeout=_CLOSE_GRACE)
+            for task in stuck:
+                logger.warning("job task %s ignored cancellation; leaving it", task.get_name())
 
     def _add(self, job: _Job) -> None:
         old = self._jobs.get(job.job_id)

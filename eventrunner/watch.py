@@ -148,10 +148,11 @@ async def _produce(
     polling = opts.force_polling
     lost: str | None = None  # why a Rescan is owed once the next watcher is live
     ever_live, backoff = False, _BACKOFF[0]
-    cut = len(opts.root) + 1
+    prefix = opts.root + os.sep
+    cut = len(prefix)
 
     def keep(_change: Change, path: str) -> bool:
-        return path.startswith(opts.root + os.sep) and not is_ignored(_rel(path, cut))
+        return path.startswith(prefix) and not is_ignored(_rel(path, cut))
 
     while not halt.is_set():
         changes = awatch(

@@ -1,15 +1,16 @@
 """Durable webhook intake: a group-committed journal, then atomic files under the data root.
 
-`put()` returns only after the record is fsynced in the journal; concurrent puts share one
-fsync (group commit). Committed records are then written to their target files (temp file and
-rename) in journal order. A checkpoint says how far that is durable, so recovery replays only
-the rest. Message ids are kept for `dedup_ttl` in the journal and in `dedup.json`.
+`put()` returns once the record is fsynced in the journal; concurrent puts share one fsync.
+Committed records are then written to their files (temp file, rename) in journal order. A
+checkpoint says how far that is durable, so recovery replays only the rest. Message ids are
+remembered for `dedup_ttl`, in the journal and in `dedup.json`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
 import json
 import logging
@@ -17,7 +18,7 @@ import os
 import struct
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -29,19 +30,19 @@ from eventrunner.errors import IntakeFull, StorageError
 
 log = logging.getLogger("eventrunner.spool")
 
-# Record: magic, meta length, body length, xxh3-64 of (first 16 header bytes + meta + body).
+# A record: magic, meta length, body length | xxh3-64 of (head + meta + body) | meta | body.
 _HEAD = struct.Struct("<4sIQ")
 _SUM = struct.Struct("<Q")
 _MAGIC = b"ERJ1"
 _MAX_META = 1 << 20
 TMP_PREFIX = ".er-tmp-"
 JOURNAL_MAX_BYTES = 32 << 20
-
 STATS = (  # noqa: SIM905
     "committed duplicates batches fsync_seconds_total storage_errors intake_full"
     " materialised materialise_errors recovered rotations"
 ).split()
 Seen = dict[str, tuple[float, str]]  # message id -> (accepted at, event id)
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True)
@@ -74,35 +75,35 @@ class _Entry:
 def _encode(meta: Mapping[str, Any], body: bytes) -> list[bytes]:
     meta_bytes = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
     head = _HEAD.pack(_MAGIC, len(meta_bytes), len(body))
-    digest = xxhash.xxh3_64(head)
-    digest.update(meta_bytes)
-    digest.update(body)
-    return [head, _SUM.pack(digest.intdigest()), meta_bytes, body]
+    return [head, _checksum(head, meta_bytes, body), meta_bytes, body]
 
 
-def _read_journal(path: Path, start: int, end: int | None) -> Iterator[tuple[int, Any, bytes]]:
+def _read_journal(path: Path, end: int | None) -> Iterator[tuple[int, Any, bytes]]:
     """Yield (offset, meta, body) of intact records; stop at a torn tail or at `end`."""
     with path.open("rb") as f:
         size = os.fstat(f.fileno()).st_size
         limit = size if end is None else min(size, end)
-        offset, fixed = start, _HEAD.size + _SUM.size
-        f.seek(start)
+        offset, fixed = 0, _HEAD.size + _SUM.size
         while offset + fixed <= limit:
-            head, tail = f.read(_HEAD.size), f.read(_SUM.size)
+            head, checksum = f.read(_HEAD.size), f.read(_SUM.size)
             magic, meta_len, body_len = _HEAD.unpack(head)
             total = fixed + meta_len + body_len
             if magic != _MAGIC or meta_len > _MAX_META or offset + total > limit:
                 break
             meta_bytes, body = f.read(meta_len), f.read(body_len)
-            digest = xxhash.xxh3_64(head)
-            digest.update(meta_bytes)
-            digest.update(body)
-            if _SUM.pack(digest.intdigest()) != tail:
+            if _checksum(head, meta_bytes, body) != checksum:
                 break
             yield offset, json.loads(meta_bytes), body
             offset += total
     if offset < limit:
         log.warning("spool: dropping %d torn bytes at the end of %s", limit - offset, path.name)
+
+
+def _checksum(head: bytes, meta_bytes: bytes, body: bytes) -> bytes:
+    digest = xxhash.xxh3_64(head)
+    digest.update(meta_bytes)
+    digest.update(body)
+    return _SUM.pack(digest.intdigest())
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -117,6 +118,22 @@ def _fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _sync_files(files: Iterable[Path], root: Path) -> None:
+    """Make written files and their folders durable: one syncfs per filesystem on Linux."""
+    folders = {folder for path in files for folder in path.parents if folder.is_relative_to(root)}
+    devices = {os.stat(folder).st_dev: folder for folder in folders if folder.exists()}
+    for folder in devices.values():
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            # syncfs(2) costs one call where fsync per file would cost thousands.
+            if getattr(_libc, "syncfs", None) is None:
+                os.sync()
+            elif _libc.syncfs(fd) != 0:
+                raise OSError(ctypes.get_errno(), f"syncfs failed on {folder}")
+        finally:
+            os.close(fd)
 
 
 def _check_relpath(relpath: str) -> None:
@@ -139,37 +156,36 @@ class Spool:
         on_materialised: Callable[[SpoolRecord, str], None] | None = None,
         journal_max_bytes: int = JOURNAL_MAX_BYTES,
     ) -> None:
-        self._dir, self._root = spool_dir, data_root
-        self._fsync, self._max_pending, self._ttl = fsync, max_pending, dedup_ttl
-        self._on_materialised, self._journal_max = on_materialised, journal_max_bytes
+        self._dir, self._root, self._fsync = spool_dir, data_root, fsync
+        self._max_pending, self._ttl, self._journal_max = max_pending, dedup_ttl, journal_max_bytes
+        self._on_materialised = on_materialised
         self.stats: dict[str, float] = dict.fromkeys(STATS, 0)
-        self._fd: int | None = None
-        self._seq = self._offset = 0
-        self._next_seq = 1
-        self._seals: dict[int, int] = {}  # abandoned journal -> end of its committed records
+        # Event loop state.
         self._seen: Seen = {}
         self._inflight: dict[str, asyncio.Future[PutResult]] = {}
         self._pending: list[tuple[_Entry, asyncio.Future[PutResult]]] = []
-        self._busy = 0
-        self._dirty: set[Path] = set()  # materialised since the last checkpoint
-        self._failed_at: tuple[int, int] | None = None  # first record that could not be written
-        self._wakeup = asyncio.Event()
+        self._busy = self._backlog = 0  # puts being committed; committed, files not yet written
+        self._wakeup, self._files_progress = asyncio.Event(), asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._files_last: asyncio.Future[Any] | None = None
         self._closing = self._closed = False
-        # One thread appends to the journal, one writes files (in journal order), so an fsync
-        # and file writes overlap. The checkpoint runs on the first only once files are idle.
+        # Two threads: the journal one appends and fsyncs, the files one writes files in
+        # journal order and checkpoints, so an fsync and file writes overlap.
         self._exec = ThreadPoolExecutor(1, thread_name_prefix="eventrunner-spool")
         self._files = ThreadPoolExecutor(1, thread_name_prefix="eventrunner-spool-files")
-        self._files_last: asyncio.Future[list[_Entry]] | None = None
-        self._backlog = 0  # committed records not yet written to their files
-        self._files_progress = asyncio.Event()
+        # Journal thread state.
+        self._fd: int | None = None
+        self._seq = self._offset = self._next_seq = 0
+        self._seals: dict[int, int] = {}  # abandoned journal -> end of its committed records
+        # Files thread state.
+        self._dirty: set[Path] = set()  # written since the last checkpoint
+        self._failed_at: tuple[int, int] | None = None  # first record that could not be written
 
     async def __aenter__(self) -> Spool:
         if self._writer is not None or self._closed:
             raise RuntimeError("a Spool can be opened only once")
-        loop = asyncio.get_running_loop()
         try:
-            recovered = await loop.run_in_executor(self._exec, self._start_sync)
+            recovered = await self._run(self._exec, self._start_sync)
         except OSError as exc:
             self._closed = True
             self._shutdown()
@@ -193,10 +209,8 @@ class Spool:
             with contextlib.suppress(Exception):  # a failed writer has logged already
                 await self._writer
             await self._files_idle()
-            seen = self._pruned_seen()
-            loop = asyncio.get_running_loop()
             try:
-                await loop.run_in_executor(self._exec, self._close_sync, seen)
+                await self._run(self._exec, self._close_sync, self._pruned_seen())
             except OSError as exc:
                 log.error("spool: final checkpoint failed (records replay at next start): %s", exc)
         self._shutdown()
@@ -212,8 +226,7 @@ class Spool:
             if seen is not None and seen[0] >= time.time() - self._ttl:
                 self.stats["duplicates"] += 1
                 return PutResult(seen[1], duplicate=True)
-            first = self._inflight.get(mid)
-            if first is not None:  # same id still being committed: wait for its outcome
+            if (first := self._inflight.get(mid)) is not None:  # same id still being committed
                 result = await asyncio.shield(first)
                 self.stats["duplicates"] += 1
                 return PutResult(result.event_id, duplicate=True)
@@ -239,6 +252,9 @@ class Spool:
 
     # -- event loop side -------------------------------------------------------------------
 
+    async def _run(self, pool: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
     async def _run_writer(self) -> None:
         try:
             while self._pending or not self._closing:
@@ -250,16 +266,14 @@ class Spool:
         except Exception:
             log.exception("spool: writer failed; failing every waiting put")
             self._fail(self._pending, StorageError("webhook spool writer failed"))
-            self._pending = []
             raise
 
     async def _commit_batch(self) -> None:
         batch, self._pending = self._pending, []
         entries = [entry for entry, _ in batch]
-        loop = asyncio.get_running_loop()
         self._busy = len(batch)
         try:
-            await loop.run_in_executor(self._exec, self._commit, entries)
+            await self._run(self._exec, self._commit, entries)
         except Exception as exc:  # OSError; anything else is a bug, but must not hang puts
             self.stats["storage_errors"] += 1
             log.error("spool: journal write failed, %d puts refused: %s", len(batch), exc)
@@ -270,8 +284,7 @@ class Spool:
         self.stats["batches"] += 1
         self.stats["committed"] += len(batch)
         for entry, future in batch:
-            mid = entry.record.message_id
-            if mid:
+            if mid := entry.record.message_id:
                 self._seen[mid] = (entry.ts, entry.event_id)
                 self._inflight.pop(mid, None)
             if not future.done():
@@ -280,34 +293,36 @@ class Spool:
             self._files_progress.clear()
             await self._files_progress.wait()
         self._backlog += len(entries)
-        self._files_last = loop.run_in_executor(self._files, self._materialise, entries)
-        self._files_last.add_done_callback(functools.partial(self._notify, len(entries)))
+        self._schedule_files(len(entries), self._materialise, entries)
         if self._offset >= self._journal_max:
-            await self._files_idle()
             try:
-                await loop.run_in_executor(self._exec, self._rotate, self._pruned_seen())
+                await self._run(self._exec, self._open_journal)
             except OSError as exc:
                 log.error("spool: journal rotation failed, will retry: %s", exc)
+                return
+            # Runs after the files of every earlier journal, so they can go.
+            self._schedule_files(0, self._checkpoint, self._seq, self._pruned_seen())
+            self.stats["rotations"] += 1
 
-    def _fail(self, batch: list[tuple[_Entry, asyncio.Future[PutResult]]], exc: Exception) -> None:
-        for entry, future in batch:
-            if entry.record.message_id:
-                self._inflight.pop(entry.record.message_id, None)
-            if not future.done():
-                future.set_exception(exc)
+    def _schedule_files(self, count: int, fn: Callable[..., Any], *args: Any) -> None:
+        future = asyncio.get_running_loop().run_in_executor(self._files, fn, *args)
+        future.add_done_callback(functools.partial(self._notify, count))
+        self._files_last = future
 
     async def _files_idle(self) -> None:
         if self._files_last is not None:
-            with contextlib.suppress(Exception):  # _materialise catches OSError; others: a bug
+            with contextlib.suppress(Exception):  # reported by _notify
                 await self._files_last
 
-    def _notify(self, count: int, future: asyncio.Future[list[_Entry]]) -> None:
+    def _notify(self, count: int, future: asyncio.Future[Any]) -> None:
         self._backlog -= count
         self._files_progress.set()
-        if future.cancelled() or future.exception() is not None:
-            log.error("spool: writing files failed: %r", future)
+        if future.cancelled():
             return
-        for entry in future.result():
+        if (exc := future.exception()) is not None:
+            log.error("spool: files thread failed (records replay at next start): %s", exc)
+            return
+        for entry in future.result() or ():
             self._notify_one(entry)
 
     def _notify_one(self, entry: _Entry) -> None:
@@ -319,16 +334,24 @@ class Spool:
         except Exception:
             log.exception("spool: on_materialised failed for %s", entry.record.relpath)
 
+    def _fail(self, batch: list[tuple[_Entry, asyncio.Future[PutResult]]], exc: Exception) -> None:
+        for entry, future in batch:
+            if entry.record.message_id:
+                self._inflight.pop(entry.record.message_id, None)
+            if not future.done():
+                future.set_exception(exc)
+        batch.clear()
+
     def _pruned_seen(self) -> Seen:
         horizon = time.time() - self._ttl
         self._seen = {mid: hit for mid, hit in self._seen.items() if hit[0] >= horizon}
-        return dict(self._seen)  # a copy: the writer thread must not see the loop mutate it
+        return dict(self._seen)  # a copy: another thread must not see the loop mutate it
 
     def _shutdown(self) -> None:
         self._exec.shutdown(wait=False)
         self._files.shutdown(wait=False)
 
-    # -- writer threads --------------------------------------------------------------------
+    # -- journal thread ----------------------------------------------------------------------
 
     def _commit(self, entries: list[_Entry]) -> None:
         """Append a batch with one fsync; on failure leave nothing recovery would accept."""
@@ -363,7 +386,7 @@ class Spool:
                 os.fsync(self._fd)
         except OSError as exc:
             # The tail may hold whole records of the refused batch: seal this journal at
-            # `start` (the seal goes first in the next journal) and never append to it again.
+            # `start` (the seal opens the next journal) and never append to it again.
             log.error("spool: cannot truncate journal %d back (%s); sealing it", self._seq, exc)
             self._seals[self._seq] = start
             with contextlib.suppress(OSError):
@@ -372,9 +395,10 @@ class Spool:
 
     def _open_journal(self) -> None:
         seq, self._next_seq = self._next_seq, self._next_seq + 1
-        path = self._journal(seq)
-        self._seals.setdefault(seq, 0)  # until this journal is durably open, it holds nothing
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        self._seals = {s: end for s, end in self._seals.items() if self._journal(s).exists()}
+        self._seals[seq] = 0  # until it is durably open, this journal holds nothing
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+        fd = os.open(self._journal(seq), flags, 0o600)
         try:
             seals = {str(s): end for s, end in self._seals.items() if s != seq}
             blob = b"".join(_encode({"k": "seal", "seals": seals}, b"")) if seals else b""
@@ -391,6 +415,14 @@ class Spool:
                 os.close(self._fd)
         self._fd, self._seq, self._offset = fd, seq, len(blob)
 
+    def _close_sync(self, seen: Seen) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._checkpoint(self._next_seq, seen)
+
+    # -- files thread ------------------------------------------------------------------------
+
     def _materialise(self, entries: list[_Entry]) -> list[_Entry]:
         done: list[_Entry] = []
         for entry in entries:
@@ -406,48 +438,25 @@ class Spool:
                     tmp.unlink()
                 self.stats["materialise_errors"] += 1
                 log.error("spool: cannot write %s, kept for replay: %s", entry.record.relpath, exc)
-                if self._failed_at is None:
-                    self._failed_at = (entry.seq, entry.offset)
+                self._failed_at = self._failed_at or (entry.seq, entry.offset)
                 continue
             self._dirty.add(target)
             done.append(entry)
         return done
 
-    def _rotate(self, seen: Seen) -> None:
-        self._open_journal()
-        self._checkpoint(self._seq, seen)
-        self.stats["rotations"] += 1
-
-    def _close_sync(self, seen: Seen) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        self._checkpoint(self._next_seq, seen)
-
     def _checkpoint(self, upto: int, seen: Seen) -> None:
-        """Make written files durable, record how far replay may start, drop older journals."""
+        """Make written files durable, record where replay starts, drop older journals."""
         if self._fsync:
-            folders: set[Path] = set()
-            for path in self._dirty:
-                with contextlib.suppress(FileNotFoundError):
-                    _fsync_path(path)
-                folders.update(p for p in path.parents if p.is_relative_to(self._root))
-            for folder in folders:
-                with contextlib.suppress(FileNotFoundError):
-                    _fsync_path(folder)
+            _sync_files(self._dirty, self._root)
         self._dirty.clear()
         seq, offset = self._failed_at or (upto, 0)
         self._write_json("dedup.json", {"ids": {mid: list(hit) for mid, hit in seen.items()}})
         self._write_json("checkpoint.json", {"journal": seq, "offset": offset})
         if self._fsync:
             _fsync_path(self._dir)
-        remaining = set()
         for old, path in self._journals():
             if old < seq:  # never the open journal: its seq is at least `seq`
                 path.unlink()
-            else:
-                remaining.add(old)
-        self._seals = {s: end for s, end in self._seals.items() if s in remaining}
 
     def _write_json(self, name: str, data: Mapping[str, Any]) -> None:
         tmp = self._dir / f"{TMP_PREFIX}{name}"
@@ -458,7 +467,7 @@ class Spool:
                 os.fsync(f.fileno())
         os.replace(tmp, self._dir / name)
 
-    # -- recovery --------------------------------------------------------------------------
+    # -- recovery (no thread runs yet) -------------------------------------------------------
 
     def _start_sync(self) -> list[_Entry]:
         entries = self._recover()
@@ -470,32 +479,27 @@ class Spool:
         checkpoint = self._load_json("checkpoint.json")
         cp = (int(checkpoint.get("journal", 0)), int(checkpoint.get("offset", 0)))
         horizon = time.time() - self._ttl
-        seen: Seen = {
-            mid: (float(ts), str(eid))
-            for mid, (ts, eid) in self._load_json("dedup.json").get("ids", {}).items()
-            if float(ts) >= horizon
-        }
+        ids = self._load_json("dedup.json").get("ids", {})
+        seen: Seen = {mid: (ts, eid) for mid, (ts, eid) in ids.items() if ts >= horizon}
         journals = self._journals()
         seals: dict[int, int] = {}
         for _, path in journals:  # a seal opens the journal after the one it bounds
-            for _, meta, _ in _read_journal(path, 0, None):
+            for _, meta, _ in _read_journal(path, None):
                 if meta.get("k") == "seal":
                     seals.update({int(s): int(end) for s, end in meta["seals"].items()})
                 break
         replay: list[_Entry] = []
         for seq, path in journals:
-            for offset, meta, body in _read_journal(path, 0, seals.get(seq)):
+            for offset, meta, body in _read_journal(path, seals.get(seq)):
                 if meta.get("k") != "rec":
                     continue
-                if meta.get("mid") and meta["ts"] >= horizon:
+                if meta["mid"] and meta["ts"] >= horizon:
                     seen[meta["mid"]] = (meta["ts"], meta["id"])
                 if (seq, offset) >= cp:
-                    record = SpoolRecord(meta["path"], body, meta.get("mid"), meta.get("meta", {}))
+                    record = SpoolRecord(meta["path"], body, meta["mid"], meta["meta"])
                     replay.append(_Entry(record, meta["id"], meta["ts"], seq, offset))
-        self._seen = seen
-        self._seals = seals
+        self._seen, self._seals, self._failed_at = seen, seals, None
         self._next_seq = max([cp[0], *(seq + 1 for seq, _ in journals)])
-        self._failed_at = None
         done = self._materialise(replay)
         self.stats["recovered"] += len(done)
         if replay:

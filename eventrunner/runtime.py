@@ -1,0 +1,313 @@
+"""The long-running service: lock, index, engine, watcher, scheduler; events in, work out.
+
+Start: take the lock, load the index, start the engine, start watching, reconcile (catch what
+changed while down), then ready. Every event is mapped to the (stage, entity) pairs it affects;
+nothing on the event path scans the workspace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import loader, ops
+from .config import Settings
+from .engine import Engine, Target
+from .errors import ConfigError
+from .index import Index
+from .patterns import entity_id
+from .store import Store
+from .watch import FileChange, Rescan, watch_changes
+from .workspace import Workspace, load_workspace
+
+log = logging.getLogger("eventrunner.runtime")
+
+EventSink = Callable[[dict[str, Any]], None]
+
+
+class Runtime:
+    """Owns a workspace while serving. Use as `async with Runtime(ws) as rt: ...`."""
+
+    def __init__(self, ws: Workspace, *, watch: bool = True, stop_event: asyncio.Event | None = None) -> None:
+        self.ws = ws
+        self.settings: Settings = ws.settings
+        self.store = Store(ws.settings.state_dir)
+        self.watch_enabled = watch
+        self.stop_event = stop_event or asyncio.Event()
+        self.ready = asyncio.Event()
+        self.index: Index | None = None
+        self.engine: Engine | None = None
+        self.sinks: list[EventSink] = []
+        self.started_at = time.time()
+        self.last_reload_error: str | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._scheduler: Any = None
+        self._locked = False
+        self._reload_lock = asyncio.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def __aenter__(self) -> Runtime:
+        """Take the workspace lock (LockHeld names the holder); `start()` does the rest."""
+        self.store.acquire_lock("serve")
+        self._locked = True
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Load the index, start the engine and watcher, reconcile, schedule; then ready."""
+        self.index = await asyncio.to_thread(Index.load, self.ws, self.store)
+        self.engine = self._new_engine(self.index)
+        await self.engine.start()
+        if self.watch_enabled:
+            watching = asyncio.Event()
+            self._tasks.append(asyncio.create_task(self._watch_loop(watching)))
+            await asyncio.wait_for(watching.wait(), 30)
+        self.reconcile(initial=True)
+        await self._start_scheduler()
+        self._tasks.append(asyncio.create_task(self._persist_loop()))
+        self.ready.set()
+        self.emit({"kind": "ready"})
+        log.info("ready: %d stages, %d queued", len(self.ws.graph.stages), self.engine.queue_depth)
+
+    def _new_engine(self, index: Index) -> Engine:
+        return Engine(index, self.store, jobs=self.settings.runtime.concurrency, listener=self.emit, retry_in_run=True)
+
+    async def _start_scheduler(self) -> None:
+        from .schedule import Scheduler
+
+        rt = self.settings.runtime
+        sched = Scheduler()
+        sched.add_interval("retry-sweep", rt.retry_sweep_interval, self._sweep)
+        sched.add_interval("reconcile", rt.reconcile_interval, self._reconcile_job)
+        self._add_crons(sched)
+        self._scheduler = await sched.__aenter__()
+
+    def _add_crons(self, sched: Any) -> None:
+        for q, stage in self.ws.graph.stages.items():
+            if stage.schedule:
+                sched.add_cron(f"cron:{q}", stage.schedule, self._cron_job(q))
+
+    async def close(self) -> None:
+        """Stop intake, let running handlers finish within the grace period, persist, unlock."""
+        self.stop_event.set()
+        if self._scheduler is not None:
+            await self._scheduler.close()
+            self._scheduler = None
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.engine is not None:
+            await self.engine.stop(self.settings.runtime.shutdown_grace)
+        if self.index is not None and (self.index.changed or self.index.dirty_path.exists()):
+            await asyncio.to_thread(self.index.save)
+        if self._locked:
+            self.store.release_lock()
+            self._locked = False
+
+    # -- events ------------------------------------------------------------------------------------
+    def emit(self, event: dict[str, Any]) -> None:
+        """Fan an event out to subscribers (SSE, metrics)."""
+        event.setdefault("time", time.time())
+        for sink in list(self.sinks):
+            try:
+                sink(event)
+            except Exception:
+                log.exception("event sink failed")
+
+    def on_change(self, change: FileChange) -> int:
+        """One file changed under the data root: queue what it affects; returns how many were queued."""
+        assert self.engine is not None and self.index is not None
+        targets: list[Target] = []
+        g = self.ws.graph
+        source_hit = False
+        for key, pattern in g.patterns.items():
+            values = pattern.match(change.relpath)
+            if values is None:
+                continue
+            producer = g.producer.get(key)
+            source_hit = source_hit or producer is None
+            if producer is not None:
+                # An output changed or vanished: its producer decides (our own writes match the
+                # index, so their echo comes out fresh and triggers nothing).
+                stage = g.stages[producer]
+                ent = {v: values[v] for v in stage.entity_vars}
+                targets.append((producer, entity_id(stage.entity_vars, ent), ent))
+                if change.kind != "deleted":
+                    targets.extend(self.engine.downstream_of(key, values))
+                continue
+            if change.kind == "deleted":
+                self.index.discard_instance(key, values)
+                self.index.files.pop(change.relpath, None)
+                targets.extend(self.engine.removed_targets(key, values))
+            else:
+                self.index.add_instance(key, values, change.relpath)
+                targets.extend(self.engine.downstream_of(key, values))
+        queued = self.engine.consider(targets) if targets else 0
+        if queued or source_hit:
+            self.emit({"kind": "changed", "path": change.relpath, "change": change.kind, "queued": queued})
+        return queued
+
+    def reconcile(self, initial: bool = False) -> int:
+        """Full comparison of the workspace with the index (start-up, timer, lost events)."""
+        assert self.engine is not None and self.index is not None
+        idx = self.index
+        before = {k: dict(idx.instances[k].items) for k in self.ws.graph.sources}
+        idx.scan_sources()
+        now = {k: dict(idx.instances[k].items) for k in self.ws.graph.sources}
+        # Rebuild derived instances from the new source sets, then follow what vanished.
+        idx.derive()
+        targets: list[Target] = []
+        for key in before:
+            for eid in before[key].keys() - now[key].keys():
+                targets.extend(self.engine.removed_targets(key, before[key][eid][0]))
+        targets.extend(self.engine.all_targets())
+        n = self.engine.consider(targets)
+        if not initial:
+            log.info("reconcile queued %d state(s)", n)
+        return n
+
+    async def _reconcile_job(self) -> None:
+        self.reconcile()
+
+    async def _sweep(self) -> None:
+        """Re-queue failures whose backoff expired (O(failures), never a workspace scan)."""
+        assert self.engine is not None and self.index is not None
+        now = time.time()
+        targets: list[Target] = []
+        for q, fails in self.index.failures.items():
+            for eid, f in fails.items():
+                if not f.dead and f.next_retry is not None and f.next_retry <= now:
+                    m = self.index.manifests[q].get(eid)
+                    values = m.values if m else _values_of(self.ws, q, eid)
+                    if values is not None:
+                        targets.append((q, eid, values))
+        if targets:
+            self.engine.consider(targets)
+
+    def _cron_job(self, qualname: str) -> Callable[[], Any]:
+        async def fire() -> None:
+            assert self.engine is not None and self.index is not None
+            stage = self.ws.graph.stages[qualname]
+            if not stage.inputs:  # a generator: its clock is its input
+                self.index.mark_dirty()
+                self.index.control.invalidations.setdefault(qualname, {})["*"] = time.time_ns()
+                self.store.write_control(self.index.control)
+            self.engine.consider([(qualname, e, v) for e, v in self.index.stage_entities(qualname)])
+
+        return fire
+
+    async def _persist_loop(self) -> None:
+        """Save the index cache now and then, so a restart after a clean stop reads one file."""
+        while True:
+            await asyncio.sleep(30)
+            if self.index is not None and self.index.changed and self.engine is not None and self.engine._is_idle():
+                await asyncio.to_thread(self.index.save)
+
+    # -- watching ----------------------------------------------------------------------------------
+    async def _watch_loop(self, watching: asyncio.Event) -> None:
+        rt = self.settings.runtime
+        root = self.settings.data_root
+        workspace = self.settings.workspace
+        async for batch in watch_changes(root, stop_event=self.stop_event, debounce=rt.debounce, settle=rt.settle, ready=watching):
+            if isinstance(batch, Rescan):
+                log.warning("watcher lost events (%s): reconciling", batch.reason)
+                self.reconcile()
+                continue
+            code_changed = False
+            for change in batch:
+                abs_path = root / change.relpath
+                if _is_code(abs_path, workspace):
+                    code_changed = True
+                    continue
+                self.on_change(change)
+            if code_changed:
+                await self.reload()
+        # watch_changes returns when stop_event is set.
+
+    async def reload(self) -> bool:
+        """Re-load pipelines and handlers; keep the running version when the edit is invalid."""
+        async with self._reload_lock:
+            try:
+                loader.forget(self.settings.handlers_dir)
+                from . import codeid
+
+                codeid.clear_cache()
+                new_ws = await asyncio.to_thread(load_workspace, self.settings.workspace)
+            except ConfigError as exc:
+                self.last_reload_error = str(exc)
+                log.error("reload refused, keeping the running version:\n%s", exc)
+                self.emit({"kind": "reload_failed", "problems": [str(p) for p in exc.problems]})
+                return False
+            changed = sorted(q for q in new_ws.code if self.ws.code.get(q) != new_ws.code[q] or self.ws.params.get(q) != new_ws.params.get(q))
+            assert self.engine is not None and self.index is not None
+            await self.engine.stop(self.settings.runtime.shutdown_grace)
+            await asyncio.to_thread(self.index.save)
+            self.ws = new_ws
+            self.index = await asyncio.to_thread(Index.load, new_ws, self.store)
+            self.engine = self._new_engine(self.index)
+            await self.engine.start()
+            if self._scheduler is not None:
+                for job in self._scheduler.job_ids():
+                    if job.startswith("cron:"):
+                        self._scheduler.remove(job)
+                self._add_crons(self._scheduler)
+            self.last_reload_error = None
+            self.emit({"kind": "reloaded", "changed_stages": changed})
+            log.info("reloaded; stages with new code or params: %s", ", ".join(changed) or "none")
+            self.engine.consider(self.engine.all_targets(), fresh_pass=True)
+            return True
+
+    # -- management (the API calls these; the CLI reaches them through the API) ---------------------
+    def manage(self, action: str, body: dict[str, Any]) -> Any:
+        """invalidate / retry / hold / release, then queue what became runnable."""
+        assert self.engine is not None and self.index is not None
+        idx, store = self.index, self.store
+        stage, eids = body.get("stage"), body.get("entities") or None
+        if action == "invalidate":
+            result = ops.invalidate(idx, store, stage, eids, bool(body.get("downstream")))
+            stages = result["stages"]
+        elif action == "retry":
+            result = ops.retry(idx, store, stage, eids)
+            stages = sorted({c["stage"] for c in result["cleared"]})
+        elif action in ("hold", "release"):
+            result = ops.hold(idx, store, stage, eids, on=action == "hold")
+            stages = [result["stage"]]
+        else:
+            raise ValueError(action)
+        targets = [(q, e, v) for q in stages for e, v in idx.stage_entities(q) if not eids or e in eids or q != stages[0]]
+        self.engine.consider(targets)
+        return result
+
+
+def _values_of(ws: Workspace, qualname: str, eid: str) -> dict[str, str] | None:
+    from .errors import PatternError
+    from .patterns import parse_entity_id
+
+    try:
+        return parse_entity_id(ws.graph.stages[qualname].entity_vars, eid)
+    except PatternError:
+        return None
+
+
+def _is_code(path: Path, workspace: Path) -> bool:
+    """Pipeline files, handler modules and eventrunner.toml trigger a reload, not work."""
+    try:
+        rel = path.relative_to(workspace)
+    except ValueError:
+        return False
+    parts = rel.parts
+    if parts == ("eventrunner.toml",):
+        return True
+    if parts and parts[0] == "pipelines" and rel.suffix in (".toml", ".json"):
+        return True
+    return bool(parts) and parts[0] == "handlers" and rel.suffix == ".py"

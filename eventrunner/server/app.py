@@ -1,0 +1,254 @@
+"""The aiohttp application: management API, health, events stream, metrics, webhooks."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from .. import ops
+from ..errors import (
+    EventRunnerError,
+    IntakeFull,
+    PatternError,
+    SignatureError,
+    StorageError,
+    UnknownName,
+    UsageError,
+)
+from . import models
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Status by error class, walked along the class hierarchy (most specific first).
+STATUS: dict[type[BaseException], int] = {
+    SignatureError: 401,
+    UnknownName: 404,
+    PatternError: 400,
+    UsageError: 400,
+    IntakeFull: 503,
+    StorageError: 503,
+    EventRunnerError: 500,
+}
+CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+         409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_body",
+         500: "internal", 503: "unavailable"}
+
+
+def error_response(status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
+    """The one error shape: {"error": {"code", "message"}}."""
+    body = {"error": {"code": code or CODES.get(status, "error"), "message": message}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+def status_for(exc: BaseException) -> int:
+    """HTTP status for an error, by walking its class hierarchy."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map every failure to a JSON error; never a bare 500 page."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, exc.reason or "error", headers={k: v for k, v in exc.headers.items() if k == "Retry-After"})
+    except ValidationError as exc:
+        return error_response(422, "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()))
+    except EventRunnerError as exc:
+        status = status_for(exc)
+        headers = {"Retry-After": "1"} if status == 503 else None
+        return error_response(status, str(exc), headers=headers)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        request.app.logger.exception("internal error on %s %s", request.method, request.path)
+        return error_response(500, "internal error (see the server log)")
+
+
+def auth_middleware(token_env: str | None) -> Any:
+    """Bearer token on management routes when a token is configured (constant-time compare)."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        token = os.environ.get(token_env) if token_env else None
+        path = request.path
+        public = path in ("/healthz", "/readyz") or path.startswith("/hooks/")
+        if token and not public:
+            given = request.headers.get("Authorization", "")
+            expected = f"Bearer {token}"
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                return error_response(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+        return await handler(request)
+
+    return check
+
+
+def _rt(request: web.Request) -> Runtime:
+    return request.app[RUNTIME]
+
+
+def _ready(rt: Runtime) -> None:
+    if not rt.ready.is_set() or rt.index is None:
+        raise web.HTTPServiceUnavailable(reason="starting up", headers={"Retry-After": "1"})
+
+
+def _pipeline(request: web.Request) -> str | None:
+    p = request.match_info["pipeline"]
+    rt = _rt(request)
+    if p == "_":
+        return None
+    if p not in rt.ws.graph.pipelines:
+        raise UnknownName(f"no pipeline {p!r}")
+    return p
+
+
+async def _body(request: web.Request, model: type[BaseModel]) -> Any:
+    try:
+        raw = await request.json() if request.can_read_body else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UsageError("body must be JSON") from None
+    if not isinstance(raw, dict):
+        raise UsageError("body must be a JSON object")
+    return model.model_validate(raw)
+
+
+def _qualify(rt: Runtime, pipeline: str | None, stage: str | None) -> str | None:
+    if stage is None or pipeline is None or stage in rt.ws.graph.stages:
+        return stage
+    return f"{pipeline}.{stage}"
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    rt = _rt(request)
+    if rt.ready.is_set():
+        return web.json_response({"status": "ready", "ready": True})
+    return web.json_response({"status": "starting", "ready": False}, status=503, headers={"Retry-After": "1"})
+
+
+async def pipelines(request: web.Request) -> web.Response:
+    rt = _rt(request)
+    _ready(rt)
+    assert rt.index is not None
+    return web.json_response(ops.status(rt.index))
+
+
+async def pipeline_status(request: web.Request) -> web.Response:
+    rt = _rt(request)
+    _ready(rt)
+    p = _pipeline(request)
+    assert rt.index is not None and rt.engine is not None
+    data = ops.status(rt.index, p)
+    stages = set(rt.ws.graph.pipelines.get(p or "", rt.ws.graph.stages))
+    running = [{"stage": q, "entity": e} for q, e in sorted(rt.index.running) if p is None or q in stages]
+    failures = sorted(
+        (f.to_json() for q, fs in rt.index.failures.items() if p is None or q in stages for f in fs.values()),
+        key=lambda f: -f["last_failed"],
+    )[:20]
+    for f in failures:
+        f.pop("traceback", None)
+    body = {"pipeline": p or "_", "stages": data["pipelines"].get(p, {}).get("stages", {}) if p else data["pipelines"],
+            "running": running, "recent_failures": failures, "queue_depth": rt.engine.queue_depth}
+    return web.json_response(body)
+
+
+def _int(request: web.Request, name: str, default: int | None) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UsageError(f"{name} must be an integer") from None
+    if value < 0:
+        raise UsageError(f"{name} must not be negative")
+    return value
+
+
+async def entities(request: web.Request) -> web.Response:
+    rt = _rt(request)
+    _ready(rt)
+    p = _pipeline(request)
+    assert rt.index is not None
+    limit = _int(request, "limit", 100) or 100
+    offset = _int(request, "offset", 0) or 0
+    stage = request.query.get("stage") or None
+    rows = ops.entities(rt.index, pipeline=p, stage=stage, state=request.query.get("state") or None)
+    page = rows[offset : offset + min(limit, 1000)]
+    return web.json_response({"entities": [r.to_json() for r in page], "total": len(rows), "limit": limit, "offset": offset})
+
+
+async def explain(request: web.Request) -> web.Response:
+    rt = _rt(request)
+    _ready(rt)
+    p = _pipeline(request)
+    assert rt.index is not None
+    eid = request.match_info["entity"]
+    return web.json_response({"entity": eid, "stages": ops.explain(rt.index, eid, request.query.get("stage"), p)}, dumps=_dumps)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+def _manage(action: str, model: type[BaseModel]) -> Handler:
+    async def handle(request: web.Request) -> web.Response:
+        rt = _rt(request)
+        _ready(rt)
+        p = _pipeline(request)
+        body = (await _body(request, model)).model_dump()
+        body["stage"] = _qualify(rt, p, body.get("stage"))
+        result = await asyncio.to_thread(rt.manage, action, body) if False else rt.manage(action, body)
+        return web.json_response(result, dumps=_dumps)
+
+    return handle
+
+
+def create_app(runtime: Runtime) -> web.Application:
+    """The application for one runtime (tests use it with aiohttp_client)."""
+    from .events import events_stream
+    from .hooks import setup_hooks
+    from .metrics import setup_metrics
+    from .openapi import openapi_document
+
+    settings = runtime.settings
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware(settings.server.token_env)],
+        client_max_size=settings.server.body_limit,
+    )
+    app[RUNTIME] = runtime
+    r = app.router
+    r.add_get("/healthz", healthz)
+    r.add_get("/readyz", readyz)
+    r.add_get("/api/pipelines", pipelines)
+    r.add_get("/api/pipelines/{pipeline}/status", pipeline_status)
+    r.add_get("/api/pipelines/{pipeline}/entities", entities)
+    r.add_get("/api/pipelines/{pipeline}/entities/{entity}", explain)
+    r.add_post("/api/pipelines/{pipeline}/invalidate", _manage("invalidate", models.InvalidateRequest))
+    r.add_post("/api/pipelines/{pipeline}/retry", _manage("retry", models.RetryRequest))
+    r.add_post("/api/pipelines/{pipeline}/hold", _manage("hold", models.HoldRequest))
+    r.add_post("/api/pipelines/{pipeline}/release", _manage("release", models.HoldRequest))
+    r.add_get("/api/events", events_stream)
+    r.add_get("/api/openapi.json", openapi_document)
+    setup_metrics(app, runtime)
+    setup_hooks(app, runtime)
+    return app

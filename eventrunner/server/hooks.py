@@ -1,0 +1,125 @@
+"""POST /hooks/{pipeline}/{source}: signed, size-limited, durable, idempotent webhook intake.
+
+Order matters: size limit before buffering, signature on the raw body before anything else,
+then the entity, then the durable write; 202 only once the body is on disk. Handlers never run
+inside the request: the stored file is an event like any file drop.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from ..errors import PatternError, SignatureError, StorageError, UnknownName
+from ..graph import Source
+from ..patterns import entity_id, resolve_inside
+from ..watch import FileChange
+from .signatures import verify_request
+from .spool import Spool, SpoolRecord
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+SPOOL: web.AppKey[Spool] = web.AppKey("spool")
+
+
+def _find_source(rt: Runtime, pipeline: str, name: str) -> Source:
+    for src in rt.ws.graph.sources.values():
+        if src.pipeline == pipeline and src.name == name and src.webhook is not None:
+            return src
+    raise UnknownName(f"no webhook source {name!r} in pipeline {pipeline!r}")
+
+
+def _secrets(env_name: str) -> list[str]:
+    """Secrets from the environment; several separated by spaces while rotating."""
+    value = os.environ.get(env_name, "")
+    return value.split()
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
+    return body
+
+
+async def hook(request: web.Request) -> web.Response:
+    """Webhook intake; counts every answer by status in /metrics."""
+    from .app import RUNTIME
+    from .metrics import METRICS
+
+    rt = request.app[RUNTIME]
+    pipeline, source = request.match_info["pipeline"], request.match_info["source"]
+    status = 500
+    try:
+        resp = await _intake(request, rt, pipeline, source)
+        status = resp.status
+        return resp
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except (SignatureError, UnknownName, PatternError, StorageError) as exc:
+        status = {SignatureError: 401, UnknownName: 404, PatternError: 400}.get(type(exc), 503)
+        raise
+    except Exception:
+        status = 503
+        raise
+    finally:
+        known = any(s.pipeline == pipeline and s.name == source for s in rt.ws.graph.sources.values())
+        labels = (pipeline, source) if known else ("unknown", "unknown")  # bounded label values
+        request.app[METRICS].webhooks.labels(*labels, str(status)).inc()
+
+
+async def _intake(request: web.Request, rt: Runtime, pipeline: str, source: str) -> web.Response:
+    src = _find_source(rt, pipeline, source)
+    spec = src.webhook
+    limit = spec.max_body or rt.settings.server.body_limit
+    body = await _read_limited(request, limit)
+    message_id: str | None = None
+    if spec.secret_env:
+        secrets = _secrets(spec.secret_env)
+        if not secrets:
+            # Misconfiguration on our side: the sender should keep the delivery and retry.
+            raise StorageError(f"webhook secret {spec.secret_env} is not set in the server's environment")
+        message_id = verify_request(secrets, request.headers, body)
+    else:
+        message_id = request.headers.get("webhook-id") or request.headers.get("X-GitHub-Delivery")
+    pattern = src.pattern
+    missing = [v for v in pattern.variables if v not in request.query]
+    if missing:
+        raise PatternError(f"missing query parameter(s) for the entity: {', '.join(missing)}")
+    values = {v: request.query[v] for v in pattern.variables}
+    relpath = pattern.format(values)
+    resolve_inside(rt.settings.data_root, relpath)
+    eid = entity_id(pattern.variables, values)
+    record = SpoolRecord(relpath=relpath, body=body, message_id=message_id,
+                         meta={"pipeline": pipeline, "source": source, "entity": eid})
+    result = await request.app[SPOOL].put(record)
+    if result.duplicate:
+        return web.json_response({"duplicate": True}, status=200)
+    return web.json_response({"entity": eid, "path": relpath, "event_id": result.event_id}, status=202)
+
+
+def setup_hooks(app: web.Application, runtime: Runtime) -> None:
+    """Route and spool lifecycle (opened with the app, drained and closed with it)."""
+    app.router.add_post("/hooks/{pipeline}/{source}", hook)
+    settings = runtime.settings
+
+    def materialised(record: SpoolRecord, event_id: str) -> None:
+        if runtime.engine is not None and runtime.index is not None:
+            runtime.emit({"kind": "webhook", "path": record.relpath, "event_id": event_id, **dict(record.meta)})
+            runtime.on_change(FileChange("modified", record.relpath))
+
+    async def spool_ctx(app: web.Application) -> AsyncIterator[None]:
+        spool = Spool(settings.state_dir / "spool", settings.data_root,
+                      max_pending=settings.server.intake_max_pending, on_materialised=materialised)
+        async with spool:
+            app[SPOOL] = spool
+            yield
+
+    app.cleanup_ctx.append(spool_ctx)

@@ -1,0 +1,90 @@
+"""GET /metrics in the Prometheus text format (prometheus-client, one registry per app)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .. import ops
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+
+
+class _StateCollector(Collector):
+    """States by stage and state, and queue depth; the full count is cached a few seconds."""
+
+    def __init__(self, runtime: Runtime, ttl: float = 10.0) -> None:
+        self.rt = runtime
+        self.ttl = ttl
+        self._cache: tuple[float, dict[str, Any]] | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        rt = self.rt
+        states = GaugeMetricFamily("eventrunner_states", "States by stage and state", labels=["stage", "state"])
+        queue = GaugeMetricFamily("eventrunner_queue_depth", "States queued for a worker")
+        running = GaugeMetricFamily("eventrunner_running", "Handlers running now")
+        if rt.index is not None and rt.engine is not None and rt.ready.is_set():
+            now = time.monotonic()
+            if self._cache is None or now - self._cache[0] > self.ttl:
+                self._cache = (now, ops.status(rt.index))
+            for p, pdata in self._cache[1]["pipelines"].items():
+                for s, counts in pdata["stages"].items():
+                    for state, n in counts.items():
+                        states.add_metric([f"{p}.{s}", state], n)
+            queue.add_metric([], rt.engine.queue_depth)
+            running.add_metric([], len(rt.index.running))
+        yield states
+        yield queue
+        yield running
+
+
+class Metrics:
+    """Counters and histograms fed by runtime events and the webhook intake."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events = Counter("eventrunner_events", "Runtime events by kind", ["kind"], registry=r)
+        self.executions = Counter("eventrunner_executions", "Handler executions by stage and outcome", ["stage", "outcome"], registry=r)
+        self.duration = Histogram("eventrunner_execution_seconds", "Handler execution time", ["stage"], registry=r,
+                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+        self.webhooks = Counter("eventrunner_webhook_requests", "Webhook requests by pipeline, source and status", ["pipeline", "source", "status"], registry=r)
+        self.fsync = Histogram("eventrunner_fsync_seconds", "Durability barrier latency (webhook spool batches)", registry=r,
+                               buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
+        r.register(_StateCollector(runtime))
+        runtime.sinks.append(self.on_event)
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        kind = str(event.get("kind"))
+        self.events.labels(kind).inc()
+        if kind in ("succeeded", "failed"):
+            self.executions.labels(str(event.get("stage")), kind).inc()
+        if kind == "succeeded" and "duration_s" in event:
+            self.duration.labels(str(event.get("stage"))).observe(float(event["duration_s"]))
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    m = request.app[METRICS]
+    body = generate_latest(m.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def setup_metrics(app: web.Application, runtime: Runtime) -> None:
+    """Register /metrics and the event sink that feeds it."""
+    app[METRICS] = Metrics(runtime)
+    app.router.add_get("/metrics", metrics_handler)

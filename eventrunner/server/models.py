@@ -1,0 +1,105 @@
+"""Request and response models of the HTTP API: they validate requests and generate the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InvalidateRequest(_Body):
+    """Force re-runs of a stage (some entities or all), optionally everything downstream."""
+
+    stage: str
+    entities: list[str] | None = None
+    downstream: bool = False
+
+
+class RetryRequest(_Body):
+    """Clear backoff and dead states (all stages when `stage` is omitted)."""
+
+    stage: str | None = None
+    entities: list[str] | None = None
+
+
+class HoldRequest(_Body):
+    """Hold or release a stage's states (all entities when `entities` is omitted)."""
+
+    stage: str
+    entities: list[str] | None = None
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer: {"error": {"code", "message"}}."""
+
+    error: ErrorDetail
+
+
+class Reason(BaseModel):
+    code: str
+    message: str
+    detail: dict[str, Any] | None = None
+
+
+class StateRow(BaseModel):
+    stage: str
+    entity: str
+    state: str
+    reasons: list[Reason]
+
+
+class EntitiesResponse(BaseModel):
+    entities: list[StateRow]
+    total: int
+    limit: int
+    offset: int
+
+
+class ExplainRow(StateRow):
+    manifest: dict[str, Any] | None = None
+    failure: dict[str, Any] | None = None
+
+
+class ExplainResponse(BaseModel):
+    entity: str
+    stages: list[ExplainRow]
+
+
+class StageCounts(BaseModel):
+    stages: dict[str, dict[str, int]]
+
+
+class PipelinesResponse(BaseModel):
+    pipelines: dict[str, StageCounts]
+
+
+class PipelineStatus(BaseModel):
+    pipeline: str
+    stages: dict[str, dict[str, int]]
+    running: list[dict[str, Any]]
+    recent_failures: list[dict[str, Any]]
+    queue_depth: int
+
+
+class WebhookAccepted(BaseModel):
+    entity: str
+    path: str
+    event_id: str
+
+
+class WebhookDuplicate(BaseModel):
+    duplicate: bool = Field(True)
+
+
+class Health(BaseModel):
+    status: str
+    ready: bool | None = None
