@@ -102,7 +102,7 @@ class RuntimeSettings(_Model):
     retry_sweep_interval: Duration = 30.0
     reconcile_interval: Duration = 600.0
     shutdown_grace: Duration = 30.0
-    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    retry: RetryPolicy = Field(default_factory=lambda: RetryPolicy())
 
 
 class Settings(_Model):
@@ -110,8 +110,8 @@ class Settings(_Model):
 
     workspace: Path
     data_root: Path
-    server: ServerSettings = Field(default_factory=ServerSettings)
-    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    server: ServerSettings = Field(default_factory=lambda: ServerSettings())
+    runtime: RuntimeSettings = Field(default_factory=lambda: RuntimeSettings())
 
     @property
     def state_dir(self) -> Path:

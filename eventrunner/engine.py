@@ -209,7 +209,7 @@ class Engine:
         """Stop starting work; let running handlers finish (within `grace` s), commit, stop. Idempotent."""
         self._accepting = False
         if self._tasks:
-            done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
             for task in pending:
                 task.cancel()
             if pending:

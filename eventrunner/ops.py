@@ -201,7 +201,7 @@ def prune(index: Index, store: Store, dry_run: bool = False) -> list[dict[str, A
     """Delete outputs and manifests of orphaned states, and fan-out outputs no longer produced."""
     out: list[dict[str, Any]] = []
     for q in index.ws.graph.order:
-        for eid, f in list(index.failures[q].items()):
+        for eid, _f in list(index.failures[q].items()):
             if eid not in index.manifests[q] and not index.has_entity(q, parse_entity_id(index.ws.graph.stages[q].entity_vars, eid)):
                 out.append({"stage": q, "entity": eid, "outputs": []})
                 if not dry_run:

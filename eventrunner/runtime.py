@@ -272,21 +272,30 @@ class Runtime:
         """invalidate / retry / hold / release, then queue what became runnable."""
         assert self.engine is not None and self.index is not None
         idx, store = self.index, self.store
-        stage, eids = body.get("stage"), body.get("entities") or None
+        stage: str | None = body.get("stage")
+        eids: list[str] | None = body.get("entities") or None
         if action == "invalidate":
-            result = ops.invalidate(idx, store, stage, eids, bool(body.get("downstream")))
+            result = ops.invalidate(idx, store, _required(stage), eids, bool(body.get("downstream")))
             stages = result["stages"]
         elif action == "retry":
             result = ops.retry(idx, store, stage, eids)
             stages = sorted({c["stage"] for c in result["cleared"]})
         elif action in ("hold", "release"):
-            result = ops.hold(idx, store, stage, eids, on=action == "hold")
+            result = ops.hold(idx, store, _required(stage), eids, on=action == "hold")
             stages = [result["stage"]]
         else:
             raise ValueError(action)
         targets = [(q, e, v) for q in stages for e, v in idx.stage_entities(q) if not eids or e in eids or q != stages[0]]
         self.engine.consider(targets)
         return result
+
+
+def _required(stage: str | None) -> str:
+    if not stage:
+        from .errors import UsageError
+
+        raise UsageError("stage is required")
+    return stage
 
 
 def _values_of(ws: Workspace, qualname: str, eid: str) -> dict[str, str] | None:

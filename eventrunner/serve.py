@@ -56,8 +56,8 @@ async def serve(ws: Workspace, *, watch: bool = True, stop_event: asyncio.Event 
         try:
             site = web.TCPSite(runner, ws.settings.server.host, ws.settings.server.port)
             await site.start()
-            sock = site._server.sockets[0] if site._server and site._server.sockets else None  # type: ignore[union-attr]
-            host, port = (sock.getsockname()[:2] if sock else (ws.settings.server.host, ws.settings.server.port))
+            sockets = getattr(site._server, "sockets", None) or []
+            host, port = sockets[0].getsockname()[:2] if sockets else (ws.settings.server.host, ws.settings.server.port)
             url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
             atomic_write(ws.settings.state_dir / SERVER_FILE, json.dumps({"url": url, "pid": os.getpid()}).encode())
             await rt.start()

@@ -194,7 +194,8 @@ class Store:
 
     def read_manifest(self, stage: str, eid: str) -> Manifest | None:
         """The manifest, or None when absent or damaged (a damaged one means stale)."""
-        return _read(self.manifest_path(stage, eid), Manifest)
+        found: Manifest | None = _read(self.manifest_path(stage, eid), Manifest)
+        return found
 
     def iter_manifests(self) -> Iterator[Manifest]:
         """Every readable manifest (used to rebuild the index)."""
@@ -261,7 +262,7 @@ class Store:
 
 def _read(path: Path, cls: Any) -> Any:
     try:
-        return cls.from_json(json.loads(path.read_bytes()))
+        return cls.from_json(json.loads(path.read_bytes()))  # a Manifest or a Failure
     except (FileNotFoundError, NotADirectoryError):
         return None
     except (ValueError, KeyError, TypeError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -50,9 +50,15 @@ def build_document() -> dict[str, Any]:
     all_models = [models.InvalidateRequest, models.RetryRequest, models.HoldRequest, models.ErrorResponse,
                   models.EntitiesResponse, models.ExplainResponse, models.PipelinesResponse, models.PipelineStatus,
                   models.WebhookAccepted, models.WebhookDuplicate, models.Health]
-    _, schemas = models_json_schema([(m, "validation") for m in all_models], ref_template=REF)
-    q = lambda name, schema, desc: {"name": name, "in": "query", "required": False, "schema": schema, "description": desc}  # noqa: E731
-    manage = lambda summary, model: {"post": _op(summary, {"200": {"description": "done", "content": {"application/json": {"schema": {"type": "object"}}}}}, params=[PIPELINE], body=model)}  # noqa: E731
+    pairs: list[tuple[type[BaseModel], Literal["validation"]]] = [(m, "validation") for m in all_models]
+    _, schemas = models_json_schema(pairs, ref_template=REF)  # type: ignore[arg-type]
+
+    def q(name: str, schema: dict[str, Any], desc: str) -> dict[str, Any]:
+        return {"name": name, "in": "query", "required": False, "schema": schema, "description": desc}
+
+    def manage(summary: str, model: type[BaseModel]) -> dict[str, Any]:
+        ok = {"200": {"description": "done", "content": {"application/json": {"schema": {"type": "object"}}}}}
+        return {"post": _op(summary, ok, params=[PIPELINE], body=model)}
     hook_errors = {
         "400": _json(models.ErrorResponse, "entity variables fail the source pattern"),
         "401": _json(models.ErrorResponse, "bad or missing signature"),
