@@ -43,9 +43,18 @@ def exit_code_for(exc: BaseException) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """All commands and flags."""
-    p = argparse.ArgumentParser(prog="eventrunner", description="Keep derived files fresh, per entity.")
-    p.add_argument("-w", "--workspace", type=Path, help="workspace folder (default: nearest with eventrunner.toml or pipelines/)")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    p = argparse.ArgumentParser(
+        prog="eventrunner", description="Keep derived files fresh, per entity."
+    )
+    p.add_argument(
+        "-w",
+        "--workspace",
+        type=Path,
+        help="workspace folder (default: nearest with eventrunner.toml or pipelines/)",
+    )
+    p.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)"
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def cmd(name: str, help_: str, reads: bool = False) -> argparse.ArgumentParser:
@@ -105,7 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except ConfigError as exc:
         if getattr(args, "json", False):
-            print(json.dumps({"valid": False, "problems": [p.__dict__ for p in exc.problems]}, indent=2))
+            print(
+                json.dumps(
+                    {"valid": False, "problems": [p.__dict__ for p in exc.problems]}, indent=2
+                )
+            )
         else:
             print(f"eventrunner: {len(exc.problems)} problem(s) in the workspace:", file=sys.stderr)
             for problem in exc.problems:
@@ -151,9 +164,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     ws = load_workspace(_workspace_path(args))
     if args.json:
-        _print_json({"valid": True, "stages": sorted(ws.graph.stages), "sources": sorted(ws.graph.sources)})
+        _print_json(
+            {"valid": True, "stages": sorted(ws.graph.stages), "sources": sorted(ws.graph.sources)}
+        )
     else:
-        print(f"valid: {len(ws.graph.pipelines)} pipeline(s), {len(ws.graph.stages)} stage(s), {len(ws.graph.sources)} source pattern(s)")
+        print(
+            f"valid: {len(ws.graph.pipelines)} pipeline(s), {len(ws.graph.stages)} stage(s), {len(ws.graph.sources)} source pattern(s)"
+        )
     return 0
 
 
@@ -172,11 +189,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         entity = args.entity
         jobs = args.jobs or ws.settings.runtime.concurrency
         progress = None if args.json or args.dry_run or not sys.stdout.isatty() else _Progress()
-        engine = Engine(index, store, jobs=jobs, allow=lambda q, e: q in selected and entity in (None, e),
-                        listener=progress.on_event if progress else None)
-        initial = [(q, e, v) for q, e, v in engine.all_targets() if q in selected and entity in (None, e)]
+        engine = Engine(
+            index,
+            store,
+            jobs=jobs,
+            allow=lambda q, e: q in selected and entity in (None, e),
+            listener=progress.on_event if progress else None,
+        )
+        initial = [
+            (q, e, v) for q, e, v in engine.all_targets() if q in selected and entity in (None, e)
+        ]
         engine.consider(initial, fresh_pass=True)
-        blocked = {(q, e) for q, e, v in initial if engine.evaluator.verdict(q, e, v).state not in ("fresh", "stale")}
+        blocked = {
+            (q, e)
+            for q, e, v in initial
+            if engine.evaluator.verdict(q, e, v).state not in ("fresh", "stale")
+        }
         if args.dry_run:
             return _report_dry_run(args, engine, blocked)
         if progress:
@@ -193,17 +221,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Skipped: states that needed work, were not run, and still are not fresh (held, dead, ...).
     engine.evaluator.reset()
     skipped = sum(
-        1 for q, e, v in initial
-        if (q, e) in blocked and (q, e) not in outcome.ran and index.has_entity(q, v)
+        1
+        for q, e, v in initial
+        if (q, e) in blocked
+        and (q, e) not in outcome.ran
+        and index.has_entity(q, v)
         and engine.evaluator.verdict(q, e, v).state != "fresh"
     )
-    report = {"executed": outcome.executed, "succeeded": outcome.succeeded, "failed": outcome.failed,
-              "skipped": skipped, "duration_s": round(time.perf_counter() - t0, 3), "failures": outcome.failures}
+    report = {
+        "executed": outcome.executed,
+        "succeeded": outcome.succeeded,
+        "failed": outcome.failed,
+        "skipped": skipped,
+        "duration_s": round(time.perf_counter() - t0, 3),
+        "failures": outcome.failures,
+    }
     if args.json:
         _print_json(report)
     else:
-        print(f"executed {outcome.executed}: {outcome.succeeded} succeeded, {outcome.failed} failed; "
-              f"{skipped} skipped (held, failed, dead or waiting) in {report['duration_s']}s")
+        print(
+            f"executed {outcome.executed}: {outcome.succeeded} succeeded, {outcome.failed} failed; "
+            f"{skipped} skipped (held, failed, dead or waiting) in {report['duration_s']}s"
+        )
         for f in outcome.failures[:20]:
             print(f"  FAILED {f['stage']} {f['entity']}: {f['error']}")
     return 1 if outcome.failed else 0
@@ -216,8 +255,16 @@ async def _drain(engine: Any) -> Any:
 def _report_dry_run(args: argparse.Namespace, engine: Any, blocked: set[tuple[str, str]]) -> int:
     would = sorted(engine._queued)
     if args.json:
-        _print_json({"would_run": [{"stage": q, "entity": e} for q, e in would], "executed": 0,
-                     "succeeded": 0, "failed": 0, "skipped": len(blocked), "duration_s": 0.0})
+        _print_json(
+            {
+                "would_run": [{"stage": q, "entity": e} for q, e in would],
+                "executed": 0,
+                "succeeded": 0,
+                "failed": 0,
+                "skipped": len(blocked),
+                "duration_s": 0.0,
+            }
+        )
     else:
         print(f"would run {len(would)} state(s) now (downstream states run after them as needed):")
         for q, e in would[:200]:
@@ -230,7 +277,9 @@ def _refuse_if_serving(ws: Any) -> None:
 
     addr = server_address(ws.settings.state_dir)
     if addr is not None:
-        raise UsageError(f"a server is running at {addr}; it keeps the workspace up to date (use its API or stop it)")
+        raise UsageError(
+            f"a server is running at {addr}; it keeps the workspace up to date (use its API or stop it)"
+        )
 
 
 class _Progress:
@@ -245,7 +294,14 @@ class _Progress:
             TimeElapsedColumn,
         )
 
-        self.progress = Progress(TextColumn("[bold]running"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"), transient=True)
+        self.progress = Progress(
+            TextColumn("[bold]running"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            transient=True,
+        )
         self.task = self.progress.add_task("", total=0)
 
     def start(self, total: int) -> None:
@@ -259,7 +315,9 @@ class _Progress:
         if event["kind"] == "queued":
             self.progress.update(self.task, total=(self.progress.tasks[0].total or 0) + 1)
         elif event["kind"] in ("succeeded", "failed"):
-            self.progress.update(self.task, advance=1, description=f"{event['stage']} {event['entity']}")
+            self.progress.update(
+                self.task, advance=1, description=f"{event['stage']} {event['entity']}"
+            )
 
 
 from .cli_commands import COMMANDS_REST  # noqa: E402  (split to keep modules small)

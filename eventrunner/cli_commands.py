@@ -35,8 +35,16 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     Console().print(table)
 
 
-_STYLE = {"fresh": "green", "stale": "yellow", "running": "cyan", "failed": "red", "dead": "bold red",
-          "held": "magenta", "waiting": "blue", "orphaned": "dim"}
+_STYLE = {
+    "fresh": "green",
+    "stale": "yellow",
+    "running": "cyan",
+    "failed": "red",
+    "dead": "bold red",
+    "held": "magenta",
+    "waiting": "blue",
+    "orphaned": "dim",
+}
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -56,13 +64,25 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_entities(args: argparse.Namespace) -> int:
     _, _, index = _cli()._open(args)
-    rows = ops.entities(index, pipeline=args.pipeline, stage=args.stage, state=args.state, limit=args.limit)
+    rows = ops.entities(
+        index, pipeline=args.pipeline, stage=args.stage, state=args.state, limit=args.limit
+    )
     if args.json:
         _print_json({"entities": [r.to_json() for r in rows]})
         return 0
-    _table("states", ["stage", "entity", "state", "reasons"],
-           [[r.stage, r.entity, f"[{_STYLE[r.verdict.state]}]{r.verdict.state}[/]",
-             "; ".join(x.message for x in r.verdict.reasons)] for r in rows])
+    _table(
+        "states",
+        ["stage", "entity", "state", "reasons"],
+        [
+            [
+                r.stage,
+                r.entity,
+                f"[{_STYLE[r.verdict.state]}]{r.verdict.state}[/]",
+                "; ".join(x.message for x in r.verdict.reasons),
+            ]
+            for r in rows
+        ],
+    )
     return 0
 
 
@@ -82,7 +102,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mutate(args: argparse.Namespace, action: str, body: dict[str, Any], local: Callable[[Any, Any], Any]) -> int:
+def _mutate(
+    args: argparse.Namespace, action: str, body: dict[str, Any], local: Callable[[Any, Any], Any]
+) -> int:
     """Run a state change through a running server's API, or locally under the lock."""
     from .client import call_server, server_address
     from .config import load_settings
@@ -108,25 +130,35 @@ def _mutate(args: argparse.Namespace, action: str, body: dict[str, Any], local: 
 
 def cmd_invalidate(args: argparse.Namespace) -> int:
     body = {"stage": args.stage, "entities": args.entities or None, "downstream": args.downstream}
-    return _mutate(args, "invalidate", body,
-                   lambda i, s: ops.invalidate(i, s, args.stage, args.entities or None, args.downstream))
+    return _mutate(
+        args,
+        "invalidate",
+        body,
+        lambda i, s: ops.invalidate(i, s, args.stage, args.entities or None, args.downstream),
+    )
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
     if args.entities and not args.stage:
         raise UsageError("retry: entity ids need a stage")
     body = {"stage": args.stage, "entities": args.entities or None}
-    return _mutate(args, "retry", body, lambda i, s: ops.retry(i, s, args.stage, args.entities or None))
+    return _mutate(
+        args, "retry", body, lambda i, s: ops.retry(i, s, args.stage, args.entities or None)
+    )
 
 
 def cmd_hold(args: argparse.Namespace) -> int:
     body = {"stage": args.stage, "entities": args.entities or None}
-    return _mutate(args, "hold", body, lambda i, s: ops.hold(i, s, args.stage, args.entities or None, True))
+    return _mutate(
+        args, "hold", body, lambda i, s: ops.hold(i, s, args.stage, args.entities or None, True)
+    )
 
 
 def cmd_release(args: argparse.Namespace) -> int:
     body = {"stage": args.stage, "entities": args.entities or None}
-    return _mutate(args, "release", body, lambda i, s: ops.hold(i, s, args.stage, args.entities or None, False))
+    return _mutate(
+        args, "release", body, lambda i, s: ops.hold(i, s, args.stage, args.entities or None, False)
+    )
 
 
 def cmd_prune(args: argparse.Namespace) -> int:

@@ -21,7 +21,14 @@ def server_address(state_dir: Path) -> str | None:
         info = json.loads((state_dir / SERVER_FILE).read_bytes())
         pid = int(info["pid"])
         os.kill(pid, 0)
-    except (FileNotFoundError, ValueError, KeyError, TypeError, ProcessLookupError, PermissionError):
+    except (
+        FileNotFoundError,
+        ValueError,
+        KeyError,
+        TypeError,
+        ProcessLookupError,
+        PermissionError,
+    ):
         return None
     return str(info["url"])
 

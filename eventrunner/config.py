@@ -130,7 +130,9 @@ def find_workspace(start: Path | None = None) -> Path:
     for folder in (here, *here.parents):
         if (folder / "eventrunner.toml").is_file() or (folder / "pipelines").is_dir():
             return folder
-    raise WorkspaceNotFound(f"no workspace found at or above {here} (need eventrunner.toml or pipelines/)")
+    raise WorkspaceNotFound(
+        f"no workspace found at or above {here} (need eventrunner.toml or pipelines/)"
+    )
 
 
 def problems_from_validation(file: str, exc: ValidationError, prefix: str = "") -> list[Problem]:
@@ -213,7 +215,9 @@ def pipeline_files(workspace: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix in (".toml", ".json") and p.is_file())
 
 
-def load_pipeline_specs(workspace: Path) -> tuple[dict[str, tuple[str, PipelineSpec]], list[Problem]]:
+def load_pipeline_specs(
+    workspace: Path,
+) -> tuple[dict[str, tuple[str, PipelineSpec]], list[Problem]]:
     """Parse every pipeline file: {name: (relative file, spec)} plus the problems found."""
     specs: dict[str, tuple[str, PipelineSpec]] = {}
     problems: list[Problem] = []
@@ -230,15 +234,21 @@ def load_pipeline_specs(workspace: Path) -> tuple[dict[str, tuple[str, PipelineS
             continue
         name = spec.name or path.stem
         if not NAME_RE.match(name):
-            problems.append(Problem(rel, "name", f"pipeline name {name!r} must be letters, digits, '-' or '_'"))
+            problems.append(
+                Problem(rel, "name", f"pipeline name {name!r} must be letters, digits, '-' or '_'")
+            )
             continue
         if name in specs:
-            problems.append(Problem(rel, "name", f"pipeline {name!r} is also defined in {specs[name][0]}"))
+            problems.append(
+                Problem(rel, "name", f"pipeline {name!r} is also defined in {specs[name][0]}")
+            )
             continue
         for kind, table in (("stages", spec.stages), ("sources", spec.sources)):
             for key in table:
                 if not NAME_RE.match(key):
-                    problems.append(Problem(rel, f"{kind}.{key}", "name must be letters, digits, '-' or '_'"))
+                    problems.append(
+                        Problem(rel, f"{kind}.{key}", "name must be letters, digits, '-' or '_'")
+                    )
         specs[name] = (rel, spec)
     if not pipeline_files(workspace):
         problems.append(Problem("pipelines/", "", "no pipeline files (*.toml or *.json)"))

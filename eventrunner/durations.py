@@ -28,9 +28,7 @@ def parse_duration(value: str | int | float) -> float:
         total += float(m.group(1)) * _UNITS[m.group(2)]
         pos = m.end()
     if pos != len(text):
-        raise DurationError(
-            f"not a duration: {value!r} (use e.g. \"20ms\", \"30s\", \"10m\", \"1h\")"
-        )
+        raise DurationError(f'not a duration: {value!r} (use e.g. "20ms", "30s", "10m", "1h")')
     return total
 
 

@@ -79,7 +79,9 @@ class Engine:
         self._seq = itertools.count()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
-        self._pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="eventrunner-handler")
+        self._pool = ThreadPoolExecutor(
+            max_workers=self.jobs, thread_name_prefix="eventrunner-handler"
+        )
         self.committer = Committer(store, index.root)
         self._funcs: dict[str, Callable[..., Any]] = {}
         self._dispatcher: asyncio.Task[None] | None = None
@@ -275,21 +277,33 @@ class Engine:
             func = self._handler(q)
             if asyncio.iscoroutinefunction(func):
                 ctx = make_context(stage, values, attempt, root)
-                kwargs = await loop.run_in_executor(self._pool, build_kwargs, stage, func, gathered.files, root)
+                kwargs = await loop.run_in_executor(
+                    self._pool, build_kwargs, stage, func, gathered.files, root
+                )
                 coro = func(ctx, **kwargs) if wants_ctx(func) else func(**kwargs)
                 result = await asyncio.wait_for(coro, stage.timeout)
-                written = await loop.run_in_executor(self._pool, store_result, stage, values, result, ctx, root)
+                written = await loop.run_in_executor(
+                    self._pool, store_result, stage, values, result, ctx, root
+                )
             else:
-                fut = loop.run_in_executor(self._pool, prepare_and_call, stage, func, gathered.files, values, attempt, root)
+                fut = loop.run_in_executor(
+                    self._pool, prepare_and_call, stage, func, gathered.files, values, attempt, root
+                )
                 written = await asyncio.wait_for(fut, stage.timeout)
         except TimeoutError as exc:
-            await self._fail(q, eid, key, prev, HandlerTimeout(f"timed out after {stage.timeout}s"), exc, started)
+            await self._fail(
+                q, eid, key, prev, HandlerTimeout(f"timed out after {stage.timeout}s"), exc, started
+            )
         except Exception as exc:
             await self._fail(q, eid, key, prev, exc, exc, started)
         else:
             finished = time.time()
             before = self.index.manifests[q].get(eid)
-            dropped = sorted((set(before.outputs) | set(before.dropped)) - set(written.hashes)) if before else []
+            dropped = (
+                sorted((set(before.outputs) | set(before.dropped)) - set(written.hashes))
+                if before
+                else []
+            )
             manifest = Manifest(
                 stage=q,
                 entity=eid,
@@ -304,7 +318,9 @@ class Engine:
                 attempt=attempt,
                 dropped=dropped,
             )
-            await self.committer.submit(Commit(manifest=manifest, temps=written.temps, clear_failure=prev is not None))
+            await self.committer.submit(
+                Commit(manifest=manifest, temps=written.temps, clear_failure=prev is not None)
+            )
             for relpath, digest in written.hashes.items():
                 self.index.remember_file(relpath, digest)
             old = self.index.manifests[q].get(eid)
@@ -316,7 +332,16 @@ class Engine:
             self.index.running.discard((q, eid))
             self._release(q)
 
-    async def _fail(self, q: str, eid: str, key: str, prev: Any, exc: BaseException, orig: BaseException, started: float) -> None:
+    async def _fail(
+        self,
+        q: str,
+        eid: str,
+        key: str,
+        prev: Any,
+        exc: BaseException,
+        orig: BaseException,
+        started: float,
+    ) -> None:
         stage = self.ws.graph.stages[q]
         now = time.time()
         failure = after_failure(
@@ -336,8 +361,23 @@ class Engine:
         self._failed_now.add((q, eid))
         self.outcome.failed += 1
         self.outcome.failures.append({"stage": q, "entity": eid, "error": failure.error})
-        log.warning("%s %s failed (attempt %d%s): %s", q, eid, failure.attempts, ", dead" if failure.dead else "", failure.error)
-        self.emit("failed", stage=q, entity=eid, error=failure.error, attempts=failure.attempts, dead=failure.dead, retry_at=failure.next_retry)
+        log.warning(
+            "%s %s failed (attempt %d%s): %s",
+            q,
+            eid,
+            failure.attempts,
+            ", dead" if failure.dead else "",
+            failure.error,
+        )
+        self.emit(
+            "failed",
+            stage=q,
+            entity=eid,
+            error=failure.error,
+            attempts=failure.attempts,
+            dead=failure.dead,
+            retry_at=failure.next_retry,
+        )
 
     def _after_commit(self, q: str, eid: str, manifest: Manifest, old: Manifest | None) -> None:
         """A committed output is an event for the stages that read it (and read what it dropped)."""

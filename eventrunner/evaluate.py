@@ -90,7 +90,11 @@ class Evaluator:
                 if digest is None:
                     (upstream if producer else missing).append(relpath)
                     continue
-                member = entity_id(inp.aggregated, {v: mvalues[v] for v in inp.aggregated}) if inp.aggregated else None
+                member = (
+                    entity_id(inp.aggregated, {v: mvalues[v] for v in inp.aggregated})
+                    if inp.aggregated
+                    else None
+                )
                 files.append(InputFile(inp.name, member, relpath, digest))
         return Gathered(files, missing, upstream)
 
@@ -133,4 +137,6 @@ class Evaluator:
     def attempt_key(self, qualname: str, inputs: dict[str, dict[str, str]]) -> str:
         """Identity of an attempt: a failure only counts against the same code, params and inputs."""
         flat = sorted((n, p, h) for n, files in inputs.items() for p, h in files.items())
-        return combine(self.ws.code[qualname], self.ws.params[qualname], *("\0".join(t) for t in flat))
+        return combine(
+            self.ws.code[qualname], self.ws.params[qualname], *("\0".join(t) for t in flat)
+        )

@@ -114,17 +114,26 @@ def convert(path: Path, annotation: Any, what: str) -> Any:
             return annotation.model_validate_json(path.read_bytes())
         return path.read_text(encoding="utf-8")
     except IsADirectoryError:
-        raise PermanentError(f"{what}: {path.name} is a folder; annotate the parameter as pathlib.Path") from None
+        raise PermanentError(
+            f"{what}: {path.name} is a folder; annotate the parameter as pathlib.Path"
+        ) from None
     except (ValueError, UnicodeDecodeError) as exc:
         # Bad input that no retry fixes; a new version of the input starts a fresh attempt.
-        raise PermanentError(f"{what}: cannot read {path.name} as {getattr(annotation, '__name__', annotation)}: {exc}") from exc
+        raise PermanentError(
+            f"{what}: cannot read {path.name} as {getattr(annotation, '__name__', annotation)}: {exc}"
+        ) from exc
 
 
-def build_kwargs(stage: Stage, func: Callable[..., Any], files: list[InputFile], root: Path) -> dict[str, Any]:
+def build_kwargs(
+    stage: Stage, func: Callable[..., Any], files: list[InputFile], root: Path
+) -> dict[str, Any]:
     """Keyword arguments for the handler: map inputs as one value, fan-in inputs as dict by member id."""
     hints = _hints(func)
     # `**inputs: Path` annotates every input that has no parameter of its own (stock handlers).
-    var_kw = next((p.name for p in inspect.signature(func).parameters.values() if p.kind is p.VAR_KEYWORD), None)
+    var_kw = next(
+        (p.name for p in inspect.signature(func).parameters.values() if p.kind is p.VAR_KEYWORD),
+        None,
+    )
     default_ann = hints.get(var_kw) if var_kw else None
     kwargs: dict[str, Any] = {}
     for inp in stage.inputs:
@@ -133,7 +142,9 @@ def build_kwargs(stage: Stage, func: Callable[..., Any], files: list[InputFile],
             args = typing.get_args(ann)
             inner = args[1] if len(args) == 2 else ann if ann in (Path, bytes, str) else str
             kwargs[inp.name] = {
-                f.member: convert(root / f.relpath, inner, inp.name) for f in files if f.name == inp.name
+                f.member: convert(root / f.relpath, inner, inp.name)
+                for f in files
+                if f.name == inp.name
             }
         else:
             found = next((f for f in files if f.name == inp.name), None)
@@ -153,7 +164,9 @@ def encode(value: Any, what: str) -> bytes:
         return (value.model_dump_json(indent=2) + "\n").encode()
     if isinstance(value, dict | list):
         return (json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n").encode()
-    raise HandlerError(f"{what}: cannot store a {type(value).__name__}; return str, bytes, dict, list or a pydantic model")
+    raise HandlerError(
+        f"{what}: cannot store a {type(value).__name__}; return str, bytes, dict, list or a pydantic model"
+    )
 
 
 def _write_temp(final: Path, data: bytes) -> Path:
@@ -164,13 +177,17 @@ def _write_temp(final: Path, data: bytes) -> Path:
     return tmp
 
 
-def store_result(stage: Stage, values: dict[str, str], result: Any, ctx: Context, root: Path) -> Written:
+def store_result(
+    stage: Stage, values: dict[str, str], result: Any, ctx: Context, root: Path
+) -> Written:
     """Write the handler's result to temp files beside their final paths and hash them."""
     temps: list[tuple[Path, Path]] = []
     hashes: dict[str, str] = {}
     if stage.fanout_vars:
         if not isinstance(result, Mapping):
-            raise HandlerError(f"fan-out stage {stage.qualname} must return a mapping of {', '.join(stage.fanout_vars)} to contents")
+            raise HandlerError(
+                f"fan-out stage {stage.qualname} must return a mapping of {', '.join(stage.fanout_vars)} to contents"
+            )
         for key, content in result.items():
             out_values = dict(values)
             out_values.update(_fanout_values(stage, key))
@@ -184,7 +201,9 @@ def store_result(stage: Stage, values: dict[str, str], result: Any, ctx: Context
     assert ctx.output_path is not None and ctx.final_path is not None
     if result is None:
         if not ctx.output_path.exists():
-            raise HandlerError(f"{stage.qualname} returned None but wrote nothing to ctx.output_path")
+            raise HandlerError(
+                f"{stage.qualname} returned None but wrote nothing to ctx.output_path"
+            )
         tmp = ctx.output_path
     else:
         tmp = _write_temp(ctx.final_path, encode(result, stage.qualname))
@@ -197,7 +216,9 @@ def _fanout_values(stage: Stage, key: Any) -> dict[str, str]:
     names = stage.fanout_vars
     if isinstance(key, tuple):
         if len(key) != len(names):
-            raise HandlerError(f"fan-out key {key!r} needs {len(names)} values ({', '.join(names)})")
+            raise HandlerError(
+                f"fan-out key {key!r} needs {len(names)} values ({', '.join(names)})"
+            )
         return {n: str(v) for n, v in zip(names, key, strict=True)}
     if len(names) == 1:
         return {names[0]: str(key)}
@@ -211,7 +232,9 @@ def make_context(stage: Stage, values: dict[str, str], attempt: int, root: Path)
     tmp = temp_path(final) if final is not None else None
     if tmp is not None:
         tmp.parent.mkdir(parents=True, exist_ok=True)
-    adapter = logging.LoggerAdapter(logging.getLogger(f"eventrunner.handler.{stage.qualname}"), {"entity": eid})
+    adapter = logging.LoggerAdapter(
+        logging.getLogger(f"eventrunner.handler.{stage.qualname}"), {"entity": eid}
+    )
     return Context(
         stage=stage.name,
         pipeline=stage.pipeline,
@@ -232,7 +255,12 @@ def call_sync(func: Callable[..., Any], ctx: Context | None, kwargs: dict[str, A
 
 
 def prepare_and_call(
-    stage: Stage, func: Callable[..., Any], files: list[InputFile], values: dict[str, str], attempt: int, root: Path
+    stage: Stage,
+    func: Callable[..., Any],
+    files: list[InputFile],
+    values: dict[str, str],
+    attempt: int,
+    root: Path,
 ) -> Written:
     """Whole sync path, run in a worker thread: read inputs, call, write temps, hash."""
     ctx = make_context(stage, values, attempt, root)

@@ -99,7 +99,9 @@ class Graph:
     def upstream(self, qualname: str) -> list[str]:
         """Stages producing this stage's inputs, directly."""
         st = self.stages[qualname]
-        return sorted({self.producer[i.pattern.key] for i in st.inputs if i.pattern.key in self.producer})
+        return sorted(
+            {self.producer[i.pattern.key] for i in st.inputs if i.pattern.key in self.producer}
+        )
 
     def closure_downstream(self, qualname: str) -> list[str]:
         """Every stage reachable downstream, upstream-first order."""
@@ -116,7 +118,9 @@ class Graph:
         """Stage qualnames matching "stage", "pipeline.stage", optionally within a pipeline."""
         if name in self.stages and (pipeline is None or self.stages[name].pipeline == pipeline):
             return [name]
-        return [q for q, s in self.stages.items() if s.name == name and pipeline in (None, s.pipeline)]
+        return [
+            q for q, s in self.stages.items() if s.name == name and pipeline in (None, s.pipeline)
+        ]
 
 
 def _parse(text: str, file: str, field_: str, problems: list[Problem]) -> Pattern | None:
@@ -183,9 +187,24 @@ def build_graph(
             where = f"stages.{sname}"
             if out.key in producer:
                 other = stages[producer[out.key]]
-                problems.append(Problem(file, f"{where}.output", f"pattern {out.key!r} is also produced by stage {other.qualname} ({other.file})"))
+                problems.append(
+                    Problem(
+                        file,
+                        f"{where}.output",
+                        f"pattern {out.key!r} is also produced by stage {other.qualname} ({other.file})",
+                    )
+                )
                 continue
-            stage = _make_stage(pname, sname, st, file, {k: merged[p.key] for k, p in ins.items()}, out, default_retry, problems)
+            stage = _make_stage(
+                pname,
+                sname,
+                st,
+                file,
+                {k: merged[p.key] for k, p in ins.items()},
+                out,
+                default_retry,
+                problems,
+            )
             if stage:
                 stages[qual] = stage
                 producer[out.key] = qual
@@ -193,11 +212,19 @@ def build_graph(
     for (pname, sname), pat in source_pats.items():
         file = specs[pname][0]
         if pat.key in producer:
-            problems.append(Problem(file, f"sources.{sname}.pattern", f"pattern {pat.key!r} is produced by stage {producer[pat.key]}, so it cannot be a source"))
+            problems.append(
+                Problem(
+                    file,
+                    f"sources.{sname}.pattern",
+                    f"pattern {pat.key!r} is produced by stage {producer[pat.key]}, so it cannot be a source",
+                )
+            )
             continue
         if pat.key in sources:
             continue  # two pipelines may declare the same source; the first declaration names it
-        sources[pat.key] = Source(pname, sname, merged[pat.key], specs[pname][1].sources[sname].webhook)
+        sources[pat.key] = Source(
+            pname, sname, merged[pat.key], specs[pname][1].sources[sname].webhook
+        )
     consumers: dict[str, list[tuple[str, str]]] = {}
     for qual, stage in stages.items():
         for inp in stage.inputs:
@@ -245,7 +272,13 @@ def _make_stage(
     )
     drivers = tuple(i.name for i in inputs if set(entity_vars) <= set(i.pattern.variables))
     if entity_vars and not drivers:
-        problems.append(Problem(file, f"{where}.output", f"output variables {', '.join(entity_vars)} are not all bound by one input (cross products are not supported)"))
+        problems.append(
+            Problem(
+                file,
+                f"{where}.output",
+                f"output variables {', '.join(entity_vars)} are not all bound by one input (cross products are not supported)",
+            )
+        )
         return None
     return Stage(
         pipeline=pname,
@@ -271,7 +304,10 @@ def _topo(
     stages: dict[str, Stage], producer: dict[str, str], problems: list[Problem]
 ) -> tuple[list[str], dict[str, int]]:
     """Kahn's algorithm; reports a cycle with the stages on it."""
-    ups = {q: {producer[i.pattern.key] for i in s.inputs if i.pattern.key in producer} for q, s in stages.items()}
+    ups = {
+        q: {producer[i.pattern.key] for i in s.inputs if i.pattern.key in producer}
+        for q, s in stages.items()
+    }
     depth: dict[str, int] = {}
     order: list[str] = []
     ready = sorted(q for q, u in ups.items() if not u)
@@ -288,6 +324,8 @@ def _topo(
     if remaining:
         cyc = sorted(remaining)
         st = stages[cyc[0]]
-        problems.append(Problem(st.file, f"stages.{st.name}", f"cycle between stages: {' -> '.join(cyc)}"))
+        problems.append(
+            Problem(st.file, f"stages.{st.name}", f"cycle between stages: {' -> '.join(cyc)}")
+        )
         return [], {}
     return order, depth

@@ -46,5 +46,7 @@ def render(graph: Graph, fmt: str) -> str:
         lines.append(f"{q} ({st.kind}, handler {st.handler}) -> {st.output.key}")
         for inp in st.inputs:
             src = graph.producer.get(inp.pattern.key, "source")
-            lines.append(f"  <- {inp.name}: {inp.pattern.key} (from {src}{', all' if inp.aggregated else ''})")
+            lines.append(
+                f"  <- {inp.name}: {inp.pattern.key} (from {src}{', all' if inp.aggregated else ''})"
+            )
     return "\n".join(lines) if lines else "(no stages)"

@@ -98,7 +98,9 @@ class Index:
         self.store = store
         self.root = ws.settings.data_root
         self.files: dict[str, FileInfo] = {}
-        self.instances: dict[str, Instances] = {k: Instances(p) for k, p in ws.graph.patterns.items()}
+        self.instances: dict[str, Instances] = {
+            k: Instances(p) for k, p in ws.graph.patterns.items()
+        }
         self.manifests: dict[str, dict[str, Manifest]] = {s: {} for s in ws.graph.stages}
         self.failures: dict[str, dict[str, Failure]] = {s: {} for s in ws.graph.stages}
         self.control = Control()
@@ -171,7 +173,9 @@ class Index:
             "control": self.control,
         }
         self.store.root.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.cache_path, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL), durable=True)
+        atomic_write(
+            self.cache_path, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL), durable=True
+        )
         self.dirty_path.unlink(missing_ok=True)
         self._dirty_marked = False
         self.changed = False
@@ -186,7 +190,12 @@ class Index:
             self.files.pop(relpath, None)
             return None
         info = self.files.get(relpath)
-        if info is not None and info.mtime_ns == st.st_mtime_ns and info.size == st.st_size and info.ino == st.st_ino:
+        if (
+            info is not None
+            and info.mtime_ns == st.st_mtime_ns
+            and info.size == st.st_size
+            and info.ino == st.st_ino
+        ):
             return info.hash
         try:
             digest = hash_path(Path(path))
@@ -260,7 +269,8 @@ class Index:
             return True
         key = tuple(values[v] for v in stage.entity_vars)
         return any(
-            self.instances[stage.input(d).pattern.key].select(stage.entity_vars, key) for d in stage.drivers
+            self.instances[stage.input(d).pattern.key].select(stage.entity_vars, key)
+            for d in stage.drivers
         )
 
     def add_instance(self, key: str, values: dict[str, str], relpath: str | None = None) -> None:

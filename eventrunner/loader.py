@@ -43,8 +43,13 @@ def resolve(spec: str, handlers_dir: Path) -> HandlerRef:
         root, stock = handlers_dir, False
     else:
         module, function, root, stock = spec, spec, stock_root(), True
-    if not module or not function or not all(part.isidentifier() for part in module.split(".")) or not function.isidentifier():
-        raise HandlerError(f"handler {spec!r} must be \"module:function\" (or a stock handler name)")
+    if (
+        not module
+        or not function
+        or not all(part.isidentifier() for part in module.split("."))
+        or not function.isidentifier()
+    ):
+        raise HandlerError(f'handler {spec!r} must be "module:function" (or a stock handler name)')
     base = root.joinpath(*module.split("."))
     for path in (base.with_suffix(".py"), base / "__init__.py"):
         if path.is_file():
@@ -60,7 +65,11 @@ def check_signature(ref: HandlerRef, input_names: list[str]) -> str | None:
     except SyntaxError as exc:
         return f"{ref.path.name}:{exc.lineno}: syntax error: {exc.msg}"
     func = next(
-        (n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == ref.function),
+        (
+            n
+            for n in tree.body
+            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == ref.function
+        ),
         None,
     )
     if func is None:
@@ -117,7 +126,9 @@ def load(ref: HandlerRef) -> Callable[..., Any]:
             module.__eventrunner_stamp__ = stamp  # type: ignore[attr-defined]
     func = getattr(module, ref.function, None)
     if not callable(func):
-        raise HandlerError(f"handler {ref.spec!r}: {ref.path.name} has no function {ref.function!r}")
+        raise HandlerError(
+            f"handler {ref.spec!r}: {ref.path.name} has no function {ref.function!r}"
+        )
     return func  # type: ignore[no-any-return]
 
 
@@ -132,7 +143,9 @@ def _import_path(modname: str, path: Path) -> types.ModuleType:
     if parent and parent not in sys.modules:
         raise HandlerError(f"cannot import {modname}: parent package missing")
     spec = importlib.util.spec_from_file_location(
-        modname, path, submodule_search_locations=[str(path.parent)] if path.name == "__init__.py" else None
+        modname,
+        path,
+        submodule_search_locations=[str(path.parent)] if path.name == "__init__.py" else None,
     )
     if spec is None or spec.loader is None:
         raise HandlerError(f"cannot import {path}")

@@ -40,14 +40,20 @@ def resolve_stages(index: Index, stage: str | None, pipeline: str | None = None)
     """Stage qualnames for a --stage/--pipeline selection; UnknownName when nothing matches."""
     g = index.ws.graph
     if pipeline is not None and pipeline not in g.pipelines:
-        raise UnknownName(f"no pipeline {pipeline!r} (have: {', '.join(sorted(g.pipelines)) or 'none'})")
+        raise UnknownName(
+            f"no pipeline {pipeline!r} (have: {', '.join(sorted(g.pipelines)) or 'none'})"
+        )
     if stage is None:
         return [q for q in g.order if pipeline is None or g.stages[q].pipeline == pipeline]
     found = g.find_stage(stage, pipeline)
     if not found:
-        raise UnknownName(f"no stage {stage!r}" + (f" in pipeline {pipeline!r}" if pipeline else ""))
+        raise UnknownName(
+            f"no stage {stage!r}" + (f" in pipeline {pipeline!r}" if pipeline else "")
+        )
     if len(found) > 1:
-        raise UsageError(f"stage name {stage!r} is ambiguous: {', '.join(found)}; use pipeline.stage")
+        raise UsageError(
+            f"stage name {stage!r} is ambiguous: {', '.join(found)}; use pipeline.stage"
+        )
     return found
 
 
@@ -76,19 +82,30 @@ def status(index: Index, pipeline: str | None = None) -> dict[str, Any]:
         if pipeline is not None and p != pipeline:
             continue
         out["pipelines"][p] = {
-            "stages": {g.stages[q].name: {s: counts[q].get(s, 0) for s in STATES} for q in g.pipelines[p]}
+            "stages": {
+                g.stages[q].name: {s: counts[q].get(s, 0) for s in STATES} for q in g.pipelines[p]
+            }
         }
     return out
 
 
 def entities(
-    index: Index, *, pipeline: str | None = None, stage: str | None = None, state: str | None = None,
-    limit: int | None = None, offset: int = 0,
+    index: Index,
+    *,
+    pipeline: str | None = None,
+    stage: str | None = None,
+    state: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
 ) -> list[Row]:
     """States filtered by pipeline, stage and state, paged."""
     if state is not None and state not in STATES:
         raise UsageError(f"unknown state {state!r} (one of {', '.join(STATES)})")
-    rows = [r for r in iter_rows(index, resolve_stages(index, stage, pipeline)) if state is None or r.verdict.state == state]
+    rows = [
+        r
+        for r in iter_rows(index, resolve_stages(index, stage, pipeline))
+        if state is None or r.verdict.state == state
+    ]
     return rows[offset : None if limit is None else offset + limit]
 
 
@@ -103,7 +120,9 @@ def _entity_values(index: Index, q: str, eid: str) -> dict[str, str] | None:
     return None
 
 
-def explain(index: Index, eid: str, stage: str | None = None, pipeline: str | None = None) -> list[dict[str, Any]]:
+def explain(
+    index: Index, eid: str, stage: str | None = None, pipeline: str | None = None
+) -> list[dict[str, Any]]:
     """For every stage that has this entity: state, reasons, manifest, last failure."""
     ev = Evaluator(index)
     out = []
@@ -137,7 +156,9 @@ def _persist_control(index: Index, store: Store) -> None:
     index.save()
 
 
-def invalidate(index: Index, store: Store, stage: str, eids: list[str] | None = None, downstream: bool = False) -> dict[str, Any]:
+def invalidate(
+    index: Index, store: Store, stage: str, eids: list[str] | None = None, downstream: bool = False
+) -> dict[str, Any]:
     """Mark states stale (INVALIDATED); with downstream, every stage below too."""
     qs = resolve_stages(index, stage)
     targets = _targets(index, qs[0], eids)
@@ -152,7 +173,9 @@ def invalidate(index: Index, store: Store, stage: str, eids: list[str] | None = 
     return {"stages": stages, "entities": targets}
 
 
-def retry(index: Index, store: Store, stage: str | None = None, eids: list[str] | None = None) -> dict[str, Any]:
+def retry(
+    index: Index, store: Store, stage: str | None = None, eids: list[str] | None = None
+) -> dict[str, Any]:
     """Clear backoff and dead states so they run at the next opportunity."""
     cleared = []
     for q in resolve_stages(index, stage):
@@ -168,7 +191,9 @@ def retry(index: Index, store: Store, stage: str | None = None, eids: list[str] 
     return {"cleared": cleared}
 
 
-def hold(index: Index, store: Store, stage: str, eids: list[str] | None = None, on: bool = True) -> dict[str, Any]:
+def hold(
+    index: Index, store: Store, stage: str, eids: list[str] | None = None, on: bool = True
+) -> dict[str, Any]:
     """Put states on manual hold (on=True) or release them."""
     q = resolve_stages(index, stage)[0]
     targets = _targets(index, q, eids)
@@ -202,7 +227,9 @@ def prune(index: Index, store: Store, dry_run: bool = False) -> list[dict[str, A
     out: list[dict[str, Any]] = []
     for q in index.ws.graph.order:
         for eid, _f in list(index.failures[q].items()):
-            if eid not in index.manifests[q] and not index.has_entity(q, parse_entity_id(index.ws.graph.stages[q].entity_vars, eid)):
+            if eid not in index.manifests[q] and not index.has_entity(
+                q, parse_entity_id(index.ws.graph.stages[q].entity_vars, eid)
+            ):
                 out.append({"stage": q, "entity": eid, "outputs": []})
                 if not dry_run:
                     index.mark_dirty()

@@ -10,7 +10,16 @@ from .config import RetryPolicy
 from .store import Failure, Manifest
 
 State = Literal["fresh", "stale", "running", "failed", "dead", "held", "waiting", "orphaned"]
-STATES: tuple[State, ...] = ("fresh", "stale", "running", "failed", "dead", "held", "waiting", "orphaned")
+STATES: tuple[State, ...] = (
+    "fresh",
+    "stale",
+    "running",
+    "failed",
+    "dead",
+    "held",
+    "waiting",
+    "orphaned",
+)
 
 
 @dataclass(frozen=True)
@@ -23,7 +32,11 @@ class Reason:
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for --json and the API."""
-        return {"code": self.code, "message": self.message, **({"detail": self.detail} if self.detail else {})}
+        return {
+            "code": self.code,
+            "message": self.message,
+            **({"detail": self.detail} if self.detail else {}),
+        }
 
 
 @dataclass(frozen=True)
@@ -67,23 +80,57 @@ def staleness_reasons(f: Facts) -> list[Reason]:
     out: list[Reason] = []
     missing = [p for p, h in f.outputs_now.items() if h is None]
     if missing:
-        out.append(Reason("MISSING", f"output missing: {', '.join(missing) or '(none recorded)'}", {"paths": missing}))
+        out.append(
+            Reason(
+                "MISSING",
+                f"output missing: {', '.join(missing) or '(none recorded)'}",
+                {"paths": missing},
+            )
+        )
     if m.code != f.code:
-        out.append(Reason("CODE_CHANGED", "handler code or version changed", {"old": m.code, "new": f.code}))
+        out.append(
+            Reason(
+                "CODE_CHANGED", "handler code or version changed", {"old": m.code, "new": f.code}
+            )
+        )
     if m.params != f.params:
         out.append(Reason("PARAMS_CHANGED", "params changed", {"old": m.params, "new": f.params}))
     for name in sorted(set(m.inputs) | set(f.inputs)):
         old, new = m.inputs.get(name, {}), f.inputs.get(name, {})
         for path in sorted(set(old) | set(new)):
             if path not in old:
-                out.append(Reason("INPUT_ADDED", f"input {name}: {path} added", {"input": name, "path": path, "new": new[path]}))
+                out.append(
+                    Reason(
+                        "INPUT_ADDED",
+                        f"input {name}: {path} added",
+                        {"input": name, "path": path, "new": new[path]},
+                    )
+                )
             elif path not in new:
-                out.append(Reason("INPUT_REMOVED", f"input {name}: {path} removed", {"input": name, "path": path, "old": old[path]}))
+                out.append(
+                    Reason(
+                        "INPUT_REMOVED",
+                        f"input {name}: {path} removed",
+                        {"input": name, "path": path, "old": old[path]},
+                    )
+                )
             elif old[path] != new[path]:
-                out.append(Reason("INPUT_CHANGED", f"input {name}: {path} changed", {"input": name, "path": path, "old": old[path], "new": new[path]}))
+                out.append(
+                    Reason(
+                        "INPUT_CHANGED",
+                        f"input {name}: {path} changed",
+                        {"input": name, "path": path, "old": old[path], "new": new[path]},
+                    )
+                )
     for path, h in sorted(f.outputs_now.items()):
         if h is not None and m.outputs.get(path) != h:
-            out.append(Reason("OUTPUT_MODIFIED", f"output {path} was modified outside eventrunner", {"path": path, "recorded": m.outputs.get(path), "now": h}))
+            out.append(
+                Reason(
+                    "OUTPUT_MODIFIED",
+                    f"output {path} was modified outside eventrunner",
+                    {"path": path, "recorded": m.outputs.get(path), "now": h},
+                )
+            )
     if f.invalidated_ns and f.invalidated_ns > m.finished_ns:
         out.append(Reason("INVALIDATED", "invalidated by request"))
     return out
@@ -94,12 +141,33 @@ def decide(f: Facts) -> Verdict:
     if f.running:
         return Verdict("running")
     if not f.exists:
-        return Verdict("orphaned", (Reason("INPUT_REMOVED", "every input binding this entity is gone; `prune` deletes the output"),))
+        return Verdict(
+            "orphaned",
+            (
+                Reason(
+                    "INPUT_REMOVED",
+                    "every input binding this entity is gone; `prune` deletes the output",
+                ),
+            ),
+        )
     waiting: list[Reason] = []
     if f.missing_inputs:
-        waiting.append(Reason("UPSTREAM_NOT_FRESH", f"input missing: {', '.join(f.missing_inputs)}", {"missing": f.missing_inputs}))
+        waiting.append(
+            Reason(
+                "UPSTREAM_NOT_FRESH",
+                f"input missing: {', '.join(f.missing_inputs)}",
+                {"missing": f.missing_inputs},
+            )
+        )
     if f.upstream_not_fresh:
-        waiting.append(Reason("UPSTREAM_NOT_FRESH", f"waiting for {', '.join(f.upstream_not_fresh[:5])}" + (" ..." if len(f.upstream_not_fresh) > 5 else ""), {"upstream": f.upstream_not_fresh}))
+        waiting.append(
+            Reason(
+                "UPSTREAM_NOT_FRESH",
+                f"waiting for {', '.join(f.upstream_not_fresh[:5])}"
+                + (" ..." if len(f.upstream_not_fresh) > 5 else ""),
+                {"upstream": f.upstream_not_fresh},
+            )
+        )
     reasons = [] if waiting else staleness_reasons(f)
     if f.held:
         return Verdict("held", (Reason("HELD", "on manual hold"), *waiting, *reasons))
@@ -110,9 +178,29 @@ def decide(f: Facts) -> Verdict:
     fail = f.failure
     if fail is not None and fail.key == f.attempt_key:
         if fail.dead:
-            return Verdict("dead", (Reason("DEAD", f"failed {fail.attempts} times, last: {fail.error}; waiting for a manual retry", {"attempts": fail.attempts}), *reasons))
+            return Verdict(
+                "dead",
+                (
+                    Reason(
+                        "DEAD",
+                        f"failed {fail.attempts} times, last: {fail.error}; waiting for a manual retry",
+                        {"attempts": fail.attempts},
+                    ),
+                    *reasons,
+                ),
+            )
         if fail.next_retry is not None and fail.next_retry > f.now:
-            return Verdict("failed", (Reason("BACKOFF", f"attempt {fail.attempts} failed: {fail.error}; retry at {fail.next_retry:.0f}", {"attempts": fail.attempts, "retry_at": fail.next_retry}), *reasons))
+            return Verdict(
+                "failed",
+                (
+                    Reason(
+                        "BACKOFF",
+                        f"attempt {fail.attempts} failed: {fail.error}; retry at {fail.next_retry:.0f}",
+                        {"attempts": fail.attempts, "retry_at": fail.next_retry},
+                    ),
+                    *reasons,
+                ),
+            )
     return Verdict("stale", tuple(reasons))
 
 

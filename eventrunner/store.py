@@ -101,7 +101,9 @@ class Manifest:
     finished_ns: int
     duration_s: float
     attempt: int = 1
-    dropped: list[str] = field(default_factory=list)  # fan-out outputs no longer produced (prune deletes)
+    dropped: list[str] = field(
+        default_factory=list
+    )  # fan-out outputs no longer produced (prune deletes)
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for the manifest file."""
@@ -143,7 +145,9 @@ class Control:
     """Manual holds and invalidations. "*" means every entity of the stage."""
 
     holds: dict[str, list[str]] = field(default_factory=dict)
-    invalidations: dict[str, dict[str, int]] = field(default_factory=dict)  # stage -> {eid|"*": time_ns}
+    invalidations: dict[str, dict[str, int]] = field(
+        default_factory=dict
+    )  # stage -> {eid|"*": time_ns}
 
     def held(self, stage: str, eid: str) -> bool:
         """True when the state is on manual hold."""
@@ -238,8 +242,15 @@ class Store:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise LockHeld(f"workspace is locked by {self.lock_holder() or 'another process'}") from None
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose, "since": time.time()}
+            raise LockHeld(
+                f"workspace is locked by {self.lock_holder() or 'another process'}"
+            ) from None
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "purpose": purpose,
+            "since": time.time(),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, dumps(info), 0)
         self._lock_fd = fd
@@ -257,7 +268,9 @@ class Store:
             info = json.loads(self.lock_path.read_bytes())
         except (FileNotFoundError, ValueError):
             return None
-        return f"eventrunner {info.get('purpose', '?')} (pid {info.get('pid')} on {info.get('host')})"
+        return (
+            f"eventrunner {info.get('purpose', '?')} (pid {info.get('pid')} on {info.get('host')})"
+        )
 
 
 def _read(path: Path, cls: Any) -> Any:

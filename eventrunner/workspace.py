@@ -83,7 +83,13 @@ def _check_schedules(graph: Graph) -> list[Problem]:
     for stage in scheduled:
         reason = validate_cron(stage.schedule or "")
         if reason:
-            problems.append(Problem(stage.file, f"stages.{stage.name}.schedule", f"bad cron {stage.schedule!r}: {reason}"))
+            problems.append(
+                Problem(
+                    stage.file,
+                    f"stages.{stage.name}.schedule",
+                    f"bad cron {stage.schedule!r}: {reason}",
+                )
+            )
     return problems
 
 
@@ -93,5 +99,11 @@ def _check_webhooks(specs: Mapping[str, Any]) -> list[Problem]:
         for name, src in spec.sources.items():
             hook = src.webhook
             if hook is not None and not hook.secret_env and not hook.allow_unsigned:
-                problems.append(Problem(file, f"sources.{name}.webhook", "a webhook needs secret_env, or allow_unsigned = true to accept unsigned requests"))
+                problems.append(
+                    Problem(
+                        file,
+                        f"sources.{name}.webhook",
+                        "a webhook needs secret_env, or allow_unsigned = true to accept unsigned requests",
+                    )
+                )
     return problems

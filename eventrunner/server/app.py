@@ -40,12 +40,24 @@ STATUS: dict[type[BaseException], int] = {
     StorageError: 503,
     EventRunnerError: 500,
 }
-CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-         409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_body",
-         500: "internal", 503: "unavailable"}
+CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_body",
+    500: "internal",
+    503: "unavailable",
+}
 
 
-def error_response(status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
+def error_response(
+    status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
     """The one error shape: {"error": {"code", "message"}}."""
     body = {"error": {"code": code or CODES.get(status, "error"), "message": message}}
     return web.json_response(body, status=status, headers=headers)
@@ -67,9 +79,18 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(exc.status, exc.reason or "error", headers={k: v for k, v in exc.headers.items() if k == "Retry-After"})
+        return error_response(
+            exc.status,
+            exc.reason or "error",
+            headers={k: v for k, v in exc.headers.items() if k == "Retry-After"},
+        )
     except ValidationError as exc:
-        return error_response(422, "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()))
+        return error_response(
+            422,
+            "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
+            ),
+        )
     except EventRunnerError as exc:
         status = status_for(exc)
         headers = {"Retry-After": "1"} if status == 503 else None
@@ -93,7 +114,9 @@ def auth_middleware(token_env: str | None) -> Any:
             given = request.headers.get("Authorization", "")
             expected = f"Bearer {token}"
             if not hmac.compare_digest(given.encode(), expected.encode()):
-                return error_response(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+                return error_response(
+                    401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+                )
         return await handler(request)
 
     return check
@@ -142,7 +165,9 @@ async def readyz(request: web.Request) -> web.Response:
     rt = _rt(request)
     if rt.ready.is_set():
         return web.json_response({"status": "ready", "ready": True})
-    return web.json_response({"status": "starting", "ready": False}, status=503, headers={"Retry-After": "1"})
+    return web.json_response(
+        {"status": "starting", "ready": False}, status=503, headers={"Retry-After": "1"}
+    )
 
 
 async def pipelines(request: web.Request) -> web.Response:
@@ -159,15 +184,27 @@ async def pipeline_status(request: web.Request) -> web.Response:
     assert rt.index is not None and rt.engine is not None
     data = ops.status(rt.index, p)
     stages = set(rt.ws.graph.pipelines.get(p or "", rt.ws.graph.stages))
-    running = [{"stage": q, "entity": e} for q, e in sorted(rt.index.running) if p is None or q in stages]
+    running = [
+        {"stage": q, "entity": e} for q, e in sorted(rt.index.running) if p is None or q in stages
+    ]
     failures = sorted(
-        (f.to_json() for q, fs in rt.index.failures.items() if p is None or q in stages for f in fs.values()),
+        (
+            f.to_json()
+            for q, fs in rt.index.failures.items()
+            if p is None or q in stages
+            for f in fs.values()
+        ),
         key=lambda f: -f["last_failed"],
     )[:20]
     for f in failures:
         f.pop("traceback", None)
-    body = {"pipeline": p or "_", "stages": data["pipelines"].get(p, {}).get("stages", {}) if p else data["pipelines"],
-            "running": running, "recent_failures": failures, "queue_depth": rt.engine.queue_depth}
+    body = {
+        "pipeline": p or "_",
+        "stages": data["pipelines"].get(p, {}).get("stages", {}) if p else data["pipelines"],
+        "running": running,
+        "recent_failures": failures,
+        "queue_depth": rt.engine.queue_depth,
+    }
     return web.json_response(body)
 
 
@@ -194,7 +231,14 @@ async def entities(request: web.Request) -> web.Response:
     stage = request.query.get("stage") or None
     rows = ops.entities(rt.index, pipeline=p, stage=stage, state=request.query.get("state") or None)
     page = rows[offset : offset + min(limit, 1000)]
-    return web.json_response({"entities": [r.to_json() for r in page], "total": len(rows), "limit": limit, "offset": offset})
+    return web.json_response(
+        {
+            "entities": [r.to_json() for r in page],
+            "total": len(rows),
+            "limit": limit,
+            "offset": offset,
+        }
+    )
 
 
 async def explain(request: web.Request) -> web.Response:
@@ -203,7 +247,10 @@ async def explain(request: web.Request) -> web.Response:
     p = _pipeline(request)
     assert rt.index is not None
     eid = request.match_info["entity"]
-    return web.json_response({"entity": eid, "stages": ops.explain(rt.index, eid, request.query.get("stage"), p)}, dumps=_dumps)
+    return web.json_response(
+        {"entity": eid, "stages": ops.explain(rt.index, eid, request.query.get("stage"), p)},
+        dumps=_dumps,
+    )
 
 
 def _dumps(value: Any) -> str:
@@ -217,7 +264,9 @@ def _manage(action: str, model: type[BaseModel]) -> Handler:
         p = _pipeline(request)
         body = (await _body(request, model)).model_dump()
         body["stage"] = _qualify(rt, p, body.get("stage"))
-        result = await asyncio.to_thread(rt.manage, action, body) if False else rt.manage(action, body)
+        result = (
+            await asyncio.to_thread(rt.manage, action, body) if False else rt.manage(action, body)
+        )
         return web.json_response(result, dumps=_dumps)
 
     return handle
@@ -243,7 +292,9 @@ def create_app(runtime: Runtime) -> web.Application:
     r.add_get("/api/pipelines/{pipeline}/status", pipeline_status)
     r.add_get("/api/pipelines/{pipeline}/entities", entities)
     r.add_get("/api/pipelines/{pipeline}/entities/{entity}", explain)
-    r.add_post("/api/pipelines/{pipeline}/invalidate", _manage("invalidate", models.InvalidateRequest))
+    r.add_post(
+        "/api/pipelines/{pipeline}/invalidate", _manage("invalidate", models.InvalidateRequest)
+    )
     r.add_post("/api/pipelines/{pipeline}/retry", _manage("retry", models.RetryRequest))
     r.add_post("/api/pipelines/{pipeline}/hold", _manage("hold", models.HoldRequest))
     r.add_post("/api/pipelines/{pipeline}/release", _manage("release", models.HoldRequest))

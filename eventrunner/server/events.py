@@ -31,7 +31,13 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
         except asyncio.QueueFull:
             dropped += 1  # a slow reader loses events rather than slowing the runtime
 
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    resp = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
     await resp.prepare(request)
     rt.sinks.append(sink)
     stop = asyncio.ensure_future(rt.stop_event.wait())
@@ -39,7 +45,9 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
         await resp.write(b": connected\n\n")
         while not rt.stop_event.is_set():
             getter = asyncio.ensure_future(queue.get())
-            done, _ = await asyncio.wait({getter, stop}, timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {getter, stop}, timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED
+            )
             if getter not in done:
                 getter.cancel()
                 if stop in done:
@@ -50,7 +58,9 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
             if event is None:
                 break
             if dropped:
-                await resp.write(f"event: dropped\ndata: {json.dumps({'count': dropped})}\n\n".encode())
+                await resp.write(
+                    f"event: dropped\ndata: {json.dumps({'count': dropped})}\n\n".encode()
+                )
                 dropped = 0
             data = json.dumps(event, default=str)
             await resp.write(f"event: {event.get('kind', 'message')}\ndata: {data}\n\n".encode())

@@ -70,7 +70,9 @@ async def hook(request: web.Request) -> web.Response:
         status = 503
         raise
     finally:
-        known = any(s.pipeline == pipeline and s.name == source for s in rt.ws.graph.sources.values())
+        known = any(
+            s.pipeline == pipeline and s.name == source for s in rt.ws.graph.sources.values()
+        )
         labels = (pipeline, source) if known else ("unknown", "unknown")  # bounded label values
         request.app[METRICS].webhooks.labels(*labels, str(status)).inc()
 
@@ -85,7 +87,9 @@ async def _intake(request: web.Request, rt: Runtime, pipeline: str, source: str)
         secrets = _secrets(spec.secret_env)
         if not secrets:
             # Misconfiguration on our side: the sender should keep the delivery and retry.
-            raise StorageError(f"webhook secret {spec.secret_env} is not set in the server's environment")
+            raise StorageError(
+                f"webhook secret {spec.secret_env} is not set in the server's environment"
+            )
         message_id = verify_request(secrets, request.headers, body)
     else:
         message_id = request.headers.get("webhook-id") or request.headers.get("X-GitHub-Delivery")
@@ -97,12 +101,18 @@ async def _intake(request: web.Request, rt: Runtime, pipeline: str, source: str)
     relpath = pattern.format(values)
     resolve_inside(rt.settings.data_root, relpath)
     eid = entity_id(pattern.variables, values)
-    record = SpoolRecord(relpath=relpath, body=body, message_id=message_id,
-                         meta={"pipeline": pipeline, "source": source, "entity": eid})
+    record = SpoolRecord(
+        relpath=relpath,
+        body=body,
+        message_id=message_id,
+        meta={"pipeline": pipeline, "source": source, "entity": eid},
+    )
     result = await request.app[SPOOL].put(record)
     if result.duplicate:
         return web.json_response({"duplicate": True}, status=200)
-    return web.json_response({"entity": eid, "path": relpath, "event_id": result.event_id}, status=202)
+    return web.json_response(
+        {"entity": eid, "path": relpath, "event_id": result.event_id}, status=202
+    )
 
 
 def setup_hooks(app: web.Application, runtime: Runtime) -> None:
@@ -112,12 +122,23 @@ def setup_hooks(app: web.Application, runtime: Runtime) -> None:
 
     def materialised(record: SpoolRecord, event_id: str) -> None:
         if runtime.engine is not None and runtime.index is not None:
-            runtime.emit({"kind": "webhook", "path": record.relpath, "event_id": event_id, **dict(record.meta)})
+            runtime.emit(
+                {
+                    "kind": "webhook",
+                    "path": record.relpath,
+                    "event_id": event_id,
+                    **dict(record.meta),
+                }
+            )
             runtime.on_change(FileChange("modified", record.relpath))
 
     async def spool_ctx(app: web.Application) -> AsyncIterator[None]:
-        spool = Spool(settings.state_dir / "spool", settings.data_root,
-                      max_pending=settings.server.intake_max_pending, on_materialised=materialised)
+        spool = Spool(
+            settings.state_dir / "spool",
+            settings.data_root,
+            max_pending=settings.server.intake_max_pending,
+            on_materialised=materialised,
+        )
         async with spool:
             app[SPOOL] = spool
             yield

@@ -35,7 +35,9 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         rt = self.rt
-        states = GaugeMetricFamily("eventrunner_states", "States by stage and state", labels=["stage", "state"])
+        states = GaugeMetricFamily(
+            "eventrunner_states", "States by stage and state", labels=["stage", "state"]
+        )
         queue = GaugeMetricFamily("eventrunner_queue_depth", "States queued for a worker")
         running = GaugeMetricFamily("eventrunner_running", "Handlers running now")
         if rt.index is not None and rt.engine is not None and rt.ready.is_set():
@@ -60,12 +62,31 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.events = Counter("eventrunner_events", "Runtime events by kind", ["kind"], registry=r)
-        self.executions = Counter("eventrunner_executions", "Handler executions by stage and outcome", ["stage", "outcome"], registry=r)
-        self.duration = Histogram("eventrunner_execution_seconds", "Handler execution time", ["stage"], registry=r,
-                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
-        self.webhooks = Counter("eventrunner_webhook_requests", "Webhook requests by pipeline, source and status", ["pipeline", "source", "status"], registry=r)
-        self.fsync = Histogram("eventrunner_fsync_seconds", "Durability barrier latency (webhook spool batches)", registry=r,
-                               buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
+        self.executions = Counter(
+            "eventrunner_executions",
+            "Handler executions by stage and outcome",
+            ["stage", "outcome"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "eventrunner_execution_seconds",
+            "Handler execution time",
+            ["stage"],
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+        )
+        self.webhooks = Counter(
+            "eventrunner_webhook_requests",
+            "Webhook requests by pipeline, source and status",
+            ["pipeline", "source", "status"],
+            registry=r,
+        )
+        self.fsync = Histogram(
+            "eventrunner_fsync_seconds",
+            "Durability barrier latency (webhook spool batches)",
+            registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+        )
         r.register(_StateCollector(runtime))
         runtime.sinks.append(self.on_event)
 

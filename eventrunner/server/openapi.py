@@ -28,17 +28,35 @@ ERR = {
     "401": _json(models.ErrorResponse, "missing or wrong bearer token"),
     "404": _json(models.ErrorResponse, "unknown pipeline, stage or entity"),
 }
-PIPELINE = {"name": "pipeline", "in": "path", "required": True, "schema": {"type": "string"},
-            "description": "pipeline name, or _ for every pipeline"}
+PIPELINE = {
+    "name": "pipeline",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "pipeline name, or _ for every pipeline",
+}
 
 
-def _op(summary: str, ok: dict[str, Any], *, params: list[dict[str, Any]] | None = None,
-        body: type[BaseModel] | None = None, errors: dict[str, Any] | None = None, secured: bool = True) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "responses": {**ok, **(errors if errors is not None else ERR)}}
+def _op(
+    summary: str,
+    ok: dict[str, Any],
+    *,
+    params: list[dict[str, Any]] | None = None,
+    body: type[BaseModel] | None = None,
+    errors: dict[str, Any] | None = None,
+    secured: bool = True,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "responses": {**ok, **(errors if errors is not None else ERR)},
+    }
     if params:
         op["parameters"] = params
     if body is not None:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(body)}},
+        }
         op["responses"]["422"] = _json(models.ErrorResponse, "body failed validation")
     if not secured:
         op["security"] = []
@@ -47,57 +65,191 @@ def _op(summary: str, ok: dict[str, Any], *, params: list[dict[str, Any]] | None
 
 def build_document() -> dict[str, Any]:
     """The whole document; every route of the app is described here."""
-    all_models = [models.InvalidateRequest, models.RetryRequest, models.HoldRequest, models.ErrorResponse,
-                  models.EntitiesResponse, models.ExplainResponse, models.PipelinesResponse, models.PipelineStatus,
-                  models.WebhookAccepted, models.WebhookDuplicate, models.Health]
-    pairs: list[tuple[type[BaseModel], Literal["validation"]]] = [(m, "validation") for m in all_models]
-    _, schemas = models_json_schema(pairs, ref_template=REF)  # type: ignore[arg-type]
+    all_models: list[type[BaseModel]] = [
+        models.InvalidateRequest,
+        models.RetryRequest,
+        models.HoldRequest,
+        models.ErrorResponse,
+        models.EntitiesResponse,
+        models.ExplainResponse,
+        models.PipelinesResponse,
+        models.PipelineStatus,
+        models.WebhookAccepted,
+        models.WebhookDuplicate,
+        models.Health,
+    ]
+    pairs: list[tuple[type[BaseModel], Literal["validation"]]] = [
+        (m, "validation") for m in all_models
+    ]
+    _, schemas = models_json_schema(pairs, ref_template=REF)
 
     def q(name: str, schema: dict[str, Any], desc: str) -> dict[str, Any]:
-        return {"name": name, "in": "query", "required": False, "schema": schema, "description": desc}
+        return {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "schema": schema,
+            "description": desc,
+        }
 
     def manage(summary: str, model: type[BaseModel]) -> dict[str, Any]:
-        ok = {"200": {"description": "done", "content": {"application/json": {"schema": {"type": "object"}}}}}
+        ok = {
+            "200": {
+                "description": "done",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
+        }
         return {"post": _op(summary, ok, params=[PIPELINE], body=model)}
+
     hook_errors = {
         "400": _json(models.ErrorResponse, "entity variables fail the source pattern"),
         "401": _json(models.ErrorResponse, "bad or missing signature"),
         "404": _json(models.ErrorResponse, "unknown pipeline or source"),
         "413": _json(models.ErrorResponse, "body over the limit"),
-        "503": _json(models.ErrorResponse, "intake full or storage failing; retry after Retry-After"),
+        "503": _json(
+            models.ErrorResponse, "intake full or storage failing; retry after Retry-After"
+        ),
     }
     paths: dict[str, Any] = {
-        "/healthz": {"get": _op("alive", {"200": _json(models.Health, "alive")}, errors={}, secured=False)},
-        "/readyz": {"get": _op("ready once the start-up reconcile finished", {"200": _json(models.Health, "ready"), "503": _json(models.Health, "starting")}, errors={}, secured=False)},
-        "/api/pipelines": {"get": _op("pipelines with per-stage counts by state", {"200": _json(models.PipelinesResponse, "counts")}, errors={"401": ERR["401"]})},
-        "/api/pipelines/{pipeline}/status": {"get": _op("one pipeline: counts, running work, recent failures", {"200": _json(models.PipelineStatus, "status")}, params=[PIPELINE])},
-        "/api/pipelines/{pipeline}/entities": {"get": _op("states with their reasons", {"200": _json(models.EntitiesResponse, "a page of states")}, params=[
-            PIPELINE, q("stage", {"type": "string"}, "stage name"), q("state", {"type": "string", "enum": list(STATES)}, "state"),
-            q("limit", {"type": "integer", "minimum": 0}, "page size (max 1000)"), q("offset", {"type": "integer", "minimum": 0}, "page start")])},
-        "/api/pipelines/{pipeline}/entities/{entity}": {"get": _op("explain one entity across stages", {"200": _json(models.ExplainResponse, "explanation")}, params=[
-            PIPELINE, {"name": "entity", "in": "path", "required": True, "schema": {"type": "string"}, "description": "entity id"},
-            q("stage", {"type": "string"}, "only this stage")])},
+        "/healthz": {
+            "get": _op("alive", {"200": _json(models.Health, "alive")}, errors={}, secured=False)
+        },
+        "/readyz": {
+            "get": _op(
+                "ready once the start-up reconcile finished",
+                {"200": _json(models.Health, "ready"), "503": _json(models.Health, "starting")},
+                errors={},
+                secured=False,
+            )
+        },
+        "/api/pipelines": {
+            "get": _op(
+                "pipelines with per-stage counts by state",
+                {"200": _json(models.PipelinesResponse, "counts")},
+                errors={"401": ERR["401"]},
+            )
+        },
+        "/api/pipelines/{pipeline}/status": {
+            "get": _op(
+                "one pipeline: counts, running work, recent failures",
+                {"200": _json(models.PipelineStatus, "status")},
+                params=[PIPELINE],
+            )
+        },
+        "/api/pipelines/{pipeline}/entities": {
+            "get": _op(
+                "states with their reasons",
+                {"200": _json(models.EntitiesResponse, "a page of states")},
+                params=[
+                    PIPELINE,
+                    q("stage", {"type": "string"}, "stage name"),
+                    q("state", {"type": "string", "enum": list(STATES)}, "state"),
+                    q("limit", {"type": "integer", "minimum": 0}, "page size (max 1000)"),
+                    q("offset", {"type": "integer", "minimum": 0}, "page start"),
+                ],
+            )
+        },
+        "/api/pipelines/{pipeline}/entities/{entity}": {
+            "get": _op(
+                "explain one entity across stages",
+                {"200": _json(models.ExplainResponse, "explanation")},
+                params=[
+                    PIPELINE,
+                    {
+                        "name": "entity",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "description": "entity id",
+                    },
+                    q("stage", {"type": "string"}, "only this stage"),
+                ],
+            )
+        },
         "/api/pipelines/{pipeline}/invalidate": manage("force re-runs", models.InvalidateRequest),
-        "/api/pipelines/{pipeline}/retry": manage("clear backoff and dead states", models.RetryRequest),
+        "/api/pipelines/{pipeline}/retry": manage(
+            "clear backoff and dead states", models.RetryRequest
+        ),
         "/api/pipelines/{pipeline}/hold": manage("manual hold", models.HoldRequest),
         "/api/pipelines/{pipeline}/release": manage("release a hold", models.HoldRequest),
-        "/api/events": {"get": _op("server-sent events", {"200": {"description": "text/event-stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}}}, errors={"401": ERR["401"]})},
-        "/metrics": {"get": _op("Prometheus metrics", {"200": {"description": "text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}, errors={"401": ERR["401"]})},
-        "/api/openapi.json": {"get": _op("this document", {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}, errors={"401": ERR["401"]})},
-        "/hooks/{pipeline}/{source}": {"post": {
-            "summary": "webhook intake: the body becomes the source entity named by the query parameters",
-            "security": [],
-            "parameters": [{"name": "pipeline", "in": "path", "required": True, "schema": {"type": "string"}},
-                           {"name": "source", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "requestBody": {"required": True, "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
-            "responses": {"202": _json(models.WebhookAccepted, "durably stored"), "200": _json(models.WebhookDuplicate, "already received"), **hook_errors},
-        }},
+        "/api/events": {
+            "get": _op(
+                "server-sent events",
+                {
+                    "200": {
+                        "description": "text/event-stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    }
+                },
+                errors={"401": ERR["401"]},
+            )
+        },
+        "/metrics": {
+            "get": _op(
+                "Prometheus metrics",
+                {
+                    "200": {
+                        "description": "text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+                errors={"401": ERR["401"]},
+            )
+        },
+        "/api/openapi.json": {
+            "get": _op(
+                "this document",
+                {
+                    "200": {
+                        "description": "OpenAPI 3.1",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+                errors={"401": ERR["401"]},
+            )
+        },
+        "/hooks/{pipeline}/{source}": {
+            "post": {
+                "summary": "webhook intake: the body becomes the source entity named by the query parameters",
+                "security": [],
+                "parameters": [
+                    {
+                        "name": "pipeline",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "source",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+                },
+                "responses": {
+                    "202": _json(models.WebhookAccepted, "durably stored"),
+                    "200": _json(models.WebhookDuplicate, "already received"),
+                    **hook_errors,
+                },
+            }
+        },
     }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "eventrunner", "version": __version__, "description": "Keep derived files fresh: management API and webhook intake."},
+        "info": {
+            "title": "eventrunner",
+            "version": __version__,
+            "description": "Keep derived files fresh: management API and webhook intake.",
+        },
         "paths": paths,
-        "components": {"schemas": schemas.get("$defs", {}), "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {
+            "schemas": schemas.get("$defs", {}),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
         "security": [{"bearer": []}],
     }
 
