@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -110,8 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
-        handler: Callable[[argparse.Namespace], int] = COMMANDS[args.command]
-        return handler(args)
+        if args.command == "run" and _noop_fast_path(args):
+            return 0
+        return _command(args.command)(args)
     except ConfigError as exc:
         if getattr(args, "json", False):
             print(
@@ -139,7 +140,7 @@ def _setup_logging(verbose: int) -> None:
 
 
 def _workspace_path(args: argparse.Namespace) -> Path:
-    from .config import find_workspace
+    from .wsfind import find_workspace
 
     return args.workspace.resolve() if args.workspace else find_workspace()
 
@@ -174,14 +175,64 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_full_run(args: argparse.Namespace) -> bool:
+    return not (args.pipeline or args.stage or args.entity or args.dry_run)
+
+
+def _noop_fast_path(args: argparse.Namespace) -> bool:
+    """Answer a no-change `run` from stats alone (see fastpath.py); False to take the full path."""
+    t0 = time.perf_counter()
+    if not _is_full_run(args):
+        return False
+    from . import fastpath
+    from .wsfind import STATE_DIR
+
+    result = fastpath.check(_workspace_path(args) / STATE_DIR)
+    if result is None:
+        return False
+    _print_run_report(args, {"executed": 0, "succeeded": 0, "failed": 0, "skipped": result["skipped"],
+                             "duration_s": round(time.perf_counter() - t0, 3), "failures": []})
+    return True
+
+
+def _write_stamp(ws: Any, index: Any, skipped: int) -> None:
+    """After a full evaluation that ran nothing: record what it depended on (fastpath.py)."""
+    from . import fastpath
+
+    root = str(ws.settings.data_root)
+    paths = fastpath.definition_files(ws.root)
+    paths += sorted({str(ref.path) for ref in ws.handlers.values() if ref.stock})
+    for key, src in ws.graph.sources.items():
+        depth = key.count("/") - src.pattern.static_prefix.count("/") - (1 if src.pattern.static_prefix else 0)
+        paths += fastpath.scan_dirs(root, src.pattern.static_prefix, depth)
+    # Cache entries of files gone since (an orphan's input) played no part in the evaluation.
+    paths += [p for p in (os.path.join(root, rel) for rel in index.files) if os.path.exists(p)]
+    retries = [f.next_retry for fs in index.failures.values() for f in fs.values() if not f.dead and f.next_retry]
+    fastpath.write(ws.settings.state_dir, paths, min(retries, default=float(2**62)), {"skipped": skipped},
+                   replaced=[str(index.cache_path)])
+
+
+def _print_run_report(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    if args.json:
+        _print_json(report)
+        return
+    print(f"executed {report['executed']}: {report['succeeded']} succeeded, {report['failed']} failed; "
+          f"{report['skipped']} skipped (held, failed, dead or waiting) in {report['duration_s']}s")
+    for f in report["failures"][:20]:
+        print(f"  FAILED {f['stage']} {f['entity']}: {f['error']}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from . import fastpath
     from .engine import Engine
     from .ops import resolve_stages
 
     t0 = time.perf_counter()
     ws, store, index = _open(args)
-    outcome = None
     if not args.dry_run:
+        fastpath.discard(ws.settings.state_dir)
         _refuse_if_serving(ws)
         store.acquire_lock("run")
     try:
@@ -214,7 +265,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         finally:
             if progress:
                 progress.stop()
-        if outcome.executed or index.changed:
+        if outcome.executed or index.changed or not index.cache_path.exists():
             index.save()
     finally:
         store.release_lock()
@@ -228,23 +279,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         and index.has_entity(q, v)
         and engine.evaluator.verdict(q, e, v).state != "fresh"
     )
-    report = {
-        "executed": outcome.executed,
-        "succeeded": outcome.succeeded,
-        "failed": outcome.failed,
-        "skipped": skipped,
-        "duration_s": round(time.perf_counter() - t0, 3),
-        "failures": outcome.failures,
-    }
-    if args.json:
-        _print_json(report)
-    else:
-        print(
-            f"executed {outcome.executed}: {outcome.succeeded} succeeded, {outcome.failed} failed; "
-            f"{skipped} skipped (held, failed, dead or waiting) in {report['duration_s']}s"
-        )
-        for f in outcome.failures[:20]:
-            print(f"  FAILED {f['stage']} {f['entity']}: {f['error']}")
+    if outcome.executed == 0 and _is_full_run(args):
+        _write_stamp(ws, index, skipped)
+    report = {"executed": outcome.executed, "succeeded": outcome.succeeded, "failed": outcome.failed,
+              "skipped": skipped, "duration_s": round(time.perf_counter() - t0, 3), "failures": outcome.failures}
+    _print_run_report(args, report)
     return 1 if outcome.failed else 0
 
 
@@ -320,13 +359,15 @@ class _Progress:
             )
 
 
-from .cli_commands import COMMANDS_REST  # noqa: E402  (split to keep modules small)
+def _command(name: str) -> Callable[[argparse.Namespace], int]:
+    """The function of a command; the rest live in cli_commands (imported only when used)."""
+    if name == "run":
+        return cmd_run
+    if name == "validate":
+        return cmd_validate
+    from .cli_commands import COMMANDS_REST
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "validate": cmd_validate,
-    "run": cmd_run,
-    **COMMANDS_REST,
-}
+    return COMMANDS_REST[name]
 
 
 if __name__ == "__main__":

@@ -12,9 +12,12 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from .store import Failure, Manifest, Store, dumps, replace_path, syncfs, temp_path
 
@@ -43,6 +46,8 @@ class Committer:
         self.commits = 0
         self.sync_seconds = 0.0
         self._roots: list[Path] = []
+        self._dirs: set[Path] = set()
+        self._io: ThreadPoolExecutor | None = None
 
     async def __aenter__(self) -> Committer:
         self.store.ensure()
@@ -69,6 +74,9 @@ class Committer:
         self._task = None
         if self.batches:
             await asyncio.to_thread(self._barrier)  # the last batch's manifest renames
+        if self._io is not None:
+            self._io.shutdown(wait=True)
+            self._io = None
 
     async def submit(self, commit: Commit) -> None:
         """Queue a commit and wait until it is durable."""
@@ -99,6 +107,16 @@ class Committer:
                 for _ in batch:
                     self._queue.task_done()
 
+    def _parallel(self, fn: Callable[[Any], object], items: list[Any]) -> None:
+        """File creates and renames cost ~100-300 us each on ext4; overlap them on a few threads."""
+        if len(items) < 16:
+            for item in items:
+                fn(item)
+            return
+        if self._io is None:
+            self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="eventrunner-commit")
+        list(self._io.map(fn, items, chunksize=max(1, len(items) // 16)))
+
     def _barrier(self) -> None:
         import time
 
@@ -109,10 +127,9 @@ class Committer:
 
     def _write_batch(self, batch: list[Commit]) -> None:
         self._barrier()  # 1. every output temp's content is durable
-        for c in batch:
-            for tmp, final in c.temps:
-                replace_path(tmp, final)  # 2. outputs in place
-        manifests: list[tuple[Path, Path]] = []
+        moves = [pair for c in batch for pair in c.temps]
+        self._parallel(lambda pair: replace_path(*pair), moves)  # 2. outputs in place
+        manifests: list[tuple[Path, Path, bytes]] = []
         for c in batch:
             record, path = None, None
             if c.manifest is not None:
@@ -123,13 +140,13 @@ class Committer:
                 path = self.store.failure_path(c.failure.stage, c.failure.entity)
             if record is None or path is None:
                 continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = temp_path(path)
-            tmp.write_bytes(record)  # 3. manifests written beside their place
-            manifests.append((tmp, path))
+            if path.parent not in self._dirs:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._dirs.add(path.parent)
+            manifests.append((temp_path(path), path, record))
+        self._parallel(lambda m: m[0].write_bytes(m[2]), manifests)  # 3. manifests beside their place
         self._barrier()  # 4. manifests' content and the output renames are durable
-        for tmp, path in manifests:
-            os.replace(tmp, path)  # 5. manifests in place: the state is now fresh
+        self._parallel(lambda m: os.replace(m[0], m[1]), manifests)  # 5. manifests in place: fresh
         for c in batch:
             if c.clear_failure and c.manifest is not None:
                 self.store.delete_failure(c.manifest.stage, c.manifest.entity)

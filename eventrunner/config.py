@@ -13,9 +13,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from .durations import parse_duration
-from .errors import ConfigError, DurationError, Problem, WorkspaceNotFound
+from .errors import ConfigError, DurationError, Problem
+from .wsfind import STATE_DIR, find_workspace
 
-STATE_DIR = ".eventrunner"
+__all__ = ["STATE_DIR", "find_workspace"]
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
@@ -90,6 +92,8 @@ class ServerSettings(_Model):
     token_env: str | None = None
     body_limit: int = Field(1024 * 1024, ge=1)
     intake_max_pending: int = Field(1000, ge=1)
+    # Benchmarks only: false acknowledges webhooks before they are durable (lost on power failure).
+    intake_fsync: bool = True
 
 
 class RuntimeSettings(_Model):
@@ -122,17 +126,6 @@ class Settings(_Model):
     def handlers_dir(self) -> Path:
         """The workspace's own handler modules."""
         return self.workspace / "handlers"
-
-
-def find_workspace(start: Path | None = None) -> Path:
-    """Nearest folder upward holding eventrunner.toml or pipelines/."""
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "eventrunner.toml").is_file() or (folder / "pipelines").is_dir():
-            return folder
-    raise WorkspaceNotFound(
-        f"no workspace found at or above {here} (need eventrunner.toml or pipelines/)"
-    )
 
 
 def problems_from_validation(file: str, exc: ValidationError, prefix: str = "") -> list[Problem]:

@@ -25,7 +25,7 @@ from .errors import HandlerTimeout, PermanentError, RetryLater
 from .evaluate import Evaluator
 from .executor import Written, build_kwargs, make_context, prepare_and_call, store_result, wants_ctx
 from .index import Index
-from .patterns import entity_id
+from .patterns import trusted_entity_id as entity_id
 from .staleness import after_failure
 from .store import Manifest, Store
 
@@ -85,6 +85,8 @@ class Engine:
         self.committer = Committer(store, index.root)
         self._funcs: dict[str, Callable[..., Any]] = {}
         self._dispatcher: asyncio.Task[None] | None = None
+        self._commits: set[asyncio.Task[None]] = set()
+        self.max_inflight_commits = 2048  # backpressure: finished runs waiting for their group commit
         self._accepting = True
 
     # -- events ----------------------------------------------------------------------------
@@ -196,7 +198,7 @@ class Engine:
             await self._idle.wait()
 
     def _is_idle(self) -> bool:
-        return not self._heap and not self._tasks and not any(self._deferred.values())
+        return not self._heap and not self._tasks and not self._commits and not any(self._deferred.values())
 
     async def _dispatch_loop(self) -> None:
         while True:
@@ -204,7 +206,7 @@ class Engine:
             self._wake.clear()
             if self._accepting:
                 self._dispatch()
-            if self._is_idle() or (not self._accepting and not self._tasks):
+            if self._is_idle() or (not self._accepting and not self._tasks and not self._commits):
                 self._idle.set()
 
     async def stop(self, grace: float | None = None) -> None:
@@ -216,6 +218,8 @@ class Engine:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
+        if self._commits:
+            await asyncio.wait(set(self._commits))
         if self._dispatcher is not None:
             self._dispatcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -226,7 +230,7 @@ class Engine:
 
     def _dispatch(self) -> None:
         """Start the best ready jobs while global and per-stage slots are free."""
-        while self._heap and len(self._tasks) < self.jobs:
+        while self._heap and len(self._tasks) < self.jobs and len(self._commits) < self.max_inflight_commits:
             item = heapq.heappop(self._heap)
             q, eid = item[3], item[4]
             limit = self.ws.graph.stages[q].concurrency
@@ -259,8 +263,8 @@ class Engine:
 
     async def _run_one(self, q: str, eid: str, values: dict[str, str]) -> None:
         stage = self.ws.graph.stages[q]
-        self.evaluator.reset()
-        gathered = self.evaluator.gather(q, values)
+        # consider() just found every producer fresh; only the input files and hashes are needed.
+        gathered = self.evaluator.gather(q, values, check_upstream=False)
         key = self.evaluator.attempt_key(q, gathered.hashes())
         prev = self.index.failures[q].get(eid)
         attempt = (prev.attempts if prev is not None and prev.key == key else 0) + 1
@@ -273,6 +277,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         root = self.index.root
         written: Written | None = None
+        committing = False
         try:
             func = self._handler(q)
             if asyncio.iscoroutinefunction(func):
@@ -318,19 +323,39 @@ class Engine:
                 attempt=attempt,
                 dropped=dropped,
             )
-            await self.committer.submit(
-                Commit(manifest=manifest, temps=written.temps, clear_failure=prev is not None)
-            )
-            for relpath, digest in written.hashes.items():
-                self.index.remember_file(relpath, digest)
-            old = self.index.manifests[q].get(eid)
-            self.index.record_manifest(manifest)
-            self.outcome.succeeded += 1
-            self.emit("succeeded", stage=q, entity=eid, duration_s=manifest.duration_s)
-            self._after_commit(q, eid, manifest, old)
+            # The slot is freed now; the commit joins the next group (one sync for many runs).
+            task = asyncio.ensure_future(self._commit_success(q, eid, manifest, written, prev is not None))
+            self._commits.add(task)
+            task.add_done_callback(self._commit_done)
+            committing = True
         finally:
-            self.index.running.discard((q, eid))
+            if not committing:
+                self.index.running.discard((q, eid))
             self._release(q)
+
+    async def _commit_success(self, q: str, eid: str, manifest: Manifest, written: Written, had_failure: bool) -> None:
+        try:
+            await self.committer.submit(Commit(manifest=manifest, temps=written.temps, clear_failure=had_failure))
+        except Exception as exc:
+            written.discard()
+            self.index.running.discard((q, eid))
+            self.outcome.failed += 1
+            self.outcome.failures.append({"stage": q, "entity": eid, "error": f"commit failed: {exc}"})
+            self.emit("failed", stage=q, entity=eid, error=f"commit failed: {exc}")
+            return
+        for relpath, digest in written.hashes.items():
+            self.index.remember_file(relpath, digest)
+        old = self.index.manifests[q].get(eid)
+        self.index.record_manifest(manifest)
+        self.outcome.succeeded += 1
+        self.emit("succeeded", stage=q, entity=eid, duration_s=manifest.duration_s)
+        self._after_commit(q, eid, manifest, old)
+
+    def _commit_done(self, task: asyncio.Task[None]) -> None:
+        self._commits.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("internal error in a commit", exc_info=task.exception())
+        self._wake.set()
 
     async def _fail(
         self,
@@ -367,7 +392,7 @@ class Engine:
             eid,
             failure.attempts,
             ", dead" if failure.dead else "",
-            failure.error,
+            (failure.error.splitlines() or [""])[0],  # one line per event; the rest is in explain
         )
         self.emit(
             "failed",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from .hashing import combine
 from .index import Index
-from .patterns import entity_id
+from .patterns import trusted_entity_id as entity_id
 from .staleness import Facts, Verdict, decide
 
 
@@ -55,8 +55,8 @@ class Evaluator:
         """Forget one memoised verdict."""
         self._memo.pop((qualname, eid), None)
 
-    def gather(self, qualname: str, values: dict[str, str]) -> Gathered:
-        """Find the input files of an entity, their hashes, and which producers are not fresh."""
+    def gather(self, qualname: str, values: dict[str, str], check_upstream: bool = True) -> Gathered:
+        """Find the input files of an entity, their hashes, and (optionally) which producers are not fresh."""
         stage = self.ws.graph.stages[qualname]
         idx = self.index
         files: list[InputFile] = []
@@ -74,11 +74,11 @@ class Evaluator:
                 eid = entity_id(inp.pattern.variables, mv)
                 item = inst.items.get(eid)
                 if item is None and producer is None:
-                    missing.append(inp.pattern.format(mv))
+                    missing.append(inp.pattern.join(mv))
                     continue
-                pairs = [item or (mv, inp.pattern.format(mv))]
+                pairs = [item or (mv, inp.pattern.join(mv))]
             for mvalues, relpath in pairs:
-                if producer is not None:
+                if producer is not None and check_upstream:
                     pstage = self.ws.graph.stages[producer]
                     pv = {v: mvalues[v] for v in pstage.entity_vars}
                     peid = entity_id(pstage.entity_vars, pv)
@@ -111,6 +111,7 @@ class Evaluator:
         """Everything decide() needs for one state."""
         idx = self.index
         m = idx.manifests[qualname].get(eid)
+        failure = idx.failures[qualname].get(eid)
         exists = idx.has_entity(qualname, values)
         g = self.gather(qualname, values) if exists else Gathered([], [], [])
         inputs = g.hashes()
@@ -125,8 +126,8 @@ class Evaluator:
             missing_inputs=g.missing,
             upstream_not_fresh=g.upstream_not_fresh,
             outputs_now=outputs_now,
-            failure=idx.failures[qualname].get(eid),
-            attempt_key=self.attempt_key(qualname, inputs),
+            failure=failure,
+            attempt_key=self.attempt_key(qualname, inputs) if failure is not None else "",
             held=idx.control.held(qualname, eid),
             invalidated_ns=idx.control.invalidated_at(qualname, eid),
             running=(qualname, eid) in idx.running,

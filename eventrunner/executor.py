@@ -22,8 +22,8 @@ from pydantic import BaseModel
 from .errors import HandlerError, PermanentError
 from .evaluate import InputFile
 from .graph import Stage
-from .hashing import hash_path
-from .patterns import entity_id, parse_entity_id
+from .hashing import hash_bytes, hash_path
+from .patterns import entity_id, parse_entity_id, resolve_inside
 from .store import temp_path
 
 log = logging.getLogger("eventrunner.executor")
@@ -62,6 +62,7 @@ class Context:
     attempt: int
     data_root: Path
     log: logging.LoggerAdapter[logging.Logger]
+    timeout: float | None = None  # the stage's timeout, for handlers that start subprocesses
     secrets: Secrets = field(default_factory=Secrets)
 
     def secret(self, name: str) -> str:
@@ -169,11 +170,30 @@ def encode(value: Any, what: str) -> bytes:
     )
 
 
+_ready_dirs: set[Path] = set()
+
+
+def output_path(root: Path, relpath: str) -> Path:
+    """root/relpath for an output: checked inside the root and its folder created, once per folder."""
+    final = root / relpath
+    parent = final.parent
+    if parent not in _ready_dirs:
+        resolve_inside(root, relpath)  # refuses symlinked folders that lead outside the data root
+        parent.mkdir(parents=True, exist_ok=True)
+        _ready_dirs.add(parent)
+    elif final.is_symlink():
+        resolve_inside(root, relpath)
+    return final
+
+
 def _write_temp(final: Path, data: bytes) -> Path:
-    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(final)
-    with open(tmp, "wb") as fh:
-        fh.write(data)
+    try:
+        tmp.write_bytes(data)
+    except FileNotFoundError:  # the folder was removed since we created it
+        _ready_dirs.discard(final.parent)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
     return tmp
 
 
@@ -192,10 +212,10 @@ def store_result(
             out_values = dict(values)
             out_values.update(_fanout_values(stage, key))
             relpath = stage.output.format(out_values)
-            final = root / relpath
-            tmp = _write_temp(final, encode(content, f"{stage.qualname}[{key}]"))
-            temps.append((tmp, final))
-            hashes[relpath] = hash_path(tmp)
+            final = output_path(root, relpath)
+            data = encode(content, f"{stage.qualname}[{key}]")
+            temps.append((_write_temp(final, data), final))
+            hashes[relpath] = hash_bytes(data)
         return Written(temps, hashes)
     relpath = stage.output.format(values)
     assert ctx.output_path is not None and ctx.final_path is not None
@@ -228,10 +248,8 @@ def _fanout_values(stage: Stage, key: Any) -> dict[str, str]:
 def make_context(stage: Stage, values: dict[str, str], attempt: int, root: Path) -> Context:
     """The ctx of one run; output_path is a temp path renamed into place on commit."""
     eid = entity_id(stage.entity_vars, values)
-    final = None if stage.fanout_vars else root / stage.output.format(values)
+    final = None if stage.fanout_vars else output_path(root, stage.output.format(values))
     tmp = temp_path(final) if final is not None else None
-    if tmp is not None:
-        tmp.parent.mkdir(parents=True, exist_ok=True)
     adapter = logging.LoggerAdapter(
         logging.getLogger(f"eventrunner.handler.{stage.qualname}"), {"entity": eid}
     )
@@ -246,6 +264,7 @@ def make_context(stage: Stage, values: dict[str, str], attempt: int, root: Path)
         attempt=attempt,
         data_root=root,
         log=adapter,
+        timeout=stage.timeout,
     )
 
 

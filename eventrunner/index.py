@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .hashing import hash_path
-from .patterns import Pattern, entity_id, scan
+from .patterns import Pattern, scan
+from .patterns import trusted_entity_id as entity_id
 from .store import Control, Failure, Manifest, Store, atomic_write
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ class Instances:
         eid = entity_id(self.pattern.variables, values)
         if eid in self.items:
             return eid
-        self.items[eid] = (values, relpath if relpath is not None else self.pattern.format(values))
+        self.items[eid] = (values, relpath if relpath is not None else self.pattern.join(values))
         for vars_, groups in self._proj.items():
             groups.setdefault(tuple(values[v] for v in vars_), set()).add(eid)
         return eid
@@ -165,6 +166,10 @@ class Index:
 
     def save(self) -> None:
         """Write the cache, then clear the dirty marker."""
+        racy = time.time_ns() - RACY_NS
+        for info in self.files.values():
+            if info.mtime_ns > racy:
+                info.mtime_ns = -1  # may change again within its mtime tick: re-hash once next time
         data = {
             "version": CACHE_VERSION,
             "files": self.files,
@@ -214,11 +219,10 @@ class Index:
             st = os.stat(os.path.join(self.root, relpath))
         except FileNotFoundError:
             return
-        if time.time_ns() - st.st_mtime_ns > RACY_NS:
-            self.files[relpath] = FileInfo(st.st_size, st.st_mtime_ns, st.st_ino, digest)
-        else:
-            # Trusted only after the racy window: keep the hash, but force one re-hash later.
-            self.files[relpath] = FileInfo(st.st_size, -1, st.st_ino, digest)
+        # We produced this content and hashed it: trusted in memory; save() demotes entries still
+        # inside the racy window so a later process re-hashes them once.
+        self.files[relpath] = FileInfo(st.st_size, st.st_mtime_ns, st.st_ino, digest)
+        self.changed = True
 
     # -- instances --------------------------------------------------------------------------
     def scan_sources(self) -> None:

@@ -161,6 +161,12 @@ class Pattern:
             raise PatternError(f"{where}: ambiguous values, {relpath!r} reads back as {back}")
         return relpath
 
+    def join(self, values: Mapping[str, str]) -> str:
+        """The relpath for values already known to be valid (they came from a match): no checks."""
+        return "/".join(
+            "".join(p if isinstance(p, str) else values[p.name] for p in seg.parts) for seg in self._segments
+        )
+
     @property
     def static_prefix(self) -> str:
         """Folder path before the first segment with a variable: where a scan starts."""
@@ -219,6 +225,18 @@ def entity_id(variables: Sequence[str], values: Mapping[str, str]) -> str:
     if len(encoded) == 1:
         return next(iter(encoded.values()))
     return ",".join(f"{name}={value}" for name, value in encoded.items())
+
+
+def trusted_entity_id(variables: Sequence[str], values: Mapping[str, str]) -> str:
+    """entity_id for values already checked (matched from a path): the hot path, no validation."""
+    if not variables:
+        return NO_VARS_ID
+    if len(variables) == 1:
+        v = values[variables[0]]
+        return v.replace("%", "%25").replace(",", "%2C").replace("=", "%3D") if ("%" in v or "," in v or "=" in v) else v
+    return ",".join(
+        f"{n}={values[n].replace('%', '%25').replace(',', '%2C').replace('=', '%3D')}" for n in variables
+    )
 
 
 def parse_entity_id(variables: Sequence[str], text: str) -> dict[str, str]:

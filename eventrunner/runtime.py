@@ -20,7 +20,7 @@ from .config import Settings
 from .engine import Engine, Target
 from .errors import ConfigError
 from .index import Index
-from .patterns import entity_id
+from .patterns import trusted_entity_id as entity_id
 from .store import Store
 from .watch import FileChange, Rescan, watch_changes
 from .workspace import Workspace, load_workspace
@@ -69,12 +69,13 @@ class Runtime:
             watching = asyncio.Event()
             self._tasks.append(asyncio.create_task(self._watch_loop(watching)))
             await asyncio.wait_for(watching.wait(), 30)
-        self.reconcile(initial=True)
+        caught_up = self.reconcile(initial=True)
         await self._start_scheduler()
         self._tasks.append(asyncio.create_task(self._persist_loop()))
         self.ready.set()
         self.emit({"kind": "ready"})
-        log.info("ready: %d stages, %d queued", len(self.ws.graph.stages), self.engine.queue_depth)
+        # The start-up reconcile's own count: queue_depth here would miss what already started.
+        log.info("ready: %d stages, %d queued", len(self.ws.graph.stages), caught_up)
 
     def _new_engine(self, index: Index) -> Engine:
         return Engine(index, self.store, jobs=self.settings.runtime.concurrency, listener=self.emit, retry_in_run=True)

@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -98,4 +99,12 @@ def serve_command(args: argparse.Namespace) -> int:
 
     asyncio.run(main())
     print("eventrunner: stopped", file=sys.stderr, flush=True)
+    stuck = [t.name for t in threading.enumerate() if t.name.startswith("eventrunner-handler") and t.is_alive()]
+    if stuck:
+        # Sync handlers that outlived shutdown_grace still run in pool threads, which Python joins
+        # at exit (forever, for a hung handler). Their work was not committed and state is saved.
+        log.warning("leaving %d handler(s) still running after the grace period", len(stuck))
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(0)
     return 0

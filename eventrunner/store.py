@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import fcntl
+import itertools
 import json
 import os
 import secrets
@@ -29,9 +30,13 @@ def dumps(value: Any) -> bytes:
     return (json.dumps(value, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode()
 
 
+_PROCESS_TAG = secrets.token_hex(3)
+_counter = itertools.count()
+
+
 def temp_path(final: Path) -> Path:
     """A temp name beside `final` (same folder, so rename is atomic); the watcher ignores it."""
-    return final.with_name(f"{TMP_PREFIX}{secrets.token_hex(6)}-{final.name}"[:255])
+    return final.with_name(f"{TMP_PREFIX}{_PROCESS_TAG}{next(_counter):x}-{final.name}"[:255])
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)

@@ -34,18 +34,31 @@ def _find_source(rt: Runtime, pipeline: str, name: str) -> Source:
 
 
 def _secrets(env_name: str) -> list[str]:
-    """Secrets from the environment; several separated by spaces while rotating."""
-    value = os.environ.get(env_name, "")
-    return value.split()
+    """Secrets from the environment; several `whsec_` secrets separated by spaces while rotating.
+
+    Standard Webhooks secrets (whsec_<base64>) hold no spaces, so a list of them is a rotation.
+    Any other value is one secret, spaces included: GitHub secrets are free text (GitHub's own
+    test secret is "It's a Secret to Everybody"), and splitting it would accept its fragments.
+    """
+    value = os.environ.get(env_name, "").strip()
+    parts = value.split()
+    if len(parts) > 1 and all(p.startswith("whsec_") for p in parts):
+        return parts
+    return [value] if value else []
 
 
 async def _read_limited(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
-    return body
+    # StreamReader.read(n) returns what is buffered (one TCP read), not n bytes: loop to EOF.
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def hook(request: web.Request) -> web.Response:
@@ -136,6 +149,7 @@ def setup_hooks(app: web.Application, runtime: Runtime) -> None:
         spool = Spool(
             settings.state_dir / "spool",
             settings.data_root,
+            fsync=settings.server.intake_fsync,
             max_pending=settings.server.intake_max_pending,
             on_materialised=materialised,
         )

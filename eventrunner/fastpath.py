@@ -1,0 +1,132 @@
+"""The no-change fast path of `run`: answer "nothing to do" from stats alone, like make does.
+
+After a full evaluation that found nothing to run, `run` records in `.eventrunner/stamp.bin`
+the stat identity (size, mtime_ns, inode) of every file the evaluation read, of every folder a
+source scan walks (a file added or removed changes its folder's mtime), of every definition
+file (eventrunner.toml, pipelines, handler modules) and of the index cache (every change of
+state rewrites it). A later `run` whose stats all still match would evaluate to the same
+answer, so it is given without importing the engine. Anything else takes the full path.
+This module imports nothing heavy on purpose.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+STAMP = "stamp.bin"
+VERSION = 2
+RACY_NS = 50_000_000  # stats this recent may still change within their mtime tick
+
+
+def _ident() -> str:
+    from . import __version__
+
+    return f"{VERSION}:{__version__}:{sys.version}"
+
+
+def _env() -> list[tuple[str, str]]:
+    return sorted((k, v) for k, v in os.environ.items() if k.startswith("EVENTRUNNER_"))
+
+
+def _stat(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def check(state_dir: Path) -> dict[str, Any] | None:
+    """The recorded result when nothing changed since the stamp, else None."""
+    try:
+        with open(state_dir / STAMP, "rb") as fh:
+            stamp = marshal.load(fh)
+    except (OSError, EOFError, ValueError, TypeError):
+        return None
+    if not isinstance(stamp, dict) or stamp.get("ident") != _ident() or stamp.get("env") != _env():
+        return None
+    if os.path.exists(state_dir / "index.dirty") or time.time() >= stamp["not_after"]:
+        return None
+    st = os.stat
+    try:
+        for path, ident in stamp["paths"]:
+            s = st(path)
+            if (s.st_size, s.st_mtime_ns, s.st_ino) != ident:
+                return None
+    except OSError:
+        return None
+    result: dict[str, Any] = stamp["result"]
+    return result
+
+
+def write(
+    state_dir: Path, paths: Iterable[str], not_after: float, result: dict[str, Any], replaced: Iterable[str] = ()
+) -> bool:
+    """Record the stats of `paths`; refuses (False) if any is missing or inside the racy window.
+
+    `replaced` are files only ever replaced whole by rename (a new inode each time), which the
+    racy window does not concern.
+    """
+    now = time.time_ns()
+    entries = []
+    exempt = set(replaced)
+    for path in [*paths, *exempt]:
+        ident = _stat(path)
+        if ident is None or (now - ident[1] < RACY_NS and path not in exempt):
+            discard(state_dir)
+            return False
+        entries.append((path, ident))
+    data = {"ident": _ident(), "env": _env(), "paths": entries, "not_after": not_after, "result": result}
+    tmp = state_dir / f".er-tmp-{os.getpid()}-{STAMP}"
+    with open(tmp, "wb") as fh:
+        marshal.dump(data, fh)
+    os.replace(tmp, state_dir / STAMP)  # a cache: no fsync needed, a lost stamp means a full run
+    return True
+
+
+def discard(state_dir: Path) -> None:
+    """Forget the stamp (anything about the workspace changed)."""
+    try:
+        os.unlink(state_dir / STAMP)
+    except FileNotFoundError:
+        pass
+
+
+def scan_dirs(root: str, prefix: str, depth: int) -> list[str]:
+    """Every folder a source scan could find files in: from `prefix` down `depth` levels."""
+    start = os.path.join(root, prefix) if prefix else root
+    out: list[str] = []
+    level = [start]
+    for _ in range(depth + 1):
+        nxt: list[str] = []
+        for d in level:
+            if not os.path.isdir(d):
+                continue
+            out.append(d)
+            try:
+                with os.scandir(d) as it:
+                    for e in it:
+                        if e.name != ".eventrunner" and not e.name.startswith(".") and e.is_dir(follow_symlinks=False):
+                            nxt.append(e.path)
+            except OSError:
+                continue
+        level = nxt
+    return out
+
+
+def definition_files(workspace: Path) -> list[str]:
+    """eventrunner.toml, the pipelines folder and its files, every handler module and folder."""
+    out = [str(workspace / "eventrunner.toml")] if (workspace / "eventrunner.toml").exists() else []
+    for folder in (workspace / "pipelines", workspace / "handlers"):
+        if folder.is_dir():
+            for dirpath, dirnames, filenames in os.walk(folder):
+                dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__pycache__"]
+                out.append(dirpath)
+                out.extend(os.path.join(dirpath, f) for f in filenames if f.endswith((".py", ".toml", ".json")))
+    return out

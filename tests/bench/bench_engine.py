@@ -1,0 +1,343 @@
+"""Benchmark `eventrunner run` against GNU make doing the same two-stage work.
+
+Run: python tests/bench/bench_engine.py [--entities 10000] [--repeat 5] [--jobs 2] [--keep]
+
+Generates, under a temp folder, N text files `inbox/{name}.txt` and two equal workspaces:
+  make/  a Makefile: upper/%.txt <- inbox/%.txt (tr a-z A-Z), count/%.txt <- upper/%.txt (wc -w)
+  er/    an eventrunner pipeline with the same two stages as plain Python handlers
+then times whole processes (time.perf_counter around subprocess.run):
+  1. cold run              2N stage executions / wall time (eventrunner run -j J vs make -jJ)
+  2. no-change run         eventrunner run vs make -q and make -jJ (median of --repeat)
+  3. one input changed     eventrunner run vs make -jJ, a different file each time (median)
+  4. no-change, cold index eventrunner run after .eventrunner/index.pickle is deleted (median)
+and checks that both tools produced byte-identical outputs on a sample of files.
+The temp folder is removed at the end unless --keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORDS = [
+    "event",
+    "driven",
+    "functions",
+    "keep",
+    "files",
+    "fresh",
+    "one",
+    "entity",
+    "at",
+    "a",
+    "time",
+    "hello",
+    "world",
+    "stage",
+    "handler",
+    "manifest",
+    "index",
+    "stale",
+    "input",
+    "output",
+    "pipeline",
+    "make",
+    "rule",
+    "target",
+]
+
+PIPELINE = """\
+name = "bench"
+
+[sources.inbox]
+pattern = "inbox/{name}.txt"
+
+[stages.upper]
+handler = "textops:upper"
+inputs  = { data = "inbox/{name}.txt" }
+output  = "upper/{name}.txt"
+
+[stages.count]
+handler = "textops:count"
+inputs  = { data = "upper/{name}.txt" }
+output  = "count/{name}.txt"
+"""
+
+HANDLERS = '''\
+"""Bench handlers: byte-for-byte what `tr a-z A-Z` and `wc -w` print (ASCII input)."""
+
+
+def upper(data: bytes) -> bytes:
+    return data.upper()
+
+
+def count(data: bytes) -> str:
+    return f"{len(data.split())}\\n"
+'''
+
+MAKEFILE = """\
+# no built-in implicit rules: otherwise make tries dozens of them (RCS, SCCS, %.c, ...) per file
+MAKEFLAGS += --no-builtin-rules
+.SUFFIXES:
+
+SRCS   := $(wildcard inbox/*.txt)
+COUNTS := $(patsubst inbox/%.txt,count/%.txt,$(SRCS))
+
+.PHONY: all
+all: $(COUNTS)
+
+upper/%.txt: inbox/%.txt | upper
+\ttr a-z A-Z < $< > $@
+
+count/%.txt: upper/%.txt | count
+\twc -w < $< > $@
+
+upper count:
+\tmkdir -p $@
+
+# keep the intermediate upper/ files, as eventrunner does
+.SECONDARY:
+"""
+
+
+def eventrunner_cmd() -> list[str]:
+    script = Path(sys.executable).parent / "eventrunner"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "eventrunner.cli"]
+
+
+def timed(
+    cmd: list[str], cwd: Path, ok: tuple[int, ...] = (0,)
+) -> tuple[float, subprocess.CompletedProcess]:
+    began = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - began
+    if proc.returncode not in ok:
+        sys.exit(
+            f"command failed ({proc.returncode}): {' '.join(cmd)}\n"
+            f"--- stdout\n{proc.stdout[-2000:]}\n--- stderr\n{proc.stderr[-2000:]}"
+        )
+    return elapsed, proc
+
+
+def text_for(rng: random.Random) -> str:
+    lines = []
+    for _ in range(rng.randint(1, 4)):
+        lines.append(" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 12))))
+    return "\n".join(lines) + "\n"
+
+
+def build(root: Path, n: int, seed: int) -> tuple[Path, Path, list[str]]:
+    rng = random.Random(seed)
+    mk, er = root / "make", root / "er"
+    for ws in (mk, er):
+        (ws / "inbox").mkdir(parents=True)
+    names = [f"e{i:06d}" for i in range(n)]
+    for name in names:
+        body = text_for(rng)
+        for ws in (mk, er):
+            (ws / "inbox" / f"{name}.txt").write_text(body)
+    (mk / "Makefile").write_text(MAKEFILE)
+    (er / "pipelines").mkdir()
+    (er / "pipelines" / "bench.toml").write_text(PIPELINE)
+    (er / "handlers").mkdir()
+    (er / "handlers" / "textops.py").write_text(HANDLERS)
+    return mk, er, names
+
+
+def compare(mk: Path, er: Path, names: list[str], sample: list[str]) -> None:
+    for name in sample:
+        for folder in ("upper", "count"):
+            a = (mk / folder / f"{name}.txt").read_bytes()
+            b = (er / folder / f"{name}.txt").read_bytes()
+            if a != b:
+                sys.exit(f"outputs differ: {folder}/{name}.txt make={a!r} eventrunner={b!r}")
+
+
+def er_run(cmd: list[str], er: Path, jobs: int, expect_executed: int | None) -> float:
+    elapsed, proc = timed([*cmd, "-w", str(er), "run", "--json", "-j", str(jobs)], er)
+    try:
+        result = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        sys.exit(
+            f"eventrunner run --json printed no JSON:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        )
+    if result.get("failed"):
+        sys.exit(f"eventrunner run reported failures: {result}")
+    if expect_executed is not None and result.get("executed") != expect_executed:
+        sys.exit(
+            f"eventrunner run executed {result.get('executed')}, expected {expect_executed}: {result}"
+        )
+    return elapsed
+
+
+def make_run(mk: Path, jobs: int) -> float:
+    return timed(["make", "-s", f"-j{jobs}"], mk)[0]
+
+
+def make_q(mk: Path, expect_up_to_date: bool = True) -> float:
+    elapsed, proc = timed(["make", "-q"], mk, ok=(0, 1))
+    if (proc.returncode == 0) != expect_up_to_date:
+        sys.exit(f"make -q returned {proc.returncode}, expected up to date = {expect_up_to_date}")
+    return elapsed
+
+
+def fmt_s(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--entities", type=int, default=10_000, help="inbox files (default 10000)")
+    parser.add_argument("--repeat", type=int, default=5, help="repeats for median rows (default 5)")
+    parser.add_argument("--jobs", type=int, default=2, help="-j for both tools (default 2)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temp workspace and print its path"
+    )
+    args = parser.parse_args()
+    if shutil.which("make") is None:
+        sys.exit("GNU make not found on PATH")
+    n, reps, jobs = args.entities, args.repeat, args.jobs
+    cmd = eventrunner_cmd()
+    root = Path(tempfile.mkdtemp(prefix="er-bench-"))
+    rng = random.Random(args.seed + 1)
+    try:
+        t0 = time.perf_counter()
+        mk, er, names = build(root, n, args.seed)
+        print(
+            f"{n} entities x 2 stages, -j{jobs}, median of {reps}, {os.cpu_count()} CPUs, "
+            f"workspace built in {time.perf_counter() - t0:.1f} s at {root}"
+        )
+        sample = sorted(set(rng.sample(names, min(200, n))) | {names[0], names[-1]})
+
+        # 1. cold
+        er_cold = er_run(cmd, er, jobs, 2 * n)
+        mk_cold = make_run(mk, jobs)
+        compare(mk, er, names, sample)
+        index = er / ".eventrunner" / "index.pickle"
+        had_index = index.exists()
+
+        # 2. no change
+        er_noop, mk_q, mk_noop = [], [], []
+        for _ in range(reps):
+            er_noop.append(er_run(cmd, er, jobs, 0))
+            mk_q.append(make_q(mk))
+            mk_noop.append(make_run(mk, jobs))
+
+        # 3. one input changed, a different file each time
+        er_one, mk_one = [], []
+        changed = rng.sample(names, min(reps, n))
+        for i, name in enumerate(changed):
+            body = text_for(rng) + f"changed {i} again\n"
+            for ws in (mk, er):
+                path = ws / "inbox" / f"{name}.txt"
+                path.write_text(body)
+                # make compares mtimes: make sure the edit is strictly newer than its outputs
+                future = time.time() + 1
+                os.utime(path, (future, future))
+            er_one.append(er_run(cmd, er, jobs, 2))
+            make_q(mk, expect_up_to_date=False)  # sanity: make sees the change too (untimed)
+            mk_one.append(make_run(mk, jobs))
+        compare(mk, er, names, sorted(set(sample) | set(changed)))
+
+        # 4. no change with a cold index (rebuilt from manifests)
+        er_cold_index = []
+        for _ in range(reps):
+            index.unlink(missing_ok=True)
+            er_cold_index.append(er_run(cmd, er, jobs, 0))
+        # and once more warm, to be sure the rebuilt index was saved and is used
+        er_after = er_run(cmd, er, jobs, 0)
+
+        med = statistics.median
+        rows = [
+            (
+                "1. cold run, executions/s",
+                f"{2 * n / er_cold:,.0f}/s",
+                f"{2 * n / mk_cold:,.0f}/s",
+                f"{(2 * n / er_cold) / (2 * n / mk_cold):.2f}",
+                ">= 2,000/s",
+                "ok" if 2 * n / er_cold >= 2000 else "MISSED",
+            ),
+            (
+                "   cold run, wall",
+                fmt_s(er_cold),
+                fmt_s(mk_cold),
+                f"{er_cold / mk_cold:.2f}",
+                "",
+                "",
+            ),
+            (
+                "2. no change vs make -q",
+                fmt_s(med(er_noop)),
+                fmt_s(med(mk_q)),
+                f"{med(er_noop) / med(mk_q):.2f}",
+                "< 1 s, <= make",
+                "ok" if med(er_noop) < 1 and med(er_noop) <= med(mk_q) else "MISSED",
+            ),
+            (
+                f"   no change vs make -j{jobs}",
+                fmt_s(med(er_noop)),
+                fmt_s(med(mk_noop)),
+                f"{med(er_noop) / med(mk_noop):.2f}",
+                "< 1 s, <= make",
+                "ok" if med(er_noop) < 1 and med(er_noop) <= med(mk_noop) else "MISSED",
+            ),
+            (
+                "3. one input changed",
+                fmt_s(med(er_one)),
+                fmt_s(med(mk_one)),
+                f"{med(er_one) / med(mk_one):.2f}",
+                "< 1 s",
+                "ok" if med(er_one) < 1 else "MISSED",
+            ),
+            (
+                "4. no change, index deleted",
+                fmt_s(med(er_cold_index)),
+                fmt_s(med(mk_q)),
+                f"{med(er_cold_index) / med(mk_q):.2f}",
+                "(info)",
+                "",
+            ),
+        ]
+        head = ("measurement", "eventrunner", "make", "ratio er/make", "target", "")
+        widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+
+        def line(r: tuple[str, ...]) -> str:
+            return "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
+
+        def spread(xs: list[float]) -> str:
+            return f"{min(xs) * 1000:.0f}-{max(xs) * 1000:.0f} ms"
+
+        print(line(head))
+        print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+        for r in rows:
+            print(line(r))
+        print(
+            f"ranges: no-change {spread(er_noop)} (make -q {spread(mk_q)}, make -j{jobs} {spread(mk_noop)}); "
+            f"one changed {spread(er_one)} (make {spread(mk_one)}); index deleted {spread(er_cold_index)}; "
+            f"warm again {er_after * 1000:.0f} ms"
+        )
+        print(
+            f"outputs identical on {len(sample) + len(changed)} sampled entities (upper and count); "
+            f"index cache present after cold run: {had_index}"
+        )
+    finally:
+        if args.keep:
+            print(f"kept: {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
