@@ -187,29 +187,35 @@ def _noop_fast_path(args: argparse.Namespace) -> bool:
     from . import fastpath
     from .wsfind import STATE_DIR
 
-    result = fastpath.check(_workspace_path(args) / STATE_DIR)
-    if result is None:
+    args.look = fastpath.look(_workspace_path(args) / STATE_DIR)
+    if args.look is None or not args.look.unchanged:
         return False
-    _print_run_report(args, {"executed": 0, "succeeded": 0, "failed": 0, "skipped": result["skipped"],
-                             "duration_s": round(time.perf_counter() - t0, 3), "failures": []})
+    _print_run_report(args, {"executed": 0, "succeeded": 0, "failed": 0, "skipped": args.look.result["skipped"],
+                             "duration_s": round(time.perf_counter() - t0, 3), "failures": [], "mode": "stat"})
     return True
 
 
-def _write_stamp(ws: Any, index: Any, skipped: int) -> None:
-    """After a full evaluation that ran nothing: record what it depended on (fastpath.py)."""
+def _write_stamp(ws: Any, index: Any, skipped: int, carried: list[str] | None = None) -> None:
+    """Record what an evaluation depended on (fastpath.py). After an incremental run the index
+    has seen only the changed files, so the previous stamp's paths are `carried` forward."""
     from . import fastpath
 
     root = str(ws.settings.data_root)
-    paths = fastpath.definition_files(ws.root)
-    paths += sorted({str(ref.path) for ref in ws.handlers.values() if ref.stock})
+    defs = fastpath.definition_files(ws.root)
+    defs += sorted({str(ref.path) for ref in ws.handlers.values() if ref.stock})
+    defs.append(str(index.cache_path))  # rewritten by every change of state (invalidate, hold, ...)
+    paths: list[str] = []
     for key, src in ws.graph.sources.items():
         depth = key.count("/") - src.pattern.static_prefix.count("/") - (1 if src.pattern.static_prefix else 0)
         paths += fastpath.scan_dirs(root, src.pattern.static_prefix, depth)
     # Cache entries of files gone since (an orphan's input) played no part in the evaluation.
-    paths += [p for p in (os.path.join(root, rel) for rel in index.files) if os.path.exists(p)]
+    files = {os.path.join(root, rel) for rel in index.files} | set(carried or ())
+    paths += sorted(p for p in files - set(paths) if os.path.isfile(p) or os.path.islink(p))
     retries = [f.next_retry for fs in index.failures.values() for f in fs.values() if not f.dead and f.next_retry]
-    fastpath.write(ws.settings.state_dir, paths, min(retries, default=float(2**62)), {"skipped": skipped},
-                   replaced=[str(index.cache_path)])
+    # Our own outputs are replaced by rename (a new inode): the racy window does not concern them.
+    replaced = [str(index.cache_path), *(os.path.join(root, rel) for rel in index.written)]
+    fastpath.write(ws.settings.state_dir, defs, paths, index.source_paths(), min(retries, default=float(2**62)),
+                   {"skipped": skipped}, replaced=replaced)
 
 
 def _print_run_report(args: argparse.Namespace, report: dict[str, Any]) -> None:
@@ -230,6 +236,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .ops import resolve_stages
 
     t0 = time.perf_counter()
+    look = getattr(args, "look", None)
+    since = (look.changed, look.sources) if look is not None and look.incremental and _is_full_run(args) else None
     ws, store, index = _open(args)
     if not args.dry_run:
         fastpath.discard(ws.settings.state_dir)
@@ -247,9 +255,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             allow=lambda q, e: q in selected and entity in (None, e),
             listener=progress.on_event if progress else None,
         )
-        initial = [
-            (q, e, v) for q, e, v in engine.all_targets() if q in selected and entity in (None, e)
-        ]
+        if since is not None:
+            # Incremental: only what the changed stats affect, exactly as serve handles events.
+            initial = _targets_since(engine, index, ws, *since)
+        else:
+            initial = [(q, e, v) for q, e, v in engine.all_targets() if q in selected and entity in (None, e)]
         engine.consider(initial, fresh_pass=True)
         blocked = {
             (q, e)
@@ -279,12 +289,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         and index.has_entity(q, v)
         and engine.evaluator.verdict(q, e, v).state != "fresh"
     )
-    if outcome.executed == 0 and _is_full_run(args):
+    if since is not None and look is not None and not outcome.failed and not skipped:
+        _write_stamp(ws, index, skipped, carried=look.paths)
+    elif since is None and outcome.executed == 0 and _is_full_run(args):
         _write_stamp(ws, index, skipped)
     report = {"executed": outcome.executed, "succeeded": outcome.succeeded, "failed": outcome.failed,
-              "skipped": skipped, "duration_s": round(time.perf_counter() - t0, 3), "failures": outcome.failures}
+              "skipped": skipped, "duration_s": round(time.perf_counter() - t0, 3), "failures": outcome.failures,
+              "mode": "incremental" if since is not None else "full"}
     _print_run_report(args, report)
     return 1 if outcome.failed else 0
+
+
+def _targets_since(engine: Any, index: Any, ws: Any, changed: list[str], sources_then: set[str]) -> list[Any]:
+    """Targets affected by files whose stats changed and by source files added or removed."""
+    root = str(ws.settings.data_root)
+    now = index.source_paths()
+    events = [("deleted", rel) for rel in sources_then - now] + [("added", rel) for rel in now - sources_then]
+    for path in changed:
+        rel = os.path.relpath(path, root)
+        if not rel.startswith("..") and os.path.isfile(path):
+            events.append(("modified", rel))
+    targets: list[Any] = []
+    for kind, rel in events:
+        targets.extend(engine.targets_for_change(kind, rel)[0])
+    return targets
 
 
 async def _drain(engine: Any) -> Any:

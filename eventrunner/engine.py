@@ -153,6 +153,35 @@ class Engine:
                         out.append((q, eid, ent))
         return out
 
+    def targets_for_change(self, kind: str, relpath: str) -> tuple[list[Target], bool]:
+        """What one changed file affects (updating source instances); also whether it is a source."""
+        targets: list[Target] = []
+        g = self.ws.graph
+        source_hit = False
+        for key, pattern in g.patterns.items():
+            values = pattern.match(relpath)
+            if values is None:
+                continue
+            producer = g.producer.get(key)
+            if producer is not None:
+                # An output changed or vanished: its producer decides (our own writes match the
+                # index, so their echo comes out fresh and triggers nothing).
+                stage = g.stages[producer]
+                ent = {v: values[v] for v in stage.entity_vars}
+                targets.append((producer, entity_id(stage.entity_vars, ent), ent))
+                if kind != "deleted":
+                    targets.extend(self.downstream_of(key, values))
+                continue
+            source_hit = True
+            if kind == "deleted":
+                self.index.discard_instance(key, values)
+                self.index.files.pop(relpath, None)
+                targets.extend(self.removed_targets(key, values))
+            else:
+                self.index.add_instance(key, values, relpath)
+                targets.extend(self.downstream_of(key, values))
+        return targets, source_hit
+
     def removed_targets(self, pattern_key: str, values: dict[str, str]) -> list[Target]:
         """Targets affected by an instance that disappeared, following entities that vanish with it."""
         out: list[Target] = []

@@ -68,15 +68,14 @@ class Evaluator:
             if inp.aggregated:
                 key = tuple(values[v] for v in inp.shared)
                 members = sorted(inst.select(inp.shared, key))
-                pairs = [(inst.items[e][0], inst.items[e][1]) for e in members]
+                pairs = [(inst.items[e][0], inst.path(e)) for e in members]
             else:
                 mv = {v: values[v] for v in inp.pattern.variables}
                 eid = entity_id(inp.pattern.variables, mv)
-                item = inst.items.get(eid)
-                if item is None and producer is None:
+                if eid not in inst.items and producer is None:
                     missing.append(inp.pattern.join(mv))
                     continue
-                pairs = [item or (mv, inp.pattern.join(mv))]
+                pairs = [(mv, inst.path(eid) if eid in inst.items else inp.pattern.join(mv))]
             for mvalues, relpath in pairs:
                 if producer is not None and check_upstream:
                     pstage = self.ws.graph.stages[producer]

@@ -16,11 +16,12 @@ import os
 import sys
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 STAMP = "stamp.bin"
-VERSION = 2
+VERSION = 6  # bump with any change of the stamp format
 RACY_NS = 50_000_000  # stats this recent may still change within their mtime tick
 
 
@@ -42,8 +43,7 @@ def _stat(path: str) -> tuple[int, int, int] | None:
     return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-def check(state_dir: Path) -> dict[str, Any] | None:
-    """The recorded result when nothing changed since the stamp, else None."""
+def _load(state_dir: Path) -> dict[str, Any] | None:
     try:
         with open(state_dir / STAMP, "rb") as fh:
             stamp = marshal.load(fh)
@@ -51,38 +51,82 @@ def check(state_dir: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(stamp, dict) or stamp.get("ident") != _ident() or stamp.get("env") != _env():
         return None
-    if os.path.exists(state_dir / "index.dirty") or time.time() >= stamp["not_after"]:
+    if os.path.exists(state_dir / "index.dirty") or time.time() >= stamp.get("not_after", 0):
         return None
+    return stamp
+
+
+def _differs(entries: list[tuple[str, tuple[int, int, int]]]) -> Iterable[str]:
     st = os.stat
-    try:
-        for path, ident in stamp["paths"]:
+    for path, ident in entries:
+        try:
             s = st(path)
-            if (s.st_size, s.st_mtime_ns, s.st_ino) != ident:
-                return None
-    except OSError:
+        except OSError:
+            yield path
+            continue
+        if (s.st_size, s.st_mtime_ns, s.st_ino) != ident:
+            yield path
+
+
+@dataclass
+class Look:
+    """What changed since the stamp: the definitions (bool), the stats of `changed` paths."""
+
+    result: dict[str, Any]
+    defs_changed: bool
+    changed: list[str]
+    sources: set[str]
+    paths: list[str]  # everything the stamp depended on (carried into the next stamp)
+
+    @property
+    def unchanged(self) -> bool:
+        """Nothing at all changed: the recorded result stands."""
+        return not self.defs_changed and not self.changed
+
+    @property
+    def incremental(self) -> bool:
+        """Only data changed since a state where everything was fresh: follow the changes only."""
+        return not self.defs_changed and not self.result.get("skipped")
+
+
+def look(state_dir: Path) -> Look | None:
+    """Compare the stamp with the disk; None when there is no usable stamp."""
+    stamp = _load(state_dir)
+    if stamp is None:
         return None
-    result: dict[str, Any] = stamp["result"]
-    return result
+    defs_changed = next(iter(_differs(stamp["defs"])), None) is not None
+    changed = [] if defs_changed else list(_differs(stamp["paths"]))
+    return Look(stamp["result"], defs_changed, changed, set(stamp["sources"]), [p for p, _ in stamp["paths"]])
 
 
 def write(
-    state_dir: Path, paths: Iterable[str], not_after: float, result: dict[str, Any], replaced: Iterable[str] = ()
+    state_dir: Path,
+    defs: Iterable[str],
+    paths: Iterable[str],
+    sources: Iterable[str],
+    not_after: float,
+    result: dict[str, Any],
+    replaced: Iterable[str] = (),
 ) -> bool:
     """Record the stats of `paths`; refuses (False) if any is missing or inside the racy window.
 
-    `replaced` are files only ever replaced whole by rename (a new inode each time), which the
-    racy window does not concern.
+    `defs` changing means a full evaluation (definitions, the index cache that every state
+    change rewrites); `paths` changing means an incremental one. `replaced` are files only ever
+    replaced whole by rename (a new inode each time), which the racy window does not concern.
     """
     now = time.time_ns()
-    entries = []
     exempt = set(replaced)
-    for path in [*paths, *exempt]:
-        ident = _stat(path)
-        if ident is None or (now - ident[1] < RACY_NS and path not in exempt):
-            discard(state_dir)
-            return False
-        entries.append((path, ident))
-    data = {"ident": _ident(), "env": _env(), "paths": entries, "not_after": not_after, "result": result}
+    paths = list(paths)
+    recorded: list[list[tuple[str, tuple[int, int, int]]]] = [[], []]
+    for i, group in enumerate((defs, paths)):
+        for path in group:
+            ident = _stat(path)
+            if ident is None or (now - ident[1] < RACY_NS and path not in exempt):
+                discard(state_dir)
+                return False
+            recorded[i].append((path, ident))
+    data = {"ident": _ident(), "env": _env(), "defs": recorded[0], "paths": recorded[1], "sources": sorted(sources),
+            "not_after": not_after, "result": result}
     tmp = state_dir / f".er-tmp-{os.getpid()}-{STAMP}"
     with open(tmp, "wb") as fh:
         marshal.dump(data, fh)

@@ -198,9 +198,15 @@ async def pipeline_status(request: web.Request) -> web.Response:
     )[:20]
     for f in failures:
         f.pop("traceback", None)
+    # One shape for both: stage -> counts; across pipelines ("_") stages go by qualified name.
+    stage_counts = {
+        (s if p else f"{name}.{s}"): counts
+        for name, pdata in data["pipelines"].items()
+        for s, counts in pdata["stages"].items()
+    }
     body = {
         "pipeline": p or "_",
-        "stages": data["pipelines"].get(p, {}).get("stages", {}) if p else data["pipelines"],
+        "stages": stage_counts,
         "running": running,
         "recent_failures": failures,
         "queue_depth": rt.engine.queue_depth,

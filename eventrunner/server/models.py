@@ -14,7 +14,7 @@ class _Body(BaseModel):
 class InvalidateRequest(_Body):
     """Force re-runs of a stage (some entities or all), optionally everything downstream."""
 
-    stage: str
+    stage: str = Field(min_length=1)
     entities: list[str] | None = None
     downstream: bool = False
 
@@ -22,14 +22,14 @@ class InvalidateRequest(_Body):
 class RetryRequest(_Body):
     """Clear backoff and dead states (all stages when `stage` is omitted)."""
 
-    stage: str | None = None
+    stage: str | None = Field(None, min_length=1)
     entities: list[str] | None = None
 
 
 class HoldRequest(_Body):
     """Hold or release a stage's states (all entities when `entities` is omitted)."""
 
-    stage: str
+    stage: str = Field(min_length=1)
     entities: list[str] | None = None
 
 

@@ -1,0 +1,166 @@
+"""The stat fast path and incremental runs: answers must equal what a full evaluation gives."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ECHO_PIPELINE, LOG_HELPER, MakeWorkspace, Workspace
+
+HANDLERS = (
+    LOG_HELPER
+    + """
+
+def shout(ctx, text: str) -> str:
+    _log("shout", ctx.entity_id)
+    return text.strip().upper() + ctx.params["suffix"] + "\\n"
+
+
+def count(ctx, text: str) -> dict:
+    _log("count", ctx.entity_id)
+    return {"words": len(text.split())}
+
+
+def summary(ctx, counts: dict[str, dict]) -> str:
+    _log("summary", ctx.entity_id)
+    return "".join(f"{k}={v['words']}\\n" for k, v in sorted(counts.items()))
+"""
+)
+
+
+@pytest.fixture
+def echo(make_workspace: MakeWorkspace) -> Workspace:
+    """map, chain and fan-in, logging every execution to runs.log."""
+    return make_workspace(
+        {
+            "pipelines/echo.toml": ECHO_PIPELINE,
+            "handlers/echo.py": HANDLERS,
+            "inbox/hello.txt": "hello world\n",
+            "inbox/other.txt": "one two three\n",
+        }
+    )
+
+
+def age(ws: Workspace, seconds: float = 5.0) -> None:
+    """Move recently written files' mtimes into the past (outside the racy window), as if written
+    a while ago; files already older keep their stats."""
+    now = time.time()
+    for dirpath, dirnames, filenames in os.walk(ws.root):
+        dirnames[:] = [d for d in dirnames if d not in (".eventrunner", "__pycache__")]
+        for name in [*filenames, "."]:
+            path = Path(dirpath) / name
+            if path.stat().st_mtime > now - 1.0:
+                os.utime(path, (now - seconds, now - seconds))
+
+
+def settled(ws: Workspace) -> dict:
+    """Bring the workspace up to date and record a stamp (a no-change full run writes it)."""
+    ws.run()
+    age(ws)
+    report = ws.run()
+    assert report["executed"] == 0
+    assert (ws.root / ".eventrunner" / "stamp.bin").exists()
+    return report
+
+
+def test_no_change_run_is_answered_from_stats_alone(echo: Workspace) -> None:
+    # Given a settled workspace with a stamp
+    settled(echo)
+
+    # When nothing changes
+    report = echo.run()
+
+    # Then the answer comes from stats, and it is the same as a full evaluation's
+    assert report["mode"] == "stat"
+    assert report["executed"] == 0
+    assert set(echo.states().values()) == {"fresh"}
+
+
+def test_changed_input_runs_incrementally_and_a_later_change_is_still_seen(echo: Workspace) -> None:
+    # Given a settled workspace
+    settled(echo)
+    echo.runs()
+
+    # When one input changes
+    echo.write("inbox/hello.txt", "hello there world\n")
+    age(echo)
+    first = echo.run()
+
+    # Then only its entity and the fan-in run, incrementally
+    assert first["mode"] == "incremental"
+    assert sorted(echo.runs()) == ["count hello", "shout hello", "summary _"]
+
+    # When another input changes after that incremental run (regression: the stamp written by
+    # an incremental run once covered only the files that run had touched)
+    echo.write("inbox/bye.txt", "so long and thanks\n")
+    age(echo)
+    second = echo.run()
+
+    # Then it is seen and processed
+    assert second["executed"] == 3
+    assert sorted(echo.runs()) == ["count bye", "shout bye", "summary _"]
+    assert echo.read("shouted/bye.txt") == "SO LONG AND THANKS!\n"
+    assert set(echo.states().values()) == {"fresh"}
+
+
+def test_new_and_deleted_source_files_are_seen_through_folder_stats(echo: Workspace) -> None:
+    settled(echo)
+    echo.runs()
+
+    # When a file is added
+    echo.write("inbox/new.txt", "brand new\n")
+    age(echo)
+    report = echo.run()
+    assert report["mode"] == "incremental"
+    assert sorted(echo.runs()) == ["count new", "shout new", "summary _"]
+
+    # When a file is deleted
+    echo.delete("inbox/new.txt")
+    age(echo)
+    echo.run()
+
+    # Then the fan-in re-runs without it and its states are orphaned
+    assert echo.runs() == ["summary _"]
+    assert "new" not in echo.read("summary.md")
+    assert echo.states()[("echo.shout", "new")] == "orphaned"
+
+
+def test_output_edited_by_hand_is_seen_by_the_fast_path(echo: Workspace) -> None:
+    settled(echo)
+    echo.runs()
+    echo.write("shouted/hello.txt", "edited by hand\n")
+    age(echo)
+
+    report = echo.run()
+
+    assert report["mode"] in ("incremental", "full")
+    assert "shout hello" in echo.runs()
+    assert echo.read("shouted/hello.txt") != "edited by hand\n"
+
+
+def test_handler_edit_or_settings_change_takes_the_full_path(echo: Workspace, monkeypatch) -> None:
+    settled(echo)
+    handler = echo.path("handlers/echo.py")
+    handler.write_text(
+        handler.read_text().replace('ctx.params["suffix"]', 'ctx.params["suffix"] * 2', 1)
+    )
+    age(echo)
+    assert echo.run()["mode"] == "full"
+
+    age(echo)
+    echo.run()
+    monkeypatch.setenv("EVENTRUNNER_RUNTIME_CONCURRENCY", "3")
+    assert echo.run()["mode"] == "full"
+
+
+def test_state_changes_by_cli_commands_invalidate_the_stamp(echo: Workspace) -> None:
+    settled(echo)
+    echo.runs()
+
+    echo.cli("invalidate", "shout", "hello")
+    report = echo.run()
+
+    assert report["mode"] == "full"
+    assert "shout hello" in echo.runs()

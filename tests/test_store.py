@@ -1,0 +1,212 @@
+"""State on disk: manifests, failure records, the index cache and its dirty marker, the lock."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Workspace
+
+from eventrunner.hashing import hash_bytes
+from eventrunner.store import Store
+
+STATE = ".eventrunner"
+
+
+def _assert_sorted_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    assert keys == sorted(keys), keys
+    return dict(pairs)
+
+
+def _json_files(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.json"))
+
+
+def test_manifests_failures_and_control_are_sorted_key_json(echo: Workspace) -> None:
+    # Given a run with one failure and a hold
+    echo.write(
+        "handlers/echo.py",
+        echo.read("handlers/echo.py").replace(
+            'return {"words"', 'raise ValueError("x")\n    return {"words"'
+        ),
+    )
+    echo.run(expect=1)
+    assert echo.cli("hold", "shout", "a").code == 0
+
+    files = _json_files(echo.path(STATE))
+
+    assert any("/state/" in f.as_posix() for f in files)
+    assert any("/failures/" in f.as_posix() for f in files)
+    assert echo.path(f"{STATE}/control.json") in files
+    for f in files:
+        json.loads(f.read_text(), object_pairs_hook=_assert_sorted_keys)
+
+
+def test_manifest_records_content_hashes_of_inputs_and_outputs(echo: Workspace) -> None:
+    echo.run()
+
+    [path] = echo.path(f"{STATE}/state/echo.shout").glob("a.json")
+    manifest = json.loads(path.read_text())
+
+    assert manifest["inputs"] == {"text": {"inbox/a.txt": hash_bytes(b"hello world\n")}}
+    assert manifest["outputs"] == {"shouted/a.txt": hash_bytes(b"HELLO WORLD!\n")}
+    assert (manifest["stage"], manifest["entity"], manifest["values"]) == (
+        "echo.shout",
+        "a",
+        {"name": "a"},
+    )
+
+
+def test_run_leaves_no_temporary_files(echo: Workspace) -> None:
+    echo.run()
+
+    assert [p for p in echo.root.rglob("*") if p.name.startswith(".er-tmp-")] == []
+
+
+def test_damaged_manifest_means_stale_not_an_error(echo: Workspace) -> None:
+    # Given a fresh state whose manifest is then overwritten with garbage, cache invalidated
+    echo.run()
+    echo.write(f"{STATE}/state/echo.shout/a.json", b"\x00\xffnot json{")
+    echo.write(f"{STATE}/index.dirty", b"")
+
+    # Then status works and the state is stale (no manifest), the others fresh
+    assert echo.cli("status", "--json").code == 0
+    assert echo.explain("a", "shout")["state"] == "stale"
+    assert echo.reasons("a", "shout") == {"MISSING"}
+    assert echo.states()[("echo.shout", "b")] == "fresh"
+
+    # And a run repairs it
+    assert echo.run()["executed"] == 1
+    assert echo.states()[("echo.shout", "a")] == "fresh"
+
+
+def test_damaged_index_cache_is_rebuilt_from_manifests(echo: Workspace) -> None:
+    echo.run()
+    echo.write(f"{STATE}/index.pickle", b"garbage")
+
+    assert set(echo.states().values()) == {"fresh"}
+    assert echo.run()["executed"] == 0
+
+
+def test_manifest_reader_returns_none_for_damaged_files(tmp_path: Path) -> None:
+    store = Store(tmp_path / STATE)
+    path = store.manifest_path("p.s", "a")
+    path.parent.mkdir(parents=True)
+
+    for content in (b"", b"\xff\xfe", b'{"stage": "p.s"', b'{"stage": "p.s"}', b"[1, 2]"):
+        path.write_bytes(content)
+        assert store.read_manifest("p.s", "a") is None, content
+
+
+def test_index_cache_is_used_when_clean_and_ignored_when_dirty(echo: Workspace) -> None:
+    # Given an up-to-date workspace with a clean cache
+    echo.run()
+    assert echo.exists(f"{STATE}/index.pickle")
+    assert not echo.exists(f"{STATE}/index.dirty")
+
+    # When a manifest is deleted by hand behind the cache's back
+    echo.delete(f"{STATE}/state/echo.count/b.json")
+
+    # Then the clean cache still answers (it was used, not the manifests)
+    assert echo.states()[("echo.count", "b")] == "fresh"
+
+    # When the dirty marker exists
+    echo.write(f"{STATE}/index.dirty", b"")
+
+    # Then the cache is ignored and the rebuild sees the missing manifest
+    assert echo.states()[("echo.count", "b")] == "stale"
+    assert echo.reasons("b", "count") == {"MISSING"}
+
+
+def test_successful_run_leaves_a_clean_cache(echo: Workspace) -> None:
+    echo.run()
+    echo.write("inbox/c.txt", "new file\n")
+    echo.run()
+
+    assert echo.exists(f"{STATE}/index.pickle")
+    assert not echo.exists(f"{STATE}/index.dirty")
+
+
+# -- the workspace lock --------------------------------------------------------------------
+
+HOLDER = """\
+import sys
+from pathlib import Path
+
+from eventrunner.store import Store
+
+Store(Path(sys.argv[1])).acquire_lock("serve")
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def lock_holder(echo: Workspace) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding the workspace lock until the test ends."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(echo.path(STATE))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate(timeout=30)
+
+
+def test_run_exits_3_naming_the_holder_while_another_process_holds_the_lock(
+    echo: Workspace, lock_holder: subprocess.Popen[str]
+) -> None:
+    res = echo.cli("run")
+
+    assert res.code == 3
+    assert f"pid {lock_holder.pid}" in res.err
+    assert "serve" in res.err
+    assert not echo.exists("shouted")
+
+
+def test_run_in_a_real_process_exits_3_without_traceback_while_locked(
+    echo: Workspace, lock_holder: subprocess.Popen[str]
+) -> None:
+    res = echo.sub("run")
+
+    assert res.code == 3
+    assert f"pid {lock_holder.pid}" in res.err
+    assert "Traceback" not in res.err
+
+
+def test_state_changing_commands_exit_3_while_locked(
+    echo: Workspace, lock_holder: subprocess.Popen[str]
+) -> None:
+    for args in (["hold", "shout"], ["invalidate", "shout"], ["retry"], ["prune"]):
+        res = echo.cli(*args)
+        assert res.code == 3, args
+
+
+def test_reading_commands_and_dry_run_work_while_locked(
+    echo: Workspace, lock_holder: subprocess.Popen[str]
+) -> None:
+    assert echo.cli("status").code == 0
+    assert echo.cli("run", "--dry-run").code == 0
+    assert echo.cli("prune", "--dry-run").code == 0
+
+
+def test_lock_of_a_killed_process_does_not_block_the_next_run(
+    echo: Workspace, lock_holder: subprocess.Popen[str]
+) -> None:
+    # Given the holder dies without releasing (its lock file keeps its pid)
+    lock_holder.send_signal(signal.SIGKILL)
+    lock_holder.wait(timeout=30)
+
+    # Then the next run takes the lock
+    assert echo.run()["executed"] == 5
