@@ -255,6 +255,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             allow=lambda q, e: q in selected and entity in (None, e),
             listener=progress.on_event if progress else None,
         )
+        if entity is not None and not any(e == entity for q, e, _ in engine.all_targets() if q in selected):
+            raise UnknownName(f"no selected stage has entity {entity!r}")
         if since is not None:
             # Incremental: only what the changed stats affect, exactly as serve handles events.
             initial = _targets_since(engine, index, ws, *since)
@@ -289,6 +291,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         and index.has_entity(q, v)
         and engine.evaluator.verdict(q, e, v).state != "fresh"
     )
+    global _ABANDONED
+    _ABANDONED += engine.abandoned
     if since is not None and look is not None and not outcome.failed and not skipped:
         _write_stamp(ws, index, skipped, carried=look.paths)
     elif since is None and outcome.executed == 0 and _is_full_run(args):
@@ -398,5 +402,18 @@ def _command(name: str) -> Callable[[argparse.Namespace], int]:
     return COMMANDS_REST[name]
 
 
+_ABANDONED = 0  # sync handlers left running after a timeout; their threads cannot be stopped
+
+
+def console() -> None:
+    """Console-script entry: like main(), but never waits for abandoned handler threads at exit."""
+    code = main()
+    if _ABANDONED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

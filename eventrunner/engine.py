@@ -84,6 +84,8 @@ class Engine:
         )
         self.committer = Committer(store, index.root)
         self._funcs: dict[str, Callable[..., Any]] = {}
+        loader.forget(self.ws.settings.handlers_dir)  # helpers edited since the last run import afresh
+        self.abandoned = 0  # sync handlers still running after their timeout (threads can't be killed)
         self._dispatcher: asyncio.Task[None] | None = None
         self._commits: set[asyncio.Task[None]] = set()
         self.max_inflight_commits = 2048  # backpressure: finished runs waiting for their group commit
@@ -325,10 +327,14 @@ class Engine:
                 )
                 written = await asyncio.wait_for(fut, stage.timeout)
         except TimeoutError as exc:
+            if not asyncio.iscoroutinefunction(self._funcs.get(q)):
+                self.abandoned += 1
+            _discard_temp(locals().get("ctx"))
             await self._fail(
                 q, eid, key, prev, HandlerTimeout(f"timed out after {stage.timeout}s"), exc, started
             )
         except Exception as exc:
+            _discard_temp(locals().get("ctx"))
             await self._fail(q, eid, key, prev, exc, exc, started)
         else:
             finished = time.time()
@@ -451,3 +457,10 @@ class Engine:
             self._rerun.discard((q, eid))
             targets.append((q, eid, manifest.values))
         self.consider(targets)
+
+
+def _discard_temp(ctx: Any) -> None:
+    """Remove what a failed async handler left at ctx.output_path (a temp never renamed)."""
+    path = getattr(ctx, "output_path", None)
+    if path is not None and (path.exists() or path.is_symlink()):
+        Written([(path, path)], {}).discard()

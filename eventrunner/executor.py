@@ -221,14 +221,15 @@ def store_result(
     assert ctx.output_path is not None and ctx.final_path is not None
     if result is None:
         if not ctx.output_path.exists():
-            raise HandlerError(
-                f"{stage.qualname} returned None but wrote nothing to ctx.output_path"
-            )
-        tmp = ctx.output_path
-    else:
-        tmp = _write_temp(ctx.final_path, encode(result, stage.qualname))
-    temps.append((tmp, ctx.final_path))
-    hashes[relpath] = hash_path(tmp)
+            raise HandlerError(f"{stage.qualname} returned None but wrote nothing to ctx.output_path")
+        temps.append((ctx.output_path, ctx.final_path))
+        hashes[relpath] = hash_path(ctx.output_path)
+        return Written(temps, hashes)
+    if ctx.output_path.exists() or ctx.output_path.is_symlink():
+        Written([(ctx.output_path, ctx.output_path)], {}).discard()  # the returned value wins
+    data = encode(result, stage.qualname)
+    temps.append((_write_temp(ctx.final_path, data), ctx.final_path))
+    hashes[relpath] = hash_bytes(data)  # hashed from memory: no read-back
     return Written(temps, hashes)
 
 

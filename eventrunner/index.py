@@ -260,6 +260,8 @@ class Index:
             inst = Instances(self.instances[stage.output.key].pattern)
             if stage.fanout_vars:
                 for m in self.manifests[q].values():
+                    if not self.has_entity(q, m.values):
+                        continue  # an orphaned fan-out: its items are gone with its input
                     for relpath in m.outputs:
                         values = inst.pattern.match(relpath)
                         if values is not None:
@@ -319,11 +321,19 @@ class Index:
         g = self.ws.graph
         for q, iname in g.consumers.get(key, []):
             stage = g.stages[q]
-            if stage.fanout_vars or iname not in stage.drivers:
+            if iname not in stage.drivers:
                 continue
             ent = {v: values[v] for v in stage.entity_vars}
-            if not self.has_entity(q, ent):
+            if self.has_entity(q, ent):
+                continue
+            if not stage.fanout_vars:
                 self.discard_instance(stage.output.key, ent)
+                continue
+            m = self.manifests[q].get(entity_id(stage.entity_vars, ent))
+            for relpath in m.outputs if m else ():
+                item = self.instances[stage.output.key].pattern.match(relpath)
+                if item is not None:
+                    self.discard_instance(stage.output.key, item)
 
     # -- recording outcomes -------------------------------------------------------------------
     def record_manifest(self, m: Manifest) -> None:

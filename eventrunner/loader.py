@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import sys
 import types
@@ -96,9 +98,43 @@ def check_signature(ref: HandlerRef, input_names: list[str]) -> str | None:
     return None
 
 
+PRIVATE_PREFIX = "_eventrunner_ws_"
+
+
+class _SourceOnlyLoader(importlib.machinery.SourceFileLoader):
+    """Compile from the source every time: __pycache__ keys on whole-second mtimes, so a quick
+    same-size edit could otherwise run old bytecode under a manifest recording the new code."""
+
+    def get_code(self, fullname: str) -> types.CodeType:
+        path = self.get_filename(fullname)
+        return compile(self.get_data(path), path, "exec", dont_inherit=True)
+
+
+class _WorkspaceFinder(importlib.abc.MetaPathFinder):
+    """Finds modules of the private handler packages (relative imports between handler modules)."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if not fullname.startswith(PRIVATE_PREFIX) or "." not in fullname or not path:
+            return None
+        name = fullname.rpartition(".")[2]
+        for folder in path:
+            for candidate, is_pkg in ((Path(folder) / name / "__init__.py", True), (Path(folder) / f"{name}.py", False)):
+                if candidate.is_file():
+                    return importlib.util.spec_from_file_location(
+                        fullname, candidate, loader=_SourceOnlyLoader(fullname, str(candidate)),
+                        submodule_search_locations=[str(candidate.parent)] if is_pkg else None,
+                    )
+        return None
+
+
+_FINDER = _WorkspaceFinder()
+if _FINDER not in sys.meta_path:
+    sys.meta_path.insert(0, _FINDER)
+
+
 def _package_name(root: Path) -> str:
     """A private package name per handlers folder, so workspace modules never shadow the stdlib."""
-    return "_eventrunner_ws_" + xxhash.xxh3_64_hexdigest(str(root.resolve()).encode())
+    return PRIVATE_PREFIX + xxhash.xxh3_64_hexdigest(str(root.resolve()).encode())
 
 
 def _ensure_package(root: Path, name: str) -> None:
@@ -145,6 +181,7 @@ def _import_path(modname: str, path: Path) -> types.ModuleType:
     spec = importlib.util.spec_from_file_location(
         modname,
         path,
+        loader=_SourceOnlyLoader(modname, str(path)),
         submodule_search_locations=[str(path.parent)] if path.name == "__init__.py" else None,
     )
     if spec is None or spec.loader is None:

@@ -126,11 +126,6 @@ def test_unknown_stage_or_pipeline_exits_2(echo: Workspace) -> None:
         assert "nope" in res.err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: cli.cmd_run filters by --entity without checking it exists; an unknown entity "
-    "exits 0 having done nothing, unlike explain/invalidate/hold (exit 2)",
-)
 def test_run_with_an_unknown_entity_exits_2(echo: Workspace) -> None:
     res = echo.cli("run", "--entity", "nobody")
 

@@ -288,11 +288,6 @@ def test_relative_helper_module_edit_reruns_exactly_the_stages_that_import_it(
     assert sorted(code.runs()) == ["tidy a", "tidy b"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: loader.load re-imports only the handler's own module; an edited helper "
-    "module stays cached in sys.modules, so an in-process run executes the old helper",
-)
 def test_relative_helper_module_edit_runs_the_new_helper_in_process(code: Workspace) -> None:
     # When the helper module changes its result
     code.write("handlers/util.py", UTIL.replace('" ".join', '"__".join'))
@@ -498,11 +493,6 @@ def test_fan_out_key_dropped_then_restored_is_fresh_again(shapes: Workspace) -> 
     assert shapes.cli("prune", "--dry-run", "--json").json["pruned"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Index.derive adds fan-out instances from every manifest, also of orphaned "
-    "fan-out entities, so the items' downstream stays 'waiting' instead of 'orphaned'",
-)
 def test_deleting_a_fan_out_input_orphans_the_items_downstream(shapes: Workspace) -> None:
     shapes.run()
 
@@ -513,11 +503,6 @@ def test_deleting_a_fan_out_input_orphans_the_items_downstream(shapes: Workspace
     assert states[("p.measure", "feed=f,item=x")] == "orphaned"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: ops.prune re-derives instances only at the end, so the downstream of a pruned "
-    "fan-out entity becomes orphaned only afterwards and needs a second prune",
-)
 def test_one_prune_removes_a_deleted_fan_out_input_and_everything_below_it(
     shapes: Workspace,
 ) -> None:

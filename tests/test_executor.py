@@ -317,11 +317,6 @@ def _temps(ws: Workspace) -> list[str]:
     return sorted(p.name for p in ws.root.rglob(".er-tmp-*"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: executor.store_result ignores a file the handler wrote to ctx.output_path when it "
-    "also returns a value; that temp file is never renamed or removed",
-)
 def test_handler_that_writes_ctx_output_path_and_returns_a_value_leaves_no_temp_file(
     make_workspace: MakeWorkspace,
 ) -> None:
@@ -339,11 +334,6 @@ def test_handler_that_writes_ctx_output_path_and_returns_a_value_leaves_no_temp_
     assert _temps(ws) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: engine._run_one (async path) does not discard ctx.output_path when an async "
-    "handler raises or times out (the sync path, executor.prepare_and_call, does)",
-)
 def test_failed_async_handler_leaves_no_temp_file(make_workspace: MakeWorkspace) -> None:
     ws = make_workspace(
         {
@@ -508,11 +498,6 @@ def test_sync_handler_over_its_timeout_fails_with_a_timeout_message(
         ws.write("release", "")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a timed-out sync handler keeps running in the engine's ThreadPoolExecutor; "
-    "interpreter exit joins that thread, so `eventrunner run` does not exit until the handler returns",
-)
 def test_run_process_exits_although_a_timed_out_sync_handler_still_blocks(
     make_workspace: MakeWorkspace,
 ) -> None:
@@ -550,12 +535,6 @@ def test_handler_module_named_like_a_stdlib_module_does_not_shadow_it(
     assert json.loads(ws.read("out/a.json")) == {"t": "x"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: loader._import_path uses SourceFileLoader, whose __pycache__ check compares "
-    "mtime in whole seconds and size; a same-size edit within one second runs stale bytecode "
-    "while the manifest records the new code identity (fresh with wrong content)",
-)
 def test_same_size_handler_edit_within_one_second_runs_the_new_code(
     make_workspace: MakeWorkspace,
 ) -> None:
