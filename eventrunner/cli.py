@@ -257,6 +257,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         if entity is not None and not any(e == entity for q, e, _ in engine.all_targets() if q in selected):
             raise UnknownName(f"no selected stage has entity {entity!r}")
+        if since is None and not args.dry_run:
+            index.sweep_temps()  # we hold the lock; a full run may follow a crash: clear its debris
         if since is not None:
             # Incremental: only what the changed stats affect, exactly as serve handles events.
             initial = _targets_since(engine, index, ws, *since)

@@ -239,6 +239,33 @@ class Index:
         self.written.add(relpath)
         self.changed = True
 
+    def sweep_temps(self) -> int:
+        """Delete `.er-tmp-*` debris a crash left in output and source folders (call with the lock held)."""
+        from .store import TMP_PREFIX
+
+        dirs = {os.path.dirname(os.path.join(self.root, rel)) for ms in self.manifests.values() for m in ms.values() for rel in m.outputs}
+        for inst in self.instances.values():
+            dirs.add(os.path.join(self.root, inst.pattern.static_prefix))
+        removed = 0
+        for d in dirs:
+            try:
+                with os.scandir(d) as it:
+                    stale = [e.path for e in it if e.name.startswith(TMP_PREFIX)]
+            except OSError:
+                continue
+            for path in stale:
+                try:
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        import shutil
+
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        os.unlink(path)
+                    removed += 1
+                except OSError:
+                    pass
+        return removed
+
     # -- instances --------------------------------------------------------------------------
     def scan_sources(self) -> None:
         """Full scan of every source pattern (start-up and reconcile only: O(workspace))."""

@@ -63,6 +63,9 @@ class Runtime:
     async def start(self) -> None:
         """Load the index, start the engine and watcher, reconcile, schedule; then ready."""
         self.index = await asyncio.to_thread(Index.load, self.ws, self.store)
+        swept = await asyncio.to_thread(self.index.sweep_temps)
+        if swept:
+            log.info("removed %d temp file(s) left by an earlier crash", swept)
         self.engine = self._new_engine(self.index)
         await self.engine.start()
         if self.watch_enabled:
