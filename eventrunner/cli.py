@@ -209,8 +209,7 @@ def _write_stamp(ws: Any, index: Any, skipped: int, carried: list[str] | None = 
         depth = key.count("/") - src.pattern.static_prefix.count("/") - (1 if src.pattern.static_prefix else 0)
         paths += fastpath.scan_dirs(root, src.pattern.static_prefix, depth)
     # Cache entries of files gone since (an orphan's input) played no part in the evaluation.
-    files = {os.path.join(root, rel) for rel in index.files} | set(carried or ())
-    paths += sorted(p for p in files - set(paths) if os.path.isfile(p) or os.path.islink(p))
+    paths += sorted(({os.path.join(root, rel) for rel in index.files} | set(carried or ())) - set(paths))
     retries = [f.next_retry for fs in index.failures.values() for f in fs.values() if not f.dead and f.next_retry]
     # Our own outputs are replaced by rename (a new inode): the racy window does not concern them.
     replaced = [str(index.cache_path), *(os.path.join(root, rel) for rel in index.written)]

@@ -15,13 +15,14 @@ import marshal
 import os
 import sys
 import time
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 STAMP = "stamp.bin"
-VERSION = 6  # bump with any change of the stamp format
+VERSION = 7  # bump with any change of the stamp format
 RACY_NS = 50_000_000  # stats this recent may still change within their mtime tick
 
 
@@ -56,15 +57,30 @@ def _load(state_dir: Path) -> dict[str, Any] | None:
     return stamp
 
 
-def _differs(entries: list[tuple[str, tuple[int, int, int]]]) -> Iterable[str]:
+def _pack(entries: list[tuple[str, tuple[int, int, int]]]) -> tuple[str, bytes]:
+    """Paths as one NUL-joined string and stats as packed int64s: loads 20x faster than tuples."""
+    flat = array("q", (n for _, ident in entries for n in ident))
+    return "\0".join(p for p, _ in entries), flat.tobytes()
+
+
+def _unpack(packed: tuple[str, bytes]) -> tuple[list[str], array[int]]:
+    names, raw = packed
+    stats = array("q")
+    stats.frombytes(raw)
+    return (names.split("\0") if names else []), stats
+
+
+def _differs(packed: tuple[str, bytes]) -> Iterable[str]:
+    paths, stats = _unpack(packed)
     st = os.stat
-    for path, ident in entries:
+    for i, path in enumerate(paths):
         try:
             s = st(path)
         except OSError:
             yield path
             continue
-        if (s.st_size, s.st_mtime_ns, s.st_ino) != ident:
+        j = 3 * i
+        if s.st_mtime_ns != stats[j + 1] or s.st_size != stats[j] or s.st_ino != stats[j + 2]:
             yield path
 
 
@@ -96,7 +112,7 @@ def look(state_dir: Path) -> Look | None:
         return None
     defs_changed = next(iter(_differs(stamp["defs"])), None) is not None
     changed = [] if defs_changed else list(_differs(stamp["paths"]))
-    return Look(stamp["result"], defs_changed, changed, set(stamp["sources"]), [p for p, _ in stamp["paths"]])
+    return Look(stamp["result"], defs_changed, changed, set(filter(None, stamp["sources"].split("\0"))), _unpack(stamp["paths"])[0])
 
 
 def write(
@@ -121,11 +137,14 @@ def write(
     for i, group in enumerate((defs, paths)):
         for path in group:
             ident = _stat(path)
+            if ident is None and i == 1:
+                continue  # a file gone since (an orphan's old input) played no part in the answer
             if ident is None or (now - ident[1] < RACY_NS and path not in exempt):
                 discard(state_dir)
                 return False
             recorded[i].append((path, ident))
-    data = {"ident": _ident(), "env": _env(), "defs": recorded[0], "paths": recorded[1], "sources": sorted(sources),
+    data = {"ident": _ident(), "env": _env(), "defs": _pack(recorded[0]), "paths": _pack(recorded[1]),
+            "sources": "\0".join(sorted(sources)),
             "not_after": not_after, "result": result}
     tmp = state_dir / f".er-tmp-{os.getpid()}-{STAMP}"
     with open(tmp, "wb") as fh:

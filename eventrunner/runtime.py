@@ -49,6 +49,7 @@ class Runtime:
         self._scheduler: Any = None
         self._locked = False
         self._reload_lock = asyncio.Lock()
+        self._engine_started = asyncio.Event()  # the watch loop holds its batches until then
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def __aenter__(self) -> Runtime:
@@ -61,17 +62,20 @@ class Runtime:
         await self.close()
 
     async def start(self) -> None:
-        """Load the index, start the engine and watcher, reconcile, schedule; then ready."""
+        """Start watching, load the index, start the engine, reconcile, schedule; then ready."""
+        if self.watch_enabled:
+            # Live before Index.load scans the sources, so a change in between is not missed
+            # (and the start-up reconcile need not scan a second time).
+            watching = asyncio.Event()
+            self._tasks.append(asyncio.create_task(self._watch_loop(watching)))
+            await asyncio.wait_for(watching.wait(), 30)
         self.index = await asyncio.to_thread(Index.load, self.ws, self.store)
         swept = await asyncio.to_thread(self.index.sweep_temps)
         if swept:
             log.info("removed %d temp file(s) left by an earlier crash", swept)
         self.engine = self._new_engine(self.index)
         await self.engine.start()
-        if self.watch_enabled:
-            watching = asyncio.Event()
-            self._tasks.append(asyncio.create_task(self._watch_loop(watching)))
-            await asyncio.wait_for(watching.wait(), 30)
+        self._engine_started.set()
         caught_up = self.reconcile(initial=True)
         await self._start_scheduler()
         self._tasks.append(asyncio.create_task(self._persist_loop()))
@@ -165,15 +169,16 @@ class Runtime:
         """Full comparison of the workspace with the index (start-up, timer, lost events)."""
         assert self.engine is not None and self.index is not None
         idx = self.index
-        before = {k: dict(idx.instances[k].items) for k in self.ws.graph.sources}
-        idx.scan_sources()
-        now = {k: dict(idx.instances[k].items) for k in self.ws.graph.sources}
-        # Rebuild derived instances from the new source sets, then follow what vanished.
-        idx.derive()
         targets: list[Target] = []
-        for key in before:
-            for eid in before[key].keys() - now[key].keys():
-                targets.extend(self.engine.removed_targets(key, before[key][eid][0]))
+        if not initial:  # at start-up Index.load has just scanned, after the watcher went live
+            before = {k: dict(idx.instances[k].items) for k in self.ws.graph.sources}
+            idx.scan_sources()
+            now = {k: dict(idx.instances[k].items) for k in self.ws.graph.sources}
+            # Rebuild derived instances from the new source sets, then follow what vanished.
+            idx.derive()
+            for key in before:
+                for eid in before[key].keys() - now[key].keys():
+                    targets.extend(self.engine.removed_targets(key, before[key][eid][0]))
         targets.extend(self.engine.all_targets())
         n = self.engine.consider(targets)
         if not initial:
@@ -223,6 +228,7 @@ class Runtime:
         root = self.settings.data_root
         workspace = self.settings.workspace
         async for batch in watch_changes(root, stop_event=self.stop_event, debounce=rt.debounce, settle=rt.settle, ready=watching):
+            await self._engine_started.wait()
             if isinstance(batch, Rescan):
                 log.warning("watcher lost events (%s): reconciling", batch.reason)
                 self.reconcile()

@@ -8,6 +8,7 @@ inside the request: the stored file is an event like any file drop.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,8 @@ from aiohttp import web
 
 from ..errors import PatternError, SignatureError, StorageError, UnknownName
 from ..graph import Source
-from ..patterns import entity_id, resolve_inside
+from ..hashing import hash_bytes
+from ..patterns import entity_id
 from ..watch import FileChange
 from .signatures import verify_request
 from .spool import Spool, SpoolRecord
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from ..runtime import Runtime
 
 SPOOL: web.AppKey[Spool] = web.AppKey("spool")
+ROOT_REAL: web.AppKey[str] = web.AppKey("data_root_real")
 
 
 def _find_source(rt: Runtime, pipeline: str, name: str) -> Source:
@@ -59,6 +62,27 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _check_inside(root_real: str, relpath: str) -> None:
+    """Refuse a target that a symlinked folder (or file) below the data root leads outside it.
+
+    Pattern.format has already refused values that are not one plain segment (no "/", "..",
+    NUL), so only existing symlinks below the root can lead out. This costs one lstat per
+    component of relpath; resolve_inside's realpath calls pay one per component of the whole
+    absolute path, three times (about 30 syscalls, 0.6 ms of event loop per delivery).
+    """
+    path = root_real
+    for name in relpath.split("/"):
+        path = os.path.join(path, name)
+        try:
+            mode = os.lstat(path).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return  # the spool creates the rest, inside
+        if stat.S_ISLNK(mode):
+            real = os.path.realpath(path)
+            if real != root_real and not real.startswith(root_real.rstrip(os.sep) + os.sep):
+                raise PatternError(f"path {relpath!r} leads outside the data root (symlink)")
 
 
 async def hook(request: web.Request) -> web.Response:
@@ -112,7 +136,7 @@ async def _intake(request: web.Request, rt: Runtime, pipeline: str, source: str)
         raise PatternError(f"missing query parameter(s) for the entity: {', '.join(missing)}")
     values = {v: request.query[v] for v in pattern.variables}
     relpath = pattern.format(values)
-    resolve_inside(rt.settings.data_root, relpath)
+    _check_inside(request.app[ROOT_REAL], relpath)
     eid = entity_id(pattern.variables, values)
     record = SpoolRecord(
         relpath=relpath,
@@ -132,9 +156,13 @@ def setup_hooks(app: web.Application, runtime: Runtime) -> None:
     """Route and spool lifecycle (opened with the app, drained and closed with it)."""
     app.router.add_post("/hooks/{pipeline}/{source}", hook)
     settings = runtime.settings
+    app[ROOT_REAL] = os.path.realpath(settings.data_root)
 
     def materialised(record: SpoolRecord, event_id: str) -> None:
         if runtime.engine is not None and runtime.index is not None:
+            # We wrote this content: record its hash so that planning it costs one stat, not
+            # a read and hash of the file on the event loop (as the engine does for outputs).
+            runtime.index.remember_file(record.relpath, hash_bytes(record.body))
             runtime.emit(
                 {
                     "kind": "webhook",
