@@ -15,22 +15,27 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The demo secret is for this scratch copy only; real deployments set their own.
+DEMO_SECRET ?= whsec_ZGVtby1zZWNyZXQtZm9yLWV2ZW50cnVubmVyLTI0Yg==
+
 demo: install
-	rm -rf $(DEMO) && cp -r examples/echo $(DEMO)
-	$(ER) -w $(DEMO) run
+	rm -rf $(DEMO) && cp -r examples/auto-blog $(DEMO)
+	BLOG_HOOK_SECRET=$(DEMO_SECRET) $(ER) -w $(DEMO) run || true
 	$(ER) -w $(DEMO) status
 	@echo
-	@echo "Now serving $(DEMO)/ on http://127.0.0.1:$(PORT). In another terminal, try:"
-	@echo "  echo 'a brand new note' > $(DEMO)/inbox/new.txt    # watch shouted/ counts/ summary.md update"
+	@echo "Now serving $(DEMO)/ (a copy of examples/auto-blog) on http://127.0.0.1:$(PORT). In another terminal:"
+	@echo "  printf '# Friday\\n\\nShipped the demo.\\n' > $(DEMO)/logs/2026-11-27.md   # drop a log: html, podcast, audio, index follow"
+	@echo "  ls $(DEMO)/blog $(DEMO)/podcast $(DEMO)/audio"
 	@echo "  $(ER) -w $(DEMO) status"
-	@echo "  $(ER) -w $(DEMO) explain new"
-	@echo "  curl -s http://127.0.0.1:$(PORT)/api/pipelines | python3 -m json.tool"
+	@echo "  $(ER) -w $(DEMO) explain 2026-11-27"
+	@echo "  BLOG_HOOK_SECRET=$(DEMO_SECRET) $(PY) examples/sign_webhook.py http://127.0.0.1:$(PORT)/hooks/auto-blog/daily_log?date=2026-11-28 '# Saturday'"
 	@echo "  curl -sN http://127.0.0.1:$(PORT)/api/events     # live event stream"
+	@echo "  curl -s http://127.0.0.1:$(PORT)/api/pipelines | python3 -m json.tool"
 	@echo "Stop with Ctrl-C."
-	$(ER) -w $(DEMO) serve --port $(PORT)
+	BLOG_HOOK_SECRET=$(DEMO_SECRET) $(ER) -w $(DEMO) serve --port $(PORT)
 
 lint: install
-	$(VENV)/bin/ruff check eventrunner handlers tests
+	$(VENV)/bin/ruff check eventrunner handlers tests examples
 	$(VENV)/bin/mypy
 
 test: lint
