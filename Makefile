@@ -24,7 +24,7 @@ demo: install
 	$(ER) -w $(DEMO) status
 	@echo
 	@echo "Now serving $(DEMO)/ (a copy of examples/auto-blog) on http://127.0.0.1:$(PORT). In another terminal:"
-	@echo "  printf '# Friday\\n\\nShipped the demo.\\n' > $(DEMO)/logs/2026-11-27.md   # drop a log: html, podcast, audio, index follow"
+	@echo "  cp $(DEMO)/logs/2026-11-25.md $(DEMO)/logs/2026-11-27.md   # drop a log: html, podcast, audio, index follow"
 	@echo "  ls $(DEMO)/blog $(DEMO)/podcast $(DEMO)/audio"
 	@echo "  $(ER) -w $(DEMO) status"
 	@echo "  $(ER) -w $(DEMO) explain 2026-11-27"
