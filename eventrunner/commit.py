@@ -1,9 +1,13 @@
 """Group commit: many finished runs share one durability barrier (syncfs) instead of an fsync each.
 
-Order within a batch keeps the crash guarantee: output contents are made durable, then renamed
-into place; manifests are written, made durable together with those renames, then renamed. A
-crash between any two steps leaves a state whose manifest disagrees with its output, which the
-next check reports stale; never a manifest that vouches for content that is not on disk.
+Order within a batch keeps the crash guarantee with one barrier per batch: outputs (written by
+the handlers' threads) and manifests are written to temp files; one sync makes all their
+contents durable; then every output is renamed into place, and only then every manifest. The
+renames become durable at the next batch's sync (or at close); journaling filesystems persist
+renames in the order they were issued, so a crash keeps a prefix of them. Whatever prefix
+survives, no manifest vouches for content that is not on disk: a manifest is only ever renamed
+after its output's content was synced and its output renamed, and after a crash the index is
+dirty, so every output is re-hashed against its manifest and any disagreement reads as stale.
 """
 
 from __future__ import annotations
@@ -126,9 +130,6 @@ class Committer:
         self.sync_seconds += time.perf_counter() - t0
 
     def _write_batch(self, batch: list[Commit]) -> None:
-        self._barrier()  # 1. every output temp's content is durable
-        moves = [pair for c in batch for pair in c.temps]
-        self._parallel(lambda pair: replace_path(*pair), moves)  # 2. outputs in place
         manifests: list[tuple[Path, Path, bytes]] = []
         for c in batch:
             record, path = None, None
@@ -144,9 +145,11 @@ class Committer:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._dirs.add(path.parent)
             manifests.append((temp_path(path), path, record))
-        self._parallel(lambda m: m[0].write_bytes(m[2]), manifests)  # 3. manifests beside their place
-        self._barrier()  # 4. manifests' content and the output renames are durable
-        self._parallel(lambda m: os.replace(m[0], m[1]), manifests)  # 5. manifests in place: fresh
+        self._parallel(lambda m: m[0].write_bytes(m[2]), manifests)  # 1. manifests beside their place
+        self._barrier()  # 2. outputs' and manifests' contents (and the last batch's renames) durable
+        moves = [pair for c in batch for pair in c.temps]
+        self._parallel(lambda pair: replace_path(*pair), moves)  # 3. outputs in place
+        self._parallel(lambda m: os.replace(m[0], m[1]), manifests)  # 4. manifests in place: fresh
         for c in batch:
             if c.clear_failure and c.manifest is not None:
                 self.store.delete_failure(c.manifest.stage, c.manifest.entity)
