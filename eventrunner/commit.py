@@ -55,6 +55,7 @@ class Committer:
 
     async def __aenter__(self) -> Committer:
         self.store.ensure()
+        self.data_root.mkdir(parents=True, exist_ok=True)  # a webhook-only workspace starts empty
         self._roots = [self.data_root]
         if os.stat(self.store.root).st_dev != os.stat(self.data_root).st_dev:
             self._roots.append(self.store.root)

@@ -270,9 +270,8 @@ def _manage(action: str, model: type[BaseModel]) -> Handler:
         p = _pipeline(request)
         body = (await _body(request, model)).model_dump()
         body["stage"] = _qualify(rt, p, body.get("stage"))
-        result = (
-            await asyncio.to_thread(rt.manage, action, body) if False else rt.manage(action, body)
-        )
+        # On the loop, not in a thread: manage() mutates the index the engine is using.
+        result = rt.manage(action, body)
         return web.json_response(result, dumps=_dumps)
 
     return handle

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -26,7 +28,6 @@ if TYPE_CHECKING:
     from ..runtime import Runtime
 
 SPOOL: web.AppKey[Spool] = web.AppKey("spool")
-ROOT_REAL: web.AppKey[str] = web.AppKey("data_root_real")
 
 
 def _find_source(rt: Runtime, pipeline: str, name: str) -> Source:
@@ -64,25 +65,46 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _check_inside(root_real: str, relpath: str) -> None:
-    """Refuse a target that a symlinked folder (or file) below the data root leads outside it.
+class _Containment:
+    """Refuses webhook targets that a symlinked folder below the data root leads outside it.
 
     Pattern.format has already refused values that are not one plain segment (no "/", "..",
-    NUL), so only existing symlinks below the root can lead out. This costs one lstat per
-    component of relpath; resolve_inside's realpath calls pay one per component of the whole
-    absolute path, three times (about 30 syscalls, 0.6 ms of event loop per delivery).
+    NUL), so only an existing symlinked folder below the root can lead a write out; the file
+    itself is replaced by a rename, which never follows a symlink. Folders are checked with one
+    lstat each and the verdict is kept for `ttl` seconds: resolve_inside's realpath calls cost
+    one lstat per component of the whole absolute path, three times per delivery (~30 slow
+    syscalls, the largest cost of intake on the event loop).
     """
-    path = root_real
-    for name in relpath.split("/"):
-        path = os.path.join(path, name)
-        try:
-            mode = os.lstat(path).st_mode
-        except (FileNotFoundError, NotADirectoryError):
-            return  # the spool creates the rest, inside
-        if stat.S_ISLNK(mode):
-            real = os.path.realpath(path)
-            if real != root_real and not real.startswith(root_real.rstrip(os.sep) + os.sep):
+
+    def __init__(self, root: Path, ttl: float = 1.0) -> None:
+        self.root = os.path.realpath(root)
+        self.ttl = ttl
+        self._checked: dict[str, float] = {}  # folder relpath -> when it was found inside
+
+    def check(self, relpath: str) -> None:
+        folder = relpath.rpartition("/")[0]
+        now = time.monotonic()
+        checked = self._checked.get(folder)
+        if not folder or (checked is not None and now - checked < self.ttl):
+            return
+        path = self.root
+        for name in folder.split("/"):
+            path = os.path.join(path, name)
+            try:
+                mode = os.lstat(path).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                break  # the spool creates the rest, inside
+            if stat.S_ISLNK(mode) and not self._inside(os.path.realpath(path)):
                 raise PatternError(f"path {relpath!r} leads outside the data root (symlink)")
+        if len(self._checked) > 10_000:
+            self._checked.clear()
+        self._checked[folder] = now
+
+    def _inside(self, real: str) -> bool:
+        return real == self.root or real.startswith(self.root.rstrip(os.sep) + os.sep)
+
+
+CONTAINMENT: web.AppKey[_Containment] = web.AppKey("containment")
 
 
 async def hook(request: web.Request) -> web.Response:
@@ -136,7 +158,7 @@ async def _intake(request: web.Request, rt: Runtime, pipeline: str, source: str)
         raise PatternError(f"missing query parameter(s) for the entity: {', '.join(missing)}")
     values = {v: request.query[v] for v in pattern.variables}
     relpath = pattern.format(values)
-    _check_inside(request.app[ROOT_REAL], relpath)
+    request.app[CONTAINMENT].check(relpath)
     eid = entity_id(pattern.variables, values)
     record = SpoolRecord(
         relpath=relpath,
@@ -156,7 +178,7 @@ def setup_hooks(app: web.Application, runtime: Runtime) -> None:
     """Route and spool lifecycle (opened with the app, drained and closed with it)."""
     app.router.add_post("/hooks/{pipeline}/{source}", hook)
     settings = runtime.settings
-    app[ROOT_REAL] = os.path.realpath(settings.data_root)
+    app[CONTAINMENT] = _Containment(settings.data_root)
 
     def materialised(record: SpoolRecord, event_id: str) -> None:
         if runtime.engine is not None and runtime.index is not None:
