@@ -12,10 +12,11 @@ import contextlib
 import heapq
 import itertools
 import logging
+import multiprocessing
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,15 @@ from . import loader
 from .commit import Commit, Committer
 from .errors import HandlerTimeout, PermanentError, RetryLater
 from .evaluate import Evaluator
-from .executor import Written, build_kwargs, make_context, prepare_and_call, store_result, wants_ctx
+from .executor import (
+    Written,
+    build_kwargs,
+    call_by_ref,
+    make_context,
+    prepare_and_call,
+    store_result,
+    wants_ctx,
+)
 from .index import Index
 from .patterns import trusted_entity_id as entity_id
 from .staleness import after_failure
@@ -82,6 +91,11 @@ class Engine:
         self._pool = ThreadPoolExecutor(
             max_workers=self.jobs, thread_name_prefix="eventrunner-handler"
         )
+        # executor = "process": sync handlers run in worker processes (CPU-bound handlers scale
+        # past the GIL). forkserver: forking a process that runs threads and an event loop is unsafe.
+        self._procs: ProcessPoolExecutor | None = None
+        if self.ws.settings.runtime.executor == "process":
+            self._procs = ProcessPoolExecutor(max_workers=self.jobs, mp_context=multiprocessing.get_context("forkserver"))
         self.committer = Committer(store, index.root)
         self._funcs: dict[str, Callable[..., Any]] = {}
         loader.forget(self.ws.settings.handlers_dir)  # helpers edited since the last run import afresh
@@ -258,6 +272,8 @@ class Engine:
             self._dispatcher = None
         await self.committer.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._procs is not None:
+            self._procs.shutdown(wait=False, cancel_futures=True)
 
     def _dispatch(self) -> None:
         """Start the best ready jobs while global and per-stage slots are free."""
@@ -322,9 +338,14 @@ class Engine:
                     self._pool, store_result, stage, values, result, ctx, root
                 )
             else:
-                fut = loop.run_in_executor(
-                    self._pool, prepare_and_call, stage, func, gathered.files, values, attempt, root
-                )
+                if self._procs is not None:
+                    fut = loop.run_in_executor(
+                        self._procs, call_by_ref, stage, self.ws.handlers[q], gathered.files, values, attempt, root
+                    )
+                else:
+                    fut = loop.run_in_executor(
+                        self._pool, prepare_and_call, stage, func, gathered.files, values, attempt, root
+                    )
                 written = await asyncio.wait_for(fut, stage.timeout)
         except TimeoutError as exc:
             if not asyncio.iscoroutinefunction(self._funcs.get(q)):

@@ -274,6 +274,15 @@ def call_sync(func: Callable[..., Any], ctx: Context | None, kwargs: dict[str, A
     return func(ctx, **kwargs) if ctx is not None else func(**kwargs)
 
 
+def call_by_ref(
+    stage: Stage, ref: Any, files: list[InputFile], values: dict[str, str], attempt: int, root: Path
+) -> Written:
+    """The sync path for a process pool: the worker imports the handler by path itself."""
+    from . import loader
+
+    return prepare_and_call(stage, loader.load(ref), files, values, attempt, root)
+
+
 def prepare_and_call(
     stage: Stage,
     func: Callable[..., Any],

@@ -557,3 +557,29 @@ def test_same_size_handler_edit_within_one_second_runs_the_new_code(
 
     # Then the new code ran
     assert ws.read("out/a.txt") == "BBB"
+
+
+def test_process_executor_runs_sync_handlers_in_worker_processes(
+    make_workspace: MakeWorkspace,
+) -> None:
+    # Given a workspace configured with executor = "process"
+    ws = make_workspace(
+        {
+            "eventrunner.toml": '[runtime]\nexecutor = "process"\n',
+            "pipelines/p.toml": (
+                '[stages.s]\nhandler = "h:s"\ninputs = { t = "in/{n}.txt" }\noutput = "out/{n}.txt"\n'
+            ),
+            "handlers/h.py": "import os\n\n\ndef s(t: str) -> str:\n    return f'{t.upper()} {os.getpid()}'\n",
+            "in/a.txt": "x",
+            "in/b.txt": "y",
+        }
+    )
+
+    # When it runs
+    report = ws.run()
+
+    # Then both handlers ran, in processes other than this one
+    assert report["succeeded"] == 2
+    text, pid = ws.read("out/a.txt").split()
+    assert text == "X"
+    assert int(pid) != os.getpid()
