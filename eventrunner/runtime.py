@@ -181,6 +181,8 @@ class Runtime:
                     targets.extend(self.engine.removed_targets(key, before[key][eid][0]))
         targets.extend(self.engine.all_targets())
         n = self.engine.consider(targets)
+        # Drop the pass's memo now (a verdict per state), not during the next event's handling.
+        self.engine.evaluator.reset()
         if not initial:
             log.info("reconcile queued %d state(s)", n)
         return n

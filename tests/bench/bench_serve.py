@@ -1,0 +1,264 @@
+"""Benchmark `eventrunner serve`: drop-to-output latency, resident memory, start-up to ready.
+
+Run: python tests/bench/bench_serve.py [--sizes 100,100000] [--drops 50] [--workdir DIR] [--keep]
+
+For each size N, a workspace with N files `inbox/{name}.txt` and a two-stage chain
+(inbox -> upper -> count) is generated and brought up to date once with `eventrunner run`
+(kept in --workdir between invocations, so the 100,000-entity one is built only once). Then:
+  1. start-up   `eventrunner serve --port 0` from process start to its "serving" line, with
+                nothing stale (median of --starts; the log's "N queued" must be 0)
+  2. latency    --drops new files dropped one at a time; each timed from just before the write
+                to when `count/{name}.txt` holds the expected text (polled every 1 ms); once
+                with the default runtime settings (debounce 50 ms, settle 200 ms) and once with
+                settle 0 (EVENTRUNNER_RUNTIME_SETTLE=0s), which isolates the runtime's own cost
+  3. memory     RSS of the serve process (psutil) after the drops
+Targets (DESIGN.md section 6): p50 < 100 ms, p50 ratio N=100,000 / N=100 < 1.5, RSS < 300 MB at
+100,000 entities x 2 stages, start-up < 3 s at 100,000 entities.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+PIPELINE = """\
+name = "bench"
+
+[sources.inbox]
+pattern = "inbox/{name}.txt"
+
+[stages.upper]
+handler = "textops:upper"
+inputs  = { data = "inbox/{name}.txt" }
+output  = "upper/{name}.txt"
+
+[stages.count]
+handler = "textops:count"
+inputs  = { data = "upper/{name}.txt" }
+output  = "count/{name}.txt"
+"""
+
+HANDLERS = """\
+def upper(data: bytes) -> bytes:
+    return data.upper()
+
+
+def count(data: bytes) -> str:
+    return f"{len(data.split())}\\n"
+"""
+
+WORDS = [
+    "event",
+    "driven",
+    "functions",
+    "keep",
+    "files",
+    "fresh",
+    "one",
+    "entity",
+    "at",
+    "a",
+    "time",
+    "hello",
+    "world",
+]
+READY_MARK = ".bench-ready"
+
+
+def eventrunner_cmd() -> list[str]:
+    script = Path(sys.executable).parent / "eventrunner"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "eventrunner.cli"]
+
+
+def build(ws: Path, n: int) -> float:
+    """Generate the workspace and bring it up to date once; returns the `run` time (0 if reused)."""
+    if (ws / READY_MARK).exists():
+        return 0.0
+    shutil.rmtree(ws, ignore_errors=True)
+    rng = random.Random(n)
+    (ws / "inbox").mkdir(parents=True)
+    (ws / "pipelines").mkdir()
+    (ws / "handlers").mkdir()
+    (ws / "pipelines/bench.toml").write_text(PIPELINE)
+    (ws / "handlers/textops.py").write_text(HANDLERS)
+    for i in range(n):
+        words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 12)))
+        (ws / f"inbox/e{i:06d}.txt").write_text(words + "\n")
+    began = time.perf_counter()
+    proc = subprocess.run(
+        [*eventrunner_cmd(), "-w", str(ws), "run", "--json", "-j", "2"],
+        capture_output=True,
+        text=True,
+    )
+    elapsed = time.perf_counter() - began
+    result = json.loads(proc.stdout) if proc.stdout.strip() else {}
+    if proc.returncode != 0 or result.get("executed") != 2 * n:
+        sys.exit(f"run failed ({proc.returncode}): {result}\n{proc.stderr[-2000:]}")
+    os.sync()  # so that the first commits under serve do not pay for the generation's writes
+    (ws / READY_MARK).touch()
+    return elapsed
+
+
+class Serve:
+    """One `eventrunner serve --port 0` process: started, timed to its serving line, stopped."""
+
+    def __init__(self, ws: Path, env: dict[str, str]) -> None:
+        self.ws = ws
+        self.err = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
+        began = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [*eventrunner_cmd(), "-w", str(ws), "serve", "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=self.err,
+            text=True,
+            env={**os.environ, **env},
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # blocks until the serving line (or exit)
+        self.startup = time.perf_counter() - began
+        if not line.startswith("eventrunner: serving"):
+            self.stop()
+            sys.exit(f"serve did not start: {line!r}\n{self.stderr()[-2000:]}")
+        # Keep draining stdout so the process never blocks on a full pipe.
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+
+    def stderr(self) -> str:
+        self.err.seek(0)
+        return self.err.read().decode(errors="replace")
+
+    def queued_at_ready(self) -> int:
+        for line in self.stderr().splitlines():
+            if "ready:" in line and "queued" in line:
+                return int(line.rsplit(",", 1)[1].split()[0])
+        return -1
+
+    def rss_mb(self) -> float:
+        return psutil.Process(self.proc.pid).memory_info().rss / 2**20
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            code = self.proc.wait(120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.err.close()
+        if code != 0:
+            print(f"warning: serve exited {code}", file=sys.stderr)
+
+
+def drop_latencies(ws: Path, drops: int, tag: str) -> list[float]:
+    """Drop new files one at a time; seconds from write to the expected final output."""
+    out: list[float] = []
+    for i in range(drops):
+        name = f"drop-{tag}-{i:03d}"
+        words = 100 + i  # a word count no generated file has
+        target = ws / f"count/{name}.txt"
+        expected = f"{words}\n"
+        began = time.perf_counter()
+        (ws / f"inbox/{name}.txt").write_text("w " * words + "\n")
+        deadline = began + 30
+        while True:
+            try:
+                if target.read_text() == expected:
+                    break
+            except FileNotFoundError:
+                pass
+            if time.perf_counter() > deadline:
+                sys.exit(f"drop {name} not processed within 30 s")
+            time.sleep(0.001)
+        out.append(time.perf_counter() - began)
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--sizes", default="100,100000")
+    parser.add_argument("--drops", type=int, default=50)
+    parser.add_argument("--starts", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep a temporary workdir")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    tag = time.strftime("%H%M%S")
+    configs = {"default (settle 200ms)": {}, "settle 0": {"EVENTRUNNER_RUNTIME_SETTLE": "0s"}}
+    rows: list[list[str]] = []
+    p50s: dict[tuple[str, int], float] = {}
+    try:
+        for n in sizes:
+            ws = workdir / f"ws-{n}"
+            built = build(ws, n)
+            if built:
+                print(f"N={n}: generated and ran once in {built:.1f} s", file=sys.stderr)
+            starts = []
+            for _ in range(args.starts):
+                server = Serve(ws, {})
+                queued = server.queued_at_ready()
+                server.stop()
+                if queued != 0:
+                    sys.exit(f"N={n}: {queued} state(s) stale at start-up; expected none")
+                starts.append(server.startup)
+            for label, env in configs.items():
+                server = Serve(ws, env)
+                try:
+                    lat = drop_latencies(ws, args.drops, f"{tag}-{len(p50s)}")
+                    rss = server.rss_mb()
+                finally:
+                    server.stop()
+                p50s[(label, n)] = statistics.median(lat)
+                rows.append(
+                    [
+                        f"{n:,}",
+                        label,
+                        ms(statistics.median(lat)),
+                        ms(pct(lat, 0.99)),
+                        ms(max(lat)),
+                        f"{rss:.0f} MB",
+                        f"{statistics.median(starts):.2f} s",
+                    ]
+                )
+    finally:
+        if args.workdir is None and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        elif args.keep:
+            print(f"kept {workdir}", file=sys.stderr)
+    head = ["entities", "runtime settings", "p50", "p99", "max", "RSS after", "start-up"]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    print(f"drop -> count/ latency over {args.drops} sequential drops; start-up = median of "
+          f"{args.starts} (process start to serving line, nothing stale)")  # fmt: skip
+    for r in [head, ["-" * w for w in widths], *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+    if len(sizes) >= 2:
+        small, big = min(sizes), max(sizes)
+        for label in configs:
+            ratio = p50s[(label, big)] / p50s[(label, small)]
+            print(f"p50 ratio N={big:,} / N={small:,} ({label}): {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
