@@ -102,7 +102,7 @@ class RuntimeSettings(_Model):
     concurrency: int = Field(default_factory=lambda: max(2, os.cpu_count() or 2), ge=1)
     executor: Literal["thread", "process"] = "thread"
     debounce: Duration = 0.05
-    settle: Duration = 0.2
+    settle: Duration = 0.05
     retry_sweep_interval: Duration = 30.0
     reconcile_interval: Duration = 600.0
     shutdown_grace: Duration = 30.0

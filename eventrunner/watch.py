@@ -68,7 +68,7 @@ async def watch_changes(
     *,
     stop_event: asyncio.Event,
     debounce: float = 0.05,
-    settle: float = 0.2,
+    settle: float = 0.05,
     force_polling: bool | None = None,
     poll_delay: float = 0.3,
     ready: asyncio.Event | None = None,
@@ -159,6 +159,9 @@ async def _produce(
             opts.root,
             watch_filter=keep,
             debounce=opts.debounce_ms,
+            # watchfiles yields once nothing changed for `step` ms (default 50, on top of the
+            # debounce): a short step keeps drop-to-event latency near the write itself.
+            step=max(1, min(10, opts.debounce_ms)),
             stop_event=halt,
             force_polling=polling,
             poll_delay_ms=opts.poll_delay_ms,
@@ -280,9 +283,18 @@ class _Settler:
                 continue  # a directory or a special file: not reported
             elif not fresh and entry is not None and probe == entry.sig:
                 out[rel] = "added" if entry.added else "modified"
-            else:  # (re)arm: re-inserting at the end keeps the dict in due order
+            else:
                 new = walked or rel in added or (entry is not None and entry.added)
-                self._pending[rel] = _Pending(new, probe, now + self._settle)
+                # Still since its mtime for `settle` already (written at once, renamed in): no
+                # need to wait a whole settle period after the event as well.
+                still_for = time.time() - probe[1] / 1e9
+                if fresh and still_for >= self._settle:
+                    out[rel] = "added" if new else "modified"
+                    continue
+                # (Re)arm; due times differ by at most `settle`, so insertion order stays close
+                # enough to due order for the single timer.
+                due = now + min(self._settle, max(self._settle - still_for, 0.0))
+                self._pending[rel] = _Pending(new, probe, due)
         return out
 
 

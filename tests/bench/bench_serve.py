@@ -206,7 +206,7 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-serve-"))
     workdir.mkdir(parents=True, exist_ok=True)
     tag = time.strftime("%H%M%S")
-    configs = {"default (settle 200ms)": {}, "settle 0": {"EVENTRUNNER_RUNTIME_SETTLE": "0s"}}
+    configs = {"default (settle 50ms)": {}, "settle 0": {"EVENTRUNNER_RUNTIME_SETTLE": "0s"}}
     rows: list[list[str]] = []
     p50s: dict[tuple[str, int], float] = {}
     try:
