@@ -213,8 +213,10 @@ def _write_stamp(ws: Any, index: Any, skipped: int, carried: list[str] | None = 
     retries = [f.next_retry for fs in index.failures.values() for f in fs.values() if not f.dead and f.next_retry]
     # Our own outputs are replaced by rename (a new inode): the racy window does not concern them.
     replaced = [str(index.cache_path), *(os.path.join(root, rel) for rel in index.written)]
+    # What the evaluation hashed; a file whose stats moved since changed mid-run.
+    expected = {os.path.join(root, rel): (f.size, f.mtime_ns, f.ino) for rel, f in index.files.items() if f.mtime_ns >= 0}
     fastpath.write(ws.settings.state_dir, defs, paths, index.source_paths(), min(retries, default=float(2**62)),
-                   {"skipped": skipped}, replaced=replaced)
+                   {"skipped": skipped}, replaced=replaced, expected=expected)
 
 
 def _print_run_report(args: argparse.Namespace, report: dict[str, Any]) -> None:

@@ -123,6 +123,7 @@ def write(
     not_after: float,
     result: dict[str, Any],
     replaced: Iterable[str] = (),
+    expected: dict[str, tuple[int, int, int]] | None = None,
 ) -> bool:
     """Record the stats of `paths`; refuses (False) if any is missing or inside the racy window.
 
@@ -140,6 +141,11 @@ def write(
             if ident is None and i == 1:
                 continue  # a file gone since (an orphan's old input) played no part in the answer
             if ident is None or (now - ident[1] < RACY_NS and path not in exempt):
+                discard(state_dir)
+                return False
+            if expected is not None and path not in exempt and expected.get(path, ident) != ident:
+                # Changed after the evaluation hashed it (mid-run): recording its new stats would
+                # hide that change from the next run.
                 discard(state_dir)
                 return False
             recorded[i].append((path, ident))

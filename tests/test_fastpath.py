@@ -164,3 +164,41 @@ def test_state_changes_by_cli_commands_invalidate_the_stamp(echo: Workspace) -> 
 
     assert report["mode"] == "full"
     assert "shout hello" in echo.runs()
+
+
+def test_input_changed_during_a_run_is_not_hidden_by_the_stamp(
+    make_workspace: MakeWorkspace,
+) -> None:
+    # Given a settled workspace whose handler for "a" rewrites z's input as a side effect, with
+    # an old mtime (as `cp -p` or rsync would), so only a stat comparison can notice it
+    handler = LOG_HELPER + (
+        "\nimport os\n\n\ndef up(ctx, t: str) -> str:\n"
+        "    _log('up', ctx.entity_id)\n"
+        "    if ctx.entity_id == 'a' and 'touch' in t:\n"
+        "        z = ctx.data_root / 'in' / 'z.txt'\n"
+        "        z.write_text('rewritten by a side effect\\n')\n"
+        "        os.utime(z, (1_600_000_000, 1_600_000_000))\n"
+        "    return t.upper()\n"
+    )
+    ws = make_workspace(
+        {
+            "pipelines/p.toml": '[stages.up]\nhandler = "h:up"\ninputs = { t = "in/{n}.txt" }\noutput = "out/{n}.txt"\n',
+            "handlers/h.py": handler,
+            "in/a.txt": "a\n",
+            "in/z.txt": "z\n",
+        }
+    )
+    settled(ws)
+    ws.runs()
+
+    # When a's input changes and the run's handler rewrites z's input mid-run
+    ws.write("in/a.txt", "touch\n")
+    age(ws)
+    ws.run()
+    assert ws.runs() == ["up a"]
+
+    # Then the next run still sees z's change
+    report = ws.run()
+    assert report["mode"] != "stat"
+    assert ws.runs() == ["up z"]
+    assert ws.read("out/z.txt") == "REWRITTEN BY A SIDE EFFECT\n"
