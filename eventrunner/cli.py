@@ -190,12 +190,57 @@ def _noop_fast_path(args: argparse.Namespace) -> bool:
     args.look = fastpath.look(_workspace_path(args) / STATE_DIR)
     if args.look is None or not args.look.unchanged:
         return False
-    _print_run_report(args, {"executed": 0, "succeeded": 0, "failed": 0, "skipped": args.look.result["skipped"],
-                             "duration_s": round(time.perf_counter() - t0, 3), "failures": [], "mode": "stat"})
+    _print_run_report(
+        args,
+        {
+            "executed": 0,
+            "succeeded": 0,
+            "failed": 0,
+            "skipped": args.look.result["skipped"],
+            "duration_s": round(time.perf_counter() - t0, 3),
+            "failures": [],
+            "mode": "stat",
+        },
+    )
     return True
 
 
-def _write_stamp(ws: Any, index: Any, skipped: int, carried: list[str] | None = None) -> None:
+def _scan_dirs(ws: Any) -> list[str]:
+    """Every folder a source scan walks (their mtimes change when files come or go)."""
+    from . import fastpath
+
+    root = str(ws.settings.data_root)
+    paths: list[str] = []
+    for key, src in ws.graph.sources.items():
+        depth = (
+            key.count("/")
+            - src.pattern.static_prefix.count("/")
+            - (1 if src.pattern.static_prefix else 0)
+        )
+        paths += fastpath.scan_dirs(root, src.pattern.static_prefix, depth)
+    return paths
+
+
+def _dir_snapshot(ws: Any) -> dict[str, tuple[int, int, int]]:
+    """Stats of the scan folders taken before the scan: a file arriving during the run changes
+    one of them, and the stamp then refuses to vouch for a scan that did not see it."""
+    out = {}
+    for d in _scan_dirs(ws):
+        try:
+            st = os.stat(d)
+        except OSError:
+            continue
+        out[d] = (st.st_size, st.st_mtime_ns, st.st_ino)
+    return out
+
+
+def _write_stamp(
+    ws: Any,
+    index: Any,
+    skipped: int,
+    carried: list[str] | None = None,
+    dirs_before: dict[str, tuple[int, int, int]] | None = None,
+) -> None:
     """Record what an evaluation depended on (fastpath.py). After an incremental run the index
     has seen only the changed files, so the previous stamp's paths are `carried` forward."""
     from . import fastpath
@@ -204,27 +249,46 @@ def _write_stamp(ws: Any, index: Any, skipped: int, carried: list[str] | None = 
     defs = fastpath.definition_files(ws.root)
     defs += sorted({str(ref.path) for ref in ws.handlers.values() if ref.stock})
     defs.append(str(index.cache_path))  # rewritten by every change of state (invalidate, hold, ...)
-    paths: list[str] = []
-    for key, src in ws.graph.sources.items():
-        depth = key.count("/") - src.pattern.static_prefix.count("/") - (1 if src.pattern.static_prefix else 0)
-        paths += fastpath.scan_dirs(root, src.pattern.static_prefix, depth)
+    paths = _scan_dirs(ws)
     # Cache entries of files gone since (an orphan's input) played no part in the evaluation.
-    paths += sorted(({os.path.join(root, rel) for rel in index.files} | set(carried or ())) - set(paths))
-    retries = [f.next_retry for fs in index.failures.values() for f in fs.values() if not f.dead and f.next_retry]
+    paths += sorted(
+        ({os.path.join(root, rel) for rel in index.files} | set(carried or ())) - set(paths)
+    )
+    retries = [
+        f.next_retry
+        for fs in index.failures.values()
+        for f in fs.values()
+        if not f.dead and f.next_retry
+    ]
     # Our own outputs are replaced by rename (a new inode): the racy window does not concern them.
     replaced = [str(index.cache_path), *(os.path.join(root, rel) for rel in index.written)]
     # What the evaluation hashed; a file whose stats moved since changed mid-run.
-    expected = {os.path.join(root, rel): (f.size, f.mtime_ns, f.ino) for rel, f in index.files.items() if f.mtime_ns >= 0}
-    fastpath.write(ws.settings.state_dir, defs, paths, index.source_paths(), min(retries, default=float(2**62)),
-                   {"skipped": skipped}, replaced=replaced, expected=expected)
+    expected = {
+        os.path.join(root, rel): (f.size, f.mtime_ns, f.ino)
+        for rel, f in index.files.items()
+        if f.mtime_ns >= 0
+    }
+    expected.update(dirs_before or {})
+    fastpath.write(
+        ws.settings.state_dir,
+        defs,
+        paths,
+        index.source_paths(),
+        min(retries, default=float(2**62)),
+        {"skipped": skipped},
+        replaced=replaced,
+        expected=expected,
+    )
 
 
 def _print_run_report(args: argparse.Namespace, report: dict[str, Any]) -> None:
     if args.json:
         _print_json(report)
         return
-    print(f"executed {report['executed']}: {report['succeeded']} succeeded, {report['failed']} failed; "
-          f"{report['skipped']} skipped (held, failed, dead or waiting) in {report['duration_s']}s")
+    print(
+        f"executed {report['executed']}: {report['succeeded']} succeeded, {report['failed']} failed; "
+        f"{report['skipped']} skipped (held, failed, dead or waiting) in {report['duration_s']}s"
+    )
     for f in report["failures"][:20]:
         print(f"  FAILED {f['stage']} {f['entity']}: {f['error']}")
 
@@ -238,8 +302,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     look = getattr(args, "look", None)
-    since = (look.changed, look.sources) if look is not None and look.incremental and _is_full_run(args) else None
-    ws, store, index = _open(args)
+    since = (
+        (look.changed, look.sources)
+        if look is not None and look.incremental and _is_full_run(args)
+        else None
+    )
+    from .index import Index
+    from .store import Store
+    from .workspace import load_workspace
+
+    ws = load_workspace(_workspace_path(args))
+    store = Store(ws.settings.state_dir)
+    dirs_before = _dir_snapshot(ws) if _is_full_run(args) else {}
+    index = Index.load(ws, store)
     if not args.dry_run:
         fastpath.discard(ws.settings.state_dir)
         _refuse_if_serving(ws)
@@ -256,7 +331,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             allow=lambda q, e: q in selected and entity in (None, e),
             listener=progress.on_event if progress else None,
         )
-        if entity is not None and not any(e == entity for q, e, _ in engine.all_targets() if q in selected):
+        if entity is not None and not any(
+            e == entity for q, e, _ in engine.all_targets() if q in selected
+        ):
             raise UnknownName(f"no selected stage has entity {entity!r}")
         if since is None and not args.dry_run:
             index.sweep_temps()  # we hold the lock; a full run may follow a crash: clear its debris
@@ -264,7 +341,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             # Incremental: only what the changed stats affect, exactly as serve handles events.
             initial = _targets_since(engine, index, ws, *since)
         else:
-            initial = [(q, e, v) for q, e, v in engine.all_targets() if q in selected and entity in (None, e)]
+            initial = [
+                (q, e, v)
+                for q, e, v in engine.all_targets()
+                if q in selected and entity in (None, e)
+            ]
         engine.consider(initial, fresh_pass=True)
         blocked = {
             (q, e)
@@ -297,21 +378,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     global _ABANDONED
     _ABANDONED += engine.abandoned
     if since is not None and look is not None and not outcome.failed and not skipped:
-        _write_stamp(ws, index, skipped, carried=look.paths)
+        _write_stamp(ws, index, skipped, carried=look.paths, dirs_before=dirs_before)
     elif since is None and outcome.executed == 0 and _is_full_run(args):
-        _write_stamp(ws, index, skipped)
-    report = {"executed": outcome.executed, "succeeded": outcome.succeeded, "failed": outcome.failed,
-              "skipped": skipped, "duration_s": round(time.perf_counter() - t0, 3), "failures": outcome.failures,
-              "mode": "incremental" if since is not None else "full"}
+        _write_stamp(ws, index, skipped, dirs_before=dirs_before)
+    report = {
+        "executed": outcome.executed,
+        "succeeded": outcome.succeeded,
+        "failed": outcome.failed,
+        "skipped": skipped,
+        "duration_s": round(time.perf_counter() - t0, 3),
+        "failures": outcome.failures,
+        "mode": "incremental" if since is not None else "full",
+    }
     _print_run_report(args, report)
     return 1 if outcome.failed else 0
 
 
-def _targets_since(engine: Any, index: Any, ws: Any, changed: list[str], sources_then: set[str]) -> list[Any]:
+def _targets_since(
+    engine: Any, index: Any, ws: Any, changed: list[str], sources_then: set[str]
+) -> list[Any]:
     """Targets affected by files whose stats changed and by source files added or removed."""
     root = str(ws.settings.data_root)
     now = index.source_paths()
-    events = [("deleted", rel) for rel in sources_then - now] + [("added", rel) for rel in now - sources_then]
+    events = [("deleted", rel) for rel in sources_then - now] + [
+        ("added", rel) for rel in now - sources_then
+    ]
     for path in changed:
         rel = os.path.relpath(path, root)
         if not rel.startswith("..") and os.path.isfile(path):

@@ -202,3 +202,40 @@ def test_input_changed_during_a_run_is_not_hidden_by_the_stamp(
     assert report["mode"] != "stat"
     assert ws.runs() == ["up z"]
     assert ws.read("out/z.txt") == "REWRITTEN BY A SIDE EFFECT\n"
+
+
+def test_file_dropped_during_a_run_is_not_hidden_by_the_stamp(
+    make_workspace: MakeWorkspace,
+) -> None:
+    # Given a settled workspace whose handler for "a" drops a new source file mid-run, i.e.
+    # after the run's scan of inbox/ (the folder's new mtime must not be vouched for)
+    handler = LOG_HELPER + (
+        "\n\ndef up(ctx, t: str) -> str:\n"
+        "    _log('up', ctx.entity_id)\n"
+        "    if ctx.entity_id == 'a' and 'touch' in t:\n"
+        "        (ctx.data_root / 'in' / 'late.txt').write_text('late\\n')\n"
+        "        import os\n"
+        "        for p in (ctx.data_root / 'in' / 'late.txt', ctx.data_root / 'in'):\n"
+        "            os.utime(p, (1_600_000_000, 1_600_000_000))\n"
+        "    return t.upper()\n"
+    )
+    ws = make_workspace(
+        {
+            "pipelines/p.toml": '[stages.up]\nhandler = "h:up"\ninputs = { t = "in/{n}.txt" }\noutput = "out/{n}.txt"\n',
+            "handlers/h.py": handler,
+            "in/a.txt": "a\n",
+        }
+    )
+    settled(ws)
+    ws.runs()
+    ws.write("in/a.txt", "touch\n")
+    age(ws)
+    ws.run()
+    assert ws.runs() == ["up a"]
+
+    # When the next run comes (the late file's and the folder's mtimes are old: only the
+    # snapshot of the folder taken before the scan can tell the stamp not to vouch for it)
+    report = ws.run()
+
+    assert report["mode"] != "stat"
+    assert ws.runs() == ["up late"]
