@@ -249,7 +249,7 @@ def _write_stamp(
     defs = fastpath.definition_files(ws.root)
     defs += sorted({str(ref.path) for ref in ws.handlers.values() if ref.stock})
     defs.append(str(index.cache_path))  # rewritten by every change of state (invalidate, hold, ...)
-    paths = _scan_dirs(ws)
+    paths = list(dirs_before) if dirs_before else _scan_dirs(ws)
     # Cache entries of files gone since (an orphan's input) played no part in the evaluation.
     paths += sorted(
         ({os.path.join(root, rel) for rel in index.files} | set(carried or ())) - set(paths)
