@@ -20,7 +20,6 @@ from .config import Settings
 from .engine import Engine, Target
 from .errors import ConfigError
 from .index import Index
-from .patterns import trusted_entity_id as entity_id
 from .store import Store
 from .watch import FileChange, Rescan, watch_changes
 from .workspace import Workspace, load_workspace
@@ -135,31 +134,7 @@ class Runtime:
     def on_change(self, change: FileChange) -> int:
         """One file changed under the data root: queue what it affects; returns how many were queued."""
         assert self.engine is not None and self.index is not None
-        targets: list[Target] = []
-        g = self.ws.graph
-        source_hit = False
-        for key, pattern in g.patterns.items():
-            values = pattern.match(change.relpath)
-            if values is None:
-                continue
-            producer = g.producer.get(key)
-            source_hit = source_hit or producer is None
-            if producer is not None:
-                # An output changed or vanished: its producer decides (our own writes match the
-                # index, so their echo comes out fresh and triggers nothing).
-                stage = g.stages[producer]
-                ent = {v: values[v] for v in stage.entity_vars}
-                targets.append((producer, entity_id(stage.entity_vars, ent), ent))
-                if change.kind != "deleted":
-                    targets.extend(self.engine.downstream_of(key, values))
-                continue
-            if change.kind == "deleted":
-                self.index.discard_instance(key, values)
-                self.index.files.pop(change.relpath, None)
-                targets.extend(self.engine.removed_targets(key, values))
-            else:
-                self.index.add_instance(key, values, change.relpath)
-                targets.extend(self.engine.downstream_of(key, values))
+        targets, source_hit = self.engine.targets_for_change(change.kind, change.relpath)
         queued = self.engine.consider(targets) if targets else 0
         if queued or source_hit:
             self.emit({"kind": "changed", "path": change.relpath, "change": change.kind, "queued": queued})
