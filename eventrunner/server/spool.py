@@ -27,6 +27,7 @@ from typing import Any
 import xxhash
 
 from eventrunner.errors import IntakeFull, StorageError
+from eventrunner.store import fsync_dir
 
 log = logging.getLogger("eventrunner.spool")
 
@@ -110,14 +111,6 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sync_files(files: Iterable[Path], root: Path) -> None:
@@ -405,7 +398,7 @@ class Spool:
             _write_all(fd, blob)
             if self._fsync:
                 os.fsync(fd)
-                _fsync_path(self._dir)
+                fsync_dir(self._dir)
         except OSError:
             os.close(fd)
             raise
@@ -453,7 +446,7 @@ class Spool:
         self._write_json("dedup.json", {"ids": {mid: list(hit) for mid, hit in seen.items()}})
         self._write_json("checkpoint.json", {"journal": seq, "offset": offset})
         if self._fsync:
-            _fsync_path(self._dir)
+            fsync_dir(self._dir)
         for old, path in self._journals():
             if old < seq:  # never the open journal: its seq is at least `seq`
                 path.unlink()
