@@ -205,82 +205,6 @@ def _noop_fast_path(args: argparse.Namespace) -> bool:
     return True
 
 
-def _scan_dirs(ws: Any) -> list[str]:
-    """Every folder a source scan walks (their mtimes change when files come or go)."""
-    from . import fastpath
-
-    root = str(ws.settings.data_root)
-    paths: list[str] = []
-    for key, src in ws.graph.sources.items():
-        depth = (
-            key.count("/")
-            - src.pattern.static_prefix.count("/")
-            - (1 if src.pattern.static_prefix else 0)
-        )
-        paths += fastpath.scan_dirs(root, src.pattern.static_prefix, depth)
-    return paths
-
-
-def _dir_snapshot(ws: Any) -> dict[str, tuple[int, int, int]]:
-    """Stats of the scan folders taken before the scan: a file arriving during the run changes
-    one of them, and the stamp then refuses to vouch for a scan that did not see it."""
-    out = {}
-    for d in _scan_dirs(ws):
-        try:
-            st = os.stat(d)
-        except OSError:
-            continue
-        out[d] = (st.st_size, st.st_mtime_ns, st.st_ino)
-    return out
-
-
-def _write_stamp(
-    ws: Any,
-    index: Any,
-    skipped: int,
-    carried: list[str] | None = None,
-    dirs_before: dict[str, tuple[int, int, int]] | None = None,
-) -> None:
-    """Record what an evaluation depended on (fastpath.py). After an incremental run the index
-    has seen only the changed files, so the previous stamp's paths are `carried` forward."""
-    from . import fastpath
-
-    root = str(ws.settings.data_root)
-    defs = fastpath.definition_files(ws.root)
-    defs += sorted({str(ref.path) for ref in ws.handlers.values() if ref.stock})
-    defs.append(str(index.cache_path))  # rewritten by every change of state (invalidate, hold, ...)
-    paths = list(dirs_before) if dirs_before else _scan_dirs(ws)
-    # Cache entries of files gone since (an orphan's input) played no part in the evaluation.
-    paths += sorted(
-        ({os.path.join(root, rel) for rel in index.files} | set(carried or ())) - set(paths)
-    )
-    retries = [
-        f.next_retry
-        for fs in index.failures.values()
-        for f in fs.values()
-        if not f.dead and f.next_retry
-    ]
-    # Our own outputs are replaced by rename (a new inode): the racy window does not concern them.
-    replaced = [str(index.cache_path), *(os.path.join(root, rel) for rel in index.written)]
-    # What the evaluation hashed; a file whose stats moved since changed mid-run.
-    expected = {
-        os.path.join(root, rel): (f.size, f.mtime_ns, f.ino)
-        for rel, f in index.files.items()
-        if f.mtime_ns >= 0
-    }
-    expected.update(dirs_before or {})
-    fastpath.write(
-        ws.settings.state_dir,
-        defs,
-        paths,
-        index.source_paths(),
-        min(retries, default=float(2**62)),
-        {"skipped": skipped},
-        replaced=replaced,
-        expected=expected,
-    )
-
-
 def _print_run_report(args: argparse.Namespace, report: dict[str, Any]) -> None:
     if args.json:
         _print_json(report)
@@ -296,7 +220,7 @@ def _print_run_report(args: argparse.Namespace, report: dict[str, Any]) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from . import fastpath
+    from . import fastpath, stamping
     from .engine import Engine
     from .ops import resolve_stages
 
@@ -313,7 +237,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     ws = load_workspace(_workspace_path(args))
     store = Store(ws.settings.state_dir)
-    dirs_before = _dir_snapshot(ws) if _is_full_run(args) else {}
+    dirs_before = stamping.dir_snapshot(ws) if _is_full_run(args) else {}
     index = Index.load(ws, store)
     if not args.dry_run:
         fastpath.discard(ws.settings.state_dir)
@@ -339,7 +263,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             index.sweep_temps()  # we hold the lock; a full run may follow a crash: clear its debris
         if since is not None:
             # Incremental: only what the changed stats affect, exactly as serve handles events.
-            initial = _targets_since(engine, index, ws, *since)
+            initial = stamping.targets_since(engine, index, ws, *since)
         else:
             initial = [
                 (q, e, v)
@@ -378,9 +302,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     global _ABANDONED
     _ABANDONED += engine.abandoned
     if since is not None and look is not None and not outcome.failed and not skipped:
-        _write_stamp(ws, index, skipped, carried=look.paths, dirs_before=dirs_before)
+        stamping.write_stamp(ws, index, skipped, carried=look.paths, dirs_before=dirs_before)
     elif since is None and outcome.executed == 0 and _is_full_run(args):
-        _write_stamp(ws, index, skipped, dirs_before=dirs_before)
+        stamping.write_stamp(ws, index, skipped, dirs_before=dirs_before)
     report = {
         "executed": outcome.executed,
         "succeeded": outcome.succeeded,
@@ -392,25 +316,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     }
     _print_run_report(args, report)
     return 1 if outcome.failed else 0
-
-
-def _targets_since(
-    engine: Any, index: Any, ws: Any, changed: list[str], sources_then: set[str]
-) -> list[Any]:
-    """Targets affected by files whose stats changed and by source files added or removed."""
-    root = str(ws.settings.data_root)
-    now = index.source_paths()
-    events = [("deleted", rel) for rel in sources_then - now] + [
-        ("added", rel) for rel in now - sources_then
-    ]
-    for path in changed:
-        rel = os.path.relpath(path, root)
-        if not rel.startswith("..") and os.path.isfile(path):
-            events.append(("modified", rel))
-    targets: list[Any] = []
-    for kind, rel in events:
-        targets.extend(engine.targets_for_change(kind, rel)[0])
-    return targets
 
 
 async def _drain(engine: Any) -> Any:

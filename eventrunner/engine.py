@@ -95,15 +95,25 @@ class Engine:
         # past the GIL). forkserver: forking a process that runs threads and an event loop is unsafe.
         self._procs: ProcessPoolExecutor | None = None
         if self.ws.settings.runtime.executor == "process":
-            self._procs = ProcessPoolExecutor(max_workers=self.jobs, mp_context=multiprocessing.get_context("forkserver"))
+            self._procs = ProcessPoolExecutor(
+                max_workers=self.jobs, mp_context=multiprocessing.get_context("forkserver")
+            )
         self.committer = Committer(store, index.root)
         self._funcs: dict[str, Callable[..., Any]] = {}
-        loader.forget(self.ws.settings.handlers_dir)  # helpers edited since the last run import afresh
-        self.abandoned = 0  # sync handlers still running after their timeout (threads can't be killed)
+        loader.forget(
+            self.ws.settings.handlers_dir
+        )  # helpers edited since the last run import afresh
+        self.abandoned = (
+            0  # sync handlers still running after their timeout (threads can't be killed)
+        )
         self._dispatcher: asyncio.Task[None] | None = None
         self._commits: set[asyncio.Task[None]] = set()
-        self.max_inflight_commits = 2048  # backpressure: finished runs waiting for their group commit
+        self.max_inflight_commits = (
+            2048  # backpressure: finished runs waiting for their group commit
+        )
         self._accepting = True
+        self.blocked_seen = 0  # failed, dead or held states met by consider()
+        self.stopped_clean = False  # stop() found nothing queued and cancelled nothing
 
     # -- events ----------------------------------------------------------------------------
     def emit(self, kind: str, **data: Any) -> None:
@@ -133,6 +143,8 @@ class Engine:
             if verdict.state == "stale":
                 self._push(q, eid, values)
                 n += 1
+            elif verdict.state in ("failed", "dead", "held"):
+                self.blocked_seen += 1
         return n
 
     def all_targets(self) -> list[Target]:
@@ -243,7 +255,12 @@ class Engine:
             await self._idle.wait()
 
     def _is_idle(self) -> bool:
-        return not self._heap and not self._tasks and not self._commits and not any(self._deferred.values())
+        return (
+            not self._heap
+            and not self._tasks
+            and not self._commits
+            and not any(self._deferred.values())
+        )
 
     async def _dispatch_loop(self) -> None:
         while True:
@@ -257,12 +274,14 @@ class Engine:
     async def stop(self, grace: float | None = None) -> None:
         """Stop starting work; let running handlers finish (within `grace` s), commit, stop. Idempotent."""
         self._accepting = False
+        pending: set[asyncio.Task[None]] = set()
         if self._tasks:
             _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
+        self.stopped_clean = not pending and not self._heap and not any(self._deferred.values())
         if self._commits:
             await asyncio.wait(set(self._commits))
         if self._dispatcher is not None:
@@ -277,7 +296,11 @@ class Engine:
 
     def _dispatch(self) -> None:
         """Start the best ready jobs while global and per-stage slots are free."""
-        while self._heap and len(self._tasks) < self.jobs and len(self._commits) < self.max_inflight_commits:
+        while (
+            self._heap
+            and len(self._tasks) < self.jobs
+            and len(self._commits) < self.max_inflight_commits
+        ):
             item = heapq.heappop(self._heap)
             q, eid = item[3], item[4]
             limit = self.ws.graph.stages[q].concurrency
@@ -340,11 +363,25 @@ class Engine:
             else:
                 if self._procs is not None:
                     fut = loop.run_in_executor(
-                        self._procs, call_by_ref, stage, self.ws.handlers[q], gathered.files, values, attempt, root
+                        self._procs,
+                        call_by_ref,
+                        stage,
+                        self.ws.handlers[q],
+                        gathered.files,
+                        values,
+                        attempt,
+                        root,
                     )
                 else:
                     fut = loop.run_in_executor(
-                        self._pool, prepare_and_call, stage, func, gathered.files, values, attempt, root
+                        self._pool,
+                        prepare_and_call,
+                        stage,
+                        func,
+                        gathered.files,
+                        values,
+                        attempt,
+                        root,
                     )
                 written = await asyncio.wait_for(fut, stage.timeout)
         except TimeoutError as exc:
@@ -380,7 +417,9 @@ class Engine:
                 dropped=dropped,
             )
             # The slot is freed now; the commit joins the next group (one sync for many runs).
-            task = asyncio.ensure_future(self._commit_success(q, eid, manifest, written, prev is not None))
+            task = asyncio.ensure_future(
+                self._commit_success(q, eid, manifest, written, prev is not None)
+            )
             self._commits.add(task)
             task.add_done_callback(self._commit_done)
             committing = True
@@ -389,14 +428,20 @@ class Engine:
                 self.index.running.discard((q, eid))
             self._release(q)
 
-    async def _commit_success(self, q: str, eid: str, manifest: Manifest, written: Written, had_failure: bool) -> None:
+    async def _commit_success(
+        self, q: str, eid: str, manifest: Manifest, written: Written, had_failure: bool
+    ) -> None:
         try:
-            await self.committer.submit(Commit(manifest=manifest, temps=written.temps, clear_failure=had_failure))
+            await self.committer.submit(
+                Commit(manifest=manifest, temps=written.temps, clear_failure=had_failure)
+            )
         except Exception as exc:
             written.discard()
             self.index.running.discard((q, eid))
             self.outcome.failed += 1
-            self.outcome.failures.append({"stage": q, "entity": eid, "error": f"commit failed: {exc}"})
+            self.outcome.failures.append(
+                {"stage": q, "entity": eid, "error": f"commit failed: {exc}"}
+            )
             self.emit("failed", stage=q, entity=eid, error=f"commit failed: {exc}")
             return
         for relpath, digest in written.hashes.items():

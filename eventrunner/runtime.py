@@ -15,11 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import loader, ops
+from . import fastpath, loader, ops, stamping
 from .config import Settings
 from .engine import Engine, Target
 from .errors import ConfigError
 from .index import Index
+from .patterns import scan
 from .store import Store
 from .watch import FileChange, Rescan, watch_changes
 from .workspace import Workspace, load_workspace
@@ -32,7 +33,9 @@ EventSink = Callable[[dict[str, Any]], None]
 class Runtime:
     """Owns a workspace while serving. Use as `async with Runtime(ws) as rt: ...`."""
 
-    def __init__(self, ws: Workspace, *, watch: bool = True, stop_event: asyncio.Event | None = None) -> None:
+    def __init__(
+        self, ws: Workspace, *, watch: bool = True, stop_event: asyncio.Event | None = None
+    ) -> None:
         self.ws = ws
         self.settings: Settings = ws.settings
         self.store = Store(ws.settings.state_dir)
@@ -48,6 +51,9 @@ class Runtime:
         self._scheduler: Any = None
         self._locked = False
         self._reload_lock = asyncio.Lock()
+        self.start_mode = ""  # "incremental" (from a stamp) or "full"
+        self._stamp_base: list[str] = []
+        self._stamp_ok = False  # cleared by anything a stamp could not vouch for
         self._engine_started = asyncio.Event()  # the watch loop holds its batches until then
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -62,6 +68,8 @@ class Runtime:
 
     async def start(self) -> None:
         """Start watching, load the index, start the engine, reconcile, schedule; then ready."""
+        # What changed since a stamp (run's or a previous serve's): stats before anything moves.
+        look = await asyncio.to_thread(fastpath.look, self.settings.state_dir)
         if self.watch_enabled:
             # Live before Index.load scans the sources, so a change in between is not missed
             # (and the start-up reconcile need not scan a second time).
@@ -75,7 +83,18 @@ class Runtime:
         self.engine = self._new_engine(self.index)
         await self.engine.start()
         self._engine_started.set()
-        caught_up = self.reconcile(initial=True)
+        fastpath.discard(self.settings.state_dir)  # state may change from here on
+        if look is not None and look.incremental:
+            # Everything was fresh at the stamp: follow only what changed while we were down.
+            targets = stamping.targets_since(
+                self.engine, self.index, self.ws, look.changed, look.sources
+            )
+            caught_up = self.engine.consider(targets, fresh_pass=True)
+            self.start_mode, self._stamp_base = "incremental", look.paths
+        else:
+            caught_up = self.reconcile(initial=True)
+            self.start_mode, self._stamp_base = "full", []
+        self._stamp_ok = self.engine.blocked_seen == 0
         await self._start_scheduler()
         self._tasks.append(asyncio.create_task(self._persist_loop()))
         self.ready.set()
@@ -83,8 +102,33 @@ class Runtime:
         # The start-up reconcile's own count: queue_depth here would miss what already started.
         log.info("ready: %d stages, %d queued", len(self.ws.graph.stages), caught_up)
 
+    def _write_stamp(self) -> bool:
+        """At a clean stop, vouch for the state when it is provably accounted for: nothing failed,
+        dead or held, and a fresh scan of the sources agrees with the index (no file arrived
+        that the watcher had not delivered yet)."""
+        idx = self.index
+        assert idx is not None
+        if any(idx.failures.values()) or idx.control.holds:
+            return False
+        dirs_before = stamping.dir_snapshot(self.ws)
+        on_disk = {
+            rel
+            for key, src in self.ws.graph.sources.items()
+            for rel, _ in scan(src.pattern, self.settings.data_root)
+        }
+        if on_disk != idx.source_paths():
+            return False
+        stamping.write_stamp(self.ws, idx, 0, carried=self._stamp_base, dirs_before=dirs_before)
+        return (self.settings.state_dir / fastpath.STAMP).exists()
+
     def _new_engine(self, index: Index) -> Engine:
-        return Engine(index, self.store, jobs=self.settings.runtime.concurrency, listener=self.emit, retry_in_run=True)
+        return Engine(
+            index,
+            self.store,
+            jobs=self.settings.runtime.concurrency,
+            listener=self.emit,
+            retry_in_run=True,
+        )
 
     async def _start_scheduler(self) -> None:
         from .schedule import Scheduler
@@ -117,6 +161,17 @@ class Runtime:
             await self.engine.stop(self.settings.runtime.shutdown_grace)
         if self.index is not None and (self.index.changed or self.index.dirty_path.exists()):
             await asyncio.to_thread(self.index.save)
+        if (
+            self._stamp_ok
+            and self.engine is not None
+            and self.engine.stopped_clean
+            and self.index is not None
+        ):
+            wrote = await asyncio.to_thread(self._write_stamp)
+            log.info(
+                "stamp %s",
+                "written: the next start or run needs only stats" if wrote else "not written",
+            )
         if self._locked:
             self.store.release_lock()
             self._locked = False
@@ -137,7 +192,9 @@ class Runtime:
         targets, source_hit = self.engine.targets_for_change(change.kind, change.relpath)
         queued = self.engine.consider(targets) if targets else 0
         if queued or source_hit:
-            self.emit({"kind": "changed", "path": change.relpath, "change": change.kind, "queued": queued})
+            self.emit(
+                {"kind": "changed", "path": change.relpath, "change": change.kind, "queued": queued}
+            )
         return queued
 
     def reconcile(self, initial: bool = False) -> int:
@@ -196,7 +253,12 @@ class Runtime:
         """Save the index cache now and then, so a restart after a clean stop reads one file."""
         while True:
             await asyncio.sleep(30)
-            if self.index is not None and self.index.changed and self.engine is not None and self.engine._is_idle():
+            if (
+                self.index is not None
+                and self.index.changed
+                and self.engine is not None
+                and self.engine._is_idle()
+            ):
                 await asyncio.to_thread(self.index.save)
 
     # -- watching ----------------------------------------------------------------------------------
@@ -204,7 +266,9 @@ class Runtime:
         rt = self.settings.runtime
         root = self.settings.data_root
         workspace = self.settings.workspace
-        async for batch in watch_changes(root, stop_event=self.stop_event, debounce=rt.debounce, settle=rt.settle, ready=watching):
+        async for batch in watch_changes(
+            root, stop_event=self.stop_event, debounce=rt.debounce, settle=rt.settle, ready=watching
+        ):
             await self._engine_started.wait()
             if isinstance(batch, Rescan):
                 log.warning("watcher lost events (%s): reconciling", batch.reason)
@@ -224,6 +288,7 @@ class Runtime:
     async def reload(self) -> bool:
         """Re-load pipelines and handlers; keep the running version when the edit is invalid."""
         async with self._reload_lock:
+            self._stamp_ok = False  # definitions changed under us: the next start evaluates fully
             try:
                 loader.forget(self.settings.handlers_dir)
                 from . import codeid
@@ -235,7 +300,12 @@ class Runtime:
                 log.error("reload refused, keeping the running version:\n%s", exc)
                 self.emit({"kind": "reload_failed", "problems": [str(p) for p in exc.problems]})
                 return False
-            changed = sorted(q for q in new_ws.code if self.ws.code.get(q) != new_ws.code[q] or self.ws.params.get(q) != new_ws.params.get(q))
+            changed = sorted(
+                q
+                for q in new_ws.code
+                if self.ws.code.get(q) != new_ws.code[q]
+                or self.ws.params.get(q) != new_ws.params.get(q)
+            )
             assert self.engine is not None and self.index is not None
             await self.engine.stop(self.settings.runtime.shutdown_grace)
             await asyncio.to_thread(self.index.save)
@@ -258,11 +328,14 @@ class Runtime:
     def manage(self, action: str, body: dict[str, Any]) -> Any:
         """invalidate / retry / hold / release, then queue what became runnable."""
         assert self.engine is not None and self.index is not None
+        self._stamp_ok = False  # holds, invalidations, retries: let the next start evaluate fully
         idx, store = self.index, self.store
         stage: str | None = body.get("stage")
         eids: list[str] | None = body.get("entities") or None
         if action == "invalidate":
-            result = ops.invalidate(idx, store, _required(stage), eids, bool(body.get("downstream")))
+            result = ops.invalidate(
+                idx, store, _required(stage), eids, bool(body.get("downstream"))
+            )
             stages = result["stages"]
         elif action == "retry":
             result = ops.retry(idx, store, stage, eids)
@@ -272,7 +345,12 @@ class Runtime:
             stages = [result["stage"]]
         else:
             raise ValueError(action)
-        targets = [(q, e, v) for q in stages for e, v in idx.stage_entities(q) if not eids or e in eids or q != stages[0]]
+        targets = [
+            (q, e, v)
+            for q in stages
+            for e, v in idx.stage_entities(q)
+            if not eids or e in eids or q != stages[0]
+        ]
         self.engine.consider(targets)
         return result
 

@@ -1,0 +1,139 @@
+"""serve and the stamp: start from what changed while down; vouch at a clean stop only when provable."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+from conftest import ECHO_PIPELINE, LOG_HELPER, MakeWorkspace, Workspace
+
+from eventrunner.runtime import Runtime
+from eventrunner.workspace import load_workspace
+
+HANDLERS = (
+    LOG_HELPER
+    + """
+
+def shout(ctx, text: str) -> str:
+    _log("shout", ctx.entity_id)
+    return text.strip().upper() + ctx.params["suffix"] + "\\n"
+
+
+def count(ctx, text: str) -> dict:
+    _log("count", ctx.entity_id)
+    return {"words": len(text.split())}
+
+
+def summary(ctx, counts: dict[str, dict]) -> str:
+    _log("summary", ctx.entity_id)
+    return "".join(f"{k}={v['words']}\\n" for k, v in sorted(counts.items()))
+"""
+)
+
+
+def age(ws: Workspace) -> None:
+    """Move recently written files' mtimes 5 s into the past (outside the racy window)."""
+    now = time.time()
+    for dirpath, dirnames, filenames in os.walk(ws.root):
+        dirnames[:] = [d for d in dirnames if d not in (".eventrunner", "__pycache__")]
+        for name in [*filenames, "."]:
+            path = Path(dirpath) / name
+            if path.stat().st_mtime > now - 1.0:
+                os.utime(path, (now - 5, now - 5))
+
+
+def settled(make_workspace: MakeWorkspace) -> Workspace:
+    ws = make_workspace(
+        {
+            "eventrunner.toml": '[runtime]\ndebounce = "20ms"\nsettle = "20ms"\nshutdown_grace = "5s"\n',
+            "pipelines/echo.toml": ECHO_PIPELINE,
+            "handlers/echo.py": HANDLERS,
+            "inbox/hello.txt": "hello world\n",
+            "inbox/other.txt": "one two three\n",
+        }
+    )
+    ws.run()
+    age(ws)
+    assert ws.run()["executed"] == 0  # a full no-change run writes the stamp
+    ws.runs()
+    return ws
+
+
+async def serve_until_idle(ws: Workspace, *, watch: bool = False) -> Runtime:
+    """Start a runtime, wait (with a deadline) until it has nothing queued or running, stop it."""
+    async with Runtime(load_workspace(ws.root), watch=watch) as rt:
+        await rt.start()
+        deadline = time.monotonic() + 20
+        while not (
+            rt.engine is not None
+            and rt.engine._is_idle()
+            and rt.index is not None
+            and not rt.index.running
+        ):
+            assert time.monotonic() < deadline, "runtime did not become idle"
+            await asyncio.sleep(0.01)
+    return rt
+
+
+def test_serve_starts_from_the_stamp_and_leaves_one_at_a_clean_stop(
+    make_workspace: MakeWorkspace,
+) -> None:
+    # Given a settled workspace and a change made while nothing was running
+    ws = settled(make_workspace)
+    ws.write("inbox/hello.txt", "hello again world\n")
+    age(ws)
+
+    # When serve starts and stops
+    rt = asyncio.run(serve_until_idle(ws))
+
+    # Then it started from the stamp, caught up exactly the changed entity, and left a stamp
+    assert rt.start_mode == "incremental"
+    assert sorted(ws.runs()) == ["count hello", "shout hello", "summary _"]
+    assert ws.read("shouted/hello.txt") == "HELLO AGAIN WORLD!\n"
+    assert (ws.root / ".eventrunner" / "stamp.bin").exists()
+    report = ws.run()
+    assert report["mode"] == "stat"
+    assert report["executed"] == 0
+
+
+def test_a_file_the_watcher_never_delivered_prevents_the_stamp(
+    make_workspace: MakeWorkspace,
+) -> None:
+    # Given a settled workspace served without a watcher, and a file dropped during the session
+    ws = settled(make_workspace)
+
+    async def session() -> None:
+        async with Runtime(load_workspace(ws.root), watch=False) as rt:
+            await rt.start()
+            ws.write("inbox/late.txt", "arrived late\n")
+            age(ws)
+
+    asyncio.run(session())
+    # Then no stamp vouches for a state that never saw it, and the next run processes it
+    assert not (ws.root / ".eventrunner" / "stamp.bin").exists()
+    report = ws.run()
+    assert report["mode"] != "stat"
+    assert "shout late" in ws.runs()
+
+
+def test_a_failure_during_the_session_prevents_the_stamp(
+    make_workspace: MakeWorkspace,
+) -> None:
+    ws = settled(make_workspace)
+    ws.write("inbox/bad.txt", "")
+    age(ws)
+    broken = ws.path("handlers/echo.py")
+    text = broken.read_text().replace(
+        'def count(ctx, text: str) -> dict:\n    _log("count", ctx.entity_id)\n',
+        'def count(ctx, text: str) -> dict:\n    _log("count", ctx.entity_id)\n'
+        '    if not text.strip("!\\n"):\n        raise ValueError("empty")\n',
+    )
+    broken.write_text(text)
+    age(ws)
+
+    rt = asyncio.run(serve_until_idle(ws))
+
+    assert rt.start_mode == "full"  # the handler changed: definitions differ from the stamp
+    assert not (ws.root / ".eventrunner" / "stamp.bin").exists()
