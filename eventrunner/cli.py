@@ -259,7 +259,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             e == entity for q, e, _ in engine.all_targets() if q in selected
         ):
             raise UnknownName(f"no selected stage has entity {entity!r}")
-        if since is None and not args.dry_run:
+        if since is None and not args.dry_run and (store.crashed_before or index.recovered):
             index.sweep_temps()  # we hold the lock; a full run may follow a crash: clear its debris
         if since is not None:
             # Incremental: only what the changed stats affect, exactly as serve handles events.

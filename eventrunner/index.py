@@ -121,7 +121,8 @@ class Index:
         self.running: set[tuple[str, str]] = set()
         self._dirty_marked = False
         self.changed = False  # anything the cache should learn (saved only then)
-        self.written: set[str] = set()  # outputs this process wrote (trusted: see remember_file)
+        self.written: set[str] = set()
+        self.recovered = False  # loaded by rebuilding from manifests (see load)  # outputs this process wrote (trusted: see remember_file)
 
     # -- persistence --------------------------------------------------------------------
     @property
@@ -137,6 +138,7 @@ class Index:
         """From the cache when it is clean, else rebuilt from manifests and failure records."""
         idx = cls(ws, store)
         if not idx._load_cache():
+            idx.recovered = True  # no clean cache: a crash (or first use); manifests are the truth
             idx._rebuild()
         idx.scan_sources()
         idx.derive()
@@ -243,7 +245,12 @@ class Index:
         """Delete `.er-tmp-*` debris a crash left in output and source folders (call with the lock held)."""
         from .store import TMP_PREFIX
 
-        dirs = {os.path.dirname(os.path.join(self.root, rel)) for ms in self.manifests.values() for m in ms.values() for rel in m.outputs}
+        dirs = {
+            os.path.dirname(os.path.join(self.root, rel))
+            for ms in self.manifests.values()
+            for m in ms.values()
+            for rel in m.outputs
+        }
         for inst in self.instances.values():
             dirs.add(os.path.join(self.root, inst.pattern.static_prefix))
         removed = 0
@@ -277,7 +284,11 @@ class Index:
 
     def source_paths(self) -> set[str]:
         """Relpaths of every source file known now."""
-        return {self.instances[key].path(e) for key in self.ws.graph.sources for e in self.instances[key].items}
+        return {
+            self.instances[key].path(e)
+            for key in self.ws.graph.sources
+            for e in self.instances[key].items
+        }
 
     def derive(self) -> None:
         """Instances of produced patterns, from their producers' entities, upstream first."""

@@ -68,19 +68,23 @@ class Runtime:
 
     async def start(self) -> None:
         """Start watching, load the index, start the engine, reconcile, schedule; then ready."""
-        # What changed since a stamp (run's or a previous serve's): stats before anything moves.
-        look = await asyncio.to_thread(fastpath.look, self.settings.state_dir)
         if self.watch_enabled:
             # Live before Index.load scans the sources, so a change in between is not missed
             # (and the start-up reconcile need not scan a second time).
             watching = asyncio.Event()
             self._tasks.append(asyncio.create_task(self._watch_loop(watching)))
             await asyncio.wait_for(watching.wait(), 30)
-        self.index = await asyncio.to_thread(Index.load, self.ws, self.store)
-        swept = await asyncio.to_thread(self.index.sweep_temps)
-        if swept:
-            log.info("removed %d temp file(s) left by an earlier crash", swept)
-        self.engine = self._new_engine(self.index)
+        # What changed since a stamp (run's or a previous serve's), compared once the watcher is
+        # live so nothing slips between the two; the stats overlap with loading the index.
+        look, index = await asyncio.gather(
+            asyncio.to_thread(fastpath.look, self.settings.state_dir),
+            asyncio.to_thread(Index.load, self.ws, self.store),
+        )
+        self.index = index
+        if self.store.crashed_before or index.recovered:
+            swept = await asyncio.to_thread(index.sweep_temps)
+            log.info("previous holder did not stop cleanly; removed %d temp file(s)", swept)
+        self.engine = self._new_engine(index)
         await self.engine.start()
         self._engine_started.set()
         fastpath.discard(self.settings.state_dir)  # state may change from here on

@@ -116,8 +116,23 @@ class Manifest:
 
     def __reduce__(self) -> tuple[type[Manifest], tuple[Any, ...]]:
         # Positional fields pickle faster than a __dict__ per manifest (the index cache holds all).
-        return (Manifest, (self.stage, self.entity, self.values, self.code, self.params, self.inputs,
-                           self.outputs, self.started, self.finished_ns, self.duration_s, self.attempt, self.dropped))
+        return (
+            Manifest,
+            (
+                self.stage,
+                self.entity,
+                self.values,
+                self.code,
+                self.params,
+                self.inputs,
+                self.outputs,
+                self.started,
+                self.finished_ns,
+                self.duration_s,
+                self.attempt,
+                self.dropped,
+            ),
+        )
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
@@ -192,6 +207,7 @@ class Store:
         self.control_path = state_dir / "control.json"
         self.lock_path = state_dir / "lock"
         self._lock_fd: int | None = None
+        self.crashed_before = False  # set by acquire_lock
 
     def ensure(self) -> None:
         """Create the folder layout."""
@@ -255,6 +271,9 @@ class Store:
             raise LockHeld(
                 f"workspace is locked by {self.lock_holder() or 'another process'}"
             ) from None
+        # A holder that exits cleanly empties the file; content left means it crashed (or was
+        # killed), so its temp files may litter the workspace.
+        self.crashed_before = bool(os.pread(fd, 1, 0))
         info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),

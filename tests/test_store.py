@@ -210,3 +210,48 @@ def test_lock_of_a_killed_process_does_not_block_the_next_run(
 
     # Then the next run takes the lock
     assert echo.run()["executed"] == 5
+
+
+def test_lock_tells_whether_the_previous_holder_stopped_cleanly(tmp_path: Path) -> None:
+    # Given a holder that releases cleanly
+    store = Store(tmp_path / ".eventrunner")
+    store.acquire_lock("run")
+    store.release_lock()
+
+    # Then the next holder sees a clean stop
+    nxt = Store(tmp_path / ".eventrunner")
+    nxt.acquire_lock("run")
+    assert nxt.crashed_before is False
+    nxt.release_lock()
+
+    # When a holder is killed while holding the lock
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from eventrunner.store import Store\n"
+        "s = Store(Path(sys.argv[1]))\n"
+        "s.acquire_lock('serve')\n"
+        "print('held', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / ".eventrunner")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+    # Then the next holder knows it crashed
+    after = Store(tmp_path / ".eventrunner")
+    after.acquire_lock("run")
+    assert after.crashed_before is True
+    after.release_lock()
