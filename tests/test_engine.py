@@ -5,7 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import ECHO_HANDLERS, ECHO_PIPELINE, LOG_HELPER, MakeWorkspace, Workspace
+from conftest import (
+    ECHO_HANDLERS,
+    ECHO_PIPELINE,
+    LOG_HELPER,
+    LOGGED_ECHO_HANDLERS,
+    MakeWorkspace,
+    Workspace,
+)
 
 SHAPES_PIPELINE = """\
 name = "p"
@@ -591,27 +598,6 @@ def test_invalidate_unknown_entity_exits_2(echo: Workspace) -> None:
     res = echo.cli("invalidate", "shout", "nope")
     assert res.code == 2
     assert "nope" in res.err
-
-
-LOGGED_ECHO_HANDLERS = (
-    LOG_HELPER
-    + """
-
-def shout(ctx, text: str) -> str:
-    _log("shout", ctx.entity_id)
-    return text.strip().upper() + ctx.params["suffix"] + "\\n"
-
-
-def count(ctx, text: str) -> dict:
-    _log("count", ctx.entity_id)
-    return {"words": len(text.split())}
-
-
-def summary(ctx, counts: dict[str, dict]) -> str:
-    _log("summary", ctx.entity_id)
-    return "".join(f"{k}={v['words']}\\n" for k, v in sorted(counts.items()))
-"""
-)
 
 
 def _logged_echo(make_workspace: MakeWorkspace) -> Workspace:

@@ -2,32 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import time
-from pathlib import Path
-
 import pytest
-from conftest import ECHO_PIPELINE, LOG_HELPER, MakeWorkspace, Workspace
-
-HANDLERS = (
-    LOG_HELPER
-    + """
-
-def shout(ctx, text: str) -> str:
-    _log("shout", ctx.entity_id)
-    return text.strip().upper() + ctx.params["suffix"] + "\\n"
-
-
-def count(ctx, text: str) -> dict:
-    _log("count", ctx.entity_id)
-    return {"words": len(text.split())}
-
-
-def summary(ctx, counts: dict[str, dict]) -> str:
-    _log("summary", ctx.entity_id)
-    return "".join(f"{k}={v['words']}\\n" for k, v in sorted(counts.items()))
-"""
-)
+from conftest import ECHO_PIPELINE, LOG_HELPER, LOGGED_ECHO_HANDLERS, MakeWorkspace, Workspace, age
 
 
 @pytest.fixture
@@ -36,23 +12,11 @@ def echo(make_workspace: MakeWorkspace) -> Workspace:
     return make_workspace(
         {
             "pipelines/echo.toml": ECHO_PIPELINE,
-            "handlers/echo.py": HANDLERS,
+            "handlers/echo.py": LOGGED_ECHO_HANDLERS,
             "inbox/hello.txt": "hello world\n",
             "inbox/other.txt": "one two three\n",
         }
     )
-
-
-def age(ws: Workspace, seconds: float = 5.0) -> None:
-    """Move recently written files' mtimes into the past (outside the racy window), as if written
-    a while ago; files already older keep their stats."""
-    now = time.time()
-    for dirpath, dirnames, filenames in os.walk(ws.root):
-        dirnames[:] = [d for d in dirnames if d not in (".eventrunner", "__pycache__")]
-        for name in [*filenames, "."]:
-            path = Path(dirpath) / name
-            if path.stat().st_mtime > now - 1.0:
-                os.utime(path, (now - seconds, now - seconds))
 
 
 def settled(ws: Workspace) -> dict:

@@ -3,45 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from pathlib import Path
 
-from conftest import ECHO_PIPELINE, LOG_HELPER, MakeWorkspace, Workspace
+from conftest import ECHO_PIPELINE, LOGGED_ECHO_HANDLERS, MakeWorkspace, Workspace, age
 
 from eventrunner.runtime import Runtime
 from eventrunner.workspace import load_workspace
-
-HANDLERS = (
-    LOG_HELPER
-    + """
-
-def shout(ctx, text: str) -> str:
-    _log("shout", ctx.entity_id)
-    return text.strip().upper() + ctx.params["suffix"] + "\\n"
-
-
-def count(ctx, text: str) -> dict:
-    _log("count", ctx.entity_id)
-    return {"words": len(text.split())}
-
-
-def summary(ctx, counts: dict[str, dict]) -> str:
-    _log("summary", ctx.entity_id)
-    return "".join(f"{k}={v['words']}\\n" for k, v in sorted(counts.items()))
-"""
-)
-
-
-def age(ws: Workspace) -> None:
-    """Move recently written files' mtimes 5 s into the past (outside the racy window)."""
-    now = time.time()
-    for dirpath, dirnames, filenames in os.walk(ws.root):
-        dirnames[:] = [d for d in dirnames if d not in (".eventrunner", "__pycache__")]
-        for name in [*filenames, "."]:
-            path = Path(dirpath) / name
-            if path.stat().st_mtime > now - 1.0:
-                os.utime(path, (now - 5, now - 5))
 
 
 def settled(make_workspace: MakeWorkspace) -> Workspace:
@@ -49,7 +16,7 @@ def settled(make_workspace: MakeWorkspace) -> Workspace:
         {
             "eventrunner.toml": '[runtime]\ndebounce = "20ms"\nsettle = "20ms"\nshutdown_grace = "5s"\n',
             "pipelines/echo.toml": ECHO_PIPELINE,
-            "handlers/echo.py": HANDLERS,
+            "handlers/echo.py": LOGGED_ECHO_HANDLERS,
             "inbox/hello.txt": "hello world\n",
             "inbox/other.txt": "one two three\n",
         }
