@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-import time
 from pathlib import Path
 
 import pytest
@@ -579,20 +578,17 @@ def test_scan_and_match_agree_on_every_path(tmp_path: Path) -> None:
     assert all(p.match(f"in/{name}") is None for name in [".b-2.md", "c-3.md~", "d-d.md"])
 
 
-def test_scan_of_ten_thousand_files_in_one_folder_is_fast(tmp_path: Path) -> None:
+def test_scan_finds_ten_thousand_files_in_one_folder_in_order(tmp_path: Path) -> None:
+    # Speed is measured by the benchmarks, not asserted here.
     folder = tmp_path / "logs"
     folder.mkdir()
     for i in range(10_000):
         (folder / f"2026-{i // 400 + 1:02d}-{i % 400:04d}.md").touch()
     p = parse_pattern(r"logs/{date:\d{4}-\d{2}-\d{4}}.md")
-    best = float("inf")
-    for _ in range(3):
-        started = time.perf_counter()
-        found = list(scan(p, tmp_path))
-        best = min(best, time.perf_counter() - started)
+    found = list(scan(p, tmp_path))
     assert len(found) == 10_000
     assert found[0][0] == "logs/2026-01-0000.md"
-    assert best < 0.1, f"scan took {best * 1000:.0f} ms"
+    assert found[-1] == ("logs/2026-25-0399.md", {"date": "2026-25-0399"})
 
 
 def test_scan_accepts_a_root_given_as_a_relative_path(

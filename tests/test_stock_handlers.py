@@ -7,7 +7,6 @@ import json
 import os
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,9 +124,7 @@ def test_shell_timeout_kills_the_whole_process_group(make_workspace: MakeWorkspa
             "in/one.txt": "x\n",
         }
     )
-    t0 = time.monotonic()
     ws.run(expect=1)
-    assert time.monotonic() - t0 < 10
     state, failure = _failure(ws, "one", "sh.slow")
     assert state == "failed"
     assert failure["error"].startswith("HandlerTimeout: shell: command timed out after 0.3s")
