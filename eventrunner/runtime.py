@@ -48,6 +48,8 @@ class Runtime:
         self.started_at = time.time()
         self.last_reload_error: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._watchers: list[asyncio.Task[None]] = []
+        self._watched: tuple[list[Path], list[Path]] = ([], [])
         self._scheduler: Any = None
         self._locked = False
         self._reload_lock = asyncio.Lock()
@@ -71,9 +73,7 @@ class Runtime:
         if self.watch_enabled:
             # Live before Index.load scans the sources, so a change in between is not missed
             # (and the start-up reconcile need not scan a second time).
-            watching = asyncio.Event()
-            self._tasks.append(asyncio.create_task(self._watch_loop(watching)))
-            await asyncio.wait_for(watching.wait(), 30)
+            await self._start_watchers()
         # What changed since a stamp (run's or a previous serve's), compared once the watcher is
         # live so nothing slips between the two; the stats overlap with loading the index.
         look, index = await asyncio.gather(
@@ -155,6 +155,7 @@ class Runtime:
         if self._scheduler is not None:
             await self._scheduler.close()
             self._scheduler = None
+        await self._stop_watchers()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -266,12 +267,60 @@ class Runtime:
                 await asyncio.to_thread(self.index.save)
 
     # -- watching ----------------------------------------------------------------------------------
-    async def _watch_loop(self, watching: asyncio.Event) -> None:
+    def _watch_targets(self) -> tuple[list[Path], list[Path]]:
+        """(data paths, code paths) to watch. Data: the source folders only — outputs are ours,
+        and watching them would cost a walk of every output at start and an echo per write (an
+        output edited by hand is caught by the periodic reconcile and by `run`). Code: handlers/,
+        pipelines/ and eventrunner.toml, unless the data watch already covers the workspace."""
+        data, ws = self.settings.data_root, self.settings.workspace
+        prefixes = sorted({src.pattern.static_prefix for src in self.ws.graph.sources.values()})
+        tops = [p for p in prefixes if not any(p.startswith(q + "/") for q in prefixes if q != p)]
+        if not tops or "" in tops or not all((data / p).is_dir() for p in tops):
+            data_paths = [data]  # a source at the root, or a drop folder not created yet
+        else:
+            data_paths = [data / p for p in tops]
+        if data in data_paths and ws == data:
+            return data_paths, []
+        code = [
+            p for p in (ws / "handlers", ws / "pipelines", ws / "eventrunner.toml") if p.exists()
+        ]
+        return data_paths, code
+
+    async def _start_watchers(self) -> None:
+        """Start the data (and code) watchers and wait until they are live."""
+        data_paths, code_paths = self._watch_targets()
+        self._watched = (data_paths, code_paths)
+        live = []
+        for root, paths in (
+            (self.settings.data_root, data_paths),
+            (self.settings.workspace, code_paths),
+        ):
+            if paths:
+                ready = asyncio.Event()
+                self._watchers.append(asyncio.create_task(self._watch_loop(root, paths, ready)))
+                live.append(ready)
+        for ready in live:
+            await asyncio.wait_for(ready.wait(), 30)
+
+    async def _stop_watchers(self) -> None:
+        for task in self._watchers:
+            task.cancel()
+        for task in self._watchers:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._watchers.clear()
+
+    async def _watch_loop(self, root: Path, paths: list[Path], watching: asyncio.Event) -> None:
         rt = self.settings.runtime
-        root = self.settings.data_root
         workspace = self.settings.workspace
+        code_only = root == workspace and root != self.settings.data_root
         async for batch in watch_changes(
-            root, stop_event=self.stop_event, debounce=rt.debounce, settle=rt.settle, ready=watching
+            root,
+            stop_event=self.stop_event,
+            debounce=rt.debounce,
+            settle=rt.settle,
+            ready=watching,
+            paths=paths,
         ):
             await self._engine_started.wait()
             if isinstance(batch, Rescan):
@@ -284,7 +333,8 @@ class Runtime:
                 if _is_code(abs_path, workspace):
                     code_changed = True
                     continue
-                self.on_change(change)
+                if not code_only:
+                    self.on_change(change)
             if code_changed:
                 await self.reload()
         # watch_changes returns when stop_event is set.
@@ -326,7 +376,16 @@ class Runtime:
             self.emit({"kind": "reloaded", "changed_stages": changed})
             log.info("reloaded; stages with new code or params: %s", ", ".join(changed) or "none")
             self.engine.consider(self.engine.all_targets(), fresh_pass=True)
+            if self.watch_enabled and self._watch_targets() != self._watched:
+                # New source folders: re-aim the watchers (from a task of its own, since this
+                # reload may be running inside one of them).
+                self._tasks.append(asyncio.create_task(self._restart_watchers()))
             return True
+
+    async def _restart_watchers(self) -> None:
+        await self._stop_watchers()
+        await self._start_watchers()
+        self.reconcile()  # whatever changed while no watcher was live
 
     # -- management (the API calls these; the CLI reaches them through the API) ---------------------
     def manage(self, action: str, body: dict[str, Any]) -> Any:

@@ -9,7 +9,7 @@ import os
 import stat
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from itertools import takewhile
@@ -72,8 +72,12 @@ async def watch_changes(
     force_polling: bool | None = None,
     poll_delay: float = 0.3,
     ready: asyncio.Event | None = None,
+    paths: Sequence[Path] | None = None,
 ) -> AsyncIterator[list[FileChange] | Rescan]:
     """Yield batches of settled file changes under `root` until `stop_event` is set.
+
+    `paths` (optional, inside `root`) narrows what is watched, e.g. to the source folders:
+    the watcher's start-up walk and its events then cost what those folders hold.
 
     A file is reported once its (size, mtime_ns) has been still for `settle` seconds; deletions at
     once. `ready` (optional) is set when the watcher is live: reconcile after that to miss nothing.
@@ -86,7 +90,11 @@ async def watch_changes(
     # awatch sets its stop event when cancelled: never hand it the caller's.
     halt = asyncio.Event()
     opts = _Options(
-        real_root, max(1, round(debounce * 1000)), force_polling, round(poll_delay * 1000)
+        real_root,
+        max(1, round(debounce * 1000)),
+        force_polling,
+        round(poll_delay * 1000),
+        tuple(os.path.realpath(p) for p in paths) if paths else (real_root,),
     )
     producer = asyncio.create_task(_produce(opts, queue, halt, ready), name="eventrunner-watch")
     stopped = asyncio.create_task(stop_event.wait())
@@ -136,6 +144,7 @@ class _Options:
     debounce_ms: int
     force_polling: bool | None
     poll_delay_ms: int
+    paths: tuple[str, ...]
 
 
 async def _produce(
@@ -156,7 +165,7 @@ async def _produce(
 
     while not halt.is_set():
         changes = awatch(
-            opts.root,
+            *opts.paths,
             watch_filter=keep,
             debounce=opts.debounce_ms,
             # watchfiles yields once nothing changed for `step` ms (default 50, on top of the

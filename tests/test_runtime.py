@@ -370,3 +370,21 @@ async def test_healthz_answers_at_once_and_readyz_only_after_start(
         assert resp.status == 200
         body = await resp.json()
         assert set(body["pipelines"]["p"]["stages"]) == {"upper", "count"}
+
+
+async def test_handler_edits_reload_when_the_data_root_is_a_separate_folder(tmp_path: Path) -> None:
+    # Given a workspace whose data lives in data/, apart from handlers/ and pipelines/
+    runtime = FAST_RUNTIME.replace("[runtime]", 'data_root = "data"\n\n[runtime]')
+    ws = chain_workspace(tmp_path / "ws", {"data/inbox/a.txt": "hello world\n"}, runtime=runtime)
+    h = ws / "handlers/h.py"
+    async with running(ws) as live:
+        await until(lambda: read(ws / "data/count/a.txt"), "start-up")
+        await until(live.idle, "idle")
+
+        # When a handler's body changes
+        h.write_text(h.read_text().replace("return text.upper()", 'return text.upper() + "!"'))
+
+        # Then the code watcher reloads it and exactly that stage re-runs with the new code
+        await until(lambda: live.of("reloaded"), "reload")
+        assert live.of("reloaded")[0]["changed_stages"] == ["p.upper"]
+        await until(lambda: read(ws / "data/up/a.txt") == "HELLO WORLD\n!", "re-run with new code")
