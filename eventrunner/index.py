@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .hashing import hash_path
 from .patterns import Pattern, scan
@@ -23,7 +24,7 @@ from .store import Control, Failure, Manifest, Store, atomic_write
 if TYPE_CHECKING:
     from .workspace import Workspace
 
-CACHE_VERSION = 4
+CACHE_VERSION = 6
 # A file modified this recently may be modified again within the same mtime tick; don't trust
 # its cached hash (git's "racily clean" problem).
 RACY_NS = 50_000_000
@@ -38,9 +39,14 @@ class FileInfo:
     ino: int
     hash: str
 
-    def __reduce__(self) -> tuple[type[FileInfo], tuple[int, int, int, str]]:
+    def __reduce__(self) -> tuple[Any, tuple[int, int, int, str]]:
         # Slotted dataclasses pickle through copyreg in Python: 10x slower for the index cache.
-        return (FileInfo, (self.size, self.mtime_ns, self.ino, self.hash))
+        return (_file_info, (self.size, self.mtime_ns, self.ino, self.hash))
+
+
+def _file_info(size: int, mtime_ns: int, ino: int, digest: str) -> FileInfo:
+    """Unpickle a FileInfo with its hash interned (shared with the manifests that record it)."""
+    return FileInfo(size, mtime_ns, ino, sys.intern(digest))
 
 
 Key = tuple[str, ...]
@@ -101,7 +107,17 @@ class Instances:
 
     def select(self, vars_: Key, key: Key) -> set[str]:
         """Instances whose `vars_` have the values `key`."""
+        if len(vars_) == len(self.pattern.variables) and set(vars_) == set(self.pattern.variables):
+            # Every variable fixed: at most one instance, found by its id (no projection to keep).
+            eid = entity_id(self.pattern.variables, dict(zip(vars_, key, strict=True)))
+            return {eid} if eid in self.items else set()
         return self.projection(vars_).get(key, set())
+
+    def keys(self, vars_: Key) -> Iterator[Key]:
+        """The distinct values of `vars_` among the instances."""
+        if len(vars_) == len(self.pattern.variables) and set(vars_) == set(self.pattern.variables):
+            return (tuple(values[v] for v in vars_) for values, _ in self.items.values())
+        return iter(self.projection(vars_))
 
 
 class Index:
@@ -223,7 +239,9 @@ class Index:
         except FileNotFoundError:
             return None
         if time.time_ns() - st.st_mtime_ns > RACY_NS:
-            self.files[relpath] = FileInfo(st.st_size, st.st_mtime_ns, st.st_ino, digest)
+            self.files[sys.intern(relpath)] = FileInfo(
+                st.st_size, st.st_mtime_ns, st.st_ino, sys.intern(digest)
+            )
             self.changed = True
         else:
             self.files.pop(relpath, None)
@@ -237,7 +255,9 @@ class Index:
             return
         # We produced this content and hashed it: trusted in memory; save() demotes entries still
         # inside the racy window so a later process re-hashes them once.
-        self.files[relpath] = FileInfo(st.st_size, st.st_mtime_ns, st.st_ino, digest)
+        self.files[sys.intern(relpath)] = FileInfo(
+            st.st_size, st.st_mtime_ns, st.st_ino, sys.intern(digest)
+        )
         self.written.add(relpath)
         self.changed = True
 
@@ -319,9 +339,11 @@ class Index:
         ev = stage.entity_vars
         for name in stage.drivers:
             inp = stage.input(name)
-            for key in self.instances[inp.pattern.key].projection(ev):
-                if key not in seen:
-                    seen.add(key)
+            single = len(stage.drivers) == 1  # keys of one driver are distinct already
+            for key in self.instances[inp.pattern.key].keys(ev):
+                if single or key not in seen:
+                    if not single:
+                        seen.add(key)
                     values = dict(zip(ev, key, strict=True))
                     yield entity_id(ev, values), values
 

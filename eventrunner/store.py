@@ -11,8 +11,9 @@ import os
 import secrets
 import shutil
 import socket
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,41 +92,116 @@ def replace_path(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
-@dataclass
-class Manifest:
-    """What produced a state: code, params, every input's hash, every output's hash, timings."""
+_NAMES: dict[tuple[str, ...], tuple[str, ...]] = {}
+_intern = sys.intern
 
-    stage: str
-    entity: str
-    values: dict[str, str]
-    code: str
-    params: str
-    inputs: dict[str, dict[str, str]]  # input name -> {relpath: hash}
-    outputs: dict[str, str]  # relpath -> hash
-    started: float
-    finished_ns: int
-    duration_s: float
-    attempt: int = 1
-    dropped: list[str] = field(
-        default_factory=list
-    )  # fan-out outputs no longer produced (prune deletes)
+
+class Manifest:
+    """What produced a state: code, params, every input's hash, every output's hash, timings.
+
+    Held for every state in memory (200,000 at 100,000 entities x 2 stages), so stored compactly:
+    slots, tuples instead of nested dicts, interned paths and hashes (an output's hash is the
+    next stage's input hash), values derived from the entity id. `inputs`, `outputs` and
+    `values` are built on access.
+    """
+
+    __slots__ = (
+        "_in",
+        "_names",
+        "_out",
+        "attempt",
+        "code",
+        "dropped",
+        "duration_s",
+        "entity",
+        "finished_ns",
+        "params",
+        "stage",
+        "started",
+    )
+
+    def __init__(
+        self,
+        stage: str,
+        entity: str,
+        values: Mapping[str, str],
+        code: str,
+        params: str,
+        inputs: Mapping[str, Mapping[str, str]],
+        outputs: Mapping[str, str],
+        started: float,
+        finished_ns: int,
+        duration_s: float,
+        attempt: int = 1,
+        dropped: list[str] | None = None,
+    ) -> None:
+        self.stage = _intern(stage)
+        self.entity = entity
+        names = tuple(_intern(n) for n in values)
+        self._names = _NAMES.setdefault(names, names)
+        self.code = _intern(code)
+        self.params = _intern(params)
+        self._in = tuple(
+            (_intern(n), _intern(p), _intern(h))
+            for n, files in inputs.items()
+            for p, h in files.items()
+        )
+        self._out = tuple((_intern(p), _intern(h)) for p, h in outputs.items())
+        self.started = started
+        self.finished_ns = finished_ns
+        self.duration_s = duration_s
+        self.attempt = attempt
+        self.dropped = list(dropped or ())  # fan-out outputs no longer produced (prune deletes)
+
+    @property
+    def values(self) -> dict[str, str]:
+        """The entity's variables (from the entity id)."""
+        from .patterns import parse_entity_id
+
+        return parse_entity_id(self._names, self.entity)
+
+    @property
+    def inputs(self) -> dict[str, dict[str, str]]:
+        """input name -> {relpath: hash}."""
+        out: dict[str, dict[str, str]] = {}
+        for name, path, digest in self._in:
+            out.setdefault(name, {})[path] = digest
+        return out
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        """relpath -> hash."""
+        return dict(self._out)
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for the manifest file."""
-        return asdict(self)
+        return {
+            "stage": self.stage,
+            "entity": self.entity,
+            "values": self.values,
+            "code": self.code,
+            "params": self.params,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "started": self.started,
+            "finished_ns": self.finished_ns,
+            "duration_s": self.duration_s,
+            "attempt": self.attempt,
+            "dropped": list(self.dropped),
+        }
 
-    def __reduce__(self) -> tuple[type[Manifest], tuple[Any, ...]]:
-        # Positional fields pickle faster than a __dict__ per manifest (the index cache holds all).
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Positional compact state: pickling the index cache stays fast and small.
         return (
-            Manifest,
+            _manifest_from_state,
             (
                 self.stage,
                 self.entity,
-                self.values,
+                self._names,
                 self.code,
                 self.params,
-                self.inputs,
-                self.outputs,
+                self._in,
+                self._out,
                 self.started,
                 self.finished_ns,
                 self.duration_s,
@@ -134,10 +210,61 @@ class Manifest:
             ),
         )
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Manifest):
+            return NotImplemented
+        return self.__reduce__()[1] == other.__reduce__()[1]
+
+    def __repr__(self) -> str:
+        return f"Manifest({self.stage!r}, {self.entity!r}, outputs={self.outputs!r})"
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
         """Parse a manifest file's data; KeyError/TypeError on a damaged file."""
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        return cls(
+            data["stage"],
+            data["entity"],
+            data["values"],
+            data["code"],
+            data["params"],
+            data["inputs"],
+            data["outputs"],
+            data["started"],
+            data["finished_ns"],
+            data["duration_s"],
+            data.get("attempt", 1),
+            data.get("dropped", []),
+        )
+
+
+def _manifest_from_state(
+    stage: str,
+    entity: str,
+    names: tuple[str, ...],
+    code: str,
+    params: str,
+    inputs: tuple[tuple[str, str, str], ...],
+    outputs: tuple[tuple[str, str], ...],
+    started: float,
+    finished_ns: int,
+    duration_s: float,
+    attempt: int,
+    dropped: list[str],
+) -> Manifest:
+    """Rebuild a manifest from its compact state (unpickling the index cache)."""
+    m = Manifest.__new__(Manifest)
+    m.stage, m.entity, m.code, m.params = _intern(stage), entity, _intern(code), _intern(params)
+    m._names = _NAMES.setdefault(names, names)
+    m._in = tuple((_intern(n), _intern(p), _intern(h)) for n, p, h in inputs)
+    m._out = tuple((_intern(p), _intern(h)) for p, h in outputs)
+    m.started, m.finished_ns, m.duration_s, m.attempt, m.dropped = (
+        started,
+        finished_ns,
+        duration_s,
+        attempt,
+        dropped,
+    )
+    return m
 
 
 @dataclass
