@@ -24,7 +24,7 @@ from .store import Control, Failure, Manifest, Store, atomic_write
 if TYPE_CHECKING:
     from .workspace import Workspace
 
-CACHE_VERSION = 6
+CACHE_VERSION = 7
 # A file modified this recently may be modified again within the same mtime tick; don't trust
 # its cached hash (git's "racily clean" problem).
 RACY_NS = 50_000_000
@@ -41,12 +41,7 @@ class FileInfo:
 
     def __reduce__(self) -> tuple[Any, tuple[int, int, int, str]]:
         # Slotted dataclasses pickle through copyreg in Python: 10x slower for the index cache.
-        return (_file_info, (self.size, self.mtime_ns, self.ino, self.hash))
-
-
-def _file_info(size: int, mtime_ns: int, ino: int, digest: str) -> FileInfo:
-    """Unpickle a FileInfo with its hash interned (shared with the manifests that record it)."""
-    return FileInfo(size, mtime_ns, ino, sys.intern(digest))
+        return (FileInfo, (self.size, self.mtime_ns, self.ino, self.hash))
 
 
 Key = tuple[str, ...]

@@ -252,11 +252,11 @@ def _manifest_from_state(
     dropped: list[str],
 ) -> Manifest:
     """Rebuild a manifest from its compact state (unpickling the index cache)."""
+    # Strings shared when the cache was written (interned) come back shared: pickle's memo
+    # keeps identity within one file, so nothing needs interning again here.
     m = Manifest.__new__(Manifest)
-    m.stage, m.entity, m.code, m.params = _intern(stage), entity, _intern(code), _intern(params)
-    m._names = _NAMES.setdefault(names, names)
-    m._in = tuple((_intern(n), _intern(p), _intern(h)) for n, p, h in inputs)
-    m._out = tuple((_intern(p), _intern(h)) for p, h in outputs)
+    m.stage, m.entity, m.code, m.params = stage, entity, code, params
+    m._names, m._in, m._out = names, inputs, outputs
     m.started, m.finished_ns, m.duration_s, m.attempt, m.dropped = (
         started,
         finished_ns,
