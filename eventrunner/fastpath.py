@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 STAMP = "stamp.bin"
-VERSION = 7  # bump with any change of the stamp format
+VERSION = 8  # bump with any change of the stamp format
 RACY_NS = 50_000_000  # stats this recent may still change within their mtime tick
 
 
@@ -140,6 +140,11 @@ def write(
             ident = _stat(path)
             if ident is None and i == 1:
                 continue  # a file gone since (an orphan's old input) played no part in the answer
+            if ident is not None and i == 1 and now - ident[1] < RACY_NS and path not in exempt:
+                # Too recent to vouch for: recorded with a stat that never matches, so the next
+                # run re-checks this one file (incrementally) instead of everything.
+                recorded[i].append((path, (ident[0], -1, ident[2])))
+                continue
             if ident is None or (now - ident[1] < RACY_NS and path not in exempt):
                 discard(state_dir)
                 return False
