@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 from conftest import ECHO_PIPELINE, LOG_HELPER, LOGGED_ECHO_HANDLERS, MakeWorkspace, Workspace, age
 
@@ -203,3 +206,26 @@ def test_file_dropped_during_a_run_is_not_hidden_by_the_stamp(
 
     assert report["mode"] != "stat"
     assert ws.runs() == ["up late"]
+
+
+def test_a_future_dated_edit_keeps_runs_incremental(echo: Workspace) -> None:
+    # Given a settled workspace, and an input edited with an mtime in the future (clock skew,
+    # or a tool that bumps it for make); too recent for the stamp to vouch for
+    settled(echo)
+    echo.runs()
+    future = time.time() + 2
+    path = echo.write("inbox/hello.txt", "hello future world\n")
+    os.utime(path, (future, future))
+    first = echo.run()
+    assert first["mode"] == "incremental"
+    assert sorted(echo.runs()) == ["count hello", "shout hello", "summary _"]
+
+    # When another input changes
+    echo.write("inbox/other.txt", "four five six seven\n")
+    age(echo)
+    second = echo.run()
+
+    # Then the run stays incremental (the recent file is re-checked, not everything), and the
+    # recent file, unchanged since, runs nothing
+    assert second["mode"] == "incremental"
+    assert sorted(echo.runs()) == ["count other", "shout other", "summary _"]
