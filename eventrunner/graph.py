@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from .config import PipelineSpec, RetryPolicy
@@ -241,8 +241,6 @@ def build_graph(
 
 
 def _with_depth(stage: Stage, depth: int) -> Stage:
-    from dataclasses import replace
-
     return replace(stage, depth=depth)
 
 
