@@ -347,6 +347,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         root = self.index.root
         written: Written | None = None
+        ctx: Any = None  # set for async handlers, whose temp output we must clean up on failure
         committing = False
         try:
             func = self._handler(q)
@@ -387,12 +388,12 @@ class Engine:
         except TimeoutError as exc:
             if not asyncio.iscoroutinefunction(self._funcs.get(q)):
                 self.abandoned += 1
-            _discard_temp(locals().get("ctx"))
+            _discard_temp(ctx)
             await self._fail(
                 q, eid, key, prev, HandlerTimeout(f"timed out after {stage.timeout}s"), exc, started
             )
         except Exception as exc:
-            _discard_temp(locals().get("ctx"))
+            _discard_temp(ctx)
             await self._fail(q, eid, key, prev, exc, exc, started)
         else:
             finished = time.time()

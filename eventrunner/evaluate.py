@@ -116,7 +116,7 @@ class Evaluator:
         inputs = g.hashes()
         outputs_now = {p: idx.file_hash(p) for p in m.outputs} if m else {}
         if m is not None and not m.outputs and not self.ws.graph.stages[qualname].fanout_vars:
-            outputs_now = {self.ws.graph.stages[qualname].output.format(values): None}
+            outputs_now = {self.ws.graph.stages[qualname].output.join(values): None}
         return Facts(
             manifest=m,
             code=self.ws.code[qualname],

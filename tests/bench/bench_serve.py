@@ -34,31 +34,8 @@ from pathlib import Path
 
 import psutil
 
-PIPELINE = """\
-name = "bench"
-
-[sources.inbox]
-pattern = "inbox/{name}.txt"
-
-[stages.upper]
-handler = "textops:upper"
-inputs  = { data = "inbox/{name}.txt" }
-output  = "upper/{name}.txt"
-
-[stages.count]
-handler = "textops:count"
-inputs  = { data = "upper/{name}.txt" }
-output  = "count/{name}.txt"
-"""
-
-HANDLERS = """\
-def upper(data: bytes) -> bytes:
-    return data.upper()
-
-
-def count(data: bytes) -> str:
-    return f"{len(data.split())}\\n"
-"""
+# The same workspace as the engine benchmark (this folder is on sys.path when run as a script).
+from bench_engine import HANDLERS, PIPELINE
 
 WORDS = [
     "event",
