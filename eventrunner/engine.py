@@ -173,7 +173,7 @@ class Engine:
             for d in stage.drivers:
                 inst = self.index.instances[stage.input(d).pattern.key]
                 for member in inst.select(inp.shared, key):
-                    mv = inst.items[member][0]
+                    mv = inst.values(member)
                     ent = {v: mv[v] for v in ev}
                     eid = entity_id(ev, ent)
                     if eid not in seen:

@@ -68,7 +68,7 @@ class Evaluator:
             if inp.aggregated:
                 key = tuple(values[v] for v in inp.shared)
                 members = sorted(inst.select(inp.shared, key))
-                pairs = [(inst.items[e][0], inst.path(e)) for e in members]
+                pairs = [(inst.values(e), inst.path(e)) for e in members]
             else:
                 mv = {v: values[v] for v in inp.pattern.variables}
                 eid = entity_id(inp.pattern.variables, mv)

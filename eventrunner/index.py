@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .hashing import hash_path
-from .patterns import Pattern, scan
+from .patterns import Pattern, parse_entity_id, scan
 from .patterns import trusted_entity_id as entity_id
 from .store import Control, Failure, Manifest, Store, atomic_write
 
@@ -48,46 +48,56 @@ Key = tuple[str, ...]
 
 
 class Instances:
-    """Known instances of one pattern: entity id -> (values, relpath), with lazy projections."""
+    """Known instances of one pattern: entity id -> relpath (or None), with lazy projections.
 
-    __slots__ = ("_proj", "items", "pattern")
+    Values are not stored: they are read back from the entity id when needed (ids are reversible),
+    which keeps 100,000s of instances to one dict entry each.
+    """
+
+    __slots__ = ("_proj", "_single", "items", "pattern")
 
     def __init__(self, pattern: Pattern) -> None:
         self.pattern = pattern
-        # relpath None until asked for (path()): deriving 10,000s of instances stays cheap.
-        self.items: dict[str, tuple[dict[str, str], str | None]] = {}
+        # relpath None unless it came with the instance (path() joins it from the values).
+        self.items: dict[str, str | None] = {}
         self._proj: dict[Key, dict[Key, set[str]]] = {}
+        self._single = pattern.variables[0] if len(pattern.variables) == 1 else None
+
+    def values(self, eid: str) -> dict[str, str]:
+        """The variable values of an entity id of this pattern."""
+        if self._single is not None and "%" not in eid:
+            return {self._single: eid}  # the common case: the id is the value itself
+        return parse_entity_id(self.pattern.variables, eid)
 
     def add(self, values: dict[str, str], relpath: str | None = None) -> str:
         """Record an instance; returns its entity id."""
         eid = entity_id(self.pattern.variables, values)
         if eid in self.items:
             return eid
-        self.items[eid] = (values, relpath)
+        self.items[eid] = relpath
         for vars_, groups in self._proj.items():
             groups.setdefault(tuple(values[v] for v in vars_), set()).add(eid)
         return eid
 
     def path(self, eid: str) -> str:
         """The relpath of a known instance."""
-        values, relpath = self.items[eid]
-        if relpath is None:
-            relpath = self.pattern.join(values)
-            self.items[eid] = (values, relpath)
-        return relpath
+        relpath = self.items[eid]
+        return relpath if relpath is not None else self.pattern.join(self.values(eid))
 
     def discard(self, eid: str) -> bool:
         """Forget an instance; True if it was known."""
-        item = self.items.pop(eid, None)
-        if item is None:
+        if eid not in self.items:
             return False
-        for vars_, groups in self._proj.items():
-            k = tuple(item[0][v] for v in vars_)
-            members = groups.get(k)
-            if members is not None:
-                members.discard(eid)
-                if not members:
-                    del groups[k]
+        del self.items[eid]
+        if self._proj:
+            values = self.values(eid)
+            for vars_, groups in self._proj.items():
+                k = tuple(values[v] for v in vars_)
+                members = groups.get(k)
+                if members is not None:
+                    members.discard(eid)
+                    if not members:
+                        del groups[k]
         return True
 
     def projection(self, vars_: Key) -> dict[Key, set[str]]:
@@ -95,14 +105,18 @@ class Instances:
         groups = self._proj.get(vars_)
         if groups is None:
             groups = {}
-            for eid, (values, _) in self.items.items():
+            for eid in self.items:
+                values = self.values(eid)
                 groups.setdefault(tuple(values[v] for v in vars_), set()).add(eid)
             self._proj[vars_] = groups
         return groups
 
+    def _all_vars(self, vars_: Key) -> bool:
+        return len(vars_) == len(self.pattern.variables) and set(vars_) == set(self.pattern.variables)
+
     def select(self, vars_: Key, key: Key) -> set[str]:
         """Instances whose `vars_` have the values `key`."""
-        if len(vars_) == len(self.pattern.variables) and set(vars_) == set(self.pattern.variables):
+        if self._all_vars(vars_):
             # Every variable fixed: at most one instance, found by its id (no projection to keep).
             eid = entity_id(self.pattern.variables, dict(zip(vars_, key, strict=True)))
             return {eid} if eid in self.items else set()
@@ -110,8 +124,10 @@ class Instances:
 
     def keys(self, vars_: Key) -> Iterator[Key]:
         """The distinct values of `vars_` among the instances."""
-        if len(vars_) == len(self.pattern.variables) and set(vars_) == set(self.pattern.variables):
-            return (tuple(values[v] for v in vars_) for values, _ in self.items.values())
+        if self._all_vars(vars_):
+            if self._single is not None:
+                return ((e,) if "%" not in e else (self.values(e)[self._single],) for e in self.items)
+            return (tuple(vs[v] for v in vars_) for vs in map(self.values, self.items))
         return iter(self.projection(vars_))
 
 
@@ -293,8 +309,8 @@ class Index:
         """Full scan of every source pattern (start-up and reconcile only: O(workspace))."""
         for key in self.ws.graph.sources:
             inst = Instances(self.instances[key].pattern)
-            for relpath, values in scan(inst.pattern, self.root):
-                inst.add(values, relpath)
+            for _relpath, values in scan(inst.pattern, self.root):
+                inst.add(values)  # path() joins it again when asked: one string less per file
             self.instances[key] = inst
 
     def source_paths(self) -> set[str]:

@@ -215,7 +215,7 @@ class Runtime:
             idx.derive()
             for key in before:
                 for eid in before[key].keys() - now[key].keys():
-                    targets.extend(self.engine.removed_targets(key, before[key][eid][0]))
+                    targets.extend(self.engine.removed_targets(key, idx.instances[key].values(eid)))
         targets.extend(self.engine.all_targets())
         n = self.engine.consider(targets)
         # Drop the pass's memo now (a verdict per state), not during the next event's handling.
