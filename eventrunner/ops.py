@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -212,7 +212,7 @@ def hold(
     return {"stage": q, "entities": targets, "held": on}
 
 
-def _delete_outputs(index: Index, relpaths: list[str]) -> None:
+def _delete_outputs(index: Index, relpaths: Sequence[str]) -> None:
     for relpath in relpaths:
         path = index.root / relpath
         if path.is_dir() and not path.is_symlink():
@@ -242,7 +242,7 @@ def prune(index: Index, store: Store, dry_run: bool = False) -> list[dict[str, A
                     if not dry_run:
                         index.mark_dirty()
                         _delete_outputs(index, m.dropped)
-                        m.dropped = []
+                        m.dropped = ()
                         atomic_write(store.manifest_path(q, eid), dumps(m.to_json()))
                 continue
             out.append({"stage": q, "entity": eid, "outputs": sorted(m.outputs)})

@@ -141,17 +141,17 @@ class Manifest:
         self._names = _NAMES.setdefault(names, names)
         self.code = _intern(code)
         self.params = _intern(params)
+        # Flat (name, path, hash, name, path, hash, ...) and (path, hash, ...): one tuple each.
         self._in = tuple(
-            (_intern(n), _intern(p), _intern(h))
-            for n, files in inputs.items()
-            for p, h in files.items()
+            _intern(x) for n, files in inputs.items() for p, h in files.items() for x in (n, p, h)
         )
-        self._out = tuple((_intern(p), _intern(h)) for p, h in outputs.items())
+        self._out = tuple(_intern(x) for p, h in outputs.items() for x in (p, h))
         self.started = started
         self.finished_ns = finished_ns
         self.duration_s = duration_s
         self.attempt = attempt
-        self.dropped = list(dropped or ())  # fan-out outputs no longer produced (prune deletes)
+        # Fan-out outputs no longer produced (prune deletes them); almost always the shared ().
+        self.dropped: tuple[str, ...] = tuple(dropped) if dropped else ()
 
     @property
     def values(self) -> dict[str, str]:
@@ -164,14 +164,16 @@ class Manifest:
     def inputs(self) -> dict[str, dict[str, str]]:
         """input name -> {relpath: hash}."""
         out: dict[str, dict[str, str]] = {}
-        for name, path, digest in self._in:
-            out.setdefault(name, {})[path] = digest
+        flat = self._in
+        for i in range(0, len(flat), 3):
+            out.setdefault(flat[i], {})[flat[i + 1]] = flat[i + 2]
         return out
 
     @property
     def outputs(self) -> dict[str, str]:
         """relpath -> hash."""
-        return dict(self._out)
+        flat = self._out
+        return dict(zip(flat[::2], flat[1::2], strict=True))
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for the manifest file."""
@@ -243,13 +245,13 @@ def _manifest_from_state(
     names: tuple[str, ...],
     code: str,
     params: str,
-    inputs: tuple[tuple[str, str, str], ...],
-    outputs: tuple[tuple[str, str], ...],
+    inputs: tuple[str, ...],
+    outputs: tuple[str, ...],
     started: float,
     finished_ns: int,
     duration_s: float,
     attempt: int,
-    dropped: list[str],
+    dropped: tuple[str, ...],
 ) -> Manifest:
     """Rebuild a manifest from its compact state (unpickling the index cache)."""
     # Strings shared when the cache was written (interned) come back shared: pickle's memo
