@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import pickle
+import struct
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .hashing import hash_path
 from .patterns import Pattern, parse_entity_id, scan
@@ -24,24 +24,31 @@ from .store import Control, Failure, Manifest, Store, atomic_write
 if TYPE_CHECKING:
     from .workspace import Workspace
 
-CACHE_VERSION = 7
+CACHE_VERSION = 9
 # A file modified this recently may be modified again within the same mtime tick; don't trust
 # its cached hash (git's "racily clean" problem).
 RACY_NS = 50_000_000
 
 
-@dataclass(slots=True)
-class FileInfo:
-    """Stat identity of a file (or folder) and its content hash."""
+# The stat cache holds one packed bytes object per file, (size, mtime_ns, inode, 16-byte digest):
+# ~75 bytes instead of ~220 for an object with four fields (300,000 files at 100,000 entities).
+_STAT = struct.Struct("<qqQ16s")
+_KEY = struct.Struct("<qqQ")
 
-    size: int
-    mtime_ns: int
-    ino: int
-    hash: str
 
-    def __reduce__(self) -> tuple[Any, tuple[int, int, int, str]]:
-        # Slotted dataclasses pickle through copyreg in Python: 10x slower for the index cache.
-        return (FileInfo, (self.size, self.mtime_ns, self.ino, self.hash))
+def pack_stat(size: int, mtime_ns: int, ino: int, digest: str) -> bytes | None:
+    """One stat-cache entry; None for a digest that is not 32 hex digits (not cached then)."""
+    try:
+        raw = bytes.fromhex(digest)
+    except ValueError:
+        return None
+    return _STAT.pack(size, mtime_ns, ino, raw) if len(raw) == 16 else None
+
+
+def unpack_stat(entry: bytes) -> tuple[int, int, int, str]:
+    """(size, mtime_ns, inode, hex digest) of a stat-cache entry."""
+    size, mtime_ns, ino, raw = _STAT.unpack(entry)
+    return size, mtime_ns, ino, raw.hex()
 
 
 Key = tuple[str, ...]
@@ -138,7 +145,8 @@ class Index:
         self.ws = ws
         self.store = store
         self.root = ws.settings.data_root
-        self.files: dict[str, FileInfo] = {}
+        self.files: dict[str, bytes] = {}  # relpath -> pack_stat(...)
+        self._racy: set[str] = set()  # entries remember_file added since the last save
         self.instances: dict[str, Instances] = {
             k: Instances(p) for k, p in ws.graph.patterns.items()
         }
@@ -210,9 +218,14 @@ class Index:
     def save(self) -> None:
         """Write the cache, then clear the dirty marker."""
         racy = time.time_ns() - RACY_NS
-        for info in self.files.values():
-            if info.mtime_ns > racy:
-                info.mtime_ns = -1  # may change again within its mtime tick: re-hash once next time
+        # Only our own writes are cached while racy (file_hash skips such files).
+        for rel in self._racy:
+            entry = self.files.get(rel)
+            if entry is not None:
+                size, mtime_ns, ino, raw = _STAT.unpack(entry)
+                if mtime_ns > racy:  # may change again within its mtime tick: re-hash once next time
+                    self.files[rel] = _STAT.pack(size, -1, ino, raw)
+        self._racy.clear()
         data = {
             "version": CACHE_VERSION,
             "files": self.files,
@@ -237,22 +250,16 @@ class Index:
         except (FileNotFoundError, NotADirectoryError):
             self.files.pop(relpath, None)
             return None
-        info = self.files.get(relpath)
-        if (
-            info is not None
-            and info.mtime_ns == st.st_mtime_ns
-            and info.size == st.st_size
-            and info.ino == st.st_ino
-        ):
-            return info.hash
+        entry = self.files.get(relpath)
+        if entry is not None and entry[:24] == _KEY.pack(st.st_size, st.st_mtime_ns, st.st_ino):
+            return entry[24:].hex()
         try:
             digest = hash_path(Path(path))
         except FileNotFoundError:
             return None
-        if time.time_ns() - st.st_mtime_ns > RACY_NS:
-            self.files[sys.intern(relpath)] = FileInfo(
-                st.st_size, st.st_mtime_ns, st.st_ino, sys.intern(digest)
-            )
+        entry = pack_stat(st.st_size, st.st_mtime_ns, st.st_ino, digest)
+        if entry is not None and time.time_ns() - st.st_mtime_ns > RACY_NS:
+            self.files[sys.intern(relpath)] = entry
             self.changed = True
         else:
             self.files.pop(relpath, None)
@@ -266,9 +273,13 @@ class Index:
             return
         # We produced this content and hashed it: trusted in memory; save() demotes entries still
         # inside the racy window so a later process re-hashes them once.
-        self.files[sys.intern(relpath)] = FileInfo(
-            st.st_size, st.st_mtime_ns, st.st_ino, sys.intern(digest)
-        )
+        entry = pack_stat(st.st_size, st.st_mtime_ns, st.st_ino, digest)
+        if entry is None:
+            self.files.pop(relpath, None)
+            return
+        relpath = sys.intern(relpath)
+        self.files[relpath] = entry
+        self._racy.add(relpath)
         self.written.add(relpath)
         self.changed = True
 

@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 from . import fastpath
+from .index import unpack_stat
 
 
 def scan_dirs(ws: Any) -> list[str]:
@@ -67,9 +68,9 @@ def write_stamp(
     replaced = [str(index.cache_path), *(os.path.join(root, rel) for rel in index.written)]
     # What the evaluation hashed; a file whose stats moved since changed mid-run.
     expected = {
-        os.path.join(root, rel): (f.size, f.mtime_ns, f.ino)
-        for rel, f in index.files.items()
-        if f.mtime_ns >= 0
+        os.path.join(root, rel): (size, mtime_ns, ino)
+        for rel, (size, mtime_ns, ino, _) in ((r, unpack_stat(e)) for r, e in index.files.items())
+        if mtime_ns >= 0
     }
     expected.update(dirs_before or {})
     fastpath.write(
