@@ -268,13 +268,21 @@ def scan(pattern: Pattern, root: Path) -> Iterator[tuple[str, dict[str, str]]]:
     """Yield (relpath, values) for every path under root that pattern matches, sorted by relpath."""
     root_real, prefix, segments = os.path.realpath(root), pattern.static_prefix, pattern._segments
     found: list[tuple[str, dict[str, str]]] = []
-
-    def walk(index: int, folder: str, rel: str, values: dict[str, str]) -> None:
+    # An explicit stack, not a recursive closure: a closure that calls itself is a reference
+    # cycle, which kept `found` (every match) alive until the cyclic collector ran.
+    stack: list[tuple[int, str, str, dict[str, str]]] = []
+    start = os.path.join(root_real, prefix) if prefix else root_real
+    if not prefix:
+        stack.append((0, start, "", {}))
+    elif _inside(start, root_real):
+        stack.append((prefix.count("/") + 1, start, prefix + "/", {}))
+    while stack:
+        index, folder, rel, values = stack.pop()
         last = index == len(segments) - 1
         try:
             entries = list(os.scandir(folder))
         except OSError:
-            return
+            continue
         for entry in entries:
             if (bound := segments[index].bind(entry.name)) is None:
                 continue
@@ -292,13 +300,7 @@ def scan(pattern: Pattern, root: Path) -> Iterator[tuple[str, dict[str, str]]]:
             if last:
                 found.append((rel + entry.name, bound))
             else:  # only folders whose name matches are entered: the pruning
-                walk(index + 1, entry.path, f"{rel}{entry.name}/", bound)
-
-    start = os.path.join(root_real, prefix) if prefix else root_real
-    if not prefix:
-        walk(0, start, "", {})
-    elif _inside(start, root_real):
-        walk(prefix.count("/") + 1, start, prefix + "/", {})
+                stack.append((index + 1, entry.path, f"{rel}{entry.name}/", bound))
     found.sort(key=itemgetter(0))
     for relpath, values in found:
         yield relpath, {var: values[var] for var in pattern.variables}
