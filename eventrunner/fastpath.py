@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 STAMP = "stamp.bin"
+PREVIOUS = "stamp.prev"  # a stamp set aside while its paths are still to be carried forward
 VERSION = 8  # bump with any change of the stamp format
 RACY_NS = 50_000_000  # stats this recent may still change within their mtime tick
 
@@ -92,7 +93,12 @@ class Look:
     defs_changed: bool
     changed: list[str]
     sources: set[str]
-    paths: list[str]  # everything the stamp depended on (carried into the next stamp)
+    packed_paths: tuple[str, bytes]
+
+    @property
+    def paths(self) -> list[str]:
+        """Everything the stamp depended on (carried into the next stamp)."""
+        return _unpack(self.packed_paths)[0]
 
     @property
     def unchanged(self) -> bool:
@@ -112,7 +118,8 @@ def look(state_dir: Path) -> Look | None:
         return None
     defs_changed = next(iter(_differs(stamp["defs"])), None) is not None
     changed = [] if defs_changed else list(_differs(stamp["paths"]))
-    return Look(stamp["result"], defs_changed, changed, set(filter(None, stamp["sources"].split("\0"))), _unpack(stamp["paths"])[0])
+    sources = set(filter(None, stamp["sources"].split("\0")))
+    return Look(stamp["result"], defs_changed, changed, sources, stamp["paths"])
 
 
 def write(
@@ -164,12 +171,32 @@ def write(
     return True
 
 
-def discard(state_dir: Path) -> None:
-    """Forget the stamp (anything about the workspace changed)."""
+def set_aside(state_dir: Path) -> None:
+    """Take the stamp out of use (state may change from now on) but keep it for `previous_paths`:
+    a long-running holder need not keep 100,000s of paths in memory to carry them forward."""
     try:
-        os.unlink(state_dir / STAMP)
+        os.replace(state_dir / STAMP, state_dir / PREVIOUS)
     except FileNotFoundError:
         pass
+
+
+def previous_paths(state_dir: Path) -> list[str] | None:
+    """The paths of the stamp `set_aside` kept; None when it is gone or unreadable."""
+    try:
+        with open(state_dir / PREVIOUS, "rb") as fh:
+            stamp = marshal.load(fh)
+        return _unpack(stamp["paths"])[0]
+    except (OSError, EOFError, ValueError, TypeError, KeyError):
+        return None
+
+
+def discard(state_dir: Path) -> None:
+    """Forget the stamp (anything about the workspace changed), and any set aside."""
+    for name in (STAMP, PREVIOUS):
+        try:
+            os.unlink(state_dir / name)
+        except FileNotFoundError:
+            pass
 
 
 def scan_dirs(root: str, prefix: str, depth: int) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 from conftest import ECHO_PIPELINE, LOGGED_ECHO_HANDLERS, MakeWorkspace, Workspace, age
@@ -104,3 +105,30 @@ def test_a_failure_during_the_session_prevents_the_stamp(
 
     assert rt.start_mode == "full"  # the handler changed: definitions differ from the stamp
     assert not (ws.root / ".eventrunner" / "stamp.bin").exists()
+
+
+def test_a_file_too_recent_to_vouch_for_stays_in_the_stamp_serve_leaves(
+    make_workspace: MakeWorkspace,
+) -> None:
+    # Given a settled workspace, and an input edited while down with an mtime in the future
+    # (too recent for anything to cache its hash, so only the stamp serve started from has it)
+    ws = settled(make_workspace)
+    future = time.time() + 2
+    path = ws.write("inbox/hello.txt", "hello future world\n")
+    os.utime(path, (future, future))
+
+    # When serve catches up and stops cleanly, leaving a stamp
+    rt = asyncio.run(serve_until_idle(ws))
+    assert rt.start_mode == "incremental"
+    assert sorted(ws.runs()) == ["count hello", "shout hello", "summary _"]
+    assert (ws.root / ".eventrunner" / "stamp.bin").exists()
+    assert not (ws.root / ".eventrunner" / "stamp.prev").exists()
+
+    # Then a later edit of that file is still seen by the next run (the stamp carried it)
+    path = ws.write("inbox/hello.txt", "hello once more again\n")
+    past = time.time() - 5  # out of the racy window; only this file (aging outputs would be seen)
+    os.utime(path, (past, past))
+    report = ws.run()
+    assert report["mode"] != "stat"
+    assert sorted(ws.runs()) == ["count hello", "shout hello", "summary _"]
+    assert ws.read("shouted/hello.txt") == "HELLO ONCE MORE AGAIN!\n"
