@@ -24,7 +24,7 @@ from .store import Control, Failure, Manifest, Store, atomic_write
 if TYPE_CHECKING:
     from .workspace import Workspace
 
-CACHE_VERSION = 9
+CACHE_VERSION = 10
 # A file modified this recently may be modified again within the same mtime tick; don't trust
 # its cached hash (git's "racily clean" problem).
 RACY_NS = 50_000_000
@@ -81,6 +81,7 @@ class Instances:
         eid = entity_id(self.pattern.variables, values)
         if eid in self.items:
             return eid
+        eid = sys.intern(eid)  # one string per entity, shared with its states' manifests
         self.items[eid] = relpath
         for vars_, groups in self._proj.items():
             groups.setdefault(tuple(values[v] for v in vars_), set()).add(eid)

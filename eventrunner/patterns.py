@@ -267,7 +267,8 @@ def parse_entity_id(variables: Sequence[str], text: str) -> dict[str, str]:
 def scan(pattern: Pattern, root: Path) -> Iterator[tuple[str, dict[str, str]]]:
     """Yield (relpath, values) for every path under root that pattern matches, sorted by relpath."""
     root_real, prefix, segments = os.path.realpath(root), pattern.static_prefix, pattern._segments
-    found: list[tuple[str, dict[str, str]]] = []
+    variables = pattern.variables
+    found: list[tuple[str, tuple[str, ...]]] = []  # values as tuples: 100,000s may be held
     # An explicit stack, not a recursive closure: a closure that calls itself is a reference
     # cycle, which kept `found` (every match) alive until the cyclic collector ran.
     stack: list[tuple[int, str, str, dict[str, str]]] = []
@@ -280,30 +281,33 @@ def scan(pattern: Pattern, root: Path) -> Iterator[tuple[str, dict[str, str]]]:
         index, folder, rel, values = stack.pop()
         last = index == len(segments) - 1
         try:
-            entries = list(os.scandir(folder))
+            # Streamed, not listed: a folder of 100,000 files would otherwise hold as many
+            # DirEntry objects at once (transient memory that fragments the heap).
+            it = os.scandir(folder)
         except OSError:
             continue
-        for entry in entries:
-            if (bound := segments[index].bind(entry.name)) is None:
-                continue
-            if values:
-                if any(values.get(var, value) != value for var, value in bound.items()):
+        with it:
+            for entry in it:
+                if (bound := segments[index].bind(entry.name)) is None:
                     continue
-                bound = {**values, **bound}
-            try:  # d_type answers these without a stat call, except for symlinks
-                if not ((entry.is_file() or entry.is_dir()) if last else entry.is_dir()):
+                if values:
+                    if any(values.get(var, value) != value for var, value in bound.items()):
+                        continue
+                    bound = {**values, **bound}
+                try:  # d_type answers these without a stat call, except for symlinks
+                    if not ((entry.is_file() or entry.is_dir()) if last else entry.is_dir()):
+                        continue
+                    if entry.is_symlink() and not _inside(entry.path, root_real):
+                        continue
+                except OSError:
                     continue
-                if entry.is_symlink() and not _inside(entry.path, root_real):
-                    continue
-            except OSError:
-                continue
-            if last:
-                found.append((rel + entry.name, bound))
-            else:  # only folders whose name matches are entered: the pruning
-                stack.append((index + 1, entry.path, f"{rel}{entry.name}/", bound))
+                if last:
+                    found.append((rel + entry.name, tuple(bound[v] for v in variables)))
+                else:  # only folders whose name matches are entered: the pruning
+                    stack.append((index + 1, entry.path, f"{rel}{entry.name}/", bound))
     found.sort(key=itemgetter(0))
-    for relpath, values in found:
-        yield relpath, {var: values[var] for var in pattern.variables}
+    for relpath, vals in found:
+        yield relpath, dict(zip(variables, vals, strict=True))
 
 
 def resolve_inside(root: Path, relpath: str) -> Path:

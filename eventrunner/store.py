@@ -106,9 +106,9 @@ class Manifest:
     """
 
     __slots__ = (
-        "_in",
+        "_io",
         "_names",
-        "_out",
+        "_nin",
         "attempt",
         "code",
         "dropped",
@@ -136,16 +136,16 @@ class Manifest:
         dropped: list[str] | None = None,
     ) -> None:
         self.stage = _intern(stage)
-        self.entity = entity
+        self.entity = _intern(entity)  # shared by the states of every stage of this entity
         names = tuple(_intern(n) for n in values)
         self._names = _NAMES.setdefault(names, names)
         self.code = _intern(code)
         self.params = _intern(params)
-        # Flat (name, path, hash, name, path, hash, ...) and (path, hash, ...): one tuple each.
-        self._in = tuple(
-            _intern(x) for n, files in inputs.items() for p, h in files.items() for x in (n, p, h)
-        )
-        self._out = tuple(_intern(x) for p, h in outputs.items() for x in (p, h))
+        # One flat tuple: (name, path, hash) per input file, then (path, hash) per output.
+        io = [_intern(x) for n, files in inputs.items() for p, h in files.items() for x in (n, p, h)]
+        self._nin = len(io)
+        io.extend(_intern(x) for p, h in outputs.items() for x in (p, h))
+        self._io = tuple(io)
         self.started = started
         self.finished_ns = finished_ns
         self.duration_s = duration_s
@@ -164,16 +164,16 @@ class Manifest:
     def inputs(self) -> dict[str, dict[str, str]]:
         """input name -> {relpath: hash}."""
         out: dict[str, dict[str, str]] = {}
-        flat = self._in
-        for i in range(0, len(flat), 3):
+        flat = self._io
+        for i in range(0, self._nin, 3):
             out.setdefault(flat[i], {})[flat[i + 1]] = flat[i + 2]
         return out
 
     @property
     def outputs(self) -> dict[str, str]:
         """relpath -> hash."""
-        flat = self._out
-        return dict(zip(flat[::2], flat[1::2], strict=True))
+        flat, n = self._io, self._nin
+        return dict(zip(flat[n::2], flat[n + 1 :: 2], strict=True))
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for the manifest file."""
@@ -202,8 +202,8 @@ class Manifest:
                 self._names,
                 self.code,
                 self.params,
-                self._in,
-                self._out,
+                self._io,
+                self._nin,
                 self.started,
                 self.finished_ns,
                 self.duration_s,
@@ -245,8 +245,8 @@ def _manifest_from_state(
     names: tuple[str, ...],
     code: str,
     params: str,
-    inputs: tuple[str, ...],
-    outputs: tuple[str, ...],
+    io: tuple[str, ...],
+    nin: int,
     started: float,
     finished_ns: int,
     duration_s: float,
@@ -255,10 +255,11 @@ def _manifest_from_state(
 ) -> Manifest:
     """Rebuild a manifest from its compact state (unpickling the index cache)."""
     # Strings shared when the cache was written (interned) come back shared: pickle's memo
-    # keeps identity within one file, so nothing needs interning again here.
+    # keeps identity within one file. The entity id is interned again so that the index's
+    # pattern instances (which intern theirs) share it too.
     m = Manifest.__new__(Manifest)
-    m.stage, m.entity, m.code, m.params = stage, entity, code, params
-    m._names, m._in, m._out = names, inputs, outputs
+    m.stage, m.entity, m.code, m.params = stage, _intern(entity), code, params
+    m._names, m._io, m._nin = names, io, nin
     m.started, m.finished_ns, m.duration_s, m.attempt, m.dropped = (
         started,
         finished_ns,
