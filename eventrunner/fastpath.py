@@ -92,8 +92,13 @@ class Look:
     result: dict[str, Any]
     defs_changed: bool
     changed: list[str]
-    sources: set[str]
+    packed_sources: str
     packed_paths: tuple[str, bytes]
+
+    @property
+    def sources(self) -> set[str]:
+        """Relpaths of the source files at the stamp (built on demand: 100,000s of strings)."""
+        return set(filter(None, self.packed_sources.split("\0")))
 
     @property
     def paths(self) -> list[str]:
@@ -118,8 +123,7 @@ def look(state_dir: Path) -> Look | None:
         return None
     defs_changed = next(iter(_differs(stamp["defs"])), None) is not None
     changed = [] if defs_changed else list(_differs(stamp["paths"]))
-    sources = set(filter(None, stamp["sources"].split("\0")))
-    return Look(stamp["result"], defs_changed, changed, sources, stamp["paths"])
+    return Look(stamp["result"], defs_changed, changed, stamp["sources"], stamp["paths"])
 
 
 def write(
@@ -202,6 +206,12 @@ def discard(state_dir: Path) -> None:
 def scan_dirs(root: str, prefix: str, depth: int) -> list[str]:
     """Every folder a source scan could find files in: from `prefix` down `depth` levels."""
     start = os.path.join(root, prefix) if prefix else root
+    if not os.path.isdir(start):
+        # Not there yet: creating it will change the nearest folder above it that exists.
+        above = os.path.dirname(start)
+        while len(above) > len(root) and not os.path.isdir(above):
+            above = os.path.dirname(above)
+        return [above] if os.path.isdir(above) else []
     out: list[str] = []
     level = [start]
     for _ in range(depth + 1):

@@ -229,3 +229,23 @@ def test_a_future_dated_edit_keeps_runs_incremental(echo: Workspace) -> None:
     # recent file, unchanged since, runs nothing
     assert second["mode"] == "incremental"
     assert sorted(echo.runs()) == ["count other", "shout other", "summary _"]
+
+
+def test_a_source_folder_created_after_the_stamp_is_seen(make_workspace: MakeWorkspace) -> None:
+    # Given a settled workspace whose source folder does not exist yet
+    ws = make_workspace({"pipelines/echo.toml": ECHO_PIPELINE, "handlers/echo.py": LOGGED_ECHO_HANDLERS})
+    ws.run()
+    age(ws)
+    assert ws.run()["executed"] == 0
+    assert (ws.root / ".eventrunner" / "stamp.bin").exists()
+
+    # When the folder is created with a file in it
+    ws.write("inbox/hello.txt", "hello world\n")
+    age(ws)
+    report = ws.run()
+
+    # Then the file is processed (regression: the stamp covered only folders that existed, so
+    # the answer came from stats and nothing ran)
+    assert report["mode"] != "stat"
+    assert sorted(ws.runs()) == ["count hello", "shout hello", "summary _"]
+    assert ws.read("shouted/hello.txt") == "HELLO WORLD!\n"
