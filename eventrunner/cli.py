@@ -226,11 +226,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     look = getattr(args, "look", None)
-    since = (
-        (look.changed, look.sources)
-        if look is not None and look.incremental and _is_full_run(args)
-        else None
-    )
+    since = look if look is not None and look.incremental and _is_full_run(args) else None
     from .index import Index
     from .store import Store
     from .workspace import load_workspace
@@ -263,7 +259,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             index.sweep_temps()  # we hold the lock; a full run may follow a crash: clear its debris
         if since is not None:
             # Incremental: only what the changed stats affect, exactly as serve handles events.
-            initial = stamping.targets_since(engine, index, ws, *since)
+            initial = stamping.targets_since(engine, index, ws, since)
         else:
             initial = [
                 (q, e, v)

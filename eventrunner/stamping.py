@@ -85,19 +85,25 @@ def write_stamp(
     )
 
 
-def targets_since(
-    engine: Any, index: Any, ws: Any, changed: list[str], sources_then: set[str]
-) -> list[Any]:
+def targets_since(engine: Any, index: Any, ws: Any, look: Any) -> list[Any]:
     """Targets affected by files whose stats changed and by source files added or removed."""
     root = str(ws.settings.data_root)
-    now = index.source_paths()
-    events = [("deleted", rel) for rel in sources_then - now] + [
-        ("added", rel) for rel in now - sources_then
-    ]
-    for path in changed:
+    modified: list[str] = []
+    comings_and_goings = False
+    for path in look.changed:
         rel = os.path.relpath(path, root)
         if not rel.startswith("..") and os.path.isfile(path):
-            events.append(("modified", rel))
+            modified.append(rel)
+        else:
+            comings_and_goings = True  # a folder (files came or went) or a file gone
+    events: list[tuple[str, str]] = []
+    if comings_and_goings:
+        # Only then can the set of source files differ (each folder a scan walks is stamped):
+        # comparing the sets costs O(sources), the rest O(changed).
+        now, sources_then = index.source_paths(), look.sources
+        events += [("deleted", rel) for rel in sources_then - now]
+        events += [("added", rel) for rel in now - sources_then]
+    events += [("modified", rel) for rel in modified]
     targets: list[Any] = []
     for kind, rel in events:
         targets.extend(engine.targets_for_change(kind, rel)[0])
