@@ -114,8 +114,9 @@ class Evaluator:
         exists = idx.has_entity(qualname, values)
         g = self.gather(qualname, values) if exists else Gathered([], [], [])
         inputs = g.hashes()
-        outputs_now = {p: idx.file_hash(p) for p in m.outputs} if m else {}
-        if m is not None and not m.outputs and not self.ws.graph.stages[qualname].fanout_vars:
+        recorded = m.output_paths if m else ()
+        outputs_now = {p: idx.file_hash(p) for p in recorded}
+        if m is not None and not recorded and not self.ws.graph.stages[qualname].fanout_vars:
             outputs_now = {self.ws.graph.stages[qualname].output.join(values): None}
         return Facts(
             manifest=m,

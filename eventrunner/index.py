@@ -12,7 +12,7 @@ import pickle
 import struct
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -122,6 +122,12 @@ class Instances:
     def _all_vars(self, vars_: Key) -> bool:
         return len(vars_) == len(self.pattern.variables) and set(vars_) == set(self.pattern.variables)
 
+    def binds(self, vars_: Key, values: Mapping[str, str]) -> bool:
+        """True when some instance has these values for `vars_` (the hot path of has_entity)."""
+        if self._all_vars(vars_):
+            return entity_id(self.pattern.variables, values) in self.items
+        return tuple(values[v] for v in vars_) in self.projection(vars_)
+
     def select(self, vars_: Key, key: Key) -> set[str]:
         """Instances whose `vars_` have the values `key`."""
         if self._all_vars(vars_):
@@ -146,6 +152,7 @@ class Index:
         self.ws = ws
         self.store = store
         self.root = ws.settings.data_root
+        self._prefix = os.path.join(os.fspath(self.root), "")  # "root/": relpaths are "/"-joined
         self.files: dict[str, bytes] = {}  # relpath -> pack_stat(...)
         self._racy: set[str] = set()  # entries remember_file added since the last save
         self.instances: dict[str, Instances] = {
@@ -245,7 +252,7 @@ class Index:
     # -- files ----------------------------------------------------------------------------
     def file_hash(self, relpath: str) -> str | None:
         """Content hash through the stat fast path; None when the file is missing."""
-        path = os.path.join(self.root, relpath)
+        path = self._prefix + relpath
         try:
             st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
@@ -269,7 +276,7 @@ class Index:
     def remember_file(self, relpath: str, digest: str) -> None:
         """Cache the hash of a file we just wrote (so its next check costs one stat)."""
         try:
-            st = os.stat(os.path.join(self.root, relpath))
+            st = os.stat(self._prefix + relpath)
         except FileNotFoundError:
             return
         # We produced this content and hashed it: trusted in memory; save() demotes entries still
@@ -375,9 +382,8 @@ class Index:
         stage = self.ws.graph.stages[qualname]
         if not stage.inputs:
             return True
-        key = tuple(values[v] for v in stage.entity_vars)
         return any(
-            self.instances[stage.input(d).pattern.key].select(stage.entity_vars, key)
+            self.instances[stage.input(d).pattern.key].binds(stage.entity_vars, values)
             for d in stage.drivers
         )
 

@@ -69,6 +69,8 @@ class Pattern:
     constraints: Mapping[str, str] = field(hash=False)
     _segments: tuple[_Segment, ...] = field(init=False, repr=False, compare=False)
     _checks: Mapping[str, re.Pattern[str]] = field(init=False, repr=False, compare=False)
+    # (before, variable, after) when the variable occurs once: join is then one concatenation.
+    _affix: tuple[str, str, str] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         try:
@@ -79,6 +81,17 @@ class Pattern:
         object.__setattr__(self, "constraints", MappingProxyType(dict(self.constraints)))
         object.__setattr__(self, "_checks", MappingProxyType(checks))
         object.__setattr__(self, "_segments", segments)
+        flat: list[_Part] = []
+        for i, seg in enumerate(segments):
+            flat.extend(["/"] if i else [])
+            flat.extend(seg.parts)
+        occurrences = [part for part in flat if isinstance(part, _Var)]
+        affix = None
+        if len(occurrences) == 1:
+            i = flat.index(occurrences[0])
+            text = [p if isinstance(p, str) else "" for p in flat]
+            affix = ("".join(text[:i]), occurrences[0].name, "".join(text[i + 1 :]))
+        object.__setattr__(self, "_affix", affix)
 
     def _segment(self, parts: list[_Part], checks: Mapping[str, re.Pattern[str]]) -> _Segment:
         """Compile one segment to a regex; a repeated variable becomes a backreference."""
@@ -163,6 +176,9 @@ class Pattern:
 
     def join(self, values: Mapping[str, str]) -> str:
         """The relpath for values already known to be valid (they came from a match): no checks."""
+        if self._affix is not None:
+            before, name, after = self._affix
+            return before + values[name] + after
         return "/".join(
             "".join(p if isinstance(p, str) else values[p.name] for p in seg.parts) for seg in self._segments
         )

@@ -95,8 +95,9 @@ def staleness_reasons(f: Facts) -> list[Reason]:
         )
     if m.params != f.params:
         out.append(Reason("PARAMS_CHANGED", "params changed", {"old": m.params, "new": f.params}))
-    for name in sorted(set(m.inputs) | set(f.inputs)):
-        old, new = m.inputs.get(name, {}), f.inputs.get(name, {})
+    recorded_inputs, recorded_outputs = m.inputs, m.outputs  # built on access: once here
+    for name in sorted(set(recorded_inputs) | set(f.inputs)):
+        old, new = recorded_inputs.get(name, {}), f.inputs.get(name, {})
         for path in sorted(set(old) | set(new)):
             if path not in old:
                 out.append(
@@ -123,12 +124,12 @@ def staleness_reasons(f: Facts) -> list[Reason]:
                     )
                 )
     for path, h in sorted(f.outputs_now.items()):
-        if h is not None and m.outputs.get(path) != h:
+        if h is not None and recorded_outputs.get(path) != h:
             out.append(
                 Reason(
                     "OUTPUT_MODIFIED",
                     f"output {path} was modified outside eventrunner",
-                    {"path": path, "recorded": m.outputs.get(path), "now": h},
+                    {"path": path, "recorded": recorded_outputs.get(path), "now": h},
                 )
             )
     if f.invalidated_ns and f.invalidated_ns > m.finished_ns:

@@ -170,6 +170,11 @@ class Manifest:
         return out
 
     @property
+    def output_paths(self) -> tuple[str, ...]:
+        """The relpaths of the outputs (no dict built)."""
+        return self._io[self._nin :: 2]
+
+    @property
     def outputs(self) -> dict[str, str]:
         """relpath -> hash."""
         flat, n = self._io, self._nin

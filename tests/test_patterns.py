@@ -597,3 +597,24 @@ def test_scan_accepts_a_root_given_as_a_relative_path(
     write(tmp_path, "logs/a.md")
     monkeypatch.chdir(tmp_path)
     assert scanned("logs/{n}.md", Path(".")) == [("logs/a.md", {"n": "a"})]
+
+
+@pytest.mark.parametrize(
+    "text, values, path",
+    [
+        ("inbox/{name}.txt", {"name": "a"}, "inbox/a.txt"),
+        ("{name}", {"name": "a"}, "a"),
+        ("{day}/raw.json", {"day": "2026-11-25"}, "2026-11-25/raw.json"),
+        ("x/{id:[0-9]+}-v/out", {"id": "42"}, "x/42-v/out"),
+        ("{a}/{b}.txt", {"a": "1", "b": "2"}, "1/2.txt"),
+        ("{a}/{a}.txt", {"a": "1"}, "1/1.txt"),
+        ("summary.md", {}, "summary.md"),
+    ],
+)
+def test_join_gives_the_path_match_read_and_format_gives(text: str, values: dict, path: str) -> None:
+    # Given a pattern (one variable occurrence takes join's shortcut, others the general path)
+    p = parse_pattern(text)
+    # Then join, format and match agree
+    assert p.join(values) == path
+    assert p.format(values) == path
+    assert p.match(path) == values
