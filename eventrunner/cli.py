@@ -252,7 +252,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             listener=progress.on_event if progress else None,
         )
         if entity is not None and not any(
-            e == entity for q, e, _ in engine.all_targets() if q in selected
+            e == entity for q, e, _ in engine.planner.all_targets() if q in selected
         ):
             raise UnknownName(f"no selected stage has entity {entity!r}")
         if since is None and not args.dry_run and (store.crashed_before or index.recovered):
@@ -263,7 +263,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             initial = [
                 (q, e, v)
-                for q, e, v in engine.all_targets()
+                for q, e, v in engine.planner.all_targets()
                 if q in selected and entity in (None, e)
             ]
         engine.consider(initial, fresh_pass=True)

@@ -34,13 +34,12 @@ from .executor import (
     wants_ctx,
 )
 from .index import Index
-from .patterns import trusted_entity_id as entity_id
+from .planner import Planner, Target
 from .staleness import after_failure
 from .store import Manifest, Store
 
 log = logging.getLogger("eventrunner.engine")
 
-Target = tuple[str, str, dict[str, str]]  # (stage qualname, entity id, values)
 Listener = Callable[[dict[str, Any]], None]
 
 
@@ -76,6 +75,7 @@ class Engine:
         self.allow = allow or (lambda q, e: True)
         self.listeners: list[Listener] = [listener] if listener else []
         self.evaluator = Evaluator(index)
+        self.planner = Planner(index)
         self.outcome = Outcome()
         self.retry_in_run = retry_in_run  # serve: failures come back through the sweep instead
         self._heap: list[tuple[int, int, int, str, str]] = []
@@ -146,79 +146,6 @@ class Engine:
             elif verdict.state in ("failed", "dead", "held"):
                 self.blocked_seen += 1
         return n
-
-    def all_targets(self) -> list[Target]:
-        """Every (stage, entity) of the workspace, upstream first: the O(workspace) path of `run`."""
-        out: list[Target] = []
-        for q in self.ws.graph.order:
-            out.extend((q, eid, values) for eid, values in self.index.stage_entities(q))
-        return out
-
-    def downstream_of(self, pattern_key: str, values: dict[str, str]) -> list[Target]:
-        """(stage, entity) pairs that read one instance of a pattern: the O(affected) path."""
-        out: list[Target] = []
-        g = self.ws.graph
-        for q, iname in g.consumers.get(pattern_key, []):
-            stage = g.stages[q]
-            inp = stage.input(iname)
-            ev = stage.entity_vars
-            if set(ev) <= set(inp.pattern.variables):
-                ent = {v: values[v] for v in ev}
-                out.append((q, entity_id(ev, ent), ent))
-                continue
-            # The input fixes only some entity variables (e.g. a shared config file): every
-            # entity agreeing on those is affected, found through a driver's projection.
-            key = tuple(values[v] for v in inp.shared)
-            seen: set[str] = set()
-            for d in stage.drivers:
-                inst = self.index.instances[stage.input(d).pattern.key]
-                for member in inst.select(inp.shared, key):
-                    mv = inst.values(member)
-                    ent = {v: mv[v] for v in ev}
-                    eid = entity_id(ev, ent)
-                    if eid not in seen:
-                        seen.add(eid)
-                        out.append((q, eid, ent))
-        return out
-
-    def targets_for_change(self, kind: str, relpath: str) -> tuple[list[Target], bool]:
-        """What one changed file affects (updating source instances); also whether it is a source."""
-        targets: list[Target] = []
-        g = self.ws.graph
-        source_hit = False
-        for key, pattern in g.patterns.items():
-            values = pattern.match(relpath)
-            if values is None:
-                continue
-            producer = g.producer.get(key)
-            if producer is not None:
-                # An output changed or vanished: its producer decides (our own writes match the
-                # index, so their echo comes out fresh and triggers nothing).
-                stage = g.stages[producer]
-                ent = {v: values[v] for v in stage.entity_vars}
-                targets.append((producer, entity_id(stage.entity_vars, ent), ent))
-                if kind != "deleted":
-                    targets.extend(self.downstream_of(key, values))
-                continue
-            source_hit = True
-            if kind == "deleted":
-                self.index.discard_instance(key, values)
-                self.index.files.pop(relpath, None)
-                targets.extend(self.removed_targets(key, values))
-            else:
-                self.index.add_instance(key, values, relpath)
-                targets.extend(self.downstream_of(key, values))
-        return targets, source_hit
-
-    def removed_targets(self, pattern_key: str, values: dict[str, str]) -> list[Target]:
-        """Targets affected by an instance that disappeared, following entities that vanish with it."""
-        out: list[Target] = []
-        for q, eid, ent in self.downstream_of(pattern_key, values):
-            out.append((q, eid, ent))
-            stage = self.ws.graph.stages[q]
-            if not stage.fanout_vars and not self.index.has_entity(q, ent):
-                out.extend(self.removed_targets(stage.output.key, ent))
-        return out
 
     def _push(self, q: str, eid: str, values: dict[str, str]) -> None:
         stage = self.ws.graph.stages[q]
@@ -515,11 +442,11 @@ class Engine:
         for relpath in manifest.outputs:
             values = pattern.match(relpath)
             if values is not None:
-                targets.extend(self.downstream_of(stage.output.key, values))
+                targets.extend(self.planner.downstream_of(stage.output.key, values))
         for relpath in old.outputs if old else ():
             values = pattern.match(relpath)
             if relpath not in manifest.outputs and values is not None:
-                targets.extend(self.removed_targets(stage.output.key, values))
+                targets.extend(self.planner.removed_targets(stage.output.key, values))
         if (q, eid) in self._rerun:
             self._rerun.discard((q, eid))
             targets.append((q, eid, manifest.values))

@@ -7,6 +7,8 @@ cache is saved again; a cache found dirty (a crash mid-run) is ignored and rebui
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import os
 import pickle
 import struct
@@ -14,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .hashing import hash_path
 from .patterns import Pattern, parse_entity_id, scan
@@ -163,6 +165,7 @@ class Index:
         self.control = Control()
         self.running: set[tuple[str, str]] = set()
         self._dirty_marked = False
+        self.generation = 0  # bumped by every mark_dirty(): a save knows if state moved on since
         self.changed = False  # anything the cache should learn (saved only then)
         self.written: set[str] = set()
         self.recovered = False  # loaded by rebuilding from manifests (see load)  # outputs this process wrote (trusted: see remember_file)
@@ -218,6 +221,7 @@ class Index:
 
     def mark_dirty(self) -> None:
         """Say on disk that state is about to change, before it does."""
+        self.generation += 1
         if not self._dirty_marked:
             self.store.root.mkdir(parents=True, exist_ok=True)
             atomic_write(self.dirty_path, b"", durable=True)
@@ -225,6 +229,27 @@ class Index:
 
     def save(self) -> None:
         """Write the cache, then clear the dirty marker."""
+        generation, data = self.snapshot()
+        try:
+            self.write_snapshot(data)
+        except BaseException:
+            self.changed = True
+            raise
+        self.saved(generation)
+
+    async def save_async(self) -> None:
+        """save() with the pickling and writing in a thread: the loop may go on changing state."""
+        generation, data = self.snapshot()
+        try:
+            await asyncio.to_thread(self.write_snapshot, data)
+        except BaseException:
+            self.changed = True
+            raise
+        self.saved(generation)
+
+    def snapshot(self) -> tuple[int, dict[str, Any]]:
+        """What the cache holds, copied (shallowly: entries are not changed in place) so that it
+        can be pickled while the index moves on; with the generation it was taken at."""
         racy = time.time_ns() - RACY_NS
         # Only our own writes are cached while racy (file_hash skips such files).
         for rel in self._racy:
@@ -236,18 +261,29 @@ class Index:
         self._racy.clear()
         data = {
             "version": CACHE_VERSION,
-            "files": self.files,
-            "manifests": self.manifests,
-            "failures": self.failures,
-            "control": self.control,
+            "files": dict(self.files),
+            "manifests": {s: dict(ms) for s, ms in self.manifests.items()},
+            "failures": {s: {e: copy.copy(f) for e, f in fs.items()} for s, fs in self.failures.items()},
+            "control": copy.deepcopy(self.control),
         }
+        self.changed = False
+        # A state running now commits without another mark_dirty(): a snapshot taken meanwhile
+        # must never clear the marker (-1 matches no generation).
+        return (-1 if self.running else self.generation), data
+
+    def write_snapshot(self, data: dict[str, Any]) -> None:
+        """Pickle a snapshot to the cache file (touches nothing else: safe in a thread)."""
         self.store.root.mkdir(parents=True, exist_ok=True)
         atomic_write(
             self.cache_path, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL), durable=True
         )
-        self.dirty_path.unlink(missing_ok=True)
-        self._dirty_marked = False
-        self.changed = False
+
+    def saved(self, generation: int) -> None:
+        """The snapshot of `generation` is on disk: clear the dirty marker, unless state changed
+        since the snapshot (the cache would then miss that change after a crash)."""
+        if generation == self.generation:
+            self.dirty_path.unlink(missing_ok=True)
+            self._dirty_marked = False
 
     # -- files ----------------------------------------------------------------------------
     def file_hash(self, relpath: str) -> str | None:

@@ -13,6 +13,7 @@ from .errors import PatternError, UnknownName, UsageError
 from .evaluate import Evaluator
 from .index import Index
 from .patterns import parse_entity_id
+from .planner import Planner
 from .staleness import STATES, Verdict
 from .store import Store, atomic_write, dumps
 
@@ -150,31 +151,67 @@ def _targets(index: Index, q: str, eids: list[str] | None) -> list[str]:
     return list(eids)
 
 
-def _persist_control(index: Index, store: Store) -> None:
+def _persist_control(index: Index, store: Store, save: bool) -> None:
     index.mark_dirty()
-    store.write_control(index.control)
-    index.save()
+    store.write_control(index.control)  # durable here; the index cache follows (save or later)
+    _save(index, save)
+
+
+def _save(index: Index, save: bool) -> None:
+    # serve passes save=False: its persist loop saves off the event loop (the index is marked
+    # dirty until then, so a crash rebuilds from the store instead of trusting the cache).
+    if save:
+        index.save()
+    else:
+        index.changed = True
 
 
 def invalidate(
-    index: Index, store: Store, stage: str, eids: list[str] | None = None, downstream: bool = False
+    index: Index,
+    store: Store,
+    stage: str,
+    eids: list[str] | None = None,
+    downstream: bool = False,
+    *,
+    save: bool = True,
 ) -> dict[str, Any]:
-    """Mark states stale (INVALIDATED); with downstream, every stage below too."""
-    qs = resolve_stages(index, stage)
-    targets = _targets(index, qs[0], eids)
+    """Mark states stale (INVALIDATED); with downstream, every state that reads them too."""
+    q0 = resolve_stages(index, stage)[0]
+    targets = _targets(index, q0, eids)
     now = time.time_ns()
-    stages = [qs[0], *(index.ws.graph.closure_downstream(qs[0]) if downstream else [])]
-    for q in stages:
-        inv = index.control.invalidations.setdefault(q, {})
-        # Downstream entities are not the same ids in general: invalidate those stages whole.
-        for t in targets if q == qs[0] else ["*"]:
-            inv[t] = now
-    _persist_control(index, store)
-    return {"stages": stages, "entities": targets}
+    inv = index.control.invalidations
+    below: list[dict[str, str]] = []
+    if targets == ["*"]:
+        stages = [q0, *(index.ws.graph.closure_downstream(q0) if downstream else [])]
+        for q in stages:
+            inv.setdefault(q, {})["*"] = now
+    else:
+        for eid in targets:
+            inv.setdefault(q0, {})[eid] = now
+        if downstream:
+            # Exactly the descendants of these entities (fan-in, fan-out and shared inputs
+            # followed through the index), not the downstream stages whole.
+            planner, seen = Planner(index), set()
+            for eid in targets:
+                values = _entity_values(index, q0, eid) or {}
+                for q, e, _ in planner.descendants(q0, values):
+                    if (q, e) not in seen:
+                        seen.add((q, e))
+                        inv.setdefault(q, {})[e] = now
+                        below.append({"stage": q, "entity": e})
+        order = {q: i for i, q in enumerate(index.ws.graph.order)}
+        stages = [q0, *sorted({d["stage"] for d in below}, key=order.__getitem__)]
+    _persist_control(index, store, save)
+    return {"stages": stages, "entities": targets, "downstream": below}
 
 
 def retry(
-    index: Index, store: Store, stage: str | None = None, eids: list[str] | None = None
+    index: Index,
+    store: Store,
+    stage: str | None = None,
+    eids: list[str] | None = None,
+    *,
+    save: bool = True,
 ) -> dict[str, Any]:
     """Clear backoff and dead states so they run at the next opportunity."""
     cleared = []
@@ -187,12 +224,18 @@ def retry(
                 del index.failures[q][eid]
                 cleared.append({"stage": q, "entity": eid})
     if cleared:
-        index.save()
+        _save(index, save)
     return {"cleared": cleared}
 
 
 def hold(
-    index: Index, store: Store, stage: str, eids: list[str] | None = None, on: bool = True
+    index: Index,
+    store: Store,
+    stage: str,
+    eids: list[str] | None = None,
+    on: bool = True,
+    *,
+    save: bool = True,
 ) -> dict[str, Any]:
     """Put states on manual hold (on=True) or release them."""
     q = resolve_stages(index, stage)[0]
@@ -208,7 +251,7 @@ def hold(
         index.control.holds[q] = sorted(current)
     else:
         index.control.holds.pop(q, None)
-    _persist_control(index, store)
+    _persist_control(index, store, save)
     return {"stage": q, "entities": targets, "held": on}
 
 

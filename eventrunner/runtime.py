@@ -17,10 +17,11 @@ from typing import Any
 
 from . import fastpath, loader, ops, stamping
 from .config import Settings
-from .engine import Engine, Target
+from .engine import Engine
 from .errors import ConfigError
 from .index import Index
 from .patterns import scan
+from .planner import Target
 from .store import Store
 from .watch import FileChange, Rescan, watch_changes
 from .workspace import Workspace, load_workspace
@@ -174,7 +175,7 @@ class Runtime:
         if self.engine is not None:
             await self.engine.stop(self.settings.runtime.shutdown_grace)
         if self.index is not None and (self.index.changed or self.index.dirty_path.exists()):
-            await asyncio.to_thread(self.index.save)
+            await self.index.save_async()
         if (
             self._stamp_ok
             and self.engine is not None
@@ -204,7 +205,7 @@ class Runtime:
     def on_change(self, change: FileChange) -> int:
         """One file changed under the data root: queue what it affects; returns how many were queued."""
         assert self.engine is not None and self.index is not None
-        targets, source_hit = self.engine.targets_for_change(change.kind, change.relpath)
+        targets, source_hit = self.engine.planner.targets_for_change(change.kind, change.relpath)
         queued = self.engine.consider(targets) if targets else 0
         if queued or source_hit:
             self.emit(
@@ -225,8 +226,8 @@ class Runtime:
             idx.derive()
             for key in before:
                 for eid in before[key].keys() - now[key].keys():
-                    targets.extend(self.engine.removed_targets(key, idx.instances[key].values(eid)))
-        targets.extend(self.engine.all_targets())
+                    targets.extend(self.engine.planner.removed_targets(key, idx.instances[key].values(eid)))
+        targets.extend(self.engine.planner.all_targets())
         n = self.engine.consider(targets)
         # Drop the pass's memo now (a verdict per state), not during the next event's handling.
         self.engine.evaluator.reset()
@@ -268,13 +269,12 @@ class Runtime:
         """Save the index cache now and then, so a restart after a clean stop reads one file."""
         while True:
             await asyncio.sleep(30)
-            if (
-                self.index is not None
-                and self.index.changed
-                and self.engine is not None
-                and self.engine._is_idle()
-            ):
-                await asyncio.to_thread(self.index.save)
+            if self.index is not None and self.index.changed:
+                try:
+                    # A snapshot pickled in a thread: events go on being handled meanwhile.
+                    await self.index.save_async()
+                except OSError as exc:
+                    log.error("could not save the index cache (will retry): %s", exc)
 
     # -- watching ----------------------------------------------------------------------------------
     def _watch_targets(self) -> tuple[list[Path], list[Path]]:
@@ -372,7 +372,7 @@ class Runtime:
             )
             assert self.engine is not None and self.index is not None
             await self.engine.stop(self.settings.runtime.shutdown_grace)
-            await asyncio.to_thread(self.index.save)
+            await self.index.save_async()
             self.ws = new_ws
             self.index = await asyncio.to_thread(Index.load, new_ws, self.store)
             self.engine = self._new_engine(self.index)
@@ -385,7 +385,7 @@ class Runtime:
             self.last_reload_error = None
             self.emit({"kind": "reloaded", "changed_stages": changed})
             log.info("reloaded; stages with new code or params: %s", ", ".join(changed) or "none")
-            self.engine.consider(self.engine.all_targets(), fresh_pass=True)
+            self.engine.consider(self.engine.planner.all_targets(), fresh_pass=True)
             if self.watch_enabled and self._watch_targets() != self._watched:
                 # New source folders: re-aim the watchers (from a task of its own, since this
                 # reload may be running inside one of them).
@@ -405,25 +405,34 @@ class Runtime:
         idx, store = self.index, self.store
         stage: str | None = body.get("stage")
         eids: list[str] | None = body.get("entities") or None
+        # Only what the call touched is checked again: whole stages when no entity was named.
+        whole: list[str] = []
+        pairs: list[tuple[str, str]] = []
         if action == "invalidate":
             result = ops.invalidate(
-                idx, store, _required(stage), eids, bool(body.get("downstream"))
+                idx, store, _required(stage), eids, bool(body.get("downstream")), save=False
             )
-            stages = result["stages"]
+            if eids:
+                pairs = [(result["stages"][0], e) for e in result["entities"]]
+                pairs += [(d["stage"], d["entity"]) for d in result["downstream"]]
+            else:
+                whole = result["stages"]
         elif action == "retry":
-            result = ops.retry(idx, store, stage, eids)
-            stages = sorted({c["stage"] for c in result["cleared"]})
+            result = ops.retry(idx, store, stage, eids, save=False)
+            pairs = [(c["stage"], c["entity"]) for c in result["cleared"]]
         elif action in ("hold", "release"):
-            result = ops.hold(idx, store, _required(stage), eids, on=action == "hold")
-            stages = [result["stage"]]
+            result = ops.hold(idx, store, _required(stage), eids, on=action == "hold", save=False)
+            if eids:
+                pairs = [(result["stage"], e) for e in result["entities"]]
+            else:
+                whole = [result["stage"]]
         else:
             raise ValueError(action)
-        targets = [
-            (q, e, v)
-            for q in stages
-            for e, v in idx.stage_entities(q)
-            if not eids or e in eids or q != stages[0]
-        ]
+        targets: list[Target] = [(q, e, v) for q in whole for e, v in idx.stage_entities(q)]
+        for q, e in pairs:
+            values = _values_of(self.ws, q, e)
+            if values is not None:
+                targets.append((q, e, values))
         self.engine.consider(targets)
         return result
 

@@ -106,5 +106,5 @@ def targets_since(engine: Any, index: Any, ws: Any, look: Any) -> list[Any]:
     events += [("modified", rel) for rel in modified]
     targets: list[Any] = []
     for kind, rel in events:
-        targets.extend(engine.targets_for_change(kind, rel)[0])
+        targets.extend(engine.planner.targets_for_change(kind, rel)[0])
     return targets

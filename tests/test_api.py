@@ -399,7 +399,11 @@ async def test_invalidate_with_downstream_reruns_the_entity_and_the_stages_below
     answer = await api.post(
         "/api/pipelines/blog/invalidate", {"stage": "post", "entities": ["a"], "downstream": True}
     )
-    assert answer == {"stages": ["blog.post", "blog.digest"], "entities": ["a"]}
+    assert answer == {
+        "stages": ["blog.post", "blog.digest"],
+        "entities": ["a"],
+        "downstream": [{"stage": "blog.digest", "entity": "_"}],
+    }
 
     # Then post a and the digest run again (new manifests), and nothing else does
     async def rerun() -> bool:

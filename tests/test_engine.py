@@ -882,3 +882,40 @@ def test_dry_run_executes_nothing(echo: Workspace) -> None:
         ("echo.shout", "b"),
     }
     assert not echo.exists("shouted")
+
+
+def _stale(ws: Workspace) -> set[tuple[str, str]]:
+    return {k for k, state in ws.states().items() if state != "fresh"}
+
+
+@pytest.mark.parametrize(
+    ("stage", "entity", "expected"),
+    [
+        # a map's downstream: its own chain and the fan-in, not the other entity's chain
+        ("upper", "a", {("p.upper", "a"), ("p.length", "a"), ("p.joined", "_")}),
+        # a fan-out's downstream: exactly the items it produced
+        (
+            "split",
+            "f",
+            {("p.split", "f"), ("p.measure", "feed=f,item=x"), ("p.measure", "feed=f,item=y")},
+        ),
+    ],
+)
+def test_invalidate_downstream_marks_exactly_the_descendants(
+    shapes: Workspace, stage: str, entity: str, expected: set[tuple[str, str]]
+) -> None:
+    # Given everything fresh
+    shapes.run()
+    assert _stale(shapes) == set()
+
+    # When one state is invalidated with --downstream
+    res = shapes.cli("invalidate", stage, entity, "--downstream", "--json")
+    assert res.code == 0, res.err
+
+    # Then exactly it and the states that read it (transitively) are stale, not whole stages
+    assert _stale(shapes) == expected
+    assert {(d["stage"], d["entity"]) for d in res.json["downstream"]} == expected - {
+        (f"p.{stage}", entity)
+    }
+    # And a run re-runs just those
+    assert shapes.run()["executed"] == len(expected)
