@@ -1,0 +1,69 @@
+"""Saving the index cache while state moves on: the dirty marker must outlive any change the
+saved snapshot does not hold (a crash then rebuilds from the store instead of trusting it)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from conftest import ECHO_PIPELINE, LOGGED_ECHO_HANDLERS, MakeWorkspace, Workspace
+
+from eventrunner.index import Index
+from eventrunner.store import Store
+from eventrunner.workspace import load_workspace
+
+
+@pytest.fixture
+def index(make_workspace: MakeWorkspace) -> Index:
+    ws: Workspace = make_workspace(
+        {
+            "pipelines/echo.toml": ECHO_PIPELINE,
+            "handlers/echo.py": LOGGED_ECHO_HANDLERS,
+            "inbox/hello.txt": "hello world\n",
+        }
+    )
+    ws.run()
+    loaded = load_workspace(ws.root)
+    return Index.load(loaded, Store(loaded.settings.state_dir))
+
+
+def test_a_quiet_save_clears_the_dirty_marker(index: Index) -> None:
+    index.mark_dirty()
+    asyncio.run(index.save_async())
+    assert not index.dirty_path.exists()
+    assert index.cache_path.exists()
+
+
+def test_a_change_during_the_write_keeps_the_dirty_marker(index: Index) -> None:
+    # Given a snapshot taken, then state changing before the write finishes
+    index.mark_dirty()
+    generation, data = index.snapshot()
+    index.mark_dirty()  # e.g. a hold arriving while the snapshot is being pickled
+    index.control.holds["echo.shout"] = ["hello"]
+    index.write_snapshot(data)
+    index.saved(generation)
+
+    # Then the marker stays (the cache on disk lacks the hold) and a load rebuilds from the store
+    assert index.dirty_path.exists()
+    again = Index.load(index.ws, index.store)
+    assert again.recovered
+
+
+def test_a_snapshot_taken_while_a_state_runs_never_clears_the_marker(index: Index) -> None:
+    # Given a state running (its commit will not mark the index dirty again)
+    index.mark_dirty()
+    index.running.add(("echo.shout", "hello"))
+    generation, data = index.snapshot()
+    index.write_snapshot(data)
+    index.saved(generation)
+
+    # Then the marker stays
+    assert index.dirty_path.exists()
+
+
+def test_the_snapshot_is_a_copy(index: Index) -> None:
+    _, data = index.snapshot()
+    index.manifests["echo.shout"].clear()
+    index.control.holds["echo.count"] = ["*"]
+    assert "hello" in data["manifests"]["echo.shout"]
+    assert "echo.count" not in data["control"].holds
