@@ -51,6 +51,11 @@ class Evaluator:
         self._memo.clear()
         self.now = time.time() if now is None else now
 
+    @property
+    def memo_size(self) -> int:
+        """Verdicts memoised in this pass."""
+        return len(self._memo)
+
     def forget(self, qualname: str, eid: str) -> None:
         """Forget one memoised verdict."""
         self._memo.pop((qualname, eid), None)

@@ -121,18 +121,19 @@ class Instances:
             self._proj[vars_] = groups
         return groups
 
-    def _all_vars(self, vars_: Key) -> bool:
+    def covers(self, vars_: Key) -> bool:
+        """True when `vars_` are all of the pattern's variables (in any order)."""
         return len(vars_) == len(self.pattern.variables) and set(vars_) == set(self.pattern.variables)
 
     def binds(self, vars_: Key, values: Mapping[str, str]) -> bool:
         """True when some instance has these values for `vars_` (the hot path of has_entity)."""
-        if self._all_vars(vars_):
+        if self.covers(vars_):
             return entity_id(self.pattern.variables, values) in self.items
         return tuple(values[v] for v in vars_) in self.projection(vars_)
 
     def select(self, vars_: Key, key: Key) -> set[str]:
         """Instances whose `vars_` have the values `key`."""
-        if self._all_vars(vars_):
+        if self.covers(vars_):
             # Every variable fixed: at most one instance, found by its id (no projection to keep).
             eid = entity_id(self.pattern.variables, dict(zip(vars_, key, strict=True)))
             return {eid} if eid in self.items else set()
@@ -140,7 +141,7 @@ class Instances:
 
     def keys(self, vars_: Key) -> Iterator[Key]:
         """The distinct values of `vars_` among the instances."""
-        if self._all_vars(vars_):
+        if self.covers(vars_):
             if self._single is not None:
                 return ((e,) if "%" not in e else (self.values(e)[self._single],) for e in self.items)
             return (tuple(vs[v] for v in vars_) for vs in map(self.values, self.items))
@@ -412,6 +413,15 @@ class Index:
                         seen.add(key)
                     values = dict(zip(ev, key, strict=True))
                     yield entity_id(ev, values), values
+
+    def stage_entity_ids(self, qualname: str) -> list[str]:
+        """The ids stage_entities() gives, without building values (one list copy, usually)."""
+        stage = self.ws.graph.stages[qualname]
+        if len(stage.drivers) == 1:
+            inst = self.instances[stage.input(stage.drivers[0]).pattern.key]
+            if tuple(stage.entity_vars) == inst.pattern.variables:
+                return list(inst.items)  # same variables in the same order: the same ids
+        return [eid for eid, _ in self.stage_entities(qualname)]
 
     def has_entity(self, qualname: str, values: dict[str, str]) -> bool:
         """True when some driver input still binds this entity."""

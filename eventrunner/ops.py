@@ -58,6 +58,23 @@ def resolve_stages(index: Index, stage: str | None, pipeline: str | None = None)
     return found
 
 
+def state_ids(index: Index, qualname: str) -> list[str]:
+    """Entity ids of one stage's states in listing order: its entities, then orphaned states.
+    Cheap (no evaluation), so a page of a listing need evaluate only its own rows."""
+    ids = index.stage_entity_ids(qualname)
+    known = set(ids)
+    ids += [eid for eid in index.manifests[qualname] if eid not in known]
+    return ids
+
+
+def values_of(index: Index, qualname: str, eid: str) -> dict[str, str]:
+    """The values of a known entity id of a stage."""
+    stage_vars = index.ws.graph.stages[qualname].entity_vars
+    if len(stage_vars) == 1 and "%" not in eid:
+        return {stage_vars[0]: eid}
+    return parse_entity_id(stage_vars, eid)
+
+
 def iter_rows(index: Index, stages: list[str], evaluator: Evaluator | None = None) -> Iterator[Row]:
     """Every state of the given stages (orphaned ones included), upstream first."""
     ev = evaluator or Evaluator(index)
@@ -71,12 +88,17 @@ def iter_rows(index: Index, stages: list[str], evaluator: Evaluator | None = Non
                 yield Row(q, eid, m.values, ev.verdict(q, eid, m.values))
 
 
-def status(index: Index, pipeline: str | None = None) -> dict[str, Any]:
-    """Per-stage counts by state: {"pipelines": {P: {"stages": {S: {state: n}}}}}."""
+def status(
+    index: Index, pipeline: str | None = None, counts: dict[str, dict[str, int]] | None = None
+) -> dict[str, Any]:
+    """Per-stage counts by state: {"pipelines": {P: {"stages": {S: {state: n}}}}}; evaluates
+    every state unless `counts` (stage -> state -> n) come from elsewhere (serve's StateTable)."""
     stages = resolve_stages(index, None, pipeline)
-    counts: dict[str, Counter[str]] = {q: Counter() for q in stages}
-    for row in iter_rows(index, stages):
-        counts[row.stage][row.verdict.state] += 1
+    if counts is None:
+        tally: dict[str, Counter[str]] = {q: Counter() for q in stages}
+        for row in iter_rows(index, stages):
+            tally[row.stage][row.verdict.state] += 1
+        counts = {q: dict(c) for q, c in tally.items()}
     out: dict[str, Any] = {"pipelines": {}}
     g = index.ws.graph
     for p in sorted(g.pipelines):

@@ -72,6 +72,9 @@ class Facts:
     now: float = 0.0
 
 
+FRESH = Verdict("fresh")  # shared: most verdicts of a large workspace are this one
+
+
 def staleness_reasons(f: Facts) -> list[Reason]:
     """Why the recorded state differs from today's code, params, inputs and output."""
     m = f.manifest
@@ -175,7 +178,7 @@ def decide(f: Facts) -> Verdict:
     if waiting:
         return Verdict("waiting", tuple(waiting))
     if not reasons:
-        return Verdict("fresh")
+        return FRESH
     fail = f.failure
     if fail is not None and fail.key == f.attempt_key:
         if fail.dead:

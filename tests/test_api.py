@@ -32,6 +32,7 @@ from eventrunner.errors import UsageError
 from eventrunner.runtime import Runtime
 from eventrunner.serve import check_bind
 from eventrunner.server.app import create_app
+from eventrunner.server.states import StateTable
 from eventrunner.workspace import load_workspace
 
 AiohttpClient = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
@@ -591,3 +592,39 @@ async def test_metrics_parse_and_cover_executions_webhooks_queue_states_and_fsyn
     assert families["eventrunner_fsync_seconds"].type in ("summary", "histogram")
     assert value("eventrunner_fsync_seconds", "eventrunner_fsync_seconds_count") >= 1
     assert value("eventrunner_fsync_seconds", "eventrunner_fsync_seconds_sum") > 0
+
+
+async def test_status_counts_follow_a_hold_at_once(api: Api) -> None:
+    # Given the counts read once (and kept for reuse while nothing happens)
+    before = await api.get("/api/pipelines/blog/status")
+    assert before["stages"]["post"]["held"] == 0
+    # When a state is put on hold, the next read counts it (the change voids the reused pass)
+    await api.post("/api/pipelines/blog/hold", {"stage": "post", "entities": ["b"]})
+    held = await api.get("/api/pipelines/blog/status")
+    assert held["stages"]["post"]["held"] == 1
+    assert held["stages"]["post"]["fresh"] == before["stages"]["post"]["fresh"] - 1
+    listed = await api.get("/api/pipelines/blog/entities", stage="post", state="held")
+    assert [r["entity"] for r in listed["entities"]] == ["b"]
+    # And released, it is fresh again
+    await api.post("/api/pipelines/blog/release", {"stage": "post", "entities": ["b"]})
+    await api.all_fresh()
+    after = await api.get("/api/pipelines/blog/status")
+    assert after["stages"]["post"] == before["stages"]["post"]
+
+
+async def test_a_state_pass_yields_to_the_loop_and_is_shared(api: Api) -> None:
+    # Given a table that yields after every state
+    table = StateTable(api.rt, chunk=1)
+    # When two readers ask at once while another task counts its turns
+    first = asyncio.ensure_future(table.get())
+    second = asyncio.ensure_future(table.get())
+    turns = 0
+    while not (first.done() and second.done()):
+        turns += 1
+        await asyncio.sleep(0)
+    # Then the other task ran between states (the pass did not hold the loop), both readers got
+    # the same pass, and it counted every state
+    assert turns >= len(DAYS)
+    assert first.result() is second.result()
+    counts = first.result().counts(["blog.post", "blog.digest"])
+    assert counts["blog.post"]["fresh"] == len(DAYS) and counts["blog.digest"]["fresh"] == 1

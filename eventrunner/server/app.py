@@ -22,12 +22,16 @@ from ..errors import (
     UnknownName,
     UsageError,
 )
+from ..evaluate import Evaluator
+from ..staleness import STATES as STATE_NAMES
 from . import models
+from .states import StateTable
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
+STATES: web.AppKey[StateTable] = web.AppKey("states")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Status by error class, walked along the class hierarchy (most specific first).
@@ -174,7 +178,8 @@ async def pipelines(request: web.Request) -> web.Response:
     rt = _rt(request)
     _ready(rt)
     assert rt.index is not None
-    return web.json_response(ops.status(rt.index))
+    counts = (await request.app[STATES].get()).counts(list(rt.ws.graph.order))
+    return web.json_response(ops.status(rt.index, counts=counts))
 
 
 async def pipeline_status(request: web.Request) -> web.Response:
@@ -182,7 +187,8 @@ async def pipeline_status(request: web.Request) -> web.Response:
     _ready(rt)
     p = _pipeline(request)
     assert rt.index is not None and rt.engine is not None
-    data = ops.status(rt.index, p)
+    counts = (await request.app[STATES].get()).counts(list(rt.ws.graph.order))
+    data = ops.status(rt.index, p, counts=counts)
     stages = set(rt.ws.graph.pipelines.get(p or "", rt.ws.graph.stages))
     running = [
         {"stage": q, "entity": e} for q, e in sorted(rt.index.running) if p is None or q in stages
@@ -235,12 +241,27 @@ async def entities(request: web.Request) -> web.Response:
     limit = _int(request, "limit", 100) or 100
     offset = _int(request, "offset", 0) or 0
     stage = request.query.get("stage") or None
-    rows = ops.entities(rt.index, pipeline=p, stage=stage, state=request.query.get("state") or None)
-    page = rows[offset : offset + min(limit, 1000)]
+    state = request.query.get("state") or None
+    if state is not None and state not in STATE_NAMES:
+        raise UsageError(f"unknown state {state!r} (one of {', '.join(STATE_NAMES)})")
+    stages = ops.resolve_stages(rt.index, stage, p)
+    if state is None:
+        ids = [(q, e) for q in stages for e in ops.state_ids(rt.index, q)]  # cheap: no evaluation
+    else:
+        # Which states are in `state` takes a pass over all (shared, cooperative, cached).
+        buckets = (await request.app[STATES].get()).buckets
+        ids = [(q, e) for q in stages for e in buckets.get(q, {}).get(state, ())]
+    # Only the page is evaluated (afresh: its rows show their state now, with reasons).
+    evaluator = Evaluator(rt.index)
+    page = [
+        ops.Row(q, e, v, evaluator.verdict(q, e, v))
+        for q, e in ids[offset : offset + min(limit, 1000)]
+        for v in (ops.values_of(rt.index, q, e),)
+    ]
     return web.json_response(
         {
             "entities": [r.to_json() for r in page],
-            "total": len(rows),
+            "total": len(ids),
             "limit": limit,
             "offset": offset,
         }
@@ -290,6 +311,7 @@ def create_app(runtime: Runtime) -> web.Application:
         client_max_size=settings.server.body_limit,
     )
     app[RUNTIME] = runtime
+    app[STATES] = StateTable(runtime)
     r = app.router
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +16,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
-from .. import ops
+from .app import RUNTIME, STATES
+from .states import StateTable
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -26,12 +26,11 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 
 
 class _StateCollector(Collector):
-    """States by stage and state, and queue depth; the full count is cached a few seconds."""
+    """States by stage and state (from the shared StateTable), queue depth, running handlers."""
 
-    def __init__(self, runtime: Runtime, ttl: float = 10.0) -> None:
+    def __init__(self, runtime: Runtime, table: StateTable) -> None:
         self.rt = runtime
-        self.ttl = ttl
-        self._cache: tuple[float, dict[str, Any]] | None = None
+        self.table = table  # metrics_handler refreshes it (off the collector, which is sync)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         rt = self.rt
@@ -40,14 +39,12 @@ class _StateCollector(Collector):
         )
         queue = GaugeMetricFamily("eventrunner_queue_depth", "States queued for a worker")
         running = GaugeMetricFamily("eventrunner_running", "Handlers running now")
+        last = self.table.last
         if rt.index is not None and rt.engine is not None and rt.ready.is_set():
-            now = time.monotonic()
-            if self._cache is None or now - self._cache[0] > self.ttl:
-                self._cache = (now, ops.status(rt.index))
-            for p, pdata in self._cache[1]["pipelines"].items():
-                for s, counts in pdata["stages"].items():
+            if last is not None:
+                for q, counts in last.counts(list(rt.ws.graph.order)).items():
                     for state, n in counts.items():
-                        states.add_metric([f"{p}.{s}", state], n)
+                        states.add_metric([q, state], n)
             queue.add_metric([], rt.engine.queue_depth)
             running.add_metric([], len(rt.index.running))
         yield states
@@ -113,7 +110,7 @@ class Metrics:
             ["pipeline", "source", "status"],
             registry=r,
         )
-        r.register(_StateCollector(runtime))
+        r.register(_StateCollector(runtime, app[STATES]))
         r.register(_SpoolCollector(app, runtime.settings.server.intake_fsync))
         runtime.sinks.append(self.on_event)
 
@@ -128,6 +125,9 @@ class Metrics:
 
 async def metrics_handler(request: web.Request) -> web.Response:
     m = request.app[METRICS]
+    rt = request.app[RUNTIME]
+    if rt.index is not None and rt.ready.is_set():
+        await request.app[STATES].get()  # the state gauges: a cooperative pass when due
     body = generate_latest(m.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
