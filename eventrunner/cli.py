@@ -298,7 +298,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     global _ABANDONED
     _ABANDONED += engine.abandoned
     if since is not None and look is not None and not outcome.failed and not skipped:
-        stamping.write_stamp(ws, index, skipped, carried=look.paths, dirs_before=dirs_before)
+        stamping.write_stamp(
+            ws, index, skipped, carried=look.recorded, dirs_before=dirs_before, changed=look.changed
+        )
     elif since is None and outcome.executed == 0 and _is_full_run(args):
         stamping.write_stamp(ws, index, skipped, dirs_before=dirs_before)
     report = {

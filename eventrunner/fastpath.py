@@ -71,6 +71,12 @@ def _unpack(packed: tuple[str, bytes]) -> tuple[list[str], array[int]]:
     return (names.split("\0") if names else []), stats
 
 
+def recorded_stats(packed: tuple[str, bytes]) -> dict[str, tuple[int, int, int]]:
+    """path -> the (size, mtime_ns, inode) a stamp recorded for it."""
+    paths, stats = _unpack(packed)
+    return {p: (stats[3 * i], stats[3 * i + 1], stats[3 * i + 2]) for i, p in enumerate(paths)}
+
+
 def _differs(packed: tuple[str, bytes]) -> Iterable[str]:
     paths, stats = _unpack(packed)
     st = os.stat
@@ -106,6 +112,11 @@ class Look:
         return _unpack(self.packed_paths)[0]
 
     @property
+    def recorded(self) -> dict[str, tuple[int, int, int]]:
+        """path -> its recorded stats (what an incremental run carries into its stamp)."""
+        return recorded_stats(self.packed_paths)
+
+    @property
     def unchanged(self) -> bool:
         """Nothing at all changed: the recorded result stands."""
         return not self.defs_changed and not self.changed
@@ -135,12 +146,16 @@ def write(
     result: dict[str, Any],
     replaced: Iterable[str] = (),
     expected: dict[str, tuple[int, int, int]] | None = None,
+    known: dict[str, tuple[int, int, int]] | None = None,
+    restat: set[str] | None = None,
 ) -> bool:
     """Record the stats of `paths`; refuses (False) if any is missing or inside the racy window.
 
     `defs` changing means a full evaluation (definitions, the index cache that every state
     change rewrites); `paths` changing means an incremental one. `replaced` are files only ever
     replaced whole by rename (a new inode each time), which the racy window does not concern.
+    A path in `known` (stats a previous stamp recorded and a look found unchanged) and not in
+    `restat` keeps those stats unread: if it changed since, the next look still sees it.
     """
     now = time.time_ns()
     exempt = set(replaced)
@@ -148,6 +163,9 @@ def write(
     recorded: list[list[tuple[str, tuple[int, int, int]]]] = [[], []]
     for i, group in enumerate((defs, paths)):
         for path in group:
+            if i == 1 and known is not None and path in known and path not in (restat or ()):
+                recorded[1].append((path, known[path]))
+                continue
             ident = _stat(path)
             if ident is None and i == 1:
                 continue  # a file gone since (an orphan's old input) played no part in the answer
@@ -184,13 +202,13 @@ def set_aside(state_dir: Path) -> None:
         pass
 
 
-def previous_paths(state_dir: Path) -> list[str] | None:
-    """The paths of the stamp `set_aside` kept; None when it is gone or unreadable."""
+def previous(state_dir: Path) -> dict[str, tuple[int, int, int]] | None:
+    """path -> stats of the stamp `set_aside` kept; None when it is gone or unreadable."""
     try:
         with open(state_dir / PREVIOUS, "rb") as fh:
             stamp = marshal.load(fh)
-        return _unpack(stamp["paths"])[0]
-    except (OSError, EOFError, ValueError, TypeError, KeyError):
+        return recorded_stats(stamp["paths"])
+    except (OSError, EOFError, ValueError, TypeError, KeyError, IndexError):
         return None
 
 

@@ -158,6 +158,9 @@ class Index:
         self._prefix = os.path.join(os.fspath(self.root), "")  # "root/": relpaths are "/"-joined
         self.files: dict[str, bytes] = {}  # relpath -> pack_stat(...)
         self._racy: set[str] = set()  # entries remember_file added since the last save
+        # Files whose stats this process found different from the cache (hashed, written or
+        # gone): an incremental stamp re-reads only these (stamping.write_stamp).
+        self.touched: set[str] = set()
         self.instances: dict[str, Instances] = {
             k: Instances(p) for k, p in ws.graph.patterns.items()
         }
@@ -293,11 +296,12 @@ class Index:
         try:
             st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
-            self.files.pop(relpath, None)
+            self.forget_file(relpath)
             return None
         entry = self.files.get(relpath)
         if entry is not None and entry[:24] == _KEY.pack(st.st_size, st.st_mtime_ns, st.st_ino):
             return entry[24:].hex()
+        self.touched.add(relpath)
         try:
             digest = hash_path(Path(path))
         except FileNotFoundError:
@@ -320,13 +324,19 @@ class Index:
         # inside the racy window so a later process re-hashes them once.
         entry = pack_stat(st.st_size, st.st_mtime_ns, st.st_ino, digest)
         if entry is None:
-            self.files.pop(relpath, None)
+            self.forget_file(relpath)
             return
         relpath = sys.intern(relpath)
         self.files[relpath] = entry
         self._racy.add(relpath)
         self.written.add(relpath)
+        self.touched.add(relpath)
         self.changed = True
+
+    def forget_file(self, relpath: str) -> None:
+        """Drop a file's cache entry (it is gone, or about to be)."""
+        self.files.pop(relpath, None)
+        self.touched.add(relpath)
 
     def sweep_temps(self) -> int:
         """Delete `.er-tmp-*` debris a crash left in output and source folders (call with the lock held)."""

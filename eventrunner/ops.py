@@ -284,7 +284,7 @@ def _delete_outputs(index: Index, relpaths: Sequence[str]) -> None:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
-        index.files.pop(relpath, None)
+        index.forget_file(relpath)
 
 
 def prune(index: Index, store: Store, dry_run: bool = False) -> list[dict[str, Any]]:

@@ -99,7 +99,7 @@ class Planner:
             source_hit = True
             if kind == "deleted":
                 self.index.discard_instance(key, values)
-                self.index.files.pop(relpath, None)
+                self.index.forget_file(relpath)
                 targets.extend(self.removed_targets(key, values))
             else:
                 self.index.add_instance(key, values, relpath)

@@ -56,6 +56,7 @@ class Runtime:
         self._reload_lock = asyncio.Lock()
         self.start_mode = ""  # "incremental" (from a stamp) or "full"
         self._stamp_ok = False  # cleared by anything a stamp could not vouch for
+        self._look_changed: list[str] = []  # what changed while down (its stats are read again)
         self._engine_started = asyncio.Event()  # the watch loop holds its batches until then
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -97,7 +98,7 @@ class Runtime:
             # Everything was fresh at the stamp: follow only what changed while we were down.
             targets = stamping.targets_since(self.engine, self.index, self.ws, look)
             caught_up = self.engine.consider(targets, fresh_pass=True)
-            self.start_mode = "incremental"
+            self.start_mode, self._look_changed = "incremental", look.changed
         else:
             caught_up = self.reconcile(initial=True)
             self.start_mode = "full"
@@ -126,13 +127,15 @@ class Runtime:
         }
         if on_disk != idx.source_paths():
             return False
-        carried: list[str] | None = []
+        carried: dict[str, tuple[int, int, int]] | None = None
         if self.start_mode == "incremental":
             # What the stamp we started from vouched for is vouched for again (see write_stamp).
-            carried = fastpath.previous_paths(self.settings.state_dir)
+            carried = fastpath.previous(self.settings.state_dir)
             if carried is None:
                 return False
-        stamping.write_stamp(self.ws, idx, 0, carried=carried, dirs_before=dirs_before)
+        stamping.write_stamp(
+            self.ws, idx, 0, carried=carried, dirs_before=dirs_before, changed=self._look_changed
+        )
         return (self.settings.state_dir / fastpath.STAMP).exists()
 
     def _new_engine(self, index: Index) -> Engine:

@@ -44,20 +44,29 @@ def write_stamp(
     ws: Any,
     index: Any,
     skipped: int,
-    carried: list[str] | None = None,
+    carried: dict[str, tuple[int, int, int]] | None = None,
     dirs_before: dict[str, tuple[int, int, int]] | None = None,
+    changed: list[str] | None = None,
 ) -> None:
-    """Record what an evaluation depended on (fastpath.py). After an incremental run the index
-    has seen only the changed files, so the previous stamp's paths are `carried` forward."""
+    """Record what an evaluation depended on (fastpath.py).
+
+    After an incremental run (`carried`: the previous stamp's paths and stats, `changed`: what
+    its look found changed) only the changed, the touched (hashed, written, gone) and the
+    folders are read again; every other path keeps the stats the previous stamp recorded,
+    which a look found still true (O(changes) instead of a stat per file)."""
     root = str(ws.settings.data_root)
     defs = fastpath.definition_files(ws.root)
     defs += sorted({str(ref.path) for ref in ws.handlers.values() if ref.stock})
     defs.append(str(index.cache_path))  # rewritten by every change of state (invalidate, hold, ...)
-    paths = list(dirs_before) if dirs_before else scan_dirs(ws)
+    dirs = list(dirs_before) if dirs_before else scan_dirs(ws)
     # Cache entries of files gone since (an orphan's input) played no part in the evaluation.
-    paths += sorted(
-        ({os.path.join(root, rel) for rel in index.files} | set(carried or ())) - set(paths)
+    paths = dirs + sorted(
+        ({os.path.join(root, rel) for rel in index.files} | set(carried or ())) - set(dirs)
     )
+    restat: set[str] | None = None  # None: read every path
+    if carried is not None and dirs_before:
+        restat = {*dirs, *(changed or ()), *(os.path.join(root, rel) for rel in index.touched)}
+        restat.update(p for p in paths if p not in carried)
     retries = [
         f.next_retry
         for fs in index.failures.values()
@@ -66,10 +75,19 @@ def write_stamp(
     ]
     # Our own outputs are replaced by rename (a new inode): the racy window does not concern them.
     replaced = [str(index.cache_path), *(os.path.join(root, rel) for rel in index.written)]
-    # What the evaluation hashed; a file whose stats moved since changed mid-run.
+    # What the evaluation hashed; a file whose stats moved since changed mid-run (only the
+    # paths read again need it).
+    prefix = os.path.join(root, "")
+    rels = (
+        index.files
+        if restat is None
+        else [p[len(prefix) :] for p in restat if p.startswith(prefix)]
+    )
     expected = {
-        os.path.join(root, rel): (size, mtime_ns, ino)
-        for rel, (size, mtime_ns, ino, _) in ((r, unpack_stat(e)) for r, e in index.files.items())
+        prefix + rel: (size, mtime_ns, ino)
+        for rel in rels
+        if (entry := index.files.get(rel)) is not None
+        for size, mtime_ns, ino, _ in (unpack_stat(entry),)
         if mtime_ns >= 0
     }
     expected.update(dirs_before or {})
@@ -82,6 +100,8 @@ def write_stamp(
         {"skipped": skipped},
         replaced=replaced,
         expected=expected,
+        known=carried if restat is not None else None,
+        restat=restat,
     )
 
 
