@@ -9,9 +9,11 @@ For each size N, a workspace with N files `inbox/{name}.txt` and a two-stage cha
                 nothing stale (median of --starts; the log's "N queued" must be 0)
   2. latency    --drops new files dropped one at a time; each timed from just before the write
                 to when `count/{name}.txt` holds the expected text (polled every 1 ms); once
-                with the default runtime settings (debounce 50 ms, settle 200 ms) and once with
+                with the default runtime settings (debounce 50 ms, settle 50 ms) and once with
                 settle 0 (EVENTRUNNER_RUNTIME_SETTLE=0s), which isolates the runtime's own cost
-  3. memory     RSS of the serve process (psutil) after the drops
+  3. status     GET /api/pipelines (every state evaluated) timed, with /healthz probed every
+                10 ms meanwhile: the worst answer time says how long the server stalled
+  4. memory     RSS of the serve process (psutil) after the drops and the status call
 Targets (DESIGN.md section 6): p50 < 100 ms, p50 ratio N=100,000 / N=100 < 1.5, RSS < 300 MB at
 100,000 entities x 2 stages, start-up < 3 s at 100,000 entities.
 """
@@ -30,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -109,6 +112,7 @@ class Serve:
         if not line.startswith("eventrunner: serving"):
             self.stop()
             sys.exit(f"serve did not start: {line!r}\n{self.stderr()[-2000:]}")
+        self.url = line.split(" at ", 1)[1].split()[0]
         # Keep draining stdout so the process never blocks on a full pipe.
         threading.Thread(target=self.proc.stdout.read, daemon=True).start()
 
@@ -162,6 +166,29 @@ def drop_latencies(ws: Path, drops: int, tag: str) -> list[float]:
     return out
 
 
+def status_call(url: str) -> tuple[float, float]:
+    """Seconds a GET /api/pipelines takes (every state counted), and the worst /healthz
+    answer time meanwhile, probed every 10 ms: how long the server stopped answering."""
+    worst, done = 0.0, threading.Event()
+
+    def probe() -> None:
+        nonlocal worst
+        while not done.is_set():
+            began = time.perf_counter()
+            urllib.request.urlopen(url + "/healthz", timeout=120).read()
+            worst = max(worst, time.perf_counter() - began)
+            time.sleep(0.01)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    began = time.perf_counter()
+    urllib.request.urlopen(url + "/api/pipelines", timeout=600).read()
+    took = time.perf_counter() - began
+    done.set()
+    prober.join()
+    return took, worst
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -204,6 +231,7 @@ def main() -> None:
                 server = Serve(ws, env)
                 try:
                     lat = drop_latencies(ws, args.drops, f"{tag}-{len(p50s)}")
+                    status, stall = status_call(server.url)
                     rss = server.rss_mb()
                 finally:
                     server.stop()
@@ -217,6 +245,8 @@ def main() -> None:
                         ms(max(lat)),
                         f"{rss:.0f} MB",
                         f"{statistics.median(starts):.2f} s",
+                        f"{status:.2f} s",
+                        ms(stall),
                     ]
                 )
     finally:
@@ -225,6 +255,7 @@ def main() -> None:
         elif args.keep:
             print(f"kept {workdir}", file=sys.stderr)
     head = ["entities", "runtime settings", "p50", "p99", "max", "RSS after", "start-up"]
+    head += ["status call", "healthz worst during it"]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     print(f"drop -> count/ latency over {args.drops} sequential drops; start-up = median of "
           f"{args.starts} (process start to serving line, nothing stale)")  # fmt: skip
