@@ -231,13 +231,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .store import Store
     from .workspace import load_workspace
 
+    if not args.dry_run and (report := _run_through_server(args)) is not None:
+        _print_run_report(args, report)
+        return 1 if report["failed"] else 0
     ws = load_workspace(_workspace_path(args))
     store = Store(ws.settings.state_dir)
     dirs_before = stamping.dir_snapshot(ws) if _is_full_run(args) else {}
     index = Index.load(ws, store)
     if not args.dry_run:
         fastpath.discard(ws.settings.state_dir)
-        _refuse_if_serving(ws)
         store.acquire_lock("run")
     try:
         selected = set(resolve_stages(index, args.stage, args.pipeline))
@@ -338,6 +340,21 @@ def _report_dry_run(args: argparse.Namespace, engine: Any, blocked: set[tuple[st
         for q, e in would[:200]:
             print(f"  {q} {e}")
     return 0
+
+
+def _run_through_server(args: argparse.Namespace) -> dict[str, Any] | None:
+    """While `serve` holds the workspace, `run` asks it to check the selection and waits until it
+    is idle (the server's own concurrency applies, not -j); None when no server runs."""
+    from .client import call_server, server_address
+    from .config import load_settings
+
+    settings = load_settings(_workspace_path(args))
+    addr = server_address(settings.state_dir)
+    if addr is None:
+        return None
+    body = {"pipeline": args.pipeline, "stage": args.stage, "entity": args.entity}
+    report: dict[str, Any] = call_server(settings, addr, "run", body, timeout=None)
+    return report
 
 
 def _refuse_if_serving(ws: Any) -> None:

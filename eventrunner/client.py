@@ -33,7 +33,9 @@ def server_address(state_dir: Path) -> str | None:
     return str(info["url"])
 
 
-def call_server(settings: Settings, url: str, action: str, body: dict[str, Any]) -> Any:
+def call_server(
+    settings: Settings, url: str, action: str, body: dict[str, Any], timeout: float | None = 30
+) -> Any:
     """POST a management action to the server; errors come back as EventRunnerError."""
     pipeline = body.pop("pipeline", None) or "_"
     req = urllib.request.Request(
@@ -47,7 +49,7 @@ def call_server(settings: Settings, url: str, action: str, body: dict[str, Any])
         if token:
             req.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as exc:
         try:

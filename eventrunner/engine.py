@@ -147,6 +147,21 @@ class Engine:
                 self.blocked_seen += 1
         return n
 
+    async def consider_async(self, targets: Iterable[Target], *, chunk: int = 500) -> int:
+        """consider() a long run of targets in slices, yielding to the event loop between them:
+        a whole-workspace pass in serve must not hold up intake and events for seconds."""
+        self.evaluator.reset()
+        n, batch = 0, []
+        for target in targets:
+            batch.append(target)
+            if len(batch) >= chunk:
+                n += self.consider(batch, fresh_pass=True)
+                batch.clear()
+                await asyncio.sleep(0)
+        n += self.consider(batch, fresh_pass=True)
+        self.evaluator.reset()  # the pass's memo: a verdict per state
+        return n
+
     def _push(self, q: str, eid: str, values: dict[str, str]) -> None:
         stage = self.ws.graph.stages[q]
         heapq.heappush(self._heap, (-stage.priority, stage.depth, next(self._seq), q, eid))

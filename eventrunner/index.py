@@ -424,6 +424,13 @@ class Index:
                     values = dict(zip(ev, key, strict=True))
                     yield entity_id(ev, values), values
 
+    def entity_values(self, qualname: str, eid: str) -> dict[str, str]:
+        """The values of an entity id of a stage (PatternError if it is not one)."""
+        names = self.ws.graph.stages[qualname].entity_vars
+        if len(names) == 1 and "%" not in eid and "," not in eid and "=" not in eid:
+            return {names[0]: eid}
+        return parse_entity_id(names, eid)
+
     def stage_entity_ids(self, qualname: str) -> list[str]:
         """The ids stage_entities() gives, without building values (one list copy, usually)."""
         stage = self.ws.graph.stages[qualname]

@@ -69,10 +69,7 @@ def state_ids(index: Index, qualname: str) -> list[str]:
 
 def values_of(index: Index, qualname: str, eid: str) -> dict[str, str]:
     """The values of a known entity id of a stage."""
-    stage_vars = index.ws.graph.stages[qualname].entity_vars
-    if len(stage_vars) == 1 and "%" not in eid:
-        return {stage_vars[0]: eid}
-    return parse_entity_id(stage_vars, eid)
+    return index.entity_values(qualname, eid)
 
 
 def iter_rows(index: Index, stages: list[str], evaluator: Evaluator | None = None) -> Iterator[Row]:

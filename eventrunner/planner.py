@@ -7,6 +7,8 @@ O(workspace) path (full runs and reconcile).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from .index import Index
 from .patterns import trusted_entity_id as entity_id
 
@@ -26,6 +28,14 @@ class Planner:
         for q in self.graph.order:
             out.extend((q, eid, values) for eid, values in self.index.stage_entities(q))
         return out
+
+    def iter_targets(self, stages: list[str] | None = None) -> Iterator[Target]:
+        """all_targets() one at a time, upstream first, safe to interleave with events (each
+        stage's ids are copied first; values are built as they are reached)."""
+        for q in self.graph.order:
+            if stages is None or q in stages:
+                for eid in self.index.stage_entity_ids(q):
+                    yield q, eid, self.index.entity_values(q, eid)
 
     def downstream_of(self, pattern_key: str, values: dict[str, str]) -> list[Target]:
         """(stage, entity) pairs that read one instance of a pattern."""

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,8 @@ from typing import Any
 from . import fastpath, loader, ops, stamping
 from .config import Settings
 from .engine import Engine
-from .errors import ConfigError
+from .errors import ConfigError, UnknownName
+from .evaluate import Evaluator
 from .index import Index
 from .patterns import scan
 from .planner import Target
@@ -217,29 +220,42 @@ class Runtime:
         return queued
 
     def reconcile(self, initial: bool = False) -> int:
-        """Full comparison of the workspace with the index (start-up, timer, lost events)."""
-        assert self.engine is not None and self.index is not None
-        idx = self.index
-        targets: list[Target] = []
-        if not initial:  # at start-up Index.load has just scanned, after the watcher went live
-            before = {k: dict(idx.instances[k].items) for k in self.ws.graph.sources}
-            idx.scan_sources()
-            now = {k: dict(idx.instances[k].items) for k in self.ws.graph.sources}
-            # Rebuild derived instances from the new source sets, then follow what vanished.
-            idx.derive()
-            for key in before:
-                for eid in before[key].keys() - now[key].keys():
-                    targets.extend(self.engine.planner.removed_targets(key, idx.instances[key].values(eid)))
-        targets.extend(self.engine.planner.all_targets())
-        n = self.engine.consider(targets)
+        """Full comparison of the workspace with the index, in one go (start-up, before ready)."""
+        assert self.engine is not None
+        targets = [] if initial else self._rescan()
+        n = self.engine.consider([*targets, *self.engine.planner.all_targets()])
         # Drop the pass's memo now (a verdict per state), not during the next event's handling.
         self.engine.evaluator.reset()
-        if not initial:
-            log.info("reconcile queued %d state(s)", n)
         return n
 
+    async def reconcile_async(self) -> int:
+        """Full comparison of the workspace with the index while serving (timer, lost events):
+        the evaluation yields to intake and events every few hundred states."""
+        assert self.engine is not None
+        removed = self._rescan()
+        planner = self.engine.planner
+        n = await self.engine.consider_async(itertools.chain(removed, planner.iter_targets()))
+        log.info("reconcile queued %d state(s)", n)
+        return n
+
+    def _rescan(self) -> list[Target]:
+        """Scan the sources again and rebuild derived instances; targets of what vanished."""
+        assert self.engine is not None and self.index is not None
+        idx = self.index
+        before = {k: dict(idx.instances[k].items) for k in self.ws.graph.sources}
+        idx.scan_sources()
+        now = {k: dict(idx.instances[k].items) for k in self.ws.graph.sources}
+        idx.derive()
+        targets: list[Target] = []
+        for key in before:
+            for eid in before[key].keys() - now[key].keys():
+                targets.extend(
+                    self.engine.planner.removed_targets(key, idx.instances[key].values(eid))
+                )
+        return targets
+
     async def _reconcile_job(self) -> None:
-        self.reconcile()
+        await self.reconcile_async()
 
     async def _sweep(self) -> None:
         """Re-queue failures whose backoff expired (O(failures), never a workspace scan)."""
@@ -338,7 +354,7 @@ class Runtime:
             await self._engine_started.wait()
             if isinstance(batch, Rescan):
                 log.warning("watcher lost events (%s): reconciling", batch.reason)
-                self.reconcile()
+                await self.reconcile_async()
                 continue
             code_changed = False
             for change in batch:
@@ -398,9 +414,59 @@ class Runtime:
     async def _restart_watchers(self) -> None:
         await self._stop_watchers()
         await self._start_watchers()
-        self.reconcile()  # whatever changed while no watcher was live
+        await self.reconcile_async()  # whatever changed while no watcher was live
 
     # -- management (the API calls these; the CLI reaches them through the API) ---------------------
+    async def run_request(self, stages: list[str], entity: str | None) -> dict[str, Any]:
+        """`eventrunner run` while serving: check the selection now, wait until nothing is queued
+        or running, and report what ran meanwhile (the server's other work included)."""
+        assert self.engine is not None and self.index is not None
+        began = time.perf_counter()
+        counts: Counter[str] = Counter()
+        failures: list[dict[str, Any]] = []
+
+        def tally(event: dict[str, Any]) -> None:
+            kind = event.get("kind")
+            if kind in ("started", "succeeded", "failed"):
+                counts[str(kind)] += 1
+            if kind == "failed":
+                failures.append({k: event.get(k) for k in ("stage", "entity", "error")})
+
+        planner = self.engine.planner
+        selected = [(q, e) for q in stages for e in self.index.stage_entity_ids(q) if entity in (None, e)]
+        if entity is not None and not selected:
+            raise UnknownName(f"no selected stage has entity {entity!r}")
+        self.sinks.append(tally)
+        try:
+            # Like a local run: files the watcher has not delivered (or no watcher) count too.
+            removed = [t for t in self._rescan() if t[0] in stages]
+            targets = (
+                planner.iter_targets(stages)
+                if entity is None
+                else ((q, e, self.index.entity_values(q, e)) for q, e in selected)
+            )
+            await self.engine.consider_async(itertools.chain(removed, targets))
+            await self.engine.wait_idle()
+        finally:
+            self.sinks.remove(tally)
+        # Skipped: selected states still not fresh (held, failed, dead, waiting on those).
+        evaluator = Evaluator(self.index)
+        skipped = sum(
+            1
+            for q, e in selected
+            if evaluator.verdict(q, e, self.index.entity_values(q, e)).state
+            not in ("fresh", "orphaned")
+        )
+        return {
+            "executed": counts["started"],
+            "succeeded": counts["succeeded"],
+            "failed": counts["failed"],
+            "skipped": skipped,
+            "duration_s": round(time.perf_counter() - began, 3),
+            "failures": failures,
+            "mode": "server",
+        }
+
     def manage(self, action: str, body: dict[str, Any]) -> Any:
         """invalidate / retry / hold / release, then queue what became runnable."""
         assert self.engine is not None and self.index is not None

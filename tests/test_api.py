@@ -628,3 +628,17 @@ async def test_a_state_pass_yields_to_the_loop_and_is_shared(api: Api) -> None:
     assert first.result() is second.result()
     counts = first.result().counts(["blog.post", "blog.digest"])
     assert counts["blog.post"]["fresh"] == len(DAYS) and counts["blog.digest"]["fresh"] == 1
+
+
+async def test_a_whole_workspace_pass_in_serve_yields_to_the_loop(api: Api) -> None:
+    # Given everything fresh; when the engine considers every state in slices of one
+    engine = api.rt.engine
+    assert engine is not None
+    task = asyncio.ensure_future(engine.consider_async(engine.planner.iter_targets(), chunk=1))
+    turns = 0
+    while not task.done():
+        turns += 1
+        await asyncio.sleep(0)
+    # Then other tasks ran between the states, and nothing was stale
+    assert turns >= len(DAYS)
+    assert task.result() == 0

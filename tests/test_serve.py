@@ -255,3 +255,30 @@ def test_dead_state_is_retried_from_the_cli_through_the_running_server(tmp_path:
         wait_until(lambda: _api_counts(server)["flaky"]["fresh"] == 1, "x fresh in the API")
         assert server.stop() == 0
     assert _state(ws, "p.flaky", "x") == "fresh"
+
+
+def test_run_while_serving_goes_through_the_server_and_reports_what_ran(tmp_path: Path) -> None:
+    # Given a chain served without a watcher, and a file dropped that it has not been told of
+    ws = chain_workspace(tmp_path / "ws", {"inbox/a.txt": "one two\n"})
+    with serving(ws, tmp_path / "logs", "--no-watch") as server:
+        wait_until(lambda: read(ws / "count/a.txt") == "2 words\n", "a to be processed at start")
+        (ws / "inbox/b.txt").write_text("three four five\n")
+
+        # When `eventrunner run` runs while the server holds the lock
+        res = cli(ws, "run", "--json")
+
+        # Then it went through the server (no lock fight), which found b, ran both its stages,
+        # and answered once idle with what ran
+        assert res.returncode == 0, res.stderr
+        report = json.loads(res.stdout)
+        assert report["mode"] == "server"
+        assert (report["executed"], report["succeeded"], report["failed"]) == (2, 2, 0)
+        assert report["skipped"] == 0
+        assert read(ws / "count/b.txt") == "3 words\n"
+        assert count_runs(ws, "upper", "b") == 1 and count_runs(ws, "upper", "a") == 1
+
+        # And an unknown entity is a usage error naming it, with nothing run
+        bad = cli(ws, "run", "--entity", "nope")
+        assert bad.returncode == 2
+        assert "nope" in bad.stderr
+        assert server.stop() == 0

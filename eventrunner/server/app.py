@@ -298,6 +298,17 @@ def _manage(action: str, model: type[BaseModel]) -> Handler:
     return handle
 
 
+async def run(request: web.Request) -> web.Response:
+    """`eventrunner run` while serving (the CLI comes here instead of taking the lock)."""
+    rt = _rt(request)
+    _ready(rt)
+    p = _pipeline(request)
+    assert rt.index is not None
+    body = await _body(request, models.RunRequest)
+    stages = ops.resolve_stages(rt.index, body.stage, p)
+    return web.json_response(await rt.run_request(stages, body.entity), dumps=_dumps)
+
+
 def create_app(runtime: Runtime) -> web.Application:
     """The application for one runtime (tests use it with aiohttp_client)."""
     from .events import events_stream
@@ -325,6 +336,7 @@ def create_app(runtime: Runtime) -> web.Application:
     r.add_post("/api/pipelines/{pipeline}/retry", _manage("retry", models.RetryRequest))
     r.add_post("/api/pipelines/{pipeline}/hold", _manage("hold", models.HoldRequest))
     r.add_post("/api/pipelines/{pipeline}/release", _manage("release", models.HoldRequest))
+    r.add_post("/api/pipelines/{pipeline}/run", run)
     r.add_get("/api/events", events_stream)
     r.add_get("/api/openapi.json", openapi_document)
     setup_metrics(app, runtime)

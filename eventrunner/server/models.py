@@ -33,6 +33,25 @@ class HoldRequest(_Body):
     entities: list[str] | None = None
 
 
+class RunRequest(_Body):
+    """`eventrunner run` while serving: check the selection now, answer once the server is idle."""
+
+    stage: str | None = Field(None, min_length=1)
+    entity: str | None = Field(None, min_length=1)
+
+
+class RunReport(BaseModel):
+    """What ran between the request and the server going idle (other work included)."""
+
+    executed: int
+    succeeded: int
+    failed: int
+    skipped: int
+    duration_s: float
+    failures: list[dict[str, Any]]
+    mode: str
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str

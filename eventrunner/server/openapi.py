@@ -69,6 +69,8 @@ def build_document() -> dict[str, Any]:
         models.InvalidateRequest,
         models.RetryRequest,
         models.HoldRequest,
+        models.RunRequest,
+        models.RunReport,
         models.ErrorResponse,
         models.EntitiesResponse,
         models.ExplainResponse,
@@ -172,6 +174,14 @@ def build_document() -> dict[str, Any]:
         ),
         "/api/pipelines/{pipeline}/hold": manage("manual hold", models.HoldRequest),
         "/api/pipelines/{pipeline}/release": manage("release a hold", models.HoldRequest),
+        "/api/pipelines/{pipeline}/run": {
+            "post": _op(
+                "check the selection now and answer once nothing is queued or running",
+                {"200": _json(models.RunReport, "what ran meanwhile")},
+                params=[PIPELINE],
+                body=models.RunRequest,
+            )
+        },
         "/api/events": {
             "get": _op(
                 "server-sent events",
