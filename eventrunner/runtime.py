@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -21,9 +22,9 @@ from . import fastpath, loader, ops, stamping
 from .config import Settings
 from .engine import Engine
 from .errors import ConfigError, UnknownName
-from .evaluate import Evaluator
 from .index import Index
 from .patterns import scan
+from .patterns import trusted_entity_id as entity_id
 from .planner import Target
 from .store import Store
 from .watch import FileChange, Rescan, watch_changes
@@ -103,7 +104,7 @@ class Runtime:
             caught_up = self.engine.consider(targets, fresh_pass=True)
             self.start_mode, self._look_changed = "incremental", look.changed
         else:
-            caught_up = self.reconcile(initial=True)
+            caught_up = self.check_everything()
             self.start_mode = "full"
         del look  # its packed paths: 10s of MB at 100,000 entities
         self._stamp_ok = self.engine.blocked_seen == 0
@@ -219,11 +220,11 @@ class Runtime:
             )
         return queued
 
-    def reconcile(self, initial: bool = False) -> int:
-        """Full comparison of the workspace with the index, in one go (start-up, before ready)."""
+    def check_everything(self) -> int:
+        """Every state checked in one go: start-up without a stamp, before ready (Index.load
+        has just scanned the sources, after the watcher went live)."""
         assert self.engine is not None
-        targets = [] if initial else self._rescan()
-        n = self.engine.consider([*targets, *self.engine.planner.all_targets()])
+        n = self.engine.consider(self.engine.planner.all_targets())
         # Drop the pass's memo now (a verdict per state), not during the next event's handling.
         self.engine.evaluator.reset()
         return n
@@ -232,26 +233,44 @@ class Runtime:
         """Full comparison of the workspace with the index while serving (timer, lost events):
         the evaluation yields to intake and events every few hundred states."""
         assert self.engine is not None
-        removed = self._rescan()
+        removed = await self._rescan()
         planner = self.engine.planner
         n = await self.engine.consider_async(itertools.chain(removed, planner.iter_targets()))
         log.info("reconcile queued %d state(s)", n)
         return n
 
-    def _rescan(self) -> list[Target]:
-        """Scan the sources again and rebuild derived instances; targets of what vanished."""
+    async def _rescan(self) -> list[Target]:
+        """Scan the sources again and apply what differs from the index; targets of what vanished.
+
+        The scan (O(sources)) runs in a thread; only the difference is applied on the loop, each
+        candidate checked on disk again, since events keep changing the index meanwhile."""
         assert self.engine is not None and self.index is not None
-        idx = self.index
-        before = {k: dict(idx.instances[k].items) for k in self.ws.graph.sources}
-        idx.scan_sources()
-        now = {k: dict(idx.instances[k].items) for k in self.ws.graph.sources}
-        idx.derive()
+        idx, planner, root = self.index, self.engine.planner, self.settings.data_root
+        sources = {key: src.pattern for key, src in self.ws.graph.sources.items()}
+
+        def scan_all() -> dict[str, dict[str, dict[str, str]]]:
+            return {
+                key: {entity_id(p.variables, values): values for _, values in scan(p, root)}
+                for key, p in sources.items()
+            }
+
+        found = await asyncio.to_thread(scan_all)
         targets: list[Target] = []
-        for key in before:
-            for eid in before[key].keys() - now[key].keys():
-                targets.extend(
-                    self.engine.planner.removed_targets(key, idx.instances[key].values(eid))
-                )
+        for key, now in found.items():
+            inst = idx.instances[key]
+            for eid in inst.items.keys() - now.keys():
+                relpath = inst.path(eid)
+                if not os.path.lexists(root / relpath):
+                    values = inst.values(eid)
+                    idx.discard_instance(key, values)
+                    idx.forget_file(relpath)
+                    targets.extend(planner.removed_targets(key, values))
+                    self.emit({"kind": "changed", "path": relpath, "change": "deleted", "by": "rescan"})
+            for eid in now.keys() - inst.items.keys():
+                relpath = inst.pattern.join(now[eid])
+                if os.path.lexists(root / relpath):
+                    idx.add_instance(key, now[eid])  # its targets: every run of a pass has them
+                    self.emit({"kind": "changed", "path": relpath, "change": "added", "by": "rescan"})
         return targets
 
     async def _reconcile_job(self) -> None:
@@ -436,27 +455,23 @@ class Runtime:
         selected = [(q, e) for q in stages for e in self.index.stage_entity_ids(q) if entity in (None, e)]
         if entity is not None and not selected:
             raise UnknownName(f"no selected stage has entity {entity!r}")
+        blocked_before = self.engine.blocked_seen
         self.sinks.append(tally)
         try:
             # Like a local run: files the watcher has not delivered (or no watcher) count too.
-            removed = [t for t in self._rescan() if t[0] in stages]
+            removed = [t for t in await self._rescan() if t[0] in stages]
             targets = (
                 planner.iter_targets(stages)
                 if entity is None
                 else ((q, e, self.index.entity_values(q, e)) for q, e in selected)
             )
             await self.engine.consider_async(itertools.chain(removed, targets))
+            # Skipped: selected states found held, failed or dead (not run; counted by the
+            # pass itself, so no second evaluation of everything is needed).
+            skipped = self.engine.blocked_seen - blocked_before
             await self.engine.wait_idle()
         finally:
             self.sinks.remove(tally)
-        # Skipped: selected states still not fresh (held, failed, dead, waiting on those).
-        evaluator = Evaluator(self.index)
-        skipped = sum(
-            1
-            for q, e in selected
-            if evaluator.verdict(q, e, self.index.entity_values(q, e)).state
-            not in ("fresh", "orphaned")
-        )
         return {
             "executed": counts["started"],
             "succeeded": counts["succeeded"],

@@ -282,3 +282,24 @@ def test_run_while_serving_goes_through_the_server_and_reports_what_ran(tmp_path
         assert bad.returncode == 2
         assert "nope" in bad.stderr
         assert server.stop() == 0
+
+
+def test_a_file_deleted_behind_the_watchers_back_is_found_by_the_next_rescan(
+    tmp_path: Path,
+) -> None:
+    # Given two entities served without a watcher
+    ws = chain_workspace(tmp_path / "ws", {"inbox/a.txt": "one\n", "inbox/b.txt": "two three\n"})
+    with serving(ws, tmp_path / "logs", "--no-watch") as server:
+        wait_until(lambda: _api_counts(server)["count"]["fresh"] == 2, "both processed")
+        # When a source file is deleted and `run` asks the server to check everything
+        (ws / "inbox/a.txt").unlink()
+        res = cli(ws, "run", "--json")
+        assert res.returncode == 0, res.stderr
+        # Then the rescan found it gone: a's states are orphaned (outputs kept until prune),
+        # b's stay fresh, and nothing ran
+        assert json.loads(res.stdout)["executed"] == 0
+        counts = _api_counts(server)
+        assert (counts["upper"]["orphaned"], counts["upper"]["fresh"]) == (1, 1)
+        assert (counts["count"]["orphaned"], counts["count"]["fresh"]) == (1, 1)
+        assert read(ws / "count/a.txt") == "1 words\n"
+        assert server.stop() == 0
