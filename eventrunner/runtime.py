@@ -13,15 +13,14 @@ import itertools
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import fastpath, loader, ops, stamping
+from . import fastpath, loader, stamping
 from .config import Settings
 from .engine import Engine
-from .errors import ConfigError, UnknownName
+from .errors import ConfigError
 from .index import Index
 from .patterns import scan
 from .patterns import trusted_entity_id as entity_id
@@ -434,99 +433,6 @@ class Runtime:
         await self._stop_watchers()
         await self._start_watchers()
         await self.reconcile_async()  # whatever changed while no watcher was live
-
-    # -- management (the API calls these; the CLI reaches them through the API) ---------------------
-    async def run_request(self, stages: list[str], entity: str | None) -> dict[str, Any]:
-        """`eventrunner run` while serving: check the selection now, wait until nothing is queued
-        or running, and report what ran meanwhile (the server's other work included)."""
-        assert self.engine is not None and self.index is not None
-        began = time.perf_counter()
-        counts: Counter[str] = Counter()
-        failures: list[dict[str, Any]] = []
-
-        def tally(event: dict[str, Any]) -> None:
-            kind = event.get("kind")
-            if kind in ("started", "succeeded", "failed"):
-                counts[str(kind)] += 1
-            if kind == "failed":
-                failures.append({k: event.get(k) for k in ("stage", "entity", "error")})
-
-        planner = self.engine.planner
-        selected = [(q, e) for q in stages for e in self.index.stage_entity_ids(q) if entity in (None, e)]
-        if entity is not None and not selected:
-            raise UnknownName(f"no selected stage has entity {entity!r}")
-        blocked_before = self.engine.blocked_seen
-        self.sinks.append(tally)
-        try:
-            # Like a local run: files the watcher has not delivered (or no watcher) count too.
-            removed = [t for t in await self._rescan() if t[0] in stages]
-            targets = (
-                planner.iter_targets(stages)
-                if entity is None
-                else ((q, e, self.index.entity_values(q, e)) for q, e in selected)
-            )
-            await self.engine.consider_async(itertools.chain(removed, targets))
-            # Skipped: selected states found held, failed or dead (not run; counted by the
-            # pass itself, so no second evaluation of everything is needed).
-            skipped = self.engine.blocked_seen - blocked_before
-            await self.engine.wait_idle()
-        finally:
-            self.sinks.remove(tally)
-        return {
-            "executed": counts["started"],
-            "succeeded": counts["succeeded"],
-            "failed": counts["failed"],
-            "skipped": skipped,
-            "duration_s": round(time.perf_counter() - began, 3),
-            "failures": failures,
-            "mode": "server",
-        }
-
-    def manage(self, action: str, body: dict[str, Any]) -> Any:
-        """invalidate / retry / hold / release, then queue what became runnable."""
-        assert self.engine is not None and self.index is not None
-        self._stamp_ok = False  # holds, invalidations, retries: let the next start evaluate fully
-        idx, store = self.index, self.store
-        stage: str | None = body.get("stage")
-        eids: list[str] | None = body.get("entities") or None
-        # Only what the call touched is checked again: whole stages when no entity was named.
-        whole: list[str] = []
-        pairs: list[tuple[str, str]] = []
-        if action == "invalidate":
-            result = ops.invalidate(
-                idx, store, _required(stage), eids, bool(body.get("downstream")), save=False
-            )
-            if eids:
-                pairs = [(result["stages"][0], e) for e in result["entities"]]
-                pairs += [(d["stage"], d["entity"]) for d in result["downstream"]]
-            else:
-                whole = result["stages"]
-        elif action == "retry":
-            result = ops.retry(idx, store, stage, eids, save=False)
-            pairs = [(c["stage"], c["entity"]) for c in result["cleared"]]
-        elif action in ("hold", "release"):
-            result = ops.hold(idx, store, _required(stage), eids, on=action == "hold", save=False)
-            if eids:
-                pairs = [(result["stage"], e) for e in result["entities"]]
-            else:
-                whole = [result["stage"]]
-        else:
-            raise ValueError(action)
-        targets: list[Target] = [(q, e, v) for q in whole for e, v in idx.stage_entities(q)]
-        for q, e in pairs:
-            values = _values_of(self.ws, q, e)
-            if values is not None:
-                targets.append((q, e, values))
-        self.engine.consider(targets)
-        return result
-
-
-def _required(stage: str | None) -> str:
-    if not stage:
-        from .errors import UsageError
-
-        raise UsageError("stage is required")
-    return stage
 
 
 def _values_of(ws: Workspace, qualname: str, eid: str) -> dict[str, str] | None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from .. import ops
+from .. import ops, steering
 from ..errors import (
     EventRunnerError,
     IntakeFull,
@@ -292,7 +292,7 @@ def _manage(action: str, model: type[BaseModel]) -> Handler:
         body = (await _body(request, model)).model_dump()
         body["stage"] = _qualify(rt, p, body.get("stage"))
         # On the loop, not in a thread: manage() mutates the index the engine is using.
-        result = rt.manage(action, body)
+        result = steering.manage(rt, action, body)
         return web.json_response(result, dumps=_dumps)
 
     return handle
@@ -306,7 +306,7 @@ async def run(request: web.Request) -> web.Response:
     assert rt.index is not None
     body = await _body(request, models.RunRequest)
     stages = ops.resolve_stages(rt.index, body.stage, p)
-    return web.json_response(await rt.run_request(stages, body.entity), dumps=_dumps)
+    return web.json_response(await steering.run_request(rt, stages, body.entity), dumps=_dumps)
 
 
 def create_app(runtime: Runtime) -> web.Application:

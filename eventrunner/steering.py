@@ -1,0 +1,119 @@
+"""Steering a running server: management calls (invalidate, retry, hold, release) and `run`.
+
+The HTTP API calls these on the event loop; the CLI reaches them through the API while `serve`
+holds the workspace. Each re-checks only what the call touched.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from . import ops
+from .errors import PatternError, UnknownName, UsageError
+from .planner import Target
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+
+async def run_request(rt: Runtime, stages: list[str], entity: str | None) -> dict[str, Any]:
+    """`eventrunner run` while serving: check the selection now, wait until nothing is queued
+    or running, and report what ran meanwhile (the server's other work included)."""
+    assert rt.engine is not None and rt.index is not None
+    began = time.perf_counter()
+    counts: Counter[str] = Counter()
+    failures: list[dict[str, Any]] = []
+
+    def tally(event: dict[str, Any]) -> None:
+        kind = event.get("kind")
+        if kind in ("started", "succeeded", "failed"):
+            counts[str(kind)] += 1
+        if kind == "failed":
+            failures.append({k: event.get(k) for k in ("stage", "entity", "error")})
+
+    planner = rt.engine.planner
+    selected = [(q, e) for q in stages for e in rt.index.stage_entity_ids(q) if entity in (None, e)]
+    if entity is not None and not selected:
+        raise UnknownName(f"no selected stage has entity {entity!r}")
+    blocked_before = rt.engine.blocked_seen
+    rt.sinks.append(tally)
+    try:
+        # Like a local run: files the watcher has not delivered (or no watcher) count too.
+        removed = [t for t in await rt._rescan() if t[0] in stages]
+        targets = (
+            planner.iter_targets(stages)
+            if entity is None
+            else ((q, e, rt.index.entity_values(q, e)) for q, e in selected)
+        )
+        await rt.engine.consider_async(itertools.chain(removed, targets))
+        # Skipped: selected states found held, failed or dead (not run; counted by the
+        # pass itself, so no second evaluation of everything is needed).
+        skipped = rt.engine.blocked_seen - blocked_before
+        await rt.engine.wait_idle()
+    finally:
+        rt.sinks.remove(tally)
+    return {
+        "executed": counts["started"],
+        "succeeded": counts["succeeded"],
+        "failed": counts["failed"],
+        "skipped": skipped,
+        "duration_s": round(time.perf_counter() - began, 3),
+        "failures": failures,
+        "mode": "server",
+    }
+
+
+def manage(rt: Runtime, action: str, body: dict[str, Any]) -> Any:
+    """invalidate / retry / hold / release, then queue what became runnable."""
+    assert rt.engine is not None and rt.index is not None
+    rt._stamp_ok = False  # holds, invalidations, retries: let the next start evaluate fully
+    idx, store = rt.index, rt.store
+    stage: str | None = body.get("stage")
+    eids: list[str] | None = body.get("entities") or None
+    # Only what the call touched is checked again: whole stages when no entity was named.
+    whole: list[str] = []
+    pairs: list[tuple[str, str]] = []
+    if action == "invalidate":
+        result = ops.invalidate(
+            idx, store, _required(stage), eids, bool(body.get("downstream")), save=False
+        )
+        if eids:
+            pairs = [(result["stages"][0], e) for e in result["entities"]]
+            pairs += [(d["stage"], d["entity"]) for d in result["downstream"]]
+        else:
+            whole = result["stages"]
+    elif action == "retry":
+        result = ops.retry(idx, store, stage, eids, save=False)
+        pairs = [(c["stage"], c["entity"]) for c in result["cleared"]]
+    elif action in ("hold", "release"):
+        result = ops.hold(idx, store, _required(stage), eids, on=action == "hold", save=False)
+        if eids:
+            pairs = [(result["stage"], e) for e in result["entities"]]
+        else:
+            whole = [result["stage"]]
+    else:
+        raise ValueError(action)
+    targets: list[Target] = [(q, e, v) for q in whole for e, v in idx.stage_entities(q)]
+    for q, e in pairs:
+        values = _values_of(rt, q, e)
+        if values is not None:
+            targets.append((q, e, values))
+    rt.engine.consider(targets)
+    return result
+
+
+def _required(stage: str | None) -> str:
+    if not stage:
+        raise UsageError("stage is required")
+    return stage
+
+
+def _values_of(rt: Runtime, qualname: str, eid: str) -> dict[str, str] | None:
+    assert rt.index is not None
+    try:
+        return rt.index.entity_values(qualname, eid)
+    except PatternError:
+        return None
