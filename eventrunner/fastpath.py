@@ -80,14 +80,14 @@ def recorded_stats(packed: tuple[str, bytes]) -> dict[str, tuple[int, int, int]]
 def _differs(packed: tuple[str, bytes]) -> Iterable[str]:
     paths, stats = _unpack(packed)
     st = os.stat
-    for i, path in enumerate(paths):
+    triples = iter(stats)  # zipped three times: (size, mtime_ns, inode) per path, no indexing
+    for path, size, mtime_ns, ino in zip(paths, triples, triples, triples, strict=True):
         try:
             s = st(path)
         except OSError:
             yield path
             continue
-        j = 3 * i
-        if s.st_mtime_ns != stats[j + 1] or s.st_size != stats[j] or s.st_ino != stats[j + 2]:
+        if s.st_mtime_ns != mtime_ns or s.st_size != size or s.st_ino != ino:
             yield path
 
 
