@@ -237,7 +237,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     ws = load_workspace(_workspace_path(args))
     store = Store(ws.settings.state_dir)
     dirs_before = stamping.dir_snapshot(ws) if _is_full_run(args) else {}
-    index = Index.load(ws, store)
+    trusted = since.source_ids() if since is not None and not since.files_came_or_went else None
+    index = Index.load(ws, store, trusted)
     if not args.dry_run:
         fastpath.discard(ws.settings.state_dir)
         store.acquire_lock("run")

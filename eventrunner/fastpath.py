@@ -23,7 +23,7 @@ from typing import Any
 
 STAMP = "stamp.bin"
 PREVIOUS = "stamp.prev"  # a stamp set aside while its paths are still to be carried forward
-VERSION = 8  # bump with any change of the stamp format
+VERSION = 9  # bump with any change of the stamp format
 RACY_NS = 50_000_000  # stats this recent may still change within their mtime tick
 
 
@@ -100,6 +100,18 @@ class Look:
     changed: list[str]
     packed_sources: str
     packed_paths: tuple[str, bytes]
+    packed_source_ids: dict[str, str]  # source pattern key -> its entity ids, NUL-joined
+
+    @property
+    def files_came_or_went(self) -> bool:
+        """True when a stamped folder changed or a stamped file is gone: only then can the set
+        of source files differ from the stamp's (each folder a source scan walks is stamped)."""
+        return any(not os.path.isfile(path) for path in self.changed)
+
+    def source_ids(self) -> dict[str, list[str]]:
+        """Entity ids of every source pattern at the stamp (valid as the sources of now only
+        when not files_came_or_went)."""
+        return {key: ids.split("\0") if ids else [] for key, ids in self.packed_source_ids.items()}
 
     @property
     def sources(self) -> set[str]:
@@ -134,7 +146,14 @@ def look(state_dir: Path) -> Look | None:
         return None
     defs_changed = next(iter(_differs(stamp["defs"])), None) is not None
     changed = [] if defs_changed else list(_differs(stamp["paths"]))
-    return Look(stamp["result"], defs_changed, changed, stamp["sources"], stamp["paths"])
+    return Look(
+        stamp["result"],
+        defs_changed,
+        changed,
+        stamp["sources"],
+        stamp["paths"],
+        stamp.get("source_ids", {}),
+    )
 
 
 def write(
@@ -142,6 +161,7 @@ def write(
     defs: Iterable[str],
     paths: Iterable[str],
     sources: Iterable[str],
+    source_ids: dict[str, Iterable[str]],
     not_after: float,
     result: dict[str, Any],
     replaced: Iterable[str] = (),
@@ -185,6 +205,7 @@ def write(
             recorded[i].append((path, ident))
     data = {"ident": _ident(), "env": _env(), "defs": _pack(recorded[0]), "paths": _pack(recorded[1]),
             "sources": "\0".join(sorted(sources)),
+            "source_ids": {key: "\0".join(ids) for key, ids in source_ids.items()},
             "not_after": not_after, "result": result}
     tmp = state_dir / f".er-tmp-{os.getpid()}-{STAMP}"
     with open(tmp, "wb") as fh:

@@ -184,13 +184,25 @@ class Index:
         return self.store.root / "index.dirty"
 
     @classmethod
-    def load(cls, ws: Workspace, store: Store) -> Index:
-        """From the cache when it is clean, else rebuilt from manifests and failure records."""
+    def load(
+        cls, ws: Workspace, store: Store, source_ids: dict[str, list[str]] | None = None
+    ) -> Index:
+        """From the cache when it is clean, else rebuilt from manifests and failure records.
+
+        Source instances come from a scan, or from `source_ids` (key -> entity ids) when the
+        caller knows them to be the sources on disk now: a stamp's, when no stamped folder
+        changed since (the scan is then skipped: 0.4 s at 100,000 files)."""
         idx = cls(ws, store)
         if not idx._load_cache():
             idx.recovered = True  # no clean cache: a crash (or first use); manifests are the truth
             idx._rebuild()
-        idx.scan_sources()
+        if source_ids is not None and set(source_ids) == set(ws.graph.sources):
+            for key, ids in source_ids.items():
+                inst = Instances(idx.instances[key].pattern)
+                inst.items = dict.fromkeys(map(sys.intern, ids))
+                idx.instances[key] = inst
+        else:
+            idx.scan_sources()
         idx.derive()
         return idx
 

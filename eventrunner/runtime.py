@@ -83,7 +83,9 @@ class Runtime:
         # are mostly Python work, and contending for the GIL made them slower together (2.3 s vs
         # 1.9 s at 100,000 entities) and fragmented the heap more.
         look = await asyncio.to_thread(fastpath.look, self.settings.state_dir)
-        index = await asyncio.to_thread(Index.load, self.ws, self.store)
+        # Nothing came or went in a stamped folder since: the stamp's sources are today's.
+        trusted = look.source_ids() if look and look.incremental and not look.files_came_or_went else None
+        index = await asyncio.to_thread(Index.load, self.ws, self.store, trusted)
         self.index = index
         if self.store.crashed_before or index.recovered:
             swept = await asyncio.to_thread(index.sweep_temps)

@@ -96,6 +96,7 @@ def write_stamp(
         defs,
         paths,
         index.source_paths(),
+        {key: index.instances[key].items for key in ws.graph.sources},
         min(retries, default=float(2**62)),
         {"skipped": skipped},
         replaced=replaced,
