@@ -358,16 +358,6 @@ def _run_through_server(args: argparse.Namespace) -> dict[str, Any] | None:
     return report
 
 
-def _refuse_if_serving(ws: Any) -> None:
-    from .client import server_address
-
-    addr = server_address(ws.settings.state_dir)
-    if addr is not None:
-        raise UsageError(
-            f"a server is running at {addr}; it keeps the workspace up to date (use its API or stop it)"
-        )
-
-
 class _Progress:
     """A rich progress bar fed by engine events."""
 

@@ -162,14 +162,22 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    ws, store, index = _cli()._open(args)
-    if not args.dry_run:
-        _cli()._refuse_if_serving(ws)
-        store.acquire_lock("prune")
-    try:
-        pruned = ops.prune(index, store, dry_run=args.dry_run)
-    finally:
-        store.release_lock()
+    from .client import call_server, server_address
+    from .config import load_settings
+
+    settings = load_settings(_cli()._workspace_path(args))
+    addr = None if args.dry_run else server_address(settings.state_dir)
+    if addr is not None:
+        # A running server owns the workspace: it prunes (between events, on its loop).
+        pruned = call_server(settings, addr, "prune", {"dry_run": False})["pruned"]
+    else:
+        _, store, index = _cli()._open(args)
+        if not args.dry_run:
+            store.acquire_lock("prune")
+        try:
+            pruned = ops.prune(index, store, dry_run=args.dry_run)
+        finally:
+            store.release_lock()
     if args.json:
         _print_json({"pruned": pruned, "dry_run": args.dry_run})
     else:

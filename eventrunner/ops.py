@@ -284,7 +284,9 @@ def _delete_outputs(index: Index, relpaths: Sequence[str]) -> None:
         index.forget_file(relpath)
 
 
-def prune(index: Index, store: Store, dry_run: bool = False) -> list[dict[str, Any]]:
+def prune(
+    index: Index, store: Store, dry_run: bool = False, *, save: bool = True
+) -> list[dict[str, Any]]:
     """Delete outputs and manifests of orphaned states, and fan-out outputs no longer produced."""
     out: list[dict[str, Any]] = []
     for q in index.ws.graph.order:
@@ -318,5 +320,5 @@ def prune(index: Index, store: Store, dry_run: bool = False) -> list[dict[str, A
             index.failures[q].pop(eid, None)
     if out and not dry_run:
         index.derive()
-        index.save()
+        _save(index, save)
     return out

@@ -105,6 +105,17 @@ def manage(rt: Runtime, action: str, body: dict[str, Any]) -> Any:
     return result
 
 
+def prune(rt: Runtime, dry_run: bool) -> dict[str, Any]:
+    """Delete orphaned states' outputs and manifests while serving (see ops.prune): on the loop,
+    so no event interleaves; the index cache follows with the persist loop."""
+    assert rt.index is not None
+    rt._stamp_ok = False
+    pruned = ops.prune(rt.index, rt.store, dry_run=dry_run, save=False)
+    if pruned and not dry_run:
+        rt.emit({"kind": "pruned", "states": len(pruned)})
+    return {"pruned": pruned, "dry_run": dry_run}
+
+
 def _required(stage: str | None) -> str:
     if not stage:
         raise UsageError("stage is required")

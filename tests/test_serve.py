@@ -284,7 +284,7 @@ def test_run_while_serving_goes_through_the_server_and_reports_what_ran(tmp_path
         assert server.stop() == 0
 
 
-def test_a_file_deleted_behind_the_watchers_back_is_found_by_the_next_rescan(
+def test_a_file_deleted_behind_the_watchers_back_is_found_by_a_rescan_and_pruned(
     tmp_path: Path,
 ) -> None:
     # Given two entities served without a watcher
@@ -302,4 +302,14 @@ def test_a_file_deleted_behind_the_watchers_back_is_found_by_the_next_rescan(
         assert (counts["upper"]["orphaned"], counts["upper"]["fresh"]) == (1, 1)
         assert (counts["count"]["orphaned"], counts["count"]["fresh"]) == (1, 1)
         assert read(ws / "count/a.txt") == "1 words\n"
+
+        # When `eventrunner prune` runs while serving, the server prunes exactly a's states
+        res = cli(ws, "prune", "--json")
+        assert res.returncode == 0, res.stderr
+        pruned = {(p["stage"], p["entity"]) for p in json.loads(res.stdout)["pruned"]}
+        assert pruned == {("p.upper", "a"), ("p.count", "a")}
+        assert read(ws / "count/a.txt") is None and read(ws / "up/a.txt") is None
+        assert read(ws / "count/b.txt") == "2 words\n"
+        counts = _api_counts(server)
+        assert (counts["count"]["orphaned"], counts["count"]["fresh"]) == (0, 1)
         assert server.stop() == 0

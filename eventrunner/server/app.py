@@ -309,6 +309,15 @@ async def run(request: web.Request) -> web.Response:
     return web.json_response(await steering.run_request(rt, stages, body.entity), dumps=_dumps)
 
 
+async def prune(request: web.Request) -> web.Response:
+    """`eventrunner prune` while serving."""
+    rt = _rt(request)
+    _ready(rt)
+    _pipeline(request)  # pruning is workspace-wide; "_" is the usual address
+    body = await _body(request, models.PruneRequest)
+    return web.json_response(steering.prune(rt, body.dry_run), dumps=_dumps)
+
+
 def create_app(runtime: Runtime) -> web.Application:
     """The application for one runtime (tests use it with aiohttp_client)."""
     from .events import events_stream
@@ -337,6 +346,7 @@ def create_app(runtime: Runtime) -> web.Application:
     r.add_post("/api/pipelines/{pipeline}/hold", _manage("hold", models.HoldRequest))
     r.add_post("/api/pipelines/{pipeline}/release", _manage("release", models.HoldRequest))
     r.add_post("/api/pipelines/{pipeline}/run", run)
+    r.add_post("/api/pipelines/{pipeline}/prune", prune)
     r.add_get("/api/events", events_stream)
     r.add_get("/api/openapi.json", openapi_document)
     setup_metrics(app, runtime)

@@ -52,6 +52,12 @@ class RunReport(BaseModel):
     mode: str
 
 
+class PruneRequest(_Body):
+    """Delete outputs and manifests of orphaned states (dry_run: only list them)."""
+
+    dry_run: bool = False
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str

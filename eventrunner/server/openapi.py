@@ -70,6 +70,7 @@ def build_document() -> dict[str, Any]:
         models.RetryRequest,
         models.HoldRequest,
         models.RunRequest,
+        models.PruneRequest,
         models.RunReport,
         models.ErrorResponse,
         models.EntitiesResponse,
@@ -174,6 +175,9 @@ def build_document() -> dict[str, Any]:
         ),
         "/api/pipelines/{pipeline}/hold": manage("manual hold", models.HoldRequest),
         "/api/pipelines/{pipeline}/release": manage("release a hold", models.HoldRequest),
+        "/api/pipelines/{pipeline}/prune": manage(
+            "delete orphaned states' outputs and manifests (workspace-wide)", models.PruneRequest
+        ),
         "/api/pipelines/{pipeline}/run": {
             "post": _op(
                 "check the selection now and answer once nothing is queued or running",
