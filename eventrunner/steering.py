@@ -102,6 +102,7 @@ def manage(rt: Runtime, action: str, body: dict[str, Any]) -> Any:
         if values is not None:
             targets.append((q, e, values))
     rt.engine.consider(targets)
+    rt.emit({"kind": "managed", "action": action})  # holds, invalidations: states recounted
     return result
 
 

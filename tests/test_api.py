@@ -28,10 +28,11 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks.webhooks import Webhook
 
+from eventrunner import ops
 from eventrunner.errors import UsageError
 from eventrunner.runtime import Runtime
 from eventrunner.serve import check_bind
-from eventrunner.server.app import create_app
+from eventrunner.server.app import STATES, create_app
 from eventrunner.server.states import StateTable
 from eventrunner.workspace import load_workspace
 
@@ -642,3 +643,30 @@ async def test_a_whole_workspace_pass_in_serve_yields_to_the_loop(api: Api) -> N
     # Then other tasks ran between the states, and nothing was stale
     assert turns >= len(DAYS)
     assert task.result() == 0
+
+
+async def test_state_counts_kept_up_from_events_equal_a_full_evaluation(api: Api) -> None:
+    # Given the counts read once (one full pass)
+    table = api.client.app[STATES]
+    await api.get("/api/pipelines/blog/status")
+    passes = table.full_passes
+
+    async def agrees() -> bool:
+        served = (await api.get("/api/pipelines"))["pipelines"]
+        assert api.rt.index is not None
+        return bool(served == ops.status(api.rt.index)["pipelines"])  # a fresh full evaluation
+
+    # When a new entity arrives, runs, and one entity starts failing for good
+    await api.deliver("z", "log z")
+    (api.ws / "flags" / "f").touch()
+    await api.deliver("f", "log f")
+
+    async def dead_and_done() -> bool:
+        return (await api.states()).get("f") == "dead" and (await api.states()).get("z") == "fresh"
+
+    await eventually(dead_and_done)
+    # Then the counts served (kept up from events, with no new full pass) equal a full evaluation
+    await eventually(agrees)
+    assert table.full_passes == passes
+    counts = (await api.get("/api/pipelines/blog/status"))["stages"]["post"]
+    assert (counts["dead"], counts["fresh"]) == (1, len(DAYS) + 1)

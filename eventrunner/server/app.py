@@ -248,9 +248,9 @@ async def entities(request: web.Request) -> web.Response:
     if state is None:
         ids = [(q, e) for q in stages for e in ops.state_ids(rt.index, q)]  # cheap: no evaluation
     else:
-        # Which states are in `state` takes a pass over all (shared, cooperative, cached).
-        buckets = (await request.app[STATES].get()).buckets
-        ids = [(q, e) for q in stages for e in buckets.get(q, {}).get(state, ())]
+        # Which states are in `state`: the shared table, kept up to date from events.
+        table = await request.app[STATES].get()
+        ids = [(q, e) for q in stages for e in table.ids(q, state)]
     # Only the page is evaluated (afresh: its rows show their state now, with reasons).
     evaluator = Evaluator(rt.index)
     page = [

@@ -39,10 +39,10 @@ class _StateCollector(Collector):
         )
         queue = GaugeMetricFamily("eventrunner_queue_depth", "States queued for a worker")
         running = GaugeMetricFamily("eventrunner_running", "Handlers running now")
-        last = self.table.last
+        table = self.table
         if rt.index is not None and rt.engine is not None and rt.ready.is_set():
-            if last is not None:
-                for q, counts in last.counts(list(rt.ws.graph.order)).items():
+            if table.full_passes:
+                for q, counts in table.counts(list(rt.ws.graph.order)).items():
                     for state, n in counts.items():
                         states.add_metric([q, state], n)
             queue.add_metric([], rt.engine.queue_depth)

@@ -1,98 +1,178 @@
-"""The state of every (stage, entity), for status counts, metrics and listings filtered by state.
+"""The state of every (stage, entity) while serving, for status counts, metrics and listings.
 
-Knowing it means evaluating every state: seconds at 100,000 entities. Done in one call on the
-event loop, that stalled webhook intake and event handling for as long. Here a pass yields to the
-loop every `chunk` states, readers arriving meanwhile share the pass in flight, and a result is
-reused while nothing has happened since it began (no event, no state change), or while it is
-younger than the pass took to compute (so constant churn costs at most half a core).
+Evaluating every state takes seconds at 100,000 entities, so it is done once (a full pass that
+yields to the event loop every `chunk` states) and then kept up to date from events: a state
+an event names, the states a changed file feeds, and everything downstream of those are
+evaluated again at the next read, O(affected). States with a failure record are re-read every
+time (a backoff expiring changes them with no event). Anything an event cannot pin down (a
+reload, a hold or invalidation, a prune) and a timer (`full_every`) bring a new full pass.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from .. import ops
+from ..errors import PatternError
 from ..evaluate import Evaluator
+from ..patterns import trusted_entity_id as entity_id
 from ..staleness import STATES
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
-
-@dataclass
-class StatePass:
-    """One pass: stage qualname -> state -> entity ids, in listing order."""
-
-    buckets: dict[str, dict[str, list[str]]]
-    started: float  # time.monotonic() when the pass began
-    took: float  # seconds it took
-    key: tuple[int, int, int]  # what had happened when it began (see StateTable._key)
-
-    def counts(self, stages: list[str]) -> dict[str, dict[str, int]]:
-        """stage -> {state: n} for every state name."""
-        return {
-            q: {s: len(self.buckets.get(q, {}).get(s, ())) for s in STATES} for q in stages
-        }
+# Events that change no state by themselves (the file a webhook writes is its own event).
+QUIET = frozenset({"webhook", "reload_failed"})
 
 
 class StateTable:
-    """Shared, cooperative, cached evaluation of every state of a running workspace."""
+    """Every state's current verdict, shared by the API and /metrics."""
 
-    def __init__(self, runtime: Runtime, *, chunk: int = 500, ttl: float = 10.0) -> None:
+    def __init__(self, runtime: Runtime, *, chunk: int = 500, full_every: float = 600.0) -> None:
         self.rt = runtime
         self.chunk = chunk
-        self.ttl = ttl  # time alone changes states too (a backoff expiring)
-        self.last: StatePass | None = None
-        self._events = 0
-        self._inflight: asyncio.Task[StatePass] | None = None
+        self.full_every = full_every
+        self.states: dict[str, dict[str, str]] = {}  # stage -> entity id -> state, listing order
+        self.tally: dict[str, Counter[str]] = {}
+        self.full_passes = 0
+        self._all = True  # a full pass is due
+        self._full_at = 0.0
+        self._index_id = 0
+        self._dirty: set[tuple[str, str]] = set()
+        self._paths: list[str] = []
+        self._inflight: asyncio.Task[None] | None = None
         runtime.sinks.append(self._on_event)
 
-    def _on_event(self, event: dict[str, Any]) -> None:
-        self._events += 1
+    # -- reading ---------------------------------------------------------------------------------
+    def counts(self, stages: list[str]) -> dict[str, dict[str, int]]:
+        """stage -> {state: n} for every state name."""
+        return {q: {s: self.tally.get(q, Counter())[s] for s in STATES} for q in stages}
 
-    def _key(self) -> tuple[int, int, int]:
-        idx = self.rt.index
-        return (self._events, idx.generation if idx else 0, id(idx))
+    def ids(self, stage: str, state: str) -> list[str]:
+        """Entity ids of one stage's states in `state`, in listing order."""
+        return [e for e, s in self.states.get(stage, {}).items() if s == state]
 
-    def _usable(self, p: StatePass | None) -> bool:
-        if p is None:
-            return False
-        age = time.monotonic() - p.started
-        if age < p.took:
-            return True  # churn: a pass at most every other moment
-        return p.key == self._key() and age < self.ttl
-
-    async def get(self) -> StatePass:
-        """A pass recent enough (see the module docstring), computing one if needed."""
-        if self._usable(self.last):
-            assert self.last is not None
-            return self.last
+    async def get(self) -> StateTable:
+        """Bring the table up to date (sharing one refresh between concurrent readers)."""
         if self._inflight is None or self._inflight.done():
-            self._inflight = asyncio.create_task(self._compute())
-        return await asyncio.shield(self._inflight)
+            if not self._due():
+                return self
+            self._inflight = asyncio.create_task(self._refresh())
+        await asyncio.shield(self._inflight)
+        return self
 
-    async def _compute(self) -> StatePass:
+    # -- keeping up --------------------------------------------------------------------------------
+    def _on_event(self, event: dict[str, Any]) -> None:
+        stage, entity, path = event.get("stage"), event.get("entity"), event.get("path")
+        if isinstance(stage, str) and isinstance(entity, str):
+            self._dirty.add((stage, entity))
+        elif event.get("kind") == "changed" and isinstance(path, str):
+            self._paths.append(path)
+        elif event.get("kind") not in QUIET:
+            self._all = True
+
+    def _due(self) -> bool:
+        idx = self.rt.index
+        return bool(
+            self._all
+            or self._dirty
+            or self._paths
+            or id(idx) != self._index_id
+            or time.monotonic() - self._full_at > self.full_every
+            or (idx is not None and any(idx.failures.values()))  # backoffs expire with time
+        )
+
+    async def _refresh(self) -> None:
+        idx = self.rt.index
+        assert idx is not None
+        if self._all or id(idx) != self._index_id or time.monotonic() - self._full_at > self.full_every:
+            await self._full_pass()
+        await self._catch_up()
+
+    async def _full_pass(self) -> None:
         rt = self.rt
         assert rt.index is not None
         index = rt.index
-        key, started = self._key(), time.monotonic()
+        # What happens from here on is caught up afterwards (the pass may have read it already).
+        self._all, self._dirty, self._paths = False, set(), []
+        started = time.monotonic()
         ev = Evaluator(index)
-        buckets: dict[str, dict[str, list[str]]] = {}
+        states: dict[str, dict[str, str]] = {}
         n = 0
         for q in index.ws.graph.order:
-            bucket = buckets.setdefault(q, {})
+            table = states.setdefault(q, {})
             for eid in ops.state_ids(index, q):
-                verdict = ev.verdict(q, eid, ops.values_of(index, q, eid))
-                bucket.setdefault(verdict.state, []).append(eid)
+                table[eid] = ev.verdict(q, eid, index.entity_values(q, eid)).state
                 n += 1
                 if n % self.chunk == 0:
                     await asyncio.sleep(0)  # let intake and events through
                     if rt.index is not index:
-                        return await self._compute()  # reloaded under us: start over
+                        return await self._full_pass()  # reloaded under us: start over
                     if ev.memo_size > 250_000:
                         ev.reset(ev.now)  # bound memory; upstream verdicts are recomputed
-        self.last = StatePass(buckets, started, time.monotonic() - started, key)
-        return self.last
+        self.states = states
+        self.tally = {q: Counter(t.values()) for q, t in states.items()}
+        self._full_at, self._index_id = started, id(index)
+        self.full_passes += 1
+
+    async def _catch_up(self) -> None:
+        """Evaluate again what events touched since, and everything downstream of it."""
+        rt = self.rt
+        assert rt.index is not None and rt.engine is not None
+        index, planner, g = rt.index, rt.engine.planner, rt.index.ws.graph
+        seeds, self._dirty = self._dirty, set()
+        paths, self._paths = self._paths, []
+        for path in paths:
+            for key, pattern in g.patterns.items():
+                values = pattern.match(path)
+                if values is None:
+                    continue
+                producer = g.producer.get(key)
+                if producer is not None:
+                    names = g.stages[producer].entity_vars
+                    seeds.add((producer, entity_id(names, {v: values[v] for v in names})))
+                seeds.update((q, e) for q, e, _ in planner.downstream_of(key, values))
+        seeds.update((q, e) for q, fs in index.failures.items() for e in fs)
+        todo = set()
+        for q, e in seeds:
+            if q not in g.stages:
+                continue
+            todo.add((q, e))
+            try:
+                values = index.entity_values(q, e)
+            except PatternError:
+                continue
+            todo.update((d, de) for d, de, _ in planner.descendants(q, values))
+        ev = Evaluator(index)
+        for n, (q, e) in enumerate(sorted(todo, key=lambda t: g.stages[t[0]].depth), 1):
+            self._apply(ev, q, e)
+            if n % self.chunk == 0:
+                await asyncio.sleep(0)
+                if rt.index is not index:
+                    return
+
+    def _apply(self, ev: Evaluator, q: str, eid: str) -> None:
+        index = self.rt.index
+        assert index is not None
+        table, tally = self.states.setdefault(q, {}), self.tally.setdefault(q, Counter())
+        old = table.get(eid)
+        try:
+            values = index.entity_values(q, eid)
+        except PatternError:
+            return
+        if not index.has_entity(q, values) and eid not in index.manifests[q]:
+            new = None  # gone without a trace: no longer a state
+        else:
+            new = ev.verdict(q, eid, values).state
+        if new == old:
+            return
+        if old is not None:
+            tally[old] -= 1
+        if new is None:
+            table.pop(eid, None)
+        else:
+            table[eid] = new
+            tally[new] += 1
