@@ -180,12 +180,19 @@ def make_workspace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> MakeWo
         root = tmp_path / f"ws{next(counter)}"
         root.mkdir()
         ws = Workspace(root, capsys)
+        if "eventrunner.toml" not in files:
+            # Backoff is uniform in [0, cap] (full jitter): with the default 30 s cap a failure
+            # re-checked half a second later has already expired one time in 60, and tests that
+            # read "failed" right after a failure flaked. A day-long cap makes that 1 in 10^5.
+            ws.write("eventrunner.toml", DETERMINISTIC_RETRY)
         for rel, content in files.items():
             ws.write(rel, content)
         return ws
 
     return make
 
+
+DETERMINISTIC_RETRY = '[runtime]\nretry = { backoff = "1d", max_backoff = "1d" }\n'
 
 # A small pipeline used by many tests: map -> chain -> fan-in.
 ECHO_PIPELINE = """\
