@@ -82,7 +82,7 @@ class StateTable:
             or self._paths
             or id(idx) != self._index_id
             or time.monotonic() - self._full_at > self.full_every
-            or (idx is not None and any(idx.failures.values()))  # backoffs expire with time
+            or (idx is not None and any(not f.dead for fs in idx.failures.values() for f in fs.values()))
         )
 
     async def _refresh(self) -> None:
@@ -135,7 +135,8 @@ class StateTable:
                     names = g.stages[producer].entity_vars
                     seeds.add((producer, entity_id(names, {v: values[v] for v in names})))
                 seeds.update((q, e) for q, e, _ in planner.downstream_of(key, values))
-        seeds.update((q, e) for q, fs in index.failures.items() for e in fs)
+        # Backing off: the verdict changes when the backoff expires, with no event.
+        seeds.update((q, e) for q, fs in index.failures.items() for e, f in fs.items() if not f.dead)
         todo = set()
         for q, e in seeds:
             if q not in g.stages:
