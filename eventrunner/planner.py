@@ -87,6 +87,22 @@ class Planner:
                         frontier.append((t[0], t[2]))
         return out
 
+    def concerned_by(self, relpath: str) -> list[Target]:
+        """The states a change of this file concerns (its producer and its readers), without
+        updating the index (read-only: the state table uses it after the fact)."""
+        out: list[Target] = []
+        for key, pattern in self.graph.patterns.items():
+            values = pattern.match(relpath)
+            if values is None:
+                continue
+            producer = self.graph.producer.get(key)
+            if producer is not None:
+                names = self.graph.stages[producer].entity_vars
+                ent = {v: values[v] for v in names}
+                out.append((producer, entity_id(names, ent), ent))
+            out.extend(self.downstream_of(key, values))
+        return out
+
     def targets_for_change(self, kind: str, relpath: str) -> tuple[list[Target], bool]:
         """What one changed file affects (updating source instances); also whether it is a source."""
         targets: list[Target] = []

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from .. import ops
 from ..errors import PatternError
 from ..evaluate import Evaluator
-from ..patterns import trusted_entity_id as entity_id
 from ..staleness import STATES
 
 if TYPE_CHECKING:
@@ -126,15 +125,7 @@ class StateTable:
         seeds, self._dirty = self._dirty, set()
         paths, self._paths = self._paths, []
         for path in paths:
-            for key, pattern in g.patterns.items():
-                values = pattern.match(path)
-                if values is None:
-                    continue
-                producer = g.producer.get(key)
-                if producer is not None:
-                    names = g.stages[producer].entity_vars
-                    seeds.add((producer, entity_id(names, {v: values[v] for v in names})))
-                seeds.update((q, e) for q, e, _ in planner.downstream_of(key, values))
+            seeds.update((q, e) for q, e, _ in planner.concerned_by(path))
         # Backing off: the verdict changes when the backoff expires, with no event.
         seeds.update((q, e) for q, fs in index.failures.items() for e, f in fs.items() if not f.dead)
         todo = set()
