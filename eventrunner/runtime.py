@@ -234,13 +234,17 @@ class Runtime:
         """Full comparison of the workspace with the index while serving (timer, lost events):
         the evaluation yields to intake and events every few hundred states."""
         assert self.engine is not None
-        removed = await self._rescan()
+        removed = await self.rescan()
         planner = self.engine.planner
         n = await self.engine.consider_async(itertools.chain(removed, planner.iter_targets()))
         log.info("reconcile queued %d state(s)", n)
         return n
 
-    async def _rescan(self) -> list[Target]:
+    def unstamp(self) -> None:
+        """State changed in a way a stamp cannot vouch for: the next start evaluates fully."""
+        self._stamp_ok = False
+
+    async def rescan(self) -> list[Target]:
         """Scan the sources again and apply what differs from the index; targets of what vanished.
 
         The scan (O(sources)) runs in a thread; only the difference is applied on the loop, each

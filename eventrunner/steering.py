@@ -42,7 +42,7 @@ async def run_request(rt: Runtime, stages: list[str], entity: str | None) -> dic
     rt.sinks.append(tally)
     try:
         # Like a local run: files the watcher has not delivered (or no watcher) count too.
-        removed = [t for t in await rt._rescan() if t[0] in stages]
+        removed = [t for t in await rt.rescan() if t[0] in stages]
         targets = (
             planner.iter_targets(stages)
             if entity is None
@@ -69,7 +69,7 @@ async def run_request(rt: Runtime, stages: list[str], entity: str | None) -> dic
 def manage(rt: Runtime, action: str, body: dict[str, Any]) -> Any:
     """invalidate / retry / hold / release, then queue what became runnable."""
     assert rt.engine is not None and rt.index is not None
-    rt._stamp_ok = False  # holds, invalidations, retries: let the next start evaluate fully
+    rt.unstamp()  # holds, invalidations, retries: let the next start evaluate fully
     idx, store = rt.index, rt.store
     stage: str | None = body.get("stage")
     eids: list[str] | None = body.get("entities") or None
@@ -110,7 +110,7 @@ def prune(rt: Runtime, dry_run: bool) -> dict[str, Any]:
     """Delete orphaned states' outputs and manifests while serving (see ops.prune): on the loop,
     so no event interleaves; the index cache follows with the persist loop."""
     assert rt.index is not None
-    rt._stamp_ok = False
+    rt.unstamp()
     pruned = ops.prune(rt.index, rt.store, dry_run=dry_run, save=False)
     if pruned and not dry_run:
         rt.emit({"kind": "pruned", "states": len(pruned)})
