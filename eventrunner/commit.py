@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .store import Failure, Manifest, Store, dumps, replace_path, syncfs, temp_path
+from .store import Failure, Manifest, Store, dumps, replace_path, syncfs, temp_path, write_file
 
 log = logging.getLogger("eventrunner.commit")
 
@@ -139,7 +139,7 @@ class Committer:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._dirs.add(path.parent)
             manifests.append((temp_path(path), path, record))
-        self._parallel(lambda m: m[0].write_bytes(m[2]), manifests)  # 1. manifests beside their place
+        self._parallel(lambda m: write_file(m[0], m[2]), manifests)  # 1. manifests beside their place
         self._barrier()  # 2. outputs' and manifests' contents (and the last batch's renames) durable
         moves = [pair for c in batch for pair in c.temps]
         self._parallel(lambda pair: replace_path(*pair), moves)  # 3. outputs in place

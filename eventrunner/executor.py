@@ -24,7 +24,7 @@ from .evaluate import InputFile
 from .graph import Stage
 from .hashing import hash_bytes, hash_path
 from .patterns import entity_id, parse_entity_id, resolve_inside
-from .store import temp_path
+from .store import read_file, temp_path, write_file
 
 log = logging.getLogger("eventrunner.executor")
 
@@ -105,14 +105,14 @@ def convert(path: Path, annotation: Any, what: str) -> Any:
         if annotation is Path or annotation is os.PathLike:
             return path
         if annotation is bytes:
-            return path.read_bytes()
+            return read_file(path)
         if annotation in (str, None, Any, inspect.Parameter.empty):
             return path.read_text(encoding="utf-8")
         origin = typing.get_origin(annotation) or annotation
         if origin in (dict, list):
-            return json.loads(path.read_bytes())
+            return json.loads(read_file(path))
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            return annotation.model_validate_json(path.read_bytes())
+            return annotation.model_validate_json(read_file(path))
         return path.read_text(encoding="utf-8")
     except IsADirectoryError:
         raise PermanentError(
@@ -189,11 +189,11 @@ def output_path(root: Path, relpath: str) -> Path:
 def _write_temp(final: Path, data: bytes) -> Path:
     tmp = temp_path(final)
     try:
-        tmp.write_bytes(data)
+        write_file(tmp, data)
     except FileNotFoundError:  # the folder was removed since we created it
         _ready_dirs.discard(final.parent)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
+        write_file(tmp, data)
     return tmp
 
 

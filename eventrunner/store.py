@@ -40,6 +40,34 @@ def temp_path(final: Path) -> Path:
     return final.with_name(f"{TMP_PREFIX}{_PROCESS_TAG}{next(_counter):x}-{final.name}"[:255])
 
 
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+
+
+def write_file(path: Path | str, data: bytes) -> None:
+    """Write bytes to a (temp) file with plain os calls: no buffered-file object, no isatty or
+    seek probes (per execution on the hot path: each syscall is also a GIL hand-off)."""
+    fd = os.open(path, _WRITE_FLAGS, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def read_file(path: Path | str) -> bytes:
+    """A file's bytes with plain os calls (see write_file); IsADirectoryError for a folder."""
+    fd = os.open(path, _READ_FLAGS)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
@@ -78,6 +106,11 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
 
 def replace_path(tmp: Path, final: Path) -> None:
     """Move a finished temp file or folder into place; an old folder is swapped out, then removed."""
+    try:
+        os.replace(tmp, final)  # the usual case, a file over a file (or nothing): one syscall
+        return
+    except OSError:
+        pass  # a folder on either side: below
     if tmp.is_dir() and not tmp.is_symlink():
         if final.is_dir() and not final.is_symlink():
             old = temp_path(final)
