@@ -225,7 +225,7 @@ def store_result(
         temps.append((ctx.output_path, ctx.final_path))
         hashes[relpath] = hash_path(ctx.output_path)
         return Written(temps, hashes)
-    if ctx.output_path.exists() or ctx.output_path.is_symlink():
+    if os.path.lexists(ctx.output_path):  # one lstat: written by the handler, or a link
         Written([(ctx.output_path, ctx.output_path)], {}).discard()  # the returned value wins
     data = encode(result, stage.qualname)
     temps.append((_write_temp(ctx.final_path, data), ctx.final_path))
