@@ -126,8 +126,15 @@ class Engine:
                 log.exception("event listener failed on %s", kind)
 
     # -- planning ----------------------------------------------------------------------------
-    def consider(self, targets: Iterable[Target], *, fresh_pass: bool = False) -> int:
-        """Check each target and queue the stale ones; returns how many were queued."""
+    def consider(
+        self,
+        targets: Iterable[Target],
+        *,
+        fresh_pass: bool = False,
+        blocked: set[tuple[str, str]] | None = None,
+    ) -> int:
+        """Check each target and queue the stale ones; returns how many were queued. Failed,
+        dead and held targets are counted (blocked_seen) and, given a set, collected in it."""
         if not fresh_pass:
             self.evaluator.reset()
         n = 0
@@ -145,9 +152,17 @@ class Engine:
                 n += 1
             elif verdict.state in ("failed", "dead", "held"):
                 self.blocked_seen += 1
+                if blocked is not None:
+                    blocked.add((q, eid))
         return n
 
-    async def consider_async(self, targets: Iterable[Target], *, chunk: int = 500) -> int:
+    async def consider_async(
+        self,
+        targets: Iterable[Target],
+        *,
+        chunk: int = 500,
+        blocked: set[tuple[str, str]] | None = None,
+    ) -> int:
         """consider() a long run of targets in slices, yielding to the event loop between them:
         a whole-workspace pass in serve must not hold up intake and events for seconds."""
         self.evaluator.reset()
@@ -155,10 +170,10 @@ class Engine:
         for target in targets:
             batch.append(target)
             if len(batch) >= chunk:
-                n += self.consider(batch, fresh_pass=True)
+                n += self.consider(batch, fresh_pass=True, blocked=blocked)
                 batch.clear()
                 await asyncio.sleep(0)
-        n += self.consider(batch, fresh_pass=True)
+        n += self.consider(batch, fresh_pass=True, blocked=blocked)
         self.evaluator.reset()  # the pass's memo: a verdict per state
         return n
 

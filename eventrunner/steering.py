@@ -38,7 +38,7 @@ async def run_request(rt: Runtime, stages: list[str], entity: str | None) -> dic
     selected = [(q, e) for q in stages for e in rt.index.stage_entity_ids(q) if entity in (None, e)]
     if entity is not None and not selected:
         raise UnknownName(f"no selected stage has entity {entity!r}")
-    blocked_before = rt.engine.blocked_seen
+    blocked: set[tuple[str, str]] = set()
     rt.sinks.append(tally)
     try:
         # Like a local run: files the watcher has not delivered (or no watcher) count too.
@@ -48,10 +48,9 @@ async def run_request(rt: Runtime, stages: list[str], entity: str | None) -> dic
             if entity is None
             else ((q, e, rt.index.entity_values(q, e)) for q, e in selected)
         )
-        await rt.engine.consider_async(itertools.chain(removed, targets))
-        # Skipped: selected states found held, failed or dead (not run; counted by the
-        # pass itself, so no second evaluation of everything is needed).
-        skipped = rt.engine.blocked_seen - blocked_before
+        await rt.engine.consider_async(itertools.chain(removed, targets), blocked=blocked)
+        # Skipped: selected states the pass found held, failed or dead (not run).
+        skipped = len(blocked)
         await rt.engine.wait_idle()
     finally:
         rt.sinks.remove(tally)

@@ -277,6 +277,11 @@ def test_run_while_serving_goes_through_the_server_and_reports_what_ran(tmp_path
         assert read(ws / "count/b.txt") == "3 words\n"
         assert count_runs(ws, "upper", "b") == 1 and count_runs(ws, "upper", "a") == 1
 
+        # And a held state is reported skipped
+        assert cli(ws, "hold", "p.upper", "a").returncode == 0
+        held = json.loads(cli(ws, "run", "--json").stdout)
+        assert (held["executed"], held["skipped"]) == (0, 1)
+
         # And an unknown entity is a usage error naming it, with nothing run
         bad = cli(ws, "run", "--entity", "nope")
         assert bad.returncode == 2
