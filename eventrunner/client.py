@@ -1,4 +1,5 @@
-"""Talk to a running `eventrunner serve` of the same workspace (CLI commands that change state)."""
+"""Talk to a running `eventrunner serve` of the same workspace (commands that change state, and
+`status`, which the server answers from its state table)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,17 @@ def call_server(
         headers={"Content-Type": "application/json"},
         method="POST",
     )
+    return _send(settings, url, req, action, timeout)
+
+
+def get_from_server(settings: Settings, url: str, path: str, timeout: float | None = 30) -> Any:
+    """GET a JSON answer (path like "/api/pipelines") from the server; errors as in call_server."""
+    return _send(settings, url, urllib.request.Request(f"{url}{path}"), path, timeout)
+
+
+def _send(
+    settings: Settings, url: str, req: urllib.request.Request, what: str, timeout: float | None
+) -> Any:
     if settings.server.token_env:
         token = os.environ.get(settings.server.token_env)
         if token:
@@ -61,6 +73,6 @@ def call_server(
             raise UnknownName(message) from None
         if exc.code in (400, 422):
             raise UsageError(message) from None
-        raise EventRunnerError(f"server refused {action}: {message}") from None
+        raise EventRunnerError(f"server refused {what}: {message}") from None
     except OSError as exc:
         raise ServerUnavailable(f"server at {url} did not answer: {exc}") from None

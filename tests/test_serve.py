@@ -277,6 +277,15 @@ def test_run_while_serving_goes_through_the_server_and_reports_what_ran(tmp_path
         assert read(ws / "count/b.txt") == "3 words\n"
         assert count_runs(ws, "upper", "b") == 1 and count_runs(ws, "upper", "a") == 1
 
+        # And `status` while serving is the server's table (it reads no state itself): a file
+        # dropped behind this watcher-less server's back is not counted until a rescan
+        (ws / "inbox/c.txt").write_text("six\n")
+        status = json.loads(cli(ws, "status", "--json").stdout)
+        assert status["pipelines"]["p"]["stages"]["count"]["fresh"] == 2
+        assert sum(status["pipelines"]["p"]["stages"]["count"].values()) == 2
+        assert cli(ws, "status", "--pipeline", "nope").returncode == 2
+        (ws / "inbox/c.txt").unlink()
+
         # And a held state is reported skipped
         assert cli(ws, "hold", "p.upper", "a").returncode == 0
         held = json.loads(cli(ws, "run", "--json").stdout)
