@@ -50,17 +50,8 @@ _STYLE = {
 def _status_from_server(args: argparse.Namespace) -> dict[str, Any] | None:
     """The counts a running server keeps (milliseconds, where evaluating every state here
     takes seconds at 100,000 entities); None when no server answers."""
-    from .client import get_from_server, server_address
-    from .config import load_settings
-    from .errors import ServerUnavailable
-
-    settings = load_settings(_cli()._workspace_path(args))
-    addr = server_address(settings.state_dir)
-    if addr is None:
-        return None
-    try:
-        data: dict[str, Any] = get_from_server(settings, addr, "/api/pipelines")
-    except ServerUnavailable:
+    data: dict[str, Any] | None = _from_server(args, "/api/pipelines")
+    if data is None:
         return None
     if args.pipeline is not None:
         if args.pipeline not in data["pipelines"]:
@@ -111,9 +102,35 @@ def cmd_entities(args: argparse.Namespace) -> int:
     return 0
 
 
+def _from_server(args: argparse.Namespace, path: str) -> Any:
+    """GET `path` from a running server of this workspace; None when none answers."""
+    from .client import get_from_server, server_address
+    from .config import load_settings
+    from .errors import ServerUnavailable
+
+    settings = load_settings(_cli()._workspace_path(args))
+    addr = server_address(settings.state_dir)
+    if addr is None:
+        return None
+    try:
+        return get_from_server(settings, addr, path)
+    except ServerUnavailable:
+        return None
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
-    _, _, index = _cli()._open(args)
-    data = ops.explain(index, args.entity, args.stage, args.pipeline)
+    from urllib.parse import quote, urlencode
+
+    query = f"?{urlencode({'stage': args.stage})}" if args.stage else ""
+    served = _from_server(
+        args, f"/api/pipelines/{quote(args.pipeline or '_', safe='')}/entities/"
+        f"{quote(args.entity, safe='')}{query}",
+    )
+    if served is not None:
+        data = served["stages"]  # the server's index: no load of every state here
+    else:
+        _, _, index = _cli()._open(args)
+        data = ops.explain(index, args.entity, args.stage, args.pipeline)
     if args.json:
         _print_json({"entity": args.entity, "stages": data})
         return 0

@@ -284,6 +284,10 @@ def test_run_while_serving_goes_through_the_server_and_reports_what_ran(tmp_path
         assert status["pipelines"]["p"]["stages"]["count"]["fresh"] == 2
         assert sum(status["pipelines"]["p"]["stages"]["count"].values()) == 2
         assert cli(ws, "status", "--pipeline", "nope").returncode == 2
+        # ... and so is `explain` (c is not one of its entities yet; a is)
+        assert cli(ws, "explain", "c").returncode == 2
+        explained = json.loads(cli(ws, "explain", "a", "--stage", "upper", "--json").stdout)
+        assert [(r["stage"], r["state"]) for r in explained["stages"]] == [("p.upper", "fresh")]
         (ws / "inbox/c.txt").unlink()
 
         # And a held state is reported skipped
