@@ -73,6 +73,8 @@ def _send(
             raise UnknownName(message) from None
         if exc.code in (400, 422):
             raise UsageError(message) from None
+        if exc.code == 503:  # still starting (or storage failing): not an answer yet
+            raise ServerUnavailable(f"server at {url} is not ready: {message}") from None
         raise EventRunnerError(f"server refused {what}: {message}") from None
     except OSError as exc:
         raise ServerUnavailable(f"server at {url} did not answer: {exc}") from None
