@@ -39,23 +39,8 @@ from pathlib import Path
 import psutil
 
 # The same workspace as the engine benchmark (this folder is on sys.path when run as a script).
-from bench_engine import HANDLERS, PIPELINE
+from bench_engine import HANDLERS, PIPELINE, WORDS
 
-WORDS = [
-    "event",
-    "driven",
-    "functions",
-    "keep",
-    "files",
-    "fresh",
-    "one",
-    "entity",
-    "at",
-    "a",
-    "time",
-    "hello",
-    "world",
-]
 READY_MARK = ".bench-ready"
 
 
