@@ -97,14 +97,12 @@ class Runtime:
         # are to be carried into the stamp written at a clean stop).
         if look is not None and look.incremental:
             fastpath.set_aside(self.settings.state_dir)
-        else:
-            fastpath.discard(self.settings.state_dir)
-        if look is not None and look.incremental:
             # Everything was fresh at the stamp: follow only what changed while we were down.
             targets = stamping.targets_since(self.engine, self.index, self.ws, look)
             caught_up = self.engine.consider(targets, fresh_pass=True)
             self.start_mode, self._look_changed = "incremental", look.changed
         else:
+            fastpath.discard(self.settings.state_dir)
             caught_up = self.check_everything()
             self.start_mode = "full"
         del look  # its packed paths: 10s of MB at 100,000 entities
