@@ -443,6 +443,15 @@ class Index:
             return {names[0]: eid}
         return parse_entity_id(names, eid)
 
+    def values_or_none(self, qualname: str, eid: str) -> dict[str, str] | None:
+        """entity_values, or None for text that is not an entity id of the stage."""
+        from .errors import PatternError
+
+        try:
+            return self.entity_values(qualname, eid)
+        except PatternError:
+            return None
+
     def stage_entity_ids(self, qualname: str) -> list[str]:
         """The ids stage_entities() gives, without building values (one list copy, usually)."""
         stage = self.ws.graph.stages[qualname]

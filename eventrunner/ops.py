@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import PatternError, UnknownName, UsageError
+from .errors import UnknownName, UsageError
 from .evaluate import Evaluator
 from .index import Index
 from .patterns import parse_entity_id
@@ -65,11 +65,6 @@ def state_ids(index: Index, qualname: str) -> list[str]:
     known = set(ids)
     ids += [eid for eid in index.manifests[qualname] if eid not in known]
     return ids
-
-
-def values_of(index: Index, qualname: str, eid: str) -> dict[str, str]:
-    """The values of a known entity id of a stage."""
-    return index.entity_values(qualname, eid)
 
 
 def iter_rows(index: Index, stages: list[str], evaluator: Evaluator | None = None) -> Iterator[Row]:
@@ -130,12 +125,9 @@ def entities(
 
 
 def _entity_values(index: Index, q: str, eid: str) -> dict[str, str] | None:
-    stage = index.ws.graph.stages[q]
-    try:
-        values = parse_entity_id(stage.entity_vars, eid)
-    except PatternError:
-        return None
-    if index.has_entity(q, values) or eid in index.manifests[q]:
+    """The values of an entity id the stage has now (or has a state for); else None."""
+    values = index.values_or_none(q, eid)
+    if values is not None and (index.has_entity(q, values) or eid in index.manifests[q]):
         return values
     return None
 

@@ -288,7 +288,7 @@ class Runtime:
             for eid, f in fails.items():
                 if not f.dead and f.next_retry is not None and f.next_retry <= now:
                     m = self.index.manifests[q].get(eid)
-                    values = m.values if m else _values_of(self.ws, q, eid)
+                    values = m.values if m else self.index.values_or_none(q, eid)
                     if values is not None:
                         targets.append((q, eid, values))
         if targets:
@@ -437,16 +437,6 @@ class Runtime:
         await self._stop_watchers()
         await self._start_watchers()
         await self.reconcile_async()  # whatever changed while no watcher was live
-
-
-def _values_of(ws: Workspace, qualname: str, eid: str) -> dict[str, str] | None:
-    from .errors import PatternError
-    from .patterns import parse_entity_id
-
-    try:
-        return parse_entity_id(ws.graph.stages[qualname].entity_vars, eid)
-    except PatternError:
-        return None
 
 
 def _is_code(path: Path, workspace: Path) -> bool:

@@ -12,7 +12,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from . import ops
-from .errors import PatternError, UnknownName, UsageError
+from .errors import UnknownName, UsageError
 from .planner import Target
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ def manage(rt: Runtime, action: str, body: dict[str, Any]) -> Any:
         raise ValueError(action)
     targets: list[Target] = [(q, e, v) for q in whole for e, v in idx.stage_entities(q)]
     for q, e in pairs:
-        values = _values_of(rt, q, e)
+        values = idx.values_or_none(q, e)
         if values is not None:
             targets.append((q, e, values))
     rt.engine.consider(targets)
@@ -120,11 +120,3 @@ def _required(stage: str | None) -> str:
     if not stage:
         raise UsageError("stage is required")
     return stage
-
-
-def _values_of(rt: Runtime, qualname: str, eid: str) -> dict[str, str] | None:
-    assert rt.index is not None
-    try:
-        return rt.index.entity_values(qualname, eid)
-    except PatternError:
-        return None

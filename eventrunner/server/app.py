@@ -256,7 +256,7 @@ async def entities(request: web.Request) -> web.Response:
     page = [
         ops.Row(q, e, v, evaluator.verdict(q, e, v))
         for q, e in ids[offset : offset + min(limit, 1000)]
-        for v in (ops.values_of(rt.index, q, e),)
+        for v in (rt.index.entity_values(q, e),)
     ]
     return web.json_response(
         {
