@@ -119,11 +119,6 @@ class Look:
         return set(filter(None, self.packed_sources.split("\0")))
 
     @property
-    def paths(self) -> list[str]:
-        """Everything the stamp depended on (carried into the next stamp)."""
-        return _unpack(self.packed_paths)[0]
-
-    @property
     def recorded(self) -> dict[str, tuple[int, int, int]]:
         """path -> its recorded stats (what an incremental run carries into its stamp)."""
         return recorded_stats(self.packed_paths)
@@ -215,7 +210,7 @@ def write(
 
 
 def set_aside(state_dir: Path) -> None:
-    """Take the stamp out of use (state may change from now on) but keep it for `previous_paths`:
+    """Take the stamp out of use (state may change from now on) but keep it for `previous`:
     a long-running holder need not keep 100,000s of paths in memory to carry them forward."""
     try:
         os.replace(state_dir / STAMP, state_dir / PREVIOUS)

@@ -24,10 +24,7 @@ class Planner:
 
     def all_targets(self) -> list[Target]:
         """Every (stage, entity) of the workspace, upstream first."""
-        out: list[Target] = []
-        for q in self.graph.order:
-            out.extend((q, eid, values) for eid, values in self.index.stage_entities(q))
-        return out
+        return list(self.iter_targets())
 
     def iter_targets(self, stages: list[str] | None = None) -> Iterator[Target]:
         """all_targets() one at a time, upstream first, safe to interleave with events (each
