@@ -8,9 +8,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from eventrunner.durations import parse_duration
-from eventrunner.errors import DurationError, PermanentError
-from eventrunner.executor import Context
+from eventrunner.core.durations import parse_duration
+from eventrunner.core.errors import DurationError, PermanentError
+from eventrunner.run.invoke import Context
 
 # {output}, {input.NAME}, {vars.NAME}, {params.NAME}; any other brace text (awk programs,
 # ${HOME}, JSON) is left alone, so templates need no escaping.

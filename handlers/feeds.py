@@ -15,8 +15,8 @@ from typing import Any
 import feedparser
 import xxhash
 
-from eventrunner.errors import PermanentError
-from eventrunner.executor import Context
+from eventrunner.core.errors import PermanentError
+from eventrunner.run.invoke import Context
 
 from ._common import only_input
 

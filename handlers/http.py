@@ -22,8 +22,8 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Any
 
-from eventrunner.errors import EventRunnerError, PermanentError, RetryLater
-from eventrunner.executor import Context
+from eventrunner.core.errors import EventRunnerError, PermanentError, RetryLater
+from eventrunner.run.invoke import Context
 
 from ._common import (
     Value,

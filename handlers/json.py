@@ -13,8 +13,8 @@ import json as _json
 from pathlib import Path
 from typing import Any
 
-from eventrunner.errors import PermanentError
-from eventrunner.executor import Context
+from eventrunner.core.errors import PermanentError
+from eventrunner.run.invoke import Context
 
 from ._common import input_paths, one_output
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-from eventrunner.errors import PermanentError
-from eventrunner.executor import Context
+from eventrunner.core.errors import PermanentError
+from eventrunner.run.invoke import Context
 
 from ._common import flag, one_output, only_input, read_text
 

@@ -13,8 +13,8 @@ import signal
 import subprocess
 from pathlib import Path
 
-from eventrunner.errors import EventRunnerError, HandlerTimeout, PermanentError
-from eventrunner.executor import Context
+from eventrunner.core.errors import EventRunnerError, HandlerTimeout, PermanentError
+from eventrunner.run.invoke import Context
 
 from ._common import (
     Value,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from eventrunner.cli import main
+from eventrunner.cli.main import main
 
 
 @dataclass

@@ -28,13 +28,13 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks.webhooks import Webhook
 
-from eventrunner import ops
-from eventrunner.errors import UsageError
-from eventrunner.runtime import Runtime
-from eventrunner.serve import check_bind
+from eventrunner.cli.serve import check_bind
+from eventrunner.core.errors import UsageError
+from eventrunner.run import management as ops
 from eventrunner.server.app import STATES, create_app
 from eventrunner.server.states import StateTable
-from eventrunner.workspace import load_workspace
+from eventrunner.service.runtime import Runtime
+from eventrunner.workspace.load import load_workspace
 
 AiohttpClient = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 
@@ -299,7 +299,7 @@ def test_serve_on_all_interfaces_without_a_token_exits_2(tmp_path: Path) -> None
         [
             sys.executable,
             "-m",
-            "eventrunner.cli",
+            "eventrunner.cli.main",
             "-w",
             str(ws),
             "serve",

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from conftest import MakeWorkspace, Workspace
 
-from eventrunner.cli import main
-from eventrunner.staleness import STATES
+from eventrunner.cli.main import main
+from eventrunner.core.staleness import STATES
 
 
 def test_init_creates_a_workspace_that_validates_and_runs(

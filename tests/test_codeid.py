@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from eventrunner import codeid
-from eventrunner.codeid import clear_cache, code_identity
-from eventrunner.errors import HandlerError
+from eventrunner.core.errors import HandlerError
+from eventrunner.workspace import codeid
+from eventrunner.workspace.codeid import clear_cache, code_identity
 
 Write = Callable[[str, str], Path]
 Ident = Callable[[str, str], str]

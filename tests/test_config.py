@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from conftest import MakeWorkspace, Workspace
 
-from eventrunner.config import load_settings
+from eventrunner.workspace.settings import load_settings
 
 HANDLER = "def s(t: str) -> str:\n    return t.upper()\n"
 

@@ -233,7 +233,9 @@ def test_a_future_dated_edit_keeps_runs_incremental(echo: Workspace) -> None:
 
 def test_a_source_folder_created_after_the_stamp_is_seen(make_workspace: MakeWorkspace) -> None:
     # Given a settled workspace whose source folder does not exist yet
-    ws = make_workspace({"pipelines/echo.toml": ECHO_PIPELINE, "handlers/echo.py": LOGGED_ECHO_HANDLERS})
+    ws = make_workspace(
+        {"pipelines/echo.toml": ECHO_PIPELINE, "handlers/echo.py": LOGGED_ECHO_HANDLERS}
+    )
     ws.run()
     age(ws)
     assert ws.run()["executed"] == 0

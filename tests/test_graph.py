@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import MakeWorkspace, Workspace
 
-from eventrunner.workspace import load_workspace
+from eventrunner.workspace.load import load_workspace
 
 INGEST = """\
 name = "ingest"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from eventrunner.hashing import (
+from eventrunner.state.hashing import (
     CHUNK,
     combine,
     hash_bytes,

@@ -8,9 +8,9 @@ import asyncio
 import pytest
 from conftest import ECHO_PIPELINE, LOGGED_ECHO_HANDLERS, MakeWorkspace, Workspace
 
-from eventrunner.index import Index
-from eventrunner.store import Store
-from eventrunner.workspace import load_workspace
+from eventrunner.state.index import Index
+from eventrunner.state.store import Store
+from eventrunner.workspace.load import load_workspace
 
 
 @pytest.fixture

@@ -28,10 +28,10 @@ from openapi_spec_validator import validate
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
-from eventrunner.runtime import Runtime
 from eventrunner.server.app import create_app
 from eventrunner.server.openapi import build_document
-from eventrunner.workspace import load_workspace
+from eventrunner.service.runtime import Runtime
+from eventrunner.workspace.load import load_workspace
 
 AiohttpClient = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 

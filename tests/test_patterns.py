@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from eventrunner.errors import PatternError
-from eventrunner.patterns import (
+from eventrunner.core.errors import PatternError
+from eventrunner.core.patterns import (
     NO_VARS_ID,
     Pattern,
     check_value,
@@ -611,7 +611,9 @@ def test_scan_accepts_a_root_given_as_a_relative_path(
         ("summary.md", {}, "summary.md"),
     ],
 )
-def test_join_gives_the_path_match_read_and_format_gives(text: str, values: dict, path: str) -> None:
+def test_join_gives_the_path_match_read_and_format_gives(
+    text: str, values: dict, path: str
+) -> None:
     # Given a pattern (one variable occurrence takes join's shortcut, others the general path)
     p = parse_pattern(text)
     # Then join, format and match agree

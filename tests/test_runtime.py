@@ -21,10 +21,10 @@ from serve_helpers import (
     until,
 )
 
-from eventrunner.runtime import Runtime
 from eventrunner.server.app import create_app
-from eventrunner.watch import FileChange
-from eventrunner.workspace import load_workspace
+from eventrunner.service.runtime import Runtime
+from eventrunner.service.watch import FileChange
+from eventrunner.workspace.load import load_workspace
 
 
 class Live:

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from eventrunner.schedule import Scheduler, validate_cron
+from eventrunner.service.schedule import Scheduler, validate_cron
 
 DEADLINE = 5.0
 

@@ -8,8 +8,8 @@ import time
 
 from conftest import ECHO_PIPELINE, LOGGED_ECHO_HANDLERS, MakeWorkspace, Workspace, age
 
-from eventrunner.runtime import Runtime
-from eventrunner.workspace import load_workspace
+from eventrunner.service.runtime import Runtime
+from eventrunner.workspace.load import load_workspace
 
 
 def settled(make_workspace: MakeWorkspace) -> Workspace:

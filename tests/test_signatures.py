@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from eventrunner.errors import SignatureError
+from eventrunner.core.errors import SignatureError
 from eventrunner.server.signatures import (
     sign_github,
     sign_standard_webhook,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from eventrunner.errors import IntakeFull, StorageError
+from eventrunner.core.errors import IntakeFull, StorageError
 from eventrunner.server.spool import PutResult, Spool, SpoolRecord
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,9 +7,9 @@ import random
 import pytest
 from conftest import ECHO_PIPELINE, LOG_HELPER, MakeWorkspace, Workspace
 
-from eventrunner.config import RetryPolicy
-from eventrunner.staleness import Facts, after_failure, backoff_delay, decide
-from eventrunner.store import Failure, Manifest
+from eventrunner.core.staleness import Facts, after_failure, backoff_delay, decide
+from eventrunner.state.store import Failure, Manifest
+from eventrunner.workspace.settings import RetryPolicy
 
 CUTOFF_HANDLERS = (
     LOG_HELPER

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from conftest import Workspace
 
-from eventrunner.hashing import hash_bytes
-from eventrunner.store import Store
+from eventrunner.state.hashing import hash_bytes
+from eventrunner.state.store import Store
 
 STATE = ".eventrunner"
 
@@ -140,7 +140,7 @@ HOLDER = """\
 import sys
 from pathlib import Path
 
-from eventrunner.store import Store
+from eventrunner.state.store import Store
 
 Store(Path(sys.argv[1])).acquire_lock("serve")
 print("locked", flush=True)
@@ -228,7 +228,7 @@ def test_lock_tells_whether_the_previous_holder_stopped_cleanly(tmp_path: Path) 
     code = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from eventrunner.store import Store\n"
+        "from eventrunner.state.store import Store\n"
         "s = Store(Path(sys.argv[1]))\n"
         "s.acquire_lock('serve')\n"
         "print('held', flush=True)\n"

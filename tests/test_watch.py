@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import watchfiles
 
-from eventrunner import watch as watch_module
-from eventrunner.watch import FileChange, Rescan, is_ignored, watch_changes
+from eventrunner.service import watch as watch_module
+from eventrunner.service.watch import FileChange, Rescan, is_ignored, watch_changes
 
 DEADLINE = 10.0
 

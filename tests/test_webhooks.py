@@ -30,11 +30,11 @@ from aiohttp.test_utils import TestClient
 from standardwebhooks.webhooks import Webhook
 from yarl import URL
 
-from eventrunner.errors import ConfigError
-from eventrunner.runtime import Runtime
+from eventrunner.core.errors import ConfigError
 from eventrunner.server.app import create_app
 from eventrunner.server.hooks import SPOOL
-from eventrunner.workspace import load_workspace
+from eventrunner.service.runtime import Runtime
+from eventrunner.workspace.load import load_workspace
 
 AiohttpClient = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 

@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from .. import ops, steering
-from ..errors import (
+from eventrunner.core.errors import (
     EventRunnerError,
     IntakeFull,
     PatternError,
@@ -22,13 +21,15 @@ from ..errors import (
     UnknownName,
     UsageError,
 )
-from ..evaluate import Evaluator
-from ..staleness import STATES as STATE_NAMES
-from . import models
-from .states import StateTable
+from eventrunner.core.staleness import STATES as STATE_NAMES
+from eventrunner.run import management as ops
+from eventrunner.run.evaluate import Evaluator
+from eventrunner.server import models
+from eventrunner.server.states import StateTable
+from eventrunner.service import steering
 
 if TYPE_CHECKING:
-    from ..runtime import Runtime
+    from eventrunner.service.runtime import Runtime
 
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
 STATES: web.AppKey[StateTable] = web.AppKey("states")
@@ -320,10 +321,10 @@ async def prune(request: web.Request) -> web.Response:
 
 def create_app(runtime: Runtime) -> web.Application:
     """The application for one runtime (tests use it with aiohttp_client)."""
-    from .events import events_stream
-    from .hooks import setup_hooks
-    from .metrics import setup_metrics
-    from .openapi import openapi_document
+    from eventrunner.server.events import events_stream
+    from eventrunner.server.hooks import setup_hooks
+    from eventrunner.server.metrics import setup_metrics
+    from eventrunner.server.openapi import openapi_document
 
     settings = runtime.settings
     app = web.Application(

@@ -15,7 +15,7 @@ QUEUE_MAX = 1000
 
 async def events_stream(request: web.Request) -> web.StreamResponse:
     """Stream every runtime event as `event: KIND` / `data: JSON` until the client or server goes."""
-    from .app import RUNTIME
+    from eventrunner.server.app import RUNTIME
 
     rt = request.app[RUNTIME]
     kinds = set(filter(None, request.query.get("kinds", "").split(",")))

@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ..errors import PatternError, SignatureError, StorageError, UnknownName
-from ..graph import Source
-from ..hashing import hash_bytes
-from ..patterns import entity_id
-from ..watch import FileChange
-from .signatures import verify_request
-from .spool import Spool, SpoolRecord
+from eventrunner.core.errors import PatternError, SignatureError, StorageError, UnknownName
+from eventrunner.core.graph import Source
+from eventrunner.core.patterns import entity_id
+from eventrunner.server.signatures import verify_request
+from eventrunner.server.spool import Spool, SpoolRecord
+from eventrunner.service.watch import FileChange
+from eventrunner.state.hashing import hash_bytes
 
 if TYPE_CHECKING:
-    from ..runtime import Runtime
+    from eventrunner.service.runtime import Runtime
 
 SPOOL: web.AppKey[Spool] = web.AppKey("spool")
 
@@ -109,8 +109,8 @@ CONTAINMENT: web.AppKey[_Containment] = web.AppKey("containment")
 
 async def hook(request: web.Request) -> web.Response:
     """Webhook intake; counts every answer by status in /metrics."""
-    from .app import RUNTIME
-    from .metrics import METRICS
+    from eventrunner.server.app import RUNTIME
+    from eventrunner.server.metrics import METRICS
 
     rt = request.app[RUNTIME]
     pipeline, source = request.match_info["pipeline"], request.match_info["source"]

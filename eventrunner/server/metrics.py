@@ -16,11 +16,11 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
-from .app import RUNTIME, STATES
-from .states import StateTable
+from eventrunner.server.app import RUNTIME, STATES
+from eventrunner.server.states import StateTable
 
 if TYPE_CHECKING:
-    from ..runtime import Runtime
+    from eventrunner.service.runtime import Runtime
 
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 
@@ -65,7 +65,7 @@ class _SpoolCollector(Collector):
         self.fsync = fsync
 
     def collect(self) -> Iterator[SummaryMetricFamily | CounterMetricFamily]:
-        from .hooks import SPOOL
+        from eventrunner.server.hooks import SPOOL
 
         spool = self.app.get(SPOOL)
         stats = spool.stats if spool is not None else {}

@@ -8,9 +8,9 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from .. import __version__
-from ..staleness import STATES
-from . import models
+from eventrunner import __version__
+from eventrunner.core.staleness import STATES
+from eventrunner.server import models
 
 REF = "#/components/schemas/{model}"
 

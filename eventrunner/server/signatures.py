@@ -13,7 +13,7 @@ import hmac
 import time
 from collections.abc import Mapping, Sequence
 
-from eventrunner.errors import SignatureError
+from eventrunner.core.errors import SignatureError
 
 STANDARD_TOLERANCE = 300.0
 _SECRET_PREFIX = "whsec_"

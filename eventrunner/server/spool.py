@@ -26,8 +26,8 @@ from typing import Any
 
 import xxhash
 
-from eventrunner.errors import IntakeFull, StorageError
-from eventrunner.store import fsync_dir
+from eventrunner.core.errors import IntakeFull, StorageError
+from eventrunner.state.store import fsync_dir
 
 log = logging.getLogger("eventrunner.spool")
 

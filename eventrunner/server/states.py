@@ -15,13 +15,13 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from .. import ops
-from ..errors import PatternError
-from ..evaluate import Evaluator
-from ..staleness import STATES
+from eventrunner.core.errors import PatternError
+from eventrunner.core.staleness import STATES
+from eventrunner.run import management as ops
+from eventrunner.run.evaluate import Evaluator
 
 if TYPE_CHECKING:
-    from ..runtime import Runtime
+    from eventrunner.service.runtime import Runtime
 
 # Events that change no state by themselves (the file a webhook writes is its own event).
 QUIET = frozenset({"webhook", "reload_failed"})
@@ -81,13 +81,20 @@ class StateTable:
             or self._paths
             or id(idx) != self._index_id
             or time.monotonic() - self._full_at > self.full_every
-            or (idx is not None and any(not f.dead for fs in idx.failures.values() for f in fs.values()))
+            or (
+                idx is not None
+                and any(not f.dead for fs in idx.failures.values() for f in fs.values())
+            )
         )
 
     async def _refresh(self) -> None:
         idx = self.rt.index
         assert idx is not None
-        if self._all or id(idx) != self._index_id or time.monotonic() - self._full_at > self.full_every:
+        if (
+            self._all
+            or id(idx) != self._index_id
+            or time.monotonic() - self._full_at > self.full_every
+        ):
             await self._full_pass()
         await self._catch_up()
 
@@ -127,7 +134,9 @@ class StateTable:
         for path in paths:
             seeds.update((q, e) for q, e, _ in planner.concerned_by(path))
         # Backing off: the verdict changes when the backoff expires, with no event.
-        seeds.update((q, e) for q, fs in index.failures.items() for e, f in fs.items() if not f.dead)
+        seeds.update(
+            (q, e) for q, fs in index.failures.items() for e, f in fs.items() if not f.dead
+        )
         todo = set()
         for q, e in seeds:
             if q not in g.stages:

@@ -113,7 +113,7 @@ def eventrunner_cmd() -> list[str]:
     script = Path(sys.executable).parent / "eventrunner"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "eventrunner.cli"]
+    return [sys.executable, "-m", "eventrunner.cli.main"]
 
 
 def timed(

@@ -46,7 +46,7 @@ READY_MARK = ".bench-ready"
 
 def eventrunner_cmd() -> list[str]:
     script = Path(sys.executable).parent / "eventrunner"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "eventrunner.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "eventrunner.cli.main"]
 
 
 def build(ws: Path, n: int) -> float:

@@ -199,7 +199,7 @@ async def scrape(url: str) -> dict[str, float]:
 
 async def run_served(fsync: bool, args: argparse.Namespace, stage: bool = True) -> Result:
     ws = make_workspace(WORK / f"fsync-{fsync}-stage-{stage}", fsync, stage)
-    cmd = [sys.executable, "-m", "eventrunner.cli", "-w", str(ws), "serve", "--port", "0"]
+    cmd = [sys.executable, "-m", "eventrunner.cli.main", "-w", str(ws), "serve", "--port", "0"]
     if args.no_watch:
         cmd.append("--no-watch")
     proc, url = start(cmd, WORK / f"serve-{fsync}", {SECRET_ENV: SECRET})

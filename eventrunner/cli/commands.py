@@ -1,0 +1,274 @@
+"""CLI commands that read or steer state (status, entities, explain, invalidate, ...)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from eventrunner.core.errors import UnknownName, UsageError
+from eventrunner.run import management as ops
+
+
+def _cli() -> Any:
+    from eventrunner.cli import main as cli
+
+    return cli
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for c in columns:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*r)
+    Console().print(table)
+
+
+_STYLE = {
+    "fresh": "green",
+    "stale": "yellow",
+    "running": "cyan",
+    "failed": "red",
+    "dead": "bold red",
+    "held": "magenta",
+    "waiting": "blue",
+    "orphaned": "dim",
+}
+
+
+def _status_from_server(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The counts a running server keeps (milliseconds, where evaluating every state here
+    takes seconds at 100,000 entities); None when no server answers."""
+    data: dict[str, Any] | None = _from_server(args, "/api/pipelines")
+    if data is None:
+        return None
+    if args.pipeline is not None:
+        if args.pipeline not in data["pipelines"]:
+            have = ", ".join(sorted(data["pipelines"])) or "none"
+            raise UnknownName(f"no pipeline {args.pipeline!r} (have: {have})")
+        data = {"pipelines": {args.pipeline: data["pipelines"][args.pipeline]}}
+    return data
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    data = _status_from_server(args)
+    if data is None:
+        _, _, index = _cli()._open(args)
+        data = ops.status(index, args.pipeline)
+    if args.json:
+        _print_json(data)
+        return 0
+    for p, pdata in data["pipelines"].items():
+        rows = []
+        for s, counts in pdata["stages"].items():
+            shown = [f"[{_STYLE[k]}]{k} {n}[/]" for k, n in counts.items() if n]
+            rows.append([s, ", ".join(shown) or "no entities yet"])
+        _table(f"pipeline {p}", ["stage", "states"], rows)
+    return 0
+
+
+def cmd_entities(args: argparse.Namespace) -> int:
+    _, _, index = _cli()._open(args)
+    rows = ops.entities(
+        index, pipeline=args.pipeline, stage=args.stage, state=args.state, limit=args.limit
+    )
+    if args.json:
+        _print_json({"entities": [r.to_json() for r in rows]})
+        return 0
+    _table(
+        "states",
+        ["stage", "entity", "state", "reasons"],
+        [
+            [
+                r.stage,
+                r.entity,
+                f"[{_STYLE[r.verdict.state]}]{r.verdict.state}[/]",
+                "; ".join(x.message for x in r.verdict.reasons),
+            ]
+            for r in rows
+        ],
+    )
+    return 0
+
+
+def _from_server(args: argparse.Namespace, path: str) -> Any:
+    """GET `path` from a running server of this workspace; None when none answers."""
+    from eventrunner.cli.client import get_from_server, server_address
+    from eventrunner.core.errors import ServerUnavailable
+    from eventrunner.workspace.settings import load_settings
+
+    settings = load_settings(_cli()._workspace_path(args))
+    addr = server_address(settings.state_dir)
+    if addr is None:
+        return None
+    try:
+        return get_from_server(settings, addr, path)
+    except ServerUnavailable:
+        return None
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from urllib.parse import quote, urlencode
+
+    query = f"?{urlencode({'stage': args.stage})}" if args.stage else ""
+    served = _from_server(
+        args,
+        f"/api/pipelines/{quote(args.pipeline or '_', safe='')}/entities/"
+        f"{quote(args.entity, safe='')}{query}",
+    )
+    if served is not None:
+        data = served["stages"]  # the server's index: no load of every state here
+    else:
+        _, _, index = _cli()._open(args)
+        data = ops.explain(index, args.entity, args.stage, args.pipeline)
+    if args.json:
+        _print_json({"entity": args.entity, "stages": data})
+        return 0
+    for row in data:
+        print(f"{row['stage']} {row['entity']}: {row['state']}")
+        for r in row["reasons"]:
+            print(f"  {r['code']}: {r['message']}")
+        if row["failure"]:
+            f = row["failure"]
+            print(f"  last failure (attempt {f['attempts']}): {f['error']}")
+    return 0
+
+
+def _mutate(
+    args: argparse.Namespace, action: str, body: dict[str, Any], local: Callable[[Any, Any], Any]
+) -> int:
+    """Run a state change through a running server's API, or locally under the lock."""
+    from eventrunner.cli.client import call_server, server_address
+    from eventrunner.workspace.settings import load_settings
+
+    path = _cli()._workspace_path(args)
+    settings = load_settings(path)
+    addr = server_address(settings.state_dir)
+    if addr is not None:
+        result = call_server(settings, addr, action, body)
+    else:
+        _, store, index = _cli()._open(args)
+        store.acquire_lock(action)
+        try:
+            result = local(index, store)
+        finally:
+            store.release_lock()
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"{action}: {json.dumps(result, default=str)}")
+    return 0
+
+
+def cmd_invalidate(args: argparse.Namespace) -> int:
+    body = {"stage": args.stage, "entities": args.entities or None, "downstream": args.downstream}
+    return _mutate(
+        args,
+        "invalidate",
+        body,
+        lambda i, s: ops.invalidate(i, s, args.stage, args.entities or None, args.downstream),
+    )
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    if args.entities and not args.stage:
+        raise UsageError("retry: entity ids need a stage")
+    body = {"stage": args.stage, "entities": args.entities or None}
+    return _mutate(
+        args, "retry", body, lambda i, s: ops.retry(i, s, args.stage, args.entities or None)
+    )
+
+
+def cmd_hold(args: argparse.Namespace) -> int:
+    body = {"stage": args.stage, "entities": args.entities or None}
+    return _mutate(
+        args, "hold", body, lambda i, s: ops.hold(i, s, args.stage, args.entities or None, True)
+    )
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    body = {"stage": args.stage, "entities": args.entities or None}
+    return _mutate(
+        args, "release", body, lambda i, s: ops.hold(i, s, args.stage, args.entities or None, False)
+    )
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from eventrunner.cli.client import call_server, server_address
+    from eventrunner.workspace.settings import load_settings
+
+    settings = load_settings(_cli()._workspace_path(args))
+    addr = None if args.dry_run else server_address(settings.state_dir)
+    if addr is not None:
+        # A running server owns the workspace: it prunes (between events, on its loop).
+        pruned = call_server(settings, addr, "prune", {"dry_run": False})["pruned"]
+    else:
+        _, store, index = _cli()._open(args)
+        if not args.dry_run:
+            store.acquire_lock("prune")
+        try:
+            pruned = ops.prune(index, store, dry_run=args.dry_run)
+        finally:
+            store.release_lock()
+    if args.json:
+        _print_json({"pruned": pruned, "dry_run": args.dry_run})
+    else:
+        verb = "would delete" if args.dry_run else "deleted"
+        print(f"{verb} {len(pruned)} orphaned state(s)")
+        for p in pruned:
+            print(f"  {p['stage']} {p['entity']}: {', '.join(p['outputs']) or '(no outputs)'}")
+    return 0
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from eventrunner.cli.graphviz import render
+    from eventrunner.workspace.load import load_workspace
+
+    ws = load_workspace(_cli()._workspace_path(args))
+    print(render(ws.graph, args.format))
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from eventrunner.cli.scaffold import scaffold
+
+    target: Path = args.dir.resolve()
+    written = scaffold(target)
+    print(f"created a workspace in {target} ({len(written)} files). Try:")
+    print(f"  cd {target} && eventrunner run && eventrunner status")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from eventrunner.cli.serve import serve_command
+    except ImportError:
+        print("eventrunner: serve is not available in this build", file=sys.stderr)
+        return 2
+    return serve_command(args)
+
+
+COMMANDS_REST: dict[str, Callable[[argparse.Namespace], int]] = {
+    "status": cmd_status,
+    "entities": cmd_entities,
+    "explain": cmd_explain,
+    "invalidate": cmd_invalidate,
+    "retry": cmd_retry,
+    "hold": cmd_hold,
+    "release": cmd_release,
+    "prune": cmd_prune,
+    "graph": cmd_graph,
+    "init": cmd_init,
+    "serve": cmd_serve,
+}

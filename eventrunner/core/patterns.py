@@ -1,0 +1,477 @@
+"""Path patterns with {variable} segments: parse, match, format, entity ids and scans of a root."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+from eventrunner.core.errors import PatternError
+
+NO_VARS_ID = "_"
+_STATE_DIR = ".eventrunner"
+_MAX_BYTES = 255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_TEMP_PREFIXES = (".er-tmp-", ".#")
+_TEMP_SUFFIXES = (".tmp", ".swp", ".swx", "~", ".part", ".crdownload")
+_ID_ESCAPE = re.compile(r"%(.{0,2})")
+_ID_DECODE = {"25": "%", "2C": ",", "3D": "="}
+
+
+class _Var(NamedTuple):
+    """A `{name}` occurrence inside a pattern segment."""
+
+    name: str
+
+
+_Part = str | _Var
+_Group = tuple[str, str, "re.Pattern[str] | None"]  # (regex group, variable, constraint)
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """One compiled pattern segment: a literal name, or a regex binding variables."""
+
+    parts: tuple[_Part, ...]
+    regex: re.Pattern[str]
+    groups: tuple[_Group, ...]
+    literal: str | None
+    dotted: bool  # the segment starts with "." in the pattern, so hidden names may match
+
+    def bind(self, name: str) -> dict[str, str] | None:
+        """Values this segment takes from one path name; None if it does not match or is skipped."""
+        if self.literal is not None:
+            return {} if name == self.literal else None
+        if _skipped(name, self.dotted) or (m := self.regex.fullmatch(name)) is None:
+            return None
+        found: dict[str, str] = {}
+        for group, var, check in self.groups:
+            value = m.group(group)
+            # Re-check alone: a lookaround in an embedded constraint may see past the value.
+            if (check is not None and check.fullmatch(value) is None) or _value_problem(value):
+                return None
+            found[var] = value
+        return found
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A path relative to the data root with {variable} segments; build it with parse_pattern."""
+
+    text: str
+    key: str
+    variables: tuple[str, ...]
+    constraints: Mapping[str, str] = field(hash=False)
+    _segments: tuple[_Segment, ...] = field(init=False, repr=False, compare=False)
+    _checks: Mapping[str, re.Pattern[str]] = field(init=False, repr=False, compare=False)
+    # (before, variable, after) when the variable occurs once: join is then one concatenation.
+    _affix: tuple[str, str, str] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        try:
+            checks = {name: re.compile(regex) for name, regex in self.constraints.items()}
+            segments = tuple(self._segment(parts, checks) for parts in _parse(self.key)[0])
+        except re.error as e:
+            raise PatternError(f"pattern {self.text!r}: bad regex {e.pattern!r}: {e}") from None
+        object.__setattr__(self, "constraints", MappingProxyType(dict(self.constraints)))
+        object.__setattr__(self, "_checks", MappingProxyType(checks))
+        object.__setattr__(self, "_segments", segments)
+        flat: list[_Part] = []
+        for i, seg in enumerate(segments):
+            flat.extend(["/"] if i else [])
+            flat.extend(seg.parts)
+        occurrences = [part for part in flat if isinstance(part, _Var)]
+        affix = None
+        if len(occurrences) == 1:
+            i = flat.index(occurrences[0])
+            text = [p if isinstance(p, str) else "" for p in flat]
+            affix = ("".join(text[:i]), occurrences[0].name, "".join(text[i + 1 :]))
+        object.__setattr__(self, "_affix", affix)
+
+    def _segment(self, parts: list[_Part], checks: Mapping[str, re.Pattern[str]]) -> _Segment:
+        """Compile one segment to a regex; a repeated variable becomes a backreference."""
+        regex: list[str] = []
+        groups: list[_Group] = []
+        for part in parts:
+            if isinstance(part, str):
+                regex.append(re.escape(part))
+            elif (group := f"_er{self.variables.index(part.name)}") in {g[0] for g in groups}:
+                regex.append(f"(?P={group})")
+            else:
+                inner = f"(?:{self.constraints[part.name]})" if part.name in checks else "[^/]+?"
+                regex.append(f"(?P<{group}>{inner})")
+                groups.append((group, part.name, checks.get(part.name)))
+        literal = None if groups else _render(parts)
+        dotted = isinstance(parts[0], str) and parts[0].startswith(".")
+        return _Segment(tuple(parts), re.compile("".join(regex)), tuple(groups), literal, dotted)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle from the public fields; the mapping proxy and regexes are rebuilt."""
+        return (Pattern, (self.text, self.key, self.variables, dict(self.constraints)))
+
+    def with_constraints(self, extra: Mapping[str, str]) -> Pattern:
+        """This pattern with more constraints; constraints on variables it lacks are ignored."""
+        merged = dict(self.constraints)
+        for name, regex in extra.items():
+            if name in self.variables and merged.setdefault(name, regex) != regex:
+                raise PatternError(
+                    f"pattern {self.key!r}: variable {name!r} has two constraints, "
+                    f"{merged[name]!r} and {regex!r}"
+                )
+        if merged == self.constraints:
+            return self
+        seen: set[str] = set()
+
+        def declare(m: re.Match[str]) -> str:  # the constraint goes on the first occurrence
+            first, name = m.group(1) not in seen, m.group(1)
+            seen.add(name)
+            return f"{{{name}:{merged[name]}}}" if first and name in merged else m.group(0)
+
+        text = re.sub(r"\{(\w+)\}", declare, self.key)
+        return Pattern(text, self.key, self.variables, merged)
+
+    def match(self, relpath: str) -> dict[str, str] | None:
+        """Variable values when relpath ("/"-separated) is a path of this pattern scan would find."""
+        names = relpath.split("/")
+        if len(names) != len(self._segments):
+            return None
+        values: dict[str, str] = {}
+        for seg, name in zip(self._segments, names, strict=True):
+            if (found := seg.bind(name)) is None:
+                return None
+            for var, value in found.items():
+                if values.setdefault(var, value) != value:
+                    return None
+        return {var: values[var] for var in self.variables}
+
+    def format(self, values: Mapping[str, str]) -> str:
+        """The relpath for these values (extra keys ignored); refuses values that would not read back."""
+        where = f"pattern {self.key!r}"
+        for name in self.variables:
+            if name not in values:
+                raise PatternError(f"{where}: missing value for variable {name!r}")
+            value, check = values[name], self._checks.get(name)
+            problem = _value_problem(value)
+            if problem is None and check is not None and check.fullmatch(value) is None:
+                problem = f"does not match {check.pattern!r}"
+            if problem:
+                raise PatternError(f"{where}: variable {name!r}: {value!r:.60} {problem}")
+        names = []
+        for seg in self._segments:
+            name = "".join(p if isinstance(p, str) else values[p.name] for p in seg.parts)
+            if seg.literal is None and _skipped(name, seg.dotted):
+                raise PatternError(f"{where}: {name!r:.60} is a hidden or temporary name")
+            if len(name.encode()) > _MAX_BYTES:
+                raise PatternError(f"{where}: {name!r:.60} is over {_MAX_BYTES} bytes")
+            names.append(name)
+        relpath, wanted = "/".join(names), {var: values[var] for var in self.variables}
+        if (back := self.match(relpath)) != wanted:
+            raise PatternError(f"{where}: ambiguous values, {relpath!r} reads back as {back}")
+        return relpath
+
+    def join(self, values: Mapping[str, str]) -> str:
+        """The relpath for values already known to be valid (they came from a match): no checks."""
+        if self._affix is not None:
+            before, name, after = self._affix
+            return before + values[name] + after
+        return "/".join(
+            "".join(p if isinstance(p, str) else values[p.name] for p in seg.parts)
+            for seg in self._segments
+        )
+
+    @property
+    def static_prefix(self) -> str:
+        """Folder path before the first segment with a variable: where a scan starts."""
+        last = len(self._segments) - 1
+        stop = next((i for i, s in enumerate(self._segments) if s.literal is None), last)
+        return "/".join(self.key.split("/")[:stop])
+
+    @property
+    def is_literal(self) -> bool:
+        """True when the pattern has no variables: it names exactly one path."""
+        return not self.variables
+
+
+def parse_pattern(text: str) -> Pattern:
+    """Parse pattern text such as "logs/{date:\\d{4}-\\d{2}-\\d{2}}.md"; PatternError says why not."""
+    if not text:
+        raise PatternError("empty pattern")
+    if text.startswith("/"):
+        raise PatternError(f"pattern {text!r} is absolute; patterns are relative to the data root")
+    try:
+        segments, constraints = _parse(text)
+        for index, parts in enumerate(segments, 1):
+            seg = _render(parts)
+            if not parts:
+                raise PatternError(f"segment {index} is empty ('//' or a trailing '/')")
+            if seg in (".", ".."):
+                raise PatternError(f"segment {index} is {seg!r}; relative segments are not allowed")
+            if seg == _STATE_DIR:
+                raise PatternError(f"{_STATE_DIR!r} is reserved for eventrunner's state")
+            if _CONTROL.search(seg):
+                raise PatternError(f"segment {index} contains a control character")
+    except PatternError as e:
+        raise PatternError(f"pattern {text!r}: {e}") from None
+    variables = tuple(dict.fromkeys(p.name for s in segments for p in s if isinstance(p, _Var)))
+    return Pattern(text, "/".join(_render(s) for s in segments), variables, constraints)
+
+
+def check_value(name: str, value: str) -> None:
+    """Raise PatternError unless value is a safe single path segment for variable `name`."""
+    if problem := _value_problem(value):
+        raise PatternError(f"variable {name!r}: {value!r:.60} {problem}")
+
+
+def entity_id(variables: Sequence[str], values: Mapping[str, str]) -> str:
+    """Canonical, reversible text for one entity: "_", "value", or "a=1,b=2" in variable order."""
+    if not variables:
+        return NO_VARS_ID
+    for name in variables:
+        if name not in values:
+            raise PatternError(f"entity id: missing value for variable {name!r}")
+        check_value(name, values[name])
+    encoded = {
+        name: values[name].replace("%", "%25").replace(",", "%2C").replace("=", "%3D")
+        for name in variables
+    }
+    if len(encoded) == 1:
+        return next(iter(encoded.values()))
+    return ",".join(f"{name}={value}" for name, value in encoded.items())
+
+
+def trusted_entity_id(variables: Sequence[str], values: Mapping[str, str]) -> str:
+    """entity_id for values already checked (matched from a path): the hot path, no validation."""
+    if not variables:
+        return NO_VARS_ID
+    if len(variables) == 1:
+        v = values[variables[0]]
+        return (
+            v.replace("%", "%25").replace(",", "%2C").replace("=", "%3D")
+            if ("%" in v or "," in v or "=" in v)
+            else v
+        )
+    return ",".join(
+        f"{n}={values[n].replace('%', '%25').replace(',', '%2C').replace('=', '%3D')}"
+        for n in variables
+    )
+
+
+def parse_entity_id(variables: Sequence[str], text: str) -> dict[str, str]:
+    """Values of an entity id for these variables (pairs in any order); PatternError if malformed."""
+    names = list(dict.fromkeys(variables))
+    where = f"entity id {text!r}"
+    if not names:
+        if text != NO_VARS_ID:
+            raise PatternError(f"{where}: expected {NO_VARS_ID!r} for an entity without variables")
+        return {}
+    if len(names) == 1 and "=" not in text:
+        if "," in text:
+            raise PatternError(f"{where}: unescaped ',' in a single value")
+        return {names[0]: _decode(where, names[0], text)}
+    found: dict[str, str] = {}
+    for pair in text.split(","):
+        name, sep, raw = pair.partition("=")
+        if not sep or "=" in raw:
+            raise PatternError(f"{where}: {pair!r} is not name=value")
+        if name not in names or name in found:
+            raise PatternError(f"{where}: unexpected or repeated {name!r} (expected {names})")
+        found[name] = _decode(where, name, raw)
+    if missing := [name for name in names if name not in found]:
+        raise PatternError(f"{where}: missing {missing}")
+    return {name: found[name] for name in names}
+
+
+def scan(pattern: Pattern, root: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """Yield (relpath, values) for every path under root that pattern matches, sorted by relpath."""
+    root_real, prefix, segments = os.path.realpath(root), pattern.static_prefix, pattern._segments
+    variables = pattern.variables
+    found: list[tuple[str, tuple[str, ...]]] = []  # values as tuples: 100,000s may be held
+    # An explicit stack, not a recursive closure: a closure that calls itself is a reference
+    # cycle, which kept `found` (every match) alive until the cyclic collector ran.
+    stack: list[tuple[int, str, str, dict[str, str]]] = []
+    start = os.path.join(root_real, prefix) if prefix else root_real
+    if not prefix:
+        stack.append((0, start, "", {}))
+    elif _inside(start, root_real):
+        stack.append((prefix.count("/") + 1, start, prefix + "/", {}))
+    while stack:
+        index, folder, rel, values = stack.pop()
+        last = index == len(segments) - 1
+        try:
+            # Streamed, not listed: a folder of 100,000 files would otherwise hold as many
+            # DirEntry objects at once (transient memory that fragments the heap).
+            it = os.scandir(folder)
+        except OSError:
+            continue
+        with it:
+            for entry in it:
+                if (bound := segments[index].bind(entry.name)) is None:
+                    continue
+                if values:
+                    if any(values.get(var, value) != value for var, value in bound.items()):
+                        continue
+                    bound = {**values, **bound}
+                try:  # d_type answers these without a stat call, except for symlinks
+                    if not ((entry.is_file() or entry.is_dir()) if last else entry.is_dir()):
+                        continue
+                    if entry.is_symlink() and not _inside(entry.path, root_real):
+                        continue
+                except OSError:
+                    continue
+                if last:
+                    found.append((rel + entry.name, tuple(bound[v] for v in variables)))
+                else:  # only folders whose name matches are entered: the pruning
+                    stack.append((index + 1, entry.path, f"{rel}{entry.name}/", bound))
+    found.sort(key=itemgetter(0))
+    for relpath, vals in found:
+        yield relpath, dict(zip(variables, vals, strict=True))
+
+
+def resolve_inside(root: Path, relpath: str) -> Path:
+    """root/relpath, refusing paths that are absolute, climb with "..", or escape via symlinks."""
+    if "\x00" in relpath or "\\" in relpath:
+        raise PatternError(f"path {relpath!r} contains a NUL or a backslash")
+    if relpath.startswith("/") or os.path.isabs(relpath):
+        raise PatternError(f"path {relpath!r} is absolute")
+    if ".." in relpath.split("/"):
+        raise PatternError(f"path {relpath!r} climbs out with '..'")
+    # Checked now: a symlink swapped in later is a race for the writer to guard against.
+    root_real = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(root_real, relpath))
+    if real == root_real:
+        raise PatternError(f"path {relpath!r} names the root itself")
+    if not _inside(real, root_real):
+        raise PatternError(f"path {relpath!r} resolves outside {str(root)!r} through a symlink")
+    return root / relpath
+
+
+def is_temp_name(name: str) -> bool:
+    """True for eventrunner's own temp files and editor or partial-download files."""
+    return (
+        name.startswith(_TEMP_PREFIXES)
+        or name.endswith(_TEMP_SUFFIXES)
+        or (len(name) > 1 and name[0] == "#" and name[-1] == "#")
+        or name == "4913"  # vim's probe file for write permission
+    )
+
+
+def _skipped(name: str, dotted: bool) -> bool:
+    """True for names a variable segment never matches: the state folder, temp and hidden names."""
+    return name == _STATE_DIR or is_temp_name(name) or (name[:1] == "." and not dotted)
+
+
+def _value_problem(value: str) -> str | None:
+    """Why value is not a safe single path segment, or None if it is."""
+    if not isinstance(value, str):  # fan-out keys and JSON values arrive untyped
+        return "is not a string"
+    if not value or value in (".", ".."):
+        return "is empty, '.' or '..'"
+    if "/" in value or "\\" in value:
+        return "contains a path separator ('/' or '\\')"
+    if _CONTROL.search(value):
+        return "contains a control character"
+    try:
+        size = len(value) if value.isascii() else len(value.encode())
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    return f"is {size} bytes in UTF-8, over {_MAX_BYTES}" if size > _MAX_BYTES else None
+
+
+def _decode(where: str, name: str, raw: str) -> str:
+    """Undo the entity-id escapes of one value and check it."""
+
+    def unescape(m: re.Match[str]) -> str:
+        if m.group(1) not in _ID_DECODE:
+            raise PatternError(f"{where}: bad escape {m.group(0)!r} (only %25, %2C, %3D)")
+        return _ID_DECODE[m.group(1)]
+
+    value = _ID_ESCAPE.sub(unescape, raw)
+    check_value(name, value)
+    return value
+
+
+def _inside(path: str, root_real: str) -> bool:
+    """True when path, symlinks resolved, is root_real or below it."""
+    real = os.path.realpath(path)
+    return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+def _render(parts: Sequence[_Part]) -> str:
+    """Segment text with constraints removed."""
+    return "".join(p if isinstance(p, str) else f"{{{p.name}}}" for p in parts)
+
+
+def _parse(text: str) -> tuple[list[list[_Part]], dict[str, str]]:
+    """Split pattern text into segments of literal text and variables, plus declared constraints."""
+    segments: list[list[_Part]] = [[]]
+    constraints: dict[str, str] = {}
+    i, literal = 0, ""
+    while i < len(text):
+        char = text[i]
+        if char in "{/" and literal:
+            segments[-1].append(literal)
+            literal = ""
+        if char == "{":
+            name, regex, i = _read_variable(text, i)
+            if regex is not None and constraints.setdefault(name, regex) != regex:
+                raise PatternError(f"variable {name!r} has two different constraints")
+            segments[-1].append(_Var(name))
+            continue
+        if char == "}":
+            raise PatternError(f"unbalanced '}}' at position {i}")
+        if char == "\\":
+            raise PatternError("backslashes are only allowed inside a {name:REGEX} constraint")
+        if char == "/":
+            segments.append([])
+        else:
+            literal += char
+        i += 1
+    if literal:
+        segments[-1].append(literal)
+    return segments, constraints
+
+
+def _read_variable(text: str, start: int) -> tuple[str, str | None, int]:
+    """Read `{name}` or `{name:REGEX}` (braces balanced) at start: name, regex, index past it."""
+    i = start + 1
+    while i < len(text) and text[i] not in ":}":
+        i += 1
+    name = text[start + 1 : i]
+    if i == len(text):
+        raise PatternError(f"unbalanced '{{' at position {start}")
+    if not name:
+        raise PatternError(f"empty variable name at position {start}")
+    if not name.isidentifier():
+        raise PatternError(f"variable name {name!r} at position {start} is not an identifier")
+    if text[i] == "}":
+        return name, None, i + 1
+    j, depth = i + 1, 1
+    while j < len(text):
+        if text[j] == "\\":
+            j += 2
+            continue
+        if text[j] == "[":  # braces inside a character class are literal
+            j = _class_end(text, j)
+            continue
+        depth += (text[j] == "{") - (text[j] == "}")
+        if depth == 0:
+            if j == i + 1:
+                raise PatternError(f"empty constraint for variable {name!r}")
+            return name, text[i + 1 : j], j + 1
+        j += 1
+    raise PatternError(f"unbalanced '{{' at position {start}")
+
+
+def _class_end(text: str, start: int) -> int:
+    """Index just past the regex character class opening at start (or past the end of text)."""
+    j = start + 1
+    j += text.startswith("^", j)
+    j += text.startswith("]", j)  # a "]" first in a class is literal
+    while j < len(text) and text[j] != "]":
+        j += 2 if text[j] == "\\" else 1
+    return j + 1

@@ -1,0 +1,246 @@
+"""Pure staleness decisions: facts about one (stage, entity) in, a state and its reasons out."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from eventrunner.state.store import Failure, Manifest
+from eventrunner.workspace.settings import RetryPolicy
+
+State = Literal["fresh", "stale", "running", "failed", "dead", "held", "waiting", "orphaned"]
+STATES: tuple[State, ...] = (
+    "fresh",
+    "stale",
+    "running",
+    "failed",
+    "dead",
+    "held",
+    "waiting",
+    "orphaned",
+)
+
+
+@dataclass(frozen=True)
+class Reason:
+    """A reason code of DESIGN.md section 5 with its details."""
+
+    code: str
+    message: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data for --json and the API."""
+        return {
+            "code": self.code,
+            "message": self.message,
+            **({"detail": self.detail} if self.detail else {}),
+        }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The state of one (stage, entity) and why."""
+
+    state: State
+    reasons: tuple[Reason, ...] = ()
+
+    @property
+    def runnable(self) -> bool:
+        """True when the executor should run it now."""
+        return self.state == "stale"
+
+
+@dataclass
+class Facts:
+    """Everything the decision needs, gathered by the caller from the index."""
+
+    manifest: Manifest | None
+    code: str
+    params: str
+    inputs: dict[str, dict[str, str]]  # input name -> {relpath: hash} as found now
+    missing_inputs: list[str]  # relpaths of required inputs that do not exist
+    upstream_not_fresh: list[str]  # "stage entity (state)" of producers that are not fresh
+    outputs_now: dict[str, str | None]  # manifest output relpath -> hash now (None: missing)
+    failure: Failure | None
+    attempt_key: str
+    held: bool = False
+    invalidated_ns: int = 0
+    running: bool = False
+    exists: bool = True
+    now: float = 0.0
+
+
+FRESH = Verdict("fresh")  # shared: most verdicts of a large workspace are this one
+
+
+def staleness_reasons(f: Facts) -> list[Reason]:
+    """Why the recorded state differs from today's code, params, inputs and output."""
+    m = f.manifest
+    if m is None:
+        return [Reason("MISSING", "never produced (no manifest)")]
+    out: list[Reason] = []
+    missing = [p for p, h in f.outputs_now.items() if h is None]
+    if missing:
+        out.append(
+            Reason(
+                "MISSING",
+                f"output missing: {', '.join(missing) or '(none recorded)'}",
+                {"paths": missing},
+            )
+        )
+    if m.code != f.code:
+        out.append(
+            Reason(
+                "CODE_CHANGED", "handler code or version changed", {"old": m.code, "new": f.code}
+            )
+        )
+    if m.params != f.params:
+        out.append(Reason("PARAMS_CHANGED", "params changed", {"old": m.params, "new": f.params}))
+    recorded_inputs, recorded_outputs = m.inputs, m.outputs  # built on access: once here
+    for name in sorted(set(recorded_inputs) | set(f.inputs)):
+        old, new = recorded_inputs.get(name, {}), f.inputs.get(name, {})
+        for path in sorted(set(old) | set(new)):
+            if path not in old:
+                out.append(
+                    Reason(
+                        "INPUT_ADDED",
+                        f"input {name}: {path} added",
+                        {"input": name, "path": path, "new": new[path]},
+                    )
+                )
+            elif path not in new:
+                out.append(
+                    Reason(
+                        "INPUT_REMOVED",
+                        f"input {name}: {path} removed",
+                        {"input": name, "path": path, "old": old[path]},
+                    )
+                )
+            elif old[path] != new[path]:
+                out.append(
+                    Reason(
+                        "INPUT_CHANGED",
+                        f"input {name}: {path} changed",
+                        {"input": name, "path": path, "old": old[path], "new": new[path]},
+                    )
+                )
+    for path, h in sorted(f.outputs_now.items()):
+        if h is not None and recorded_outputs.get(path) != h:
+            out.append(
+                Reason(
+                    "OUTPUT_MODIFIED",
+                    f"output {path} was modified outside eventrunner",
+                    {"path": path, "recorded": recorded_outputs.get(path), "now": h},
+                )
+            )
+    if f.invalidated_ns and f.invalidated_ns > m.finished_ns:
+        out.append(Reason("INVALIDATED", "invalidated by request"))
+    return out
+
+
+def decide(f: Facts) -> Verdict:
+    """Apply the precedence: running, orphaned, held, waiting, fresh, dead, backoff, stale."""
+    if f.running:
+        return Verdict("running")
+    if not f.exists:
+        return Verdict(
+            "orphaned",
+            (
+                Reason(
+                    "INPUT_REMOVED",
+                    "every input binding this entity is gone; `prune` deletes the output",
+                ),
+            ),
+        )
+    waiting: list[Reason] = []
+    if f.missing_inputs:
+        waiting.append(
+            Reason(
+                "UPSTREAM_NOT_FRESH",
+                f"input missing: {', '.join(f.missing_inputs)}",
+                {"missing": f.missing_inputs},
+            )
+        )
+    if f.upstream_not_fresh:
+        waiting.append(
+            Reason(
+                "UPSTREAM_NOT_FRESH",
+                f"waiting for {', '.join(f.upstream_not_fresh[:5])}"
+                + (" ..." if len(f.upstream_not_fresh) > 5 else ""),
+                {"upstream": f.upstream_not_fresh},
+            )
+        )
+    reasons = [] if waiting else staleness_reasons(f)
+    if f.held:
+        return Verdict("held", (Reason("HELD", "on manual hold"), *waiting, *reasons))
+    if waiting:
+        return Verdict("waiting", tuple(waiting))
+    if not reasons:
+        return FRESH
+    fail = f.failure
+    if fail is not None and fail.key == f.attempt_key:
+        if fail.dead:
+            return Verdict(
+                "dead",
+                (
+                    Reason(
+                        "DEAD",
+                        f"failed {fail.attempts} times, last: {fail.error}; waiting for a manual retry",
+                        {"attempts": fail.attempts},
+                    ),
+                    *reasons,
+                ),
+            )
+        if fail.next_retry is not None and fail.next_retry > f.now:
+            return Verdict(
+                "failed",
+                (
+                    Reason(
+                        "BACKOFF",
+                        f"attempt {fail.attempts} failed: {fail.error}; retry at {fail.next_retry:.0f}",
+                        {"attempts": fail.attempts, "retry_at": fail.next_retry},
+                    ),
+                    *reasons,
+                ),
+            )
+    return Verdict("stale", tuple(reasons))
+
+
+def backoff_delay(policy: RetryPolicy, attempts: int, rng: random.Random | None = None) -> float:
+    """Full jitter: uniform in [0, min(max_backoff, backoff * 2^(attempts-1))]."""
+    cap = min(policy.max_backoff, policy.backoff * (2 ** max(0, attempts - 1)))
+    return (rng or random).uniform(0.0, cap)
+
+
+def after_failure(
+    policy: RetryPolicy,
+    previous: Failure | None,
+    *,
+    stage: str,
+    entity: str,
+    key: str,
+    error: str,
+    traceback: str,
+    now: float,
+    permanent: bool = False,
+    retry_after: float | None = None,
+) -> Failure:
+    """The failure record after one more failed attempt: backoff or dead."""
+    attempts = (previous.attempts if previous is not None and previous.key == key else 0) + 1
+    first = previous.first_failed if previous is not None and previous.key == key else now
+    dead = permanent or attempts >= policy.max_attempts
+    delay = retry_after if retry_after is not None else backoff_delay(policy, attempts)
+    return Failure(
+        stage=stage,
+        entity=entity,
+        key=key,
+        attempts=attempts,
+        error=error,
+        traceback=traceback,
+        first_failed=first,
+        last_failed=now,
+        next_retry=None if dead else now + delay,
+        dead=dead,
+    )

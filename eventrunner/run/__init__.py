@@ -1,0 +1,1 @@
+"""Doing the work: planner, evaluation, the engine, executors, commits and management operations."""

@@ -1,0 +1,490 @@
+"""Plan and execute: a priority queue of stale states, bounded workers, group-committed writes.
+
+Shared by `eventrunner run` (drain once) and `serve` (long-running): every committed output is an
+event whose downstream (stage, entity) pairs are found through the graph and the index and
+checked alone, so work per event is proportional to what it affects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import multiprocessing
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from eventrunner.core.errors import HandlerTimeout, PermanentError, RetryLater
+from eventrunner.core.staleness import after_failure
+from eventrunner.run.commit import Commit, Committer
+from eventrunner.run.evaluate import Evaluator
+from eventrunner.run.invoke import (
+    Written,
+    build_kwargs,
+    call_by_ref,
+    make_context,
+    prepare_and_call,
+    store_result,
+    wants_ctx,
+)
+from eventrunner.run.planner import Planner, Target
+from eventrunner.state.index import Index
+from eventrunner.state.store import Manifest, Store
+from eventrunner.workspace import loader
+
+log = logging.getLogger("eventrunner.engine")
+
+Listener = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Outcome:
+    """Counts of one drain, for `run --json`."""
+
+    executed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    failures: list[dict[str, str]] = field(default_factory=list)
+    ran: set[tuple[str, str]] = field(default_factory=set)
+
+
+class Engine:
+    """Runs stale states, upstream first and by priority, and follows their effects downstream."""
+
+    def __init__(
+        self,
+        index: Index,
+        store: Store,
+        *,
+        jobs: int = 4,
+        allow: Callable[[str, str], bool] | None = None,
+        listener: Listener | None = None,
+        retry_in_run: bool = False,
+    ) -> None:
+        self.index = index
+        self.ws = index.ws
+        self.store = store
+        self.jobs = max(1, jobs)
+        self.allow = allow or (lambda q, e: True)
+        self.listeners: list[Listener] = [listener] if listener else []
+        self.evaluator = Evaluator(index)
+        self.planner = Planner(index)
+        self.outcome = Outcome()
+        self.retry_in_run = retry_in_run  # serve: failures come back through the sweep instead
+        self._heap: list[tuple[int, int, int, str, str]] = []
+        self._queued: dict[tuple[str, str], dict[str, str]] = {}
+        self._deferred: dict[str, list[tuple[int, int, int, str, str]]] = {}
+        self._running_per_stage: dict[str, int] = {}
+        self._rerun: set[tuple[str, str]] = set()
+        self._failed_now: set[tuple[str, str]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._pool = ThreadPoolExecutor(
+            max_workers=self.jobs, thread_name_prefix="eventrunner-handler"
+        )
+        # executor = "process": sync handlers run in worker processes (CPU-bound handlers scale
+        # past the GIL). forkserver: forking a process that runs threads and an event loop is unsafe.
+        self._procs: ProcessPoolExecutor | None = None
+        if self.ws.settings.runtime.executor == "process":
+            self._procs = ProcessPoolExecutor(
+                max_workers=self.jobs, mp_context=multiprocessing.get_context("forkserver")
+            )
+        self.committer = Committer(store, index.root)
+        self._funcs: dict[str, Callable[..., Any]] = {}
+        loader.forget(
+            self.ws.settings.handlers_dir
+        )  # helpers edited since the last run import afresh
+        self.abandoned = (
+            0  # sync handlers still running after their timeout (threads can't be killed)
+        )
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._commits: set[asyncio.Task[None]] = set()
+        self.max_inflight_commits = (
+            2048  # backpressure: finished runs waiting for their group commit
+        )
+        self._accepting = True
+        self.blocked_seen = 0  # failed, dead or held states met by consider()
+        self.stopped_clean = False  # stop() found nothing queued and cancelled nothing
+
+    # -- events ----------------------------------------------------------------------------
+    def emit(self, kind: str, **data: Any) -> None:
+        """Tell listeners (progress bar, SSE, metrics) what happened."""
+        event = {"kind": kind, "time": time.time(), **data}
+        for fn in self.listeners:
+            try:
+                fn(event)
+            except Exception:
+                log.exception("event listener failed on %s", kind)
+
+    # -- planning ----------------------------------------------------------------------------
+    def consider(
+        self,
+        targets: Iterable[Target],
+        *,
+        fresh_pass: bool = False,
+        blocked: set[tuple[str, str]] | None = None,
+    ) -> int:
+        """Check each target and queue the stale ones; returns how many were queued. Failed,
+        dead and held targets are counted (blocked_seen) and, given a set, collected in it."""
+        if not fresh_pass:
+            self.evaluator.reset()
+        n = 0
+        for q, eid, values in targets:
+            if not self.allow(q, eid):
+                continue
+            if (q, eid) in self.index.running:
+                self._rerun.add((q, eid))
+                continue
+            if (q, eid) in self._queued or (not self.retry_in_run and (q, eid) in self._failed_now):
+                continue
+            verdict = self.evaluator.verdict(q, eid, values)
+            if verdict.state == "stale":
+                self._push(q, eid, values)
+                n += 1
+            elif verdict.state in ("failed", "dead", "held"):
+                self.blocked_seen += 1
+                if blocked is not None:
+                    blocked.add((q, eid))
+        return n
+
+    async def consider_async(
+        self,
+        targets: Iterable[Target],
+        *,
+        chunk: int = 500,
+        blocked: set[tuple[str, str]] | None = None,
+    ) -> int:
+        """consider() a long run of targets in slices, yielding to the event loop between them:
+        a whole-workspace pass in serve must not hold up intake and events for seconds."""
+        self.evaluator.reset()
+        n, batch = 0, []
+        for target in targets:
+            batch.append(target)
+            if len(batch) >= chunk:
+                n += self.consider(batch, fresh_pass=True, blocked=blocked)
+                batch.clear()
+                await asyncio.sleep(0)
+        n += self.consider(batch, fresh_pass=True, blocked=blocked)
+        self.evaluator.reset()  # the pass's memo: a verdict per state
+        return n
+
+    def _push(self, q: str, eid: str, values: dict[str, str]) -> None:
+        stage = self.ws.graph.stages[q]
+        heapq.heappush(self._heap, (-stage.priority, stage.depth, next(self._seq), q, eid))
+        self._queued[(q, eid)] = values
+        self.emit("queued", stage=q, entity=eid)
+        self._wake.set()
+
+    @property
+    def queue_depth(self) -> int:
+        """States waiting for a worker."""
+        return len(self._queued)
+
+    # -- execution -----------------------------------------------------------------------------
+    async def drain(self) -> Outcome:
+        """Run until nothing is queued or running (the `run` command)."""
+        await self.start()
+        try:
+            await self.wait_idle()
+        finally:
+            await self.stop()
+        return self.outcome
+
+    async def start(self) -> None:
+        """Start the committer and the dispatcher (long-running use: `serve`)."""
+        await self.committer.__aenter__()
+        self._dispatcher = asyncio.create_task(self._dispatch_loop())
+
+    async def wait_idle(self) -> None:
+        """Return once nothing is queued, deferred or running."""
+        while not self._is_idle():
+            self._idle.clear()
+            self._wake.set()
+            await self._idle.wait()
+
+    def _is_idle(self) -> bool:
+        return (
+            not self._heap
+            and not self._tasks
+            and not self._commits
+            and not any(self._deferred.values())
+        )
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._accepting:
+                self._dispatch()
+            if self._is_idle() or (not self._accepting and not self._tasks and not self._commits):
+                self._idle.set()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop starting work; let running handlers finish (within `grace` s), commit, stop. Idempotent."""
+        self._accepting = False
+        pending: set[asyncio.Task[None]] = set()
+        if self._tasks:
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        self.stopped_clean = not pending and not self._heap and not any(self._deferred.values())
+        if self._commits:
+            await asyncio.wait(set(self._commits))
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+            self._dispatcher = None
+        await self.committer.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._procs is not None:
+            self._procs.shutdown(wait=False, cancel_futures=True)
+
+    def _dispatch(self) -> None:
+        """Start the best ready jobs while global and per-stage slots are free."""
+        while (
+            self._heap
+            and len(self._tasks) < self.jobs
+            and len(self._commits) < self.max_inflight_commits
+        ):
+            item = heapq.heappop(self._heap)
+            q, eid = item[3], item[4]
+            limit = self.ws.graph.stages[q].concurrency
+            if limit is not None and self._running_per_stage.get(q, 0) >= limit:
+                self._deferred.setdefault(q, []).append(item)
+                continue
+            values = self._queued.pop((q, eid))
+            self._running_per_stage[q] = self._running_per_stage.get(q, 0) + 1
+            task = asyncio.ensure_future(self._run_one(q, eid, values))
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._wake.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("internal error in a job", exc_info=task.exception())
+
+    def _release(self, q: str) -> None:
+        self._running_per_stage[q] -= 1
+        for item in self._deferred.pop(q, []):
+            heapq.heappush(self._heap, item)
+        self._wake.set()
+
+    def _handler(self, q: str) -> Callable[..., Any]:
+        func = self._funcs.get(q)
+        if func is None:
+            func = self._funcs[q] = loader.load(self.ws.handlers[q])
+        return func
+
+    async def _run_one(self, q: str, eid: str, values: dict[str, str]) -> None:
+        stage = self.ws.graph.stages[q]
+        # consider() just found every producer fresh; only the input files and hashes are needed.
+        gathered = self.evaluator.gather(q, values, check_upstream=False)
+        key = self.evaluator.attempt_key(q, gathered.hashes())
+        prev = self.index.failures[q].get(eid)
+        attempt = (prev.attempts if prev is not None and prev.key == key else 0) + 1
+        self.index.running.add((q, eid))
+        self.index.mark_dirty()
+        self.outcome.executed += 1
+        self.outcome.ran.add((q, eid))
+        self.emit("started", stage=q, entity=eid, attempt=attempt)
+        started = time.time()
+        loop = asyncio.get_running_loop()
+        root = self.index.root
+        written: Written | None = None
+        ctx: Any = None  # set for async handlers, whose temp output we must clean up on failure
+        committing = False
+        try:
+            func = self._handler(q)
+            if asyncio.iscoroutinefunction(func):
+                ctx = make_context(stage, values, attempt, root)
+                kwargs = await loop.run_in_executor(
+                    self._pool, build_kwargs, stage, func, gathered.files, root
+                )
+                coro = func(ctx, **kwargs) if wants_ctx(func) else func(**kwargs)
+                result = await asyncio.wait_for(coro, stage.timeout)
+                written = await loop.run_in_executor(
+                    self._pool, store_result, stage, values, result, ctx, root
+                )
+            else:
+                if self._procs is not None:
+                    fut = loop.run_in_executor(
+                        self._procs,
+                        call_by_ref,
+                        stage,
+                        self.ws.handlers[q],
+                        gathered.files,
+                        values,
+                        attempt,
+                        root,
+                    )
+                else:
+                    fut = loop.run_in_executor(
+                        self._pool,
+                        prepare_and_call,
+                        stage,
+                        func,
+                        gathered.files,
+                        values,
+                        attempt,
+                        root,
+                    )
+                written = await asyncio.wait_for(fut, stage.timeout)
+        except TimeoutError as exc:
+            if not asyncio.iscoroutinefunction(self._funcs.get(q)):
+                self.abandoned += 1
+            _discard_temp(ctx)
+            await self._fail(
+                q, eid, key, prev, HandlerTimeout(f"timed out after {stage.timeout}s"), exc, started
+            )
+        except Exception as exc:
+            _discard_temp(ctx)
+            await self._fail(q, eid, key, prev, exc, exc, started)
+        else:
+            finished = time.time()
+            before = self.index.manifests[q].get(eid)
+            dropped = (
+                sorted((set(before.outputs) | set(before.dropped)) - set(written.hashes))
+                if before
+                else []
+            )
+            manifest = Manifest(
+                stage=q,
+                entity=eid,
+                values=dict(values),
+                code=self.ws.code[q],
+                params=self.ws.params[q],
+                inputs=gathered.hashes(),
+                outputs=written.hashes,
+                started=started,
+                finished_ns=time.time_ns(),
+                duration_s=round(finished - started, 6),
+                attempt=attempt,
+                dropped=dropped,
+            )
+            # The slot is freed now; the commit joins the next group (one sync for many runs).
+            task = asyncio.ensure_future(
+                self._commit_success(q, eid, manifest, written, prev is not None)
+            )
+            self._commits.add(task)
+            task.add_done_callback(self._commit_done)
+            committing = True
+        finally:
+            if not committing:
+                self.index.running.discard((q, eid))
+            self._release(q)
+
+    async def _commit_success(
+        self, q: str, eid: str, manifest: Manifest, written: Written, had_failure: bool
+    ) -> None:
+        try:
+            await self.committer.submit(
+                Commit(manifest=manifest, temps=written.temps, clear_failure=had_failure)
+            )
+        except Exception as exc:
+            written.discard()
+            self.index.running.discard((q, eid))
+            self.outcome.failed += 1
+            self.outcome.failures.append(
+                {"stage": q, "entity": eid, "error": f"commit failed: {exc}"}
+            )
+            self.emit("failed", stage=q, entity=eid, error=f"commit failed: {exc}")
+            return
+        for relpath, digest in written.hashes.items():
+            self.index.remember_file(relpath, digest)
+        old = self.index.manifests[q].get(eid)
+        self.index.record_manifest(manifest)
+        self.outcome.succeeded += 1
+        self.emit("succeeded", stage=q, entity=eid, duration_s=manifest.duration_s)
+        self._after_commit(q, eid, manifest, old)
+
+    def _commit_done(self, task: asyncio.Task[None]) -> None:
+        self._commits.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("internal error in a commit", exc_info=task.exception())
+        self._wake.set()
+
+    async def _fail(
+        self,
+        q: str,
+        eid: str,
+        key: str,
+        prev: Any,
+        exc: BaseException,
+        orig: BaseException,
+        started: float,
+    ) -> None:
+        stage = self.ws.graph.stages[q]
+        now = time.time()
+        failure = after_failure(
+            stage.retry,
+            prev,
+            stage=q,
+            entity=eid,
+            key=key,
+            error=f"{type(exc).__name__}: {exc}",
+            traceback="".join(traceback.format_exception(orig))[-8000:],
+            now=now,
+            permanent=isinstance(orig, PermanentError),
+            retry_after=orig.retry_after if isinstance(orig, RetryLater) else None,
+        )
+        await self.committer.submit(Commit(failure=failure))
+        self.index.failures[q][eid] = failure
+        self._failed_now.add((q, eid))
+        self.outcome.failed += 1
+        self.outcome.failures.append({"stage": q, "entity": eid, "error": failure.error})
+        log.warning(
+            "%s %s failed (attempt %d%s): %s",
+            q,
+            eid,
+            failure.attempts,
+            ", dead" if failure.dead else "",
+            (failure.error.splitlines() or [""])[0],  # one line per event; the rest is in explain
+        )
+        self.emit(
+            "failed",
+            stage=q,
+            entity=eid,
+            error=failure.error,
+            attempts=failure.attempts,
+            dead=failure.dead,
+            retry_at=failure.next_retry,
+        )
+
+    def _after_commit(self, q: str, eid: str, manifest: Manifest, old: Manifest | None) -> None:
+        """A committed output is an event for the stages that read it (and read what it dropped)."""
+        stage = self.ws.graph.stages[q]
+        self.index.running.discard((q, eid))
+        targets: list[Target] = []
+        pattern = self.index.instances[stage.output.key].pattern
+        for relpath in manifest.outputs:
+            values = pattern.match(relpath)
+            if values is not None:
+                targets.extend(self.planner.downstream_of(stage.output.key, values))
+        for relpath in old.outputs if old else ():
+            values = pattern.match(relpath)
+            if relpath not in manifest.outputs and values is not None:
+                targets.extend(self.planner.removed_targets(stage.output.key, values))
+        if (q, eid) in self._rerun:
+            self._rerun.discard((q, eid))
+            targets.append((q, eid, manifest.values))
+        self.consider(targets)
+
+
+def _discard_temp(ctx: Any) -> None:
+    """Remove what a failed async handler left at ctx.output_path (a temp never renamed)."""
+    path = getattr(ctx, "output_path", None)
+    if path is not None and (path.exists() or path.is_symlink()):
+        Written([(path, path)], {}).discard()

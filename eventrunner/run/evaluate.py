@@ -1,0 +1,150 @@
+"""Gather the facts about a (stage, entity) from the index and decide its state, memoised per pass."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from eventrunner.core.patterns import trusted_entity_id as entity_id
+from eventrunner.core.staleness import Facts, Verdict, decide
+from eventrunner.state.hashing import combine
+from eventrunner.state.index import Index
+
+
+@dataclass
+class InputFile:
+    """One concrete input file of a run: its input name, member key (fan-in), path and hash."""
+
+    name: str
+    member: str | None  # entity id over the aggregated variables, None for a map input
+    relpath: str
+    hash: str
+
+
+@dataclass
+class Gathered:
+    """Current inputs of a (stage, entity)."""
+
+    files: list[InputFile]
+    missing: list[str]
+    upstream_not_fresh: list[str]
+
+    def hashes(self) -> dict[str, dict[str, str]]:
+        """input name -> {relpath: hash}, as stored in manifests."""
+        out: dict[str, dict[str, str]] = {}
+        for f in self.files:
+            out.setdefault(f.name, {})[f.relpath] = f.hash
+        return out
+
+
+class Evaluator:
+    """Decides states against one index; a verdict is computed once per (stage, entity) per pass."""
+
+    def __init__(self, index: Index, now: float | None = None) -> None:
+        self.index = index
+        self.ws = index.ws
+        self.now = time.time() if now is None else now
+        self._memo: dict[tuple[str, str], Verdict] = {}
+
+    def reset(self, now: float | None = None) -> None:
+        """Forget memoised verdicts (state changed)."""
+        self._memo.clear()
+        self.now = time.time() if now is None else now
+
+    @property
+    def memo_size(self) -> int:
+        """Verdicts memoised in this pass."""
+        return len(self._memo)
+
+    def forget(self, qualname: str, eid: str) -> None:
+        """Forget one memoised verdict."""
+        self._memo.pop((qualname, eid), None)
+
+    def gather(
+        self, qualname: str, values: dict[str, str], check_upstream: bool = True
+    ) -> Gathered:
+        """Find the input files of an entity, their hashes, and (optionally) which producers are not fresh."""
+        stage = self.ws.graph.stages[qualname]
+        idx = self.index
+        files: list[InputFile] = []
+        missing: list[str] = []
+        upstream: list[str] = []
+        for inp in stage.inputs:
+            inst = idx.instances[inp.pattern.key]
+            producer = self.ws.graph.producer.get(inp.pattern.key)
+            if inp.aggregated:
+                key = tuple(values[v] for v in inp.shared)
+                members = sorted(inst.select(inp.shared, key))
+                pairs = [(inst.values(e), inst.path(e)) for e in members]
+            else:
+                mv = {v: values[v] for v in inp.pattern.variables}
+                eid = entity_id(inp.pattern.variables, mv)
+                if eid not in inst.items and producer is None:
+                    missing.append(inp.pattern.join(mv))
+                    continue
+                pairs = [(mv, inst.path(eid) if eid in inst.items else inp.pattern.join(mv))]
+            for mvalues, relpath in pairs:
+                if producer is not None and check_upstream:
+                    pstage = self.ws.graph.stages[producer]
+                    pv = {v: mvalues[v] for v in pstage.entity_vars}
+                    peid = entity_id(pstage.entity_vars, pv)
+                    pverdict = self.verdict(producer, peid, pv)
+                    if pverdict.state != "fresh":
+                        upstream.append(f"{producer} {peid} ({pverdict.state})")
+                        continue
+                digest = idx.file_hash(relpath)
+                if digest is None:
+                    (upstream if producer else missing).append(relpath)
+                    continue
+                member = (
+                    entity_id(inp.aggregated, {v: mvalues[v] for v in inp.aggregated})
+                    if inp.aggregated
+                    else None
+                )
+                files.append(InputFile(inp.name, member, relpath, digest))
+        return Gathered(files, missing, upstream)
+
+    def verdict(self, qualname: str, eid: str, values: dict[str, str]) -> Verdict:
+        """The state of (stage, entity) now."""
+        memo = self._memo.get((qualname, eid))
+        if memo is not None:
+            return memo
+        v = decide(self.facts(qualname, eid, values))
+        self._memo[(qualname, eid)] = v
+        return v
+
+    def facts(self, qualname: str, eid: str, values: dict[str, str]) -> Facts:
+        """Everything decide() needs for one state."""
+        idx = self.index
+        m = idx.manifests[qualname].get(eid)
+        failure = idx.failures[qualname].get(eid)
+        exists = idx.has_entity(qualname, values)
+        g = self.gather(qualname, values) if exists else Gathered([], [], [])
+        inputs = g.hashes()
+        recorded = m.output_paths if m else ()
+        outputs_now = {p: idx.file_hash(p) for p in recorded}
+        if m is not None and not recorded and not self.ws.graph.stages[qualname].fanout_vars:
+            outputs_now = {self.ws.graph.stages[qualname].output.join(values): None}
+        return Facts(
+            manifest=m,
+            code=self.ws.code[qualname],
+            params=self.ws.params[qualname],
+            inputs=inputs,
+            missing_inputs=g.missing,
+            upstream_not_fresh=g.upstream_not_fresh,
+            outputs_now=outputs_now,
+            failure=failure,
+            attempt_key=self.attempt_key(qualname, inputs) if failure is not None else "",
+            held=idx.control.held(qualname, eid),
+            invalidated_ns=idx.control.invalidated_at(qualname, eid),
+            running=(qualname, eid) in idx.running,
+            exists=exists,
+            now=self.now,
+        )
+
+    def attempt_key(self, qualname: str, inputs: dict[str, dict[str, str]]) -> str:
+        """Identity of an attempt: a failure only counts against the same code, params and inputs."""
+        flat = sorted((n, p, h) for n, files in inputs.items() for p, h in files.items())
+        return combine(
+            self.ws.code[qualname], self.ws.params[qualname], *("\0".join(t) for t in flat)
+        )

@@ -1,0 +1,305 @@
+"""Run one handler for one entity: convert inputs by annotation, call it, write outputs to temp files.
+
+Nothing here renames into place: the commit (store + batch durability) is the caller's job, so a
+crash or a failure at any point leaves only `.er-tmp-*` files behind.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import shutil
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from eventrunner.core.errors import HandlerError, PermanentError
+from eventrunner.core.graph import Stage
+from eventrunner.core.patterns import entity_id, parse_entity_id, resolve_inside
+from eventrunner.run.evaluate import InputFile
+from eventrunner.state.hashing import hash_bytes, hash_path
+from eventrunner.state.store import read_file, temp_path, write_file
+
+log = logging.getLogger("eventrunner.executor")
+
+
+class Secrets(Mapping[str, str]):
+    """Handler secrets, read from the environment on access only (never stored or logged)."""
+
+    def __getitem__(self, name: str) -> str:
+        value = os.environ.get(name)
+        if value is None:
+            raise PermanentError(f"secret {name!r} is not set in the environment")
+        return value
+
+    def __iter__(self) -> typing.Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __repr__(self) -> str:
+        return "<secrets from the environment>"
+
+
+@dataclass
+class Context:
+    """What a handler may know about its run (the optional first parameter `ctx`)."""
+
+    stage: str
+    pipeline: str
+    entity: dict[str, str]
+    entity_id: str
+    params: dict[str, Any]
+    output_path: Path | None  # where a handler that returns None writes (a temp path we rename)
+    final_path: Path | None
+    attempt: int
+    data_root: Path
+    log: logging.LoggerAdapter[logging.Logger]
+    timeout: float | None = None  # the stage's timeout, for handlers that start subprocesses
+    secrets: Secrets = field(default_factory=Secrets)
+
+    def secret(self, name: str) -> str:
+        """A secret from the environment; PermanentError when unset."""
+        return self.secrets[name]
+
+
+@dataclass
+class Written:
+    """Outputs written to temp paths, ready to be committed."""
+
+    temps: list[tuple[Path, Path]]  # (temp, final)
+    hashes: dict[str, str]  # relpath -> hash
+
+    def discard(self) -> None:
+        """Remove the temps of an abandoned run."""
+        for tmp, _ in self.temps:
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+
+
+def _hints(func: Callable[..., Any]) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(func)
+    except Exception:
+        return dict(getattr(func, "__annotations__", {}))
+
+
+def wants_ctx(func: Callable[..., Any]) -> bool:
+    """True when the handler's first parameter is `ctx`."""
+    params = list(inspect.signature(func).parameters)
+    return bool(params) and params[0] == "ctx"
+
+
+def convert(path: Path, annotation: Any, what: str) -> Any:
+    """Read one input file in the form its annotation asks for."""
+    try:
+        if annotation is Path or annotation is os.PathLike:
+            return path
+        if annotation is bytes:
+            return read_file(path)
+        if annotation in (str, None, Any, inspect.Parameter.empty):
+            return path.read_text(encoding="utf-8")
+        origin = typing.get_origin(annotation) or annotation
+        if origin in (dict, list):
+            return json.loads(read_file(path))
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return annotation.model_validate_json(read_file(path))
+        return path.read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise PermanentError(
+            f"{what}: {path.name} is a folder; annotate the parameter as pathlib.Path"
+        ) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        # Bad input that no retry fixes; a new version of the input starts a fresh attempt.
+        raise PermanentError(
+            f"{what}: cannot read {path.name} as {getattr(annotation, '__name__', annotation)}: {exc}"
+        ) from exc
+
+
+def build_kwargs(
+    stage: Stage, func: Callable[..., Any], files: list[InputFile], root: Path
+) -> dict[str, Any]:
+    """Keyword arguments for the handler: map inputs as one value, fan-in inputs as dict by member id."""
+    hints = _hints(func)
+    # `**inputs: Path` annotates every input that has no parameter of its own (stock handlers).
+    var_kw = next(
+        (p.name for p in inspect.signature(func).parameters.values() if p.kind is p.VAR_KEYWORD),
+        None,
+    )
+    default_ann = hints.get(var_kw) if var_kw else None
+    kwargs: dict[str, Any] = {}
+    for inp in stage.inputs:
+        ann = hints.get(inp.name, default_ann)
+        if inp.aggregated:
+            args = typing.get_args(ann)
+            inner = args[1] if len(args) == 2 else ann if ann in (Path, bytes, str) else str
+            kwargs[inp.name] = {
+                f.member: convert(root / f.relpath, inner, inp.name)
+                for f in files
+                if f.name == inp.name
+            }
+        else:
+            found = next((f for f in files if f.name == inp.name), None)
+            if found is None:
+                raise HandlerError(f"input {inp.name} has no file")
+            kwargs[inp.name] = convert(root / found.relpath, ann, inp.name)
+    return kwargs
+
+
+def encode(value: Any, what: str) -> bytes:
+    """Bytes to store for a handler's return value."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, BaseModel):
+        return (value.model_dump_json(indent=2) + "\n").encode()
+    if isinstance(value, dict | list):
+        return (json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n").encode()
+    raise HandlerError(
+        f"{what}: cannot store a {type(value).__name__}; return str, bytes, dict, list or a pydantic model"
+    )
+
+
+_ready_dirs: set[Path] = set()
+
+
+def output_path(root: Path, relpath: str) -> Path:
+    """root/relpath for an output: checked inside the root and its folder created, once per folder."""
+    final = root / relpath
+    parent = final.parent
+    if parent not in _ready_dirs:
+        resolve_inside(root, relpath)  # refuses symlinked folders that lead outside the data root
+        parent.mkdir(parents=True, exist_ok=True)
+        _ready_dirs.add(parent)
+    elif final.is_symlink():
+        resolve_inside(root, relpath)
+    return final
+
+
+def _write_temp(final: Path, data: bytes) -> Path:
+    tmp = temp_path(final)
+    try:
+        write_file(tmp, data)
+    except FileNotFoundError:  # the folder was removed since we created it
+        _ready_dirs.discard(final.parent)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        write_file(tmp, data)
+    return tmp
+
+
+def store_result(
+    stage: Stage, values: dict[str, str], result: Any, ctx: Context, root: Path
+) -> Written:
+    """Write the handler's result to temp files beside their final paths and hash them."""
+    temps: list[tuple[Path, Path]] = []
+    hashes: dict[str, str] = {}
+    if stage.fanout_vars:
+        if not isinstance(result, Mapping):
+            raise HandlerError(
+                f"fan-out stage {stage.qualname} must return a mapping of {', '.join(stage.fanout_vars)} to contents"
+            )
+        for key, content in result.items():
+            out_values = dict(values)
+            out_values.update(_fanout_values(stage, key))
+            relpath = stage.output.format(out_values)
+            final = output_path(root, relpath)
+            data = encode(content, f"{stage.qualname}[{key}]")
+            temps.append((_write_temp(final, data), final))
+            hashes[relpath] = hash_bytes(data)
+        return Written(temps, hashes)
+    relpath = stage.output.format(values)
+    assert ctx.output_path is not None and ctx.final_path is not None
+    if result is None:
+        if not ctx.output_path.exists():
+            raise HandlerError(
+                f"{stage.qualname} returned None but wrote nothing to ctx.output_path"
+            )
+        temps.append((ctx.output_path, ctx.final_path))
+        hashes[relpath] = hash_path(ctx.output_path)
+        return Written(temps, hashes)
+    if os.path.lexists(ctx.output_path):  # one lstat: written by the handler, or a link
+        Written([(ctx.output_path, ctx.output_path)], {}).discard()  # the returned value wins
+    data = encode(result, stage.qualname)
+    temps.append((_write_temp(ctx.final_path, data), ctx.final_path))
+    hashes[relpath] = hash_bytes(data)  # hashed from memory: no read-back
+    return Written(temps, hashes)
+
+
+def _fanout_values(stage: Stage, key: Any) -> dict[str, str]:
+    names = stage.fanout_vars
+    if isinstance(key, tuple):
+        if len(key) != len(names):
+            raise HandlerError(
+                f"fan-out key {key!r} needs {len(names)} values ({', '.join(names)})"
+            )
+        return {n: str(v) for n, v in zip(names, key, strict=True)}
+    if len(names) == 1:
+        return {names[0]: str(key)}
+    return parse_entity_id(names, str(key))
+
+
+def make_context(stage: Stage, values: dict[str, str], attempt: int, root: Path) -> Context:
+    """The ctx of one run; output_path is a temp path renamed into place on commit."""
+    eid = entity_id(stage.entity_vars, values)
+    final = None if stage.fanout_vars else output_path(root, stage.output.format(values))
+    tmp = temp_path(final) if final is not None else None
+    adapter = logging.LoggerAdapter(
+        logging.getLogger(f"eventrunner.handler.{stage.qualname}"), {"entity": eid}
+    )
+    return Context(
+        stage=stage.name,
+        pipeline=stage.pipeline,
+        entity=dict(values),
+        entity_id=eid,
+        params=dict(stage.params),
+        output_path=tmp,
+        final_path=final,
+        attempt=attempt,
+        data_root=root,
+        log=adapter,
+        timeout=stage.timeout,
+    )
+
+
+def call_sync(func: Callable[..., Any], ctx: Context | None, kwargs: dict[str, Any]) -> Any:
+    """Call a handler (in a worker thread for sync handlers)."""
+    return func(ctx, **kwargs) if ctx is not None else func(**kwargs)
+
+
+def call_by_ref(
+    stage: Stage, ref: Any, files: list[InputFile], values: dict[str, str], attempt: int, root: Path
+) -> Written:
+    """The sync path for a process pool: the worker imports the handler by path itself."""
+    from eventrunner.workspace import loader
+
+    return prepare_and_call(stage, loader.load(ref), files, values, attempt, root)
+
+
+def prepare_and_call(
+    stage: Stage,
+    func: Callable[..., Any],
+    files: list[InputFile],
+    values: dict[str, str],
+    attempt: int,
+    root: Path,
+) -> Written:
+    """Whole sync path, run in a worker thread: read inputs, call, write temps, hash."""
+    ctx = make_context(stage, values, attempt, root)
+    try:
+        kwargs = build_kwargs(stage, func, files, root)
+        result = call_sync(func, ctx if wants_ctx(func) else None, kwargs)
+        return store_result(stage, values, result, ctx, root)
+    except BaseException:
+        if ctx.output_path is not None and ctx.output_path.exists():
+            Written([(ctx.output_path, ctx.output_path)], {}).discard()
+        raise

@@ -1,0 +1,131 @@
+"""Writing and following the stamp of fastpath.py: shared by `run` and `serve`.
+
+A stamp vouches that a full evaluation would find nothing to run as long as every recorded
+stat still holds; writing one is refused whenever that cannot be shown (see fastpath.write).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from eventrunner.state import fastpath
+from eventrunner.state.index import unpack_stat
+
+
+def scan_dirs(ws: Any) -> list[str]:
+    """Every folder a source scan walks (their mtimes change when files come or go)."""
+    root = str(ws.settings.data_root)
+    paths: list[str] = []
+    for key, src in ws.graph.sources.items():
+        depth = (
+            key.count("/")
+            - src.pattern.static_prefix.count("/")
+            - (1 if src.pattern.static_prefix else 0)
+        )
+        paths += fastpath.scan_dirs(root, src.pattern.static_prefix, depth)
+    return paths
+
+
+def dir_snapshot(ws: Any) -> dict[str, tuple[int, int, int]]:
+    """Stats of the scan folders taken before the scan: a file arriving during the run changes
+    one of them, and the stamp then refuses to vouch for a scan that did not see it."""
+    out = {}
+    for d in scan_dirs(ws):
+        try:
+            st = os.stat(d)
+        except OSError:
+            continue
+        out[d] = (st.st_size, st.st_mtime_ns, st.st_ino)
+    return out
+
+
+def write_stamp(
+    ws: Any,
+    index: Any,
+    skipped: int,
+    carried: dict[str, tuple[int, int, int]] | None = None,
+    dirs_before: dict[str, tuple[int, int, int]] | None = None,
+    changed: list[str] | None = None,
+) -> None:
+    """Record what an evaluation depended on (fastpath.py).
+
+    After an incremental run (`carried`: the previous stamp's paths and stats, `changed`: what
+    its look found changed) only the changed, the touched (hashed, written, gone) and the
+    folders are read again; every other path keeps the stats the previous stamp recorded,
+    which a look found still true (O(changes) instead of a stat per file)."""
+    root = str(ws.settings.data_root)
+    defs = fastpath.definition_files(ws.root)
+    defs += sorted({str(ref.path) for ref in ws.handlers.values() if ref.stock})
+    defs.append(str(index.cache_path))  # rewritten by every change of state (invalidate, hold, ...)
+    dirs = list(dirs_before) if dirs_before else scan_dirs(ws)
+    # Cache entries of files gone since (an orphan's input) played no part in the evaluation.
+    paths = dirs + sorted(
+        ({os.path.join(root, rel) for rel in index.files} | set(carried or ())) - set(dirs)
+    )
+    restat: set[str] | None = None  # None: read every path
+    if carried is not None and dirs_before:
+        restat = {*dirs, *(changed or ()), *(os.path.join(root, rel) for rel in index.touched)}
+        restat.update(p for p in paths if p not in carried)
+    retries = [
+        f.next_retry
+        for fs in index.failures.values()
+        for f in fs.values()
+        if not f.dead and f.next_retry
+    ]
+    # Our own outputs are replaced by rename (a new inode): the racy window does not concern them.
+    replaced = [str(index.cache_path), *(os.path.join(root, rel) for rel in index.written)]
+    # What the evaluation hashed; a file whose stats moved since changed mid-run (only the
+    # paths read again need it).
+    prefix = os.path.join(root, "")
+    rels = (
+        index.files
+        if restat is None
+        else [p[len(prefix) :] for p in restat if p.startswith(prefix)]
+    )
+    expected = {
+        prefix + rel: (size, mtime_ns, ino)
+        for rel in rels
+        if (entry := index.files.get(rel)) is not None
+        for size, mtime_ns, ino, _ in (unpack_stat(entry),)
+        if mtime_ns >= 0
+    }
+    expected.update(dirs_before or {})
+    fastpath.write(
+        ws.settings.state_dir,
+        defs,
+        paths,
+        index.source_paths(),
+        {key: index.instances[key].items for key in ws.graph.sources},
+        min(retries, default=float(2**62)),
+        {"skipped": skipped},
+        replaced=replaced,
+        expected=expected,
+        known=carried if restat is not None else None,
+        restat=restat,
+    )
+
+
+def targets_since(engine: Any, index: Any, ws: Any, look: Any) -> list[Any]:
+    """Targets affected by files whose stats changed and by source files added or removed."""
+    root = str(ws.settings.data_root)
+    modified: list[str] = []
+    comings_and_goings = False
+    for path in look.changed:
+        rel = os.path.relpath(path, root)
+        if not rel.startswith("..") and os.path.isfile(path):
+            modified.append(rel)
+        else:
+            comings_and_goings = True  # a folder (files came or went) or a file gone
+    events: list[tuple[str, str]] = []
+    if comings_and_goings:
+        # Only then can the set of source files differ (each folder a scan walks is stamped):
+        # comparing the sets costs O(sources), the rest O(changed).
+        now, sources_then = index.source_paths(), look.sources
+        events += [("deleted", rel) for rel in sources_then - now]
+        events += [("added", rel) for rel in now - sources_then]
+    events += [("modified", rel) for rel in modified]
+    targets: list[Any] = []
+    for kind, rel in events:
+        targets.extend(engine.planner.targets_for_change(kind, rel)[0])
+    return targets

@@ -1,0 +1,1 @@
+"""What the user declared: settings, pipeline files, handler loading and code identity."""

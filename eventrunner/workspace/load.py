@@ -1,0 +1,111 @@
+"""A loaded, validated workspace: settings, stage graph, handler locations and code identities."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eventrunner.core.errors import ConfigError, HandlerError, Problem
+from eventrunner.core.graph import Graph, build_graph
+from eventrunner.state.hashing import combine, hash_json
+from eventrunner.workspace import codeid, loader
+from eventrunner.workspace.settings import Settings, load_pipeline_specs, load_settings
+
+
+@dataclass
+class Workspace:
+    """Everything known about a workspace before looking at data or state."""
+
+    settings: Settings
+    graph: Graph
+    handlers: dict[str, loader.HandlerRef] = field(default_factory=dict)
+    code: dict[str, str] = field(default_factory=dict)  # stage -> code identity (+ version)
+    params: dict[str, str] = field(default_factory=dict)  # stage -> params hash
+
+    @property
+    def root(self) -> Path:
+        """The workspace folder."""
+        return self.settings.workspace
+
+
+def load_workspace(
+    path: Path,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Workspace:
+    """Load and validate; ConfigError lists every problem with file, field and reason."""
+    settings = load_settings(path, overrides, env)
+    specs, problems = load_pipeline_specs(settings.workspace)
+    graph, more = build_graph(specs, settings.runtime.retry)
+    problems += more
+    ws = Workspace(settings, graph)
+    problems += _check_handlers(ws)
+    problems += _check_schedules(graph)
+    problems += _check_webhooks(specs)
+    if problems:
+        raise ConfigError(problems)
+    return ws
+
+
+def _check_handlers(ws: Workspace) -> list[Problem]:
+    problems = []
+    for q, stage in ws.graph.stages.items():
+        field_ = f"stages.{stage.name}.handler"
+        try:
+            ref = loader.resolve(stage.handler, ws.settings.handlers_dir)
+        except HandlerError as exc:
+            problems.append(Problem(stage.file, field_, str(exc)))
+            continue
+        reason = loader.check_signature(ref, [i.name for i in stage.inputs])
+        if reason:
+            problems.append(Problem(stage.file, field_, reason))
+            continue
+        try:
+            identity = codeid.code_identity(ref.path, ref.function, ref.root)
+        except HandlerError as exc:
+            problems.append(Problem(stage.file, field_, str(exc)))
+            continue
+        ws.handlers[q] = ref
+        ws.code[q] = combine(identity, stage.version or "")
+        ws.params[q] = hash_json(stage.params)
+    return problems
+
+
+def _check_schedules(graph: Graph) -> list[Problem]:
+    scheduled = [s for s in graph.stages.values() if s.schedule is not None]
+    if not scheduled:
+        return []
+    from eventrunner.service.schedule import (
+        validate_cron,  # APScheduler costs ~80 ms to import: only when needed
+    )
+
+    problems = []
+    for stage in scheduled:
+        reason = validate_cron(stage.schedule or "")
+        if reason:
+            problems.append(
+                Problem(
+                    stage.file,
+                    f"stages.{stage.name}.schedule",
+                    f"bad cron {stage.schedule!r}: {reason}",
+                )
+            )
+    return problems
+
+
+def _check_webhooks(specs: Mapping[str, Any]) -> list[Problem]:
+    problems = []
+    for file, spec in specs.values():
+        for name, src in spec.sources.items():
+            hook = src.webhook
+            if hook is not None and not hook.secret_env and not hook.allow_unsigned:
+                problems.append(
+                    Problem(
+                        file,
+                        f"sources.{name}.webhook",
+                        "a webhook needs secret_env, or allow_unsigned = true to accept unsigned requests",
+                    )
+                )
+    return problems

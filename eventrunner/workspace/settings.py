@@ -1,0 +1,248 @@
+"""Typed configuration: pipeline files, eventrunner.toml, EVENTRUNNER_* overrides."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from eventrunner.core.durations import parse_duration
+from eventrunner.core.errors import ConfigError, DurationError, Problem
+from eventrunner.workspace.find import STATE_DIR, find_workspace
+
+__all__ = ["STATE_DIR", "find_workspace"]
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+def _duration(value: Any) -> Any:
+    """Parse duration text for pydantic; leave other types for pydantic to reject."""
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        try:
+            return parse_duration(value)
+        except DurationError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RetryPolicy(_Model):
+    """Exponential backoff with full jitter; after max_attempts the state is dead."""
+
+    max_attempts: int = Field(10, ge=1)
+    backoff: Duration = 30.0
+    max_backoff: Duration = 3600.0
+
+
+class WebhookSpec(_Model):
+    """Webhook intake of a source: POST /hooks/{pipeline}/{source}."""
+
+    secret_env: str | None = None
+    allow_unsigned: bool = False
+    max_body: int | None = Field(None, ge=1)
+
+
+class SourceSpec(_Model):
+    """Data that arrives from outside: file drops or webhooks."""
+
+    pattern: str
+    webhook: WebhookSpec | None = None
+
+
+class StageSpec(_Model):
+    """A handler with named input patterns and one output pattern."""
+
+    handler: str
+    inputs: dict[str, str] = Field(default_factory=dict)
+    output: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    timeout: Duration | None = None
+    retry: RetryPolicy | None = None
+    priority: int = 0
+    concurrency: int | None = Field(None, ge=1)
+    schedule: str | None = None
+    version: str | None = None
+
+
+class PipelineSpec(_Model):
+    """One pipeline file."""
+
+    name: str | None = None
+    sources: dict[str, SourceSpec] = Field(default_factory=dict)
+    stages: dict[str, StageSpec] = Field(default_factory=dict)
+
+
+class ServerSettings(_Model):
+    """[server] of eventrunner.toml."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8700, ge=0, le=65535)
+    token_env: str | None = None
+    body_limit: int = Field(1024 * 1024, ge=1)
+    intake_max_pending: int = Field(1000, ge=1)
+    # Benchmarks only: false acknowledges webhooks before they are durable (lost on power failure).
+    intake_fsync: bool = True
+
+
+class RuntimeSettings(_Model):
+    """[runtime] of eventrunner.toml."""
+
+    concurrency: int = Field(default_factory=lambda: max(2, os.cpu_count() or 2), ge=1)
+    executor: Literal["thread", "process"] = "thread"
+    debounce: Duration = 0.05
+    settle: Duration = 0.05
+    retry_sweep_interval: Duration = 30.0
+    reconcile_interval: Duration = 600.0
+    shutdown_grace: Duration = 30.0
+    retry: RetryPolicy = Field(default_factory=lambda: RetryPolicy())
+
+
+class Settings(_Model):
+    """Workspace settings, built once and passed down."""
+
+    workspace: Path
+    data_root: Path
+    server: ServerSettings = Field(default_factory=lambda: ServerSettings())
+    runtime: RuntimeSettings = Field(default_factory=lambda: RuntimeSettings())
+
+    @property
+    def state_dir(self) -> Path:
+        """The metadata folder: manifests, failures, holds, index, lock."""
+        return self.workspace / STATE_DIR
+
+    @property
+    def handlers_dir(self) -> Path:
+        """The workspace's own handler modules."""
+        return self.workspace / "handlers"
+
+
+def problems_from_validation(file: str, exc: ValidationError, prefix: str = "") -> list[Problem]:
+    """Turn pydantic errors into file/field/reason problems."""
+    out = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        out.append(Problem(file, field, msg))
+    return out
+
+
+def _read_table(path: Path) -> dict[str, Any]:
+    """Read a TOML or JSON file into a dict; ConfigError naming the file otherwise."""
+    rel = path.name if path.parent.name != "pipelines" else f"pipelines/{path.name}"
+    try:
+        text = path.read_text(encoding="utf-8")
+        data: Any = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError([Problem(rel, "", f"cannot parse: {exc}")]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([Problem(rel, "", "top level must be a table/object")])
+    return data
+
+
+_ENV_PREFIX = "EVENTRUNNER_"
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """EVENTRUNNER_DATA_ROOT, EVENTRUNNER_SERVER_PORT, EVENTRUNNER_RUNTIME_CONCURRENCY, ..."""
+    out: dict[str, Any] = {}
+    if f"{_ENV_PREFIX}DATA_ROOT" in env:
+        out["data_root"] = env[f"{_ENV_PREFIX}DATA_ROOT"]
+    for section, model in (("server", ServerSettings), ("runtime", RuntimeSettings)):
+        for field in model.model_fields:
+            key = f"{_ENV_PREFIX}{section.upper()}_{field.upper()}"
+            if key in env and field != "retry":
+                out.setdefault(section, {})[field] = env[key]
+    return out
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; `extra` wins."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_settings(
+    workspace: Path,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Settings from eventrunner.toml, then EVENTRUNNER_* variables, then flags (overrides)."""
+    workspace = workspace.resolve()
+    cfg_path = workspace / "eventrunner.toml"
+    raw = _read_table(cfg_path) if cfg_path.is_file() else {}
+    raw = _merge(raw, _env_overrides(os.environ if env is None else env))
+    raw = _merge(raw, overrides or {})
+    data_root = Path(raw.pop("data_root", "."))
+    raw["workspace"] = workspace
+    raw["data_root"] = (workspace / data_root).resolve()
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(problems_from_validation("eventrunner.toml", exc)) from None
+
+
+def pipeline_files(workspace: Path) -> list[Path]:
+    """The pipeline files of a workspace, sorted by name."""
+    folder = workspace / "pipelines"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix in (".toml", ".json") and p.is_file())
+
+
+def load_pipeline_specs(
+    workspace: Path,
+) -> tuple[dict[str, tuple[str, PipelineSpec]], list[Problem]]:
+    """Parse every pipeline file: {name: (relative file, spec)} plus the problems found."""
+    specs: dict[str, tuple[str, PipelineSpec]] = {}
+    problems: list[Problem] = []
+    for path in pipeline_files(workspace):
+        rel = f"pipelines/{path.name}"
+        try:
+            raw = _read_table(path)
+            spec = PipelineSpec.model_validate(raw)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        except ValidationError as exc:
+            problems.extend(problems_from_validation(rel, exc))
+            continue
+        name = spec.name or path.stem
+        if not NAME_RE.match(name):
+            problems.append(
+                Problem(rel, "name", f"pipeline name {name!r} must be letters, digits, '-' or '_'")
+            )
+            continue
+        if name in specs:
+            problems.append(
+                Problem(rel, "name", f"pipeline {name!r} is also defined in {specs[name][0]}")
+            )
+            continue
+        for kind, table in (("stages", spec.stages), ("sources", spec.sources)):
+            for key in table:
+                if not NAME_RE.match(key):
+                    problems.append(
+                        Problem(rel, f"{kind}.{key}", "name must be letters, digits, '-' or '_'")
+                    )
+        specs[name] = (rel, spec)
+    if not pipeline_files(workspace):
+        problems.append(Problem("pipelines/", "", "no pipeline files (*.toml or *.json)"))
+    return specs, problems
