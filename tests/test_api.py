@@ -31,7 +31,8 @@ from standardwebhooks.webhooks import Webhook
 from eventrunner.cli.serve import check_bind
 from eventrunner.core.errors import UsageError
 from eventrunner.run import management as ops
-from eventrunner.server.app import STATES, create_app
+from eventrunner.server.app import create_app
+from eventrunner.server.keys import STATES
 from eventrunner.server.states import StateTable
 from eventrunner.service.runtime import Runtime
 from eventrunner.workspace.load import load_workspace

@@ -17,8 +17,8 @@ from eventrunner.core.patterns import (
     parse_entity_id,
     parse_pattern,
     resolve_inside,
-    scan,
 )
+from eventrunner.state.scan import scan
 
 DATE = r"logs/{date:\d{4}-\d{2}-\d{2}}.md"
 

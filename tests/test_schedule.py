@@ -9,7 +9,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from eventrunner.service.schedule import Scheduler, validate_cron
+from eventrunner.service.schedule import Scheduler
+from eventrunner.workspace.cron import validate_cron
 
 DEADLINE = 5.0
 

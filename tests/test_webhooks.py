@@ -32,7 +32,7 @@ from yarl import URL
 
 from eventrunner.core.errors import ConfigError
 from eventrunner.server.app import create_app
-from eventrunner.server.hooks import SPOOL
+from eventrunner.server.keys import SPOOL
 from eventrunner.service.runtime import Runtime
 from eventrunner.workspace.load import load_workspace
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -67,7 +66,7 @@ class Pattern:
     key: str
     variables: tuple[str, ...]
     constraints: Mapping[str, str] = field(hash=False)
-    _segments: tuple[_Segment, ...] = field(init=False, repr=False, compare=False)
+    segments: tuple[_Segment, ...] = field(init=False, repr=False, compare=False)
     _checks: Mapping[str, re.Pattern[str]] = field(init=False, repr=False, compare=False)
     # (before, variable, after) when the variable occurs once: join is then one concatenation.
     _affix: tuple[str, str, str] | None = field(init=False, repr=False, compare=False)
@@ -80,7 +79,7 @@ class Pattern:
             raise PatternError(f"pattern {self.text!r}: bad regex {e.pattern!r}: {e}") from None
         object.__setattr__(self, "constraints", MappingProxyType(dict(self.constraints)))
         object.__setattr__(self, "_checks", MappingProxyType(checks))
-        object.__setattr__(self, "_segments", segments)
+        object.__setattr__(self, "segments", segments)
         flat: list[_Part] = []
         for i, seg in enumerate(segments):
             flat.extend(["/"] if i else [])
@@ -138,10 +137,10 @@ class Pattern:
     def match(self, relpath: str) -> dict[str, str] | None:
         """Variable values when relpath ("/"-separated) is a path of this pattern scan would find."""
         names = relpath.split("/")
-        if len(names) != len(self._segments):
+        if len(names) != len(self.segments):
             return None
         values: dict[str, str] = {}
-        for seg, name in zip(self._segments, names, strict=True):
+        for seg, name in zip(self.segments, names, strict=True):
             if (found := seg.bind(name)) is None:
                 return None
             for var, value in found.items():
@@ -162,7 +161,7 @@ class Pattern:
             if problem:
                 raise PatternError(f"{where}: variable {name!r}: {value!r:.60} {problem}")
         names = []
-        for seg in self._segments:
+        for seg in self.segments:
             name = "".join(p if isinstance(p, str) else values[p.name] for p in seg.parts)
             if seg.literal is None and _skipped(name, seg.dotted):
                 raise PatternError(f"{where}: {name!r:.60} is a hidden or temporary name")
@@ -181,14 +180,14 @@ class Pattern:
             return before + values[name] + after
         return "/".join(
             "".join(p if isinstance(p, str) else values[p.name] for p in seg.parts)
-            for seg in self._segments
+            for seg in self.segments
         )
 
     @property
     def static_prefix(self) -> str:
         """Folder path before the first segment with a variable: where a scan starts."""
-        last = len(self._segments) - 1
-        stop = next((i for i, s in enumerate(self._segments) if s.literal is None), last)
+        last = len(self.segments) - 1
+        stop = next((i for i, s in enumerate(self.segments) if s.literal is None), last)
         return "/".join(self.key.split("/")[:stop])
 
     @property
@@ -284,52 +283,6 @@ def parse_entity_id(variables: Sequence[str], text: str) -> dict[str, str]:
     if missing := [name for name in names if name not in found]:
         raise PatternError(f"{where}: missing {missing}")
     return {name: found[name] for name in names}
-
-
-def scan(pattern: Pattern, root: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    """Yield (relpath, values) for every path under root that pattern matches, sorted by relpath."""
-    root_real, prefix, segments = os.path.realpath(root), pattern.static_prefix, pattern._segments
-    variables = pattern.variables
-    found: list[tuple[str, tuple[str, ...]]] = []  # values as tuples: 100,000s may be held
-    # An explicit stack, not a recursive closure: a closure that calls itself is a reference
-    # cycle, which kept `found` (every match) alive until the cyclic collector ran.
-    stack: list[tuple[int, str, str, dict[str, str]]] = []
-    start = os.path.join(root_real, prefix) if prefix else root_real
-    if not prefix:
-        stack.append((0, start, "", {}))
-    elif _inside(start, root_real):
-        stack.append((prefix.count("/") + 1, start, prefix + "/", {}))
-    while stack:
-        index, folder, rel, values = stack.pop()
-        last = index == len(segments) - 1
-        try:
-            # Streamed, not listed: a folder of 100,000 files would otherwise hold as many
-            # DirEntry objects at once (transient memory that fragments the heap).
-            it = os.scandir(folder)
-        except OSError:
-            continue
-        with it:
-            for entry in it:
-                if (bound := segments[index].bind(entry.name)) is None:
-                    continue
-                if values:
-                    if any(values.get(var, value) != value for var, value in bound.items()):
-                        continue
-                    bound = {**values, **bound}
-                try:  # d_type answers these without a stat call, except for symlinks
-                    if not ((entry.is_file() or entry.is_dir()) if last else entry.is_dir()):
-                        continue
-                    if entry.is_symlink() and not _inside(entry.path, root_real):
-                        continue
-                except OSError:
-                    continue
-                if last:
-                    found.append((rel + entry.name, tuple(bound[v] for v in variables)))
-                else:  # only folders whose name matches are entered: the pruning
-                    stack.append((index + 1, entry.path, f"{rel}{entry.name}/", bound))
-    found.sort(key=itemgetter(0))
-    for relpath, vals in found:
-        yield relpath, dict(zip(variables, vals, strict=True))
 
 
 def resolve_inside(root: Path, relpath: str) -> Path:

@@ -25,14 +25,13 @@ from eventrunner.core.staleness import STATES as STATE_NAMES
 from eventrunner.run import management as ops
 from eventrunner.run.evaluate import Evaluator
 from eventrunner.server import models
+from eventrunner.server.keys import RUNTIME, STATES
 from eventrunner.server.states import StateTable
 from eventrunner.service import steering
 
 if TYPE_CHECKING:
     from eventrunner.service.runtime import Runtime
 
-RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
-STATES: web.AppKey[StateTable] = web.AppKey("states")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Status by error class, walked along the class hierarchy (most specific first).

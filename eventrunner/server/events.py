@@ -9,14 +9,14 @@ from typing import Any
 
 from aiohttp import web
 
+from eventrunner.server.keys import RUNTIME
+
 HEARTBEAT_S = 15.0
 QUEUE_MAX = 1000
 
 
 async def events_stream(request: web.Request) -> web.StreamResponse:
     """Stream every runtime event as `event: KIND` / `data: JSON` until the client or server goes."""
-    from eventrunner.server.app import RUNTIME
-
     rt = request.app[RUNTIME]
     kinds = set(filter(None, request.query.get("kinds", "").split(",")))
     queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(QUEUE_MAX)

@@ -19,6 +19,7 @@ from aiohttp import web
 from eventrunner.core.errors import PatternError, SignatureError, StorageError, UnknownName
 from eventrunner.core.graph import Source
 from eventrunner.core.patterns import entity_id
+from eventrunner.server.keys import METRICS, RUNTIME, SPOOL
 from eventrunner.server.signatures import verify_request
 from eventrunner.server.spool import Spool, SpoolRecord
 from eventrunner.service.watch import FileChange
@@ -26,8 +27,6 @@ from eventrunner.state.hashing import hash_bytes
 
 if TYPE_CHECKING:
     from eventrunner.service.runtime import Runtime
-
-SPOOL: web.AppKey[Spool] = web.AppKey("spool")
 
 
 def _find_source(rt: Runtime, pipeline: str, name: str) -> Source:
@@ -109,9 +108,6 @@ CONTAINMENT: web.AppKey[_Containment] = web.AppKey("containment")
 
 async def hook(request: web.Request) -> web.Response:
     """Webhook intake; counts every answer by status in /metrics."""
-    from eventrunner.server.app import RUNTIME
-    from eventrunner.server.metrics import METRICS
-
     rt = request.app[RUNTIME]
     pipeline, source = request.match_info["pipeline"], request.match_info["source"]
     status = 500

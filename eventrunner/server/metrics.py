@@ -16,13 +16,11 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
-from eventrunner.server.app import RUNTIME, STATES
+from eventrunner.server.keys import METRICS, RUNTIME, SPOOL, STATES
 from eventrunner.server.states import StateTable
 
 if TYPE_CHECKING:
     from eventrunner.service.runtime import Runtime
-
-METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 
 
 class _StateCollector(Collector):
@@ -65,8 +63,6 @@ class _SpoolCollector(Collector):
         self.fsync = fsync
 
     def collect(self) -> Iterator[SummaryMetricFamily | CounterMetricFamily]:
-        from eventrunner.server.hooks import SPOOL
-
         spool = self.app.get(SPOOL)
         stats = spool.stats if spool is not None else {}
         batches = int(stats.get("batches", 0)) if self.fsync else 0

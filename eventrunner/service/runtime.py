@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from eventrunner.core.errors import ConfigError
-from eventrunner.core.patterns import scan
 from eventrunner.core.patterns import trusted_entity_id as entity_id
 from eventrunner.run.engine import Engine
 from eventrunner.run.planner import Target
@@ -26,6 +25,7 @@ from eventrunner.service.watch import FileChange, Rescan, watch_changes
 from eventrunner.state import fastpath
 from eventrunner.state import stamp as stamping
 from eventrunner.state.index import Index
+from eventrunner.state.scan import scan
 from eventrunner.state.store import Store
 from eventrunner.workspace import loader
 from eventrunner.workspace.load import Workspace, load_workspace

@@ -19,15 +19,6 @@ JobFunc = Callable[[], Awaitable[None]]
 _CLOSE_GRACE = 5.0  # seconds close() waits for cancelled jobs to unwind
 
 
-def validate_cron(text: str) -> str | None:
-    """None if `text` is a valid 5-field crontab expression, else the reason it is not."""
-    try:
-        CronTrigger.from_crontab(text, timezone="UTC")
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
 @dataclass
 class _Job:
     job_id: str

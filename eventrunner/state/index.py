@@ -18,9 +18,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eventrunner.core.patterns import Pattern, parse_entity_id, scan
+from eventrunner.core.patterns import Pattern, parse_entity_id
 from eventrunner.core.patterns import trusted_entity_id as entity_id
 from eventrunner.state.hashing import hash_path
+from eventrunner.state.scan import scan
 from eventrunner.state.store import Control, Failure, Manifest, Store, atomic_write
 
 if TYPE_CHECKING:

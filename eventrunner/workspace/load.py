@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from eventrunner.core.errors import ConfigError, HandlerError, Problem
-from eventrunner.core.graph import Graph, build_graph
+from eventrunner.core.graph import Graph
 from eventrunner.state.hashing import combine, hash_json
 from eventrunner.workspace import codeid, loader
 from eventrunner.workspace.settings import Settings, load_pipeline_specs, load_settings
+from eventrunner.workspace.stages import build_graph
 
 
 @dataclass
@@ -77,9 +78,7 @@ def _check_schedules(graph: Graph) -> list[Problem]:
     scheduled = [s for s in graph.stages.values() if s.schedule is not None]
     if not scheduled:
         return []
-    from eventrunner.service.schedule import (
-        validate_cron,  # APScheduler costs ~80 ms to import: only when needed
-    )
+    from eventrunner.workspace.cron import validate_cron
 
     problems = []
     for stage in scheduled:

@@ -1,0 +1,62 @@
+"""Scans of the data root: every path a pattern matches, found by walking only matching folders."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from operator import itemgetter
+from pathlib import Path
+
+from eventrunner.core.patterns import Pattern
+
+
+def inside(path: str, root_real: str) -> bool:
+    """True when path, symlinks resolved, is root_real or below it."""
+    real = os.path.realpath(path)
+    return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+def scan(pattern: Pattern, root: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """Yield (relpath, values) for every path under root that pattern matches, sorted by relpath."""
+    root_real, prefix, segments = os.path.realpath(root), pattern.static_prefix, pattern.segments
+    variables = pattern.variables
+    found: list[tuple[str, tuple[str, ...]]] = []  # values as tuples: 100,000s may be held
+    # An explicit stack, not a recursive closure: a closure that calls itself is a reference
+    # cycle, which kept `found` (every match) alive until the cyclic collector ran.
+    stack: list[tuple[int, str, str, dict[str, str]]] = []
+    start = os.path.join(root_real, prefix) if prefix else root_real
+    if not prefix:
+        stack.append((0, start, "", {}))
+    elif inside(start, root_real):
+        stack.append((prefix.count("/") + 1, start, prefix + "/", {}))
+    while stack:
+        index, folder, rel, values = stack.pop()
+        last = index == len(segments) - 1
+        try:
+            # Streamed, not listed: a folder of 100,000 files would otherwise hold as many
+            # DirEntry objects at once (transient memory that fragments the heap).
+            it = os.scandir(folder)
+        except OSError:
+            continue
+        with it:
+            for entry in it:
+                if (bound := segments[index].bind(entry.name)) is None:
+                    continue
+                if values:
+                    if any(values.get(var, value) != value for var, value in bound.items()):
+                        continue
+                    bound = {**values, **bound}
+                try:  # d_type answers these without a stat call, except for symlinks
+                    if not ((entry.is_file() or entry.is_dir()) if last else entry.is_dir()):
+                        continue
+                    if entry.is_symlink() and not inside(entry.path, root_real):
+                        continue
+                except OSError:
+                    continue
+                if last:
+                    found.append((rel + entry.name, tuple(bound[v] for v in variables)))
+                else:  # only folders whose name matches are entered: the pruning
+                    stack.append((index + 1, entry.path, f"{rel}{entry.name}/", bound))
+    found.sort(key=itemgetter(0))
+    for relpath, vals in found:
+        yield relpath, dict(zip(variables, vals, strict=True))
