@@ -163,7 +163,7 @@ def _print_json(value: Any) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     from eventrunner.workspace.load import load_workspace
 
-    ws = load_workspace(_workspace_path(args))
+    ws = load_workspace(_workspace_path(args), import_handlers=True)
     if args.json:
         _print_json(
             {"valid": True, "stages": sorted(ws.graph.stages), "sources": sorted(ws.graph.sources)}

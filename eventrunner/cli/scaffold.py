@@ -27,12 +27,12 @@ pattern = "notes/{slug}.md"
 [stages.html]                      # one run per note
 handler = "notes:to_html"
 inputs  = { note = "notes/{slug}.md" }
-output  = "site/{slug}.html"
+output  = "site/notes/{slug}.html"
 params  = { title_prefix = "Note: " }
 
 [stages.index]                     # fan-in over every note
 handler = "notes:index"
-inputs  = { pages = "site/{slug}.html" }
+inputs  = { pages = "site/notes/{slug}.html" }
 output  = "site/index.html"
 """,
     "handlers/notes.py": """\
@@ -49,7 +49,7 @@ def to_html(ctx, note: str) -> str:
 
 def index(pages: dict[str, str]) -> str:
     \"\"\"Link every page; `pages` is keyed by entity id (the slug).\"\"\"
-    items = "".join(f'<li><a href="{s}.html">{s}</a></li>' for s in sorted(pages))
+    items = "".join(f'<li><a href="notes/{s}.html">{s}</a></li>' for s in sorted(pages))
     return f"<ul>{items}</ul>\\n"
 """,
     "notes/hello.md": "Hello from eventrunner.\n",

@@ -143,8 +143,15 @@ class Evaluator:
         )
 
     def attempt_key(self, qualname: str, inputs: dict[str, dict[str, str]]) -> str:
-        """Identity of an attempt: a failure only counts against the same code, params and inputs."""
+        """Identity of an attempt: a failure only counts against the same code, params and inputs.
+
+        The handler's whole module file counts too: a failure in its top-level code (an import,
+        a constant) is not part of the code identity, yet fixing it must start afresh.
+        """
         flat = sorted((n, p, h) for n, files in inputs.items() for p, h in files.items())
         return combine(
-            self.ws.code[qualname], self.ws.params[qualname], *("\0".join(t) for t in flat)
+            self.ws.code[qualname],
+            self.ws.params[qualname],
+            self.ws.modules.get(qualname, ""),
+            *("\0".join(t) for t in flat),
         )

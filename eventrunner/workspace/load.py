@@ -24,6 +24,7 @@ class Workspace:
     handlers: dict[str, loader.HandlerRef] = field(default_factory=dict)
     code: dict[str, str] = field(default_factory=dict)  # stage -> code identity (+ version)
     params: dict[str, str] = field(default_factory=dict)  # stage -> params hash
+    modules: dict[str, str] = field(default_factory=dict)  # stage -> hash of its module file
 
     @property
     def root(self) -> Path:
@@ -35,22 +36,28 @@ def load_workspace(
     path: Path,
     overrides: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
+    *,
+    import_handlers: bool = False,
 ) -> Workspace:
-    """Load and validate; ConfigError lists every problem with file, field and reason."""
+    """Load and validate; ConfigError lists every problem with file, field and reason.
+
+    With `import_handlers` (the `validate` command) each handler module is also imported, so an
+    import-time error is reported with file and line instead of failing every run.
+    """
     settings = load_settings(path, overrides, env)
     specs, problems = load_pipeline_specs(settings.workspace)
     graph, more = build_graph(specs, settings.runtime.retry)
     problems += more
     ws = Workspace(settings, graph)
-    problems += _check_handlers(ws)
+    problems += _check_handlers(ws, import_handlers)
     problems += _check_schedules(graph)
     problems += _check_webhooks(specs)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(sorted(problems, key=lambda p: p.file))
     return ws
 
 
-def _check_handlers(ws: Workspace) -> list[Problem]:
+def _check_handlers(ws: Workspace, import_handlers: bool) -> list[Problem]:
     problems = []
     for q, stage in ws.graph.stages.items():
         field_ = f"stages.{stage.name}.handler"
@@ -68,7 +75,11 @@ def _check_handlers(ws: Workspace) -> list[Problem]:
         except HandlerError as exc:
             problems.append(Problem(stage.file, field_, str(exc)))
             continue
+        if import_handlers and (reason := loader.import_problem(ref)):
+            problems.append(Problem(stage.file, field_, reason))
+            continue
         ws.handlers[q] = ref
+        ws.modules[q] = ref.source_hash()
         ws.code[q] = combine(identity, stage.version or "")
         ws.params[q] = hash_json(stage.params)
     return problems

@@ -7,6 +7,7 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import sys
+import traceback
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,18 @@ class HandlerRef:
     path: Path
     root: Path
     stock: bool
+
+    @property
+    def display(self) -> str:
+        """The module's path as a user reads it: `handlers/blog.py` (relative to the workspace)."""
+        try:  # the workspace's handlers/ folder, or the stock package's folder
+            return self.path.relative_to(self.root.parent).as_posix()
+        except ValueError:
+            return str(self.path)
+
+    def source_hash(self) -> str:
+        """Hash of the module file as it is on disk: a changed module starts failures afresh."""
+        return xxhash.xxh3_128_hexdigest(self.path.read_bytes())
 
 
 def stock_root() -> Path:
@@ -65,7 +78,7 @@ def check_signature(ref: HandlerRef, input_names: list[str]) -> str | None:
     try:
         tree = ast.parse(ref.path.read_bytes(), filename=str(ref.path))
     except SyntaxError as exc:
-        return f"{ref.path.name}:{exc.lineno}: syntax error: {exc.msg}"
+        return f"{ref.display}:{exc.lineno}: syntax error: {exc.msg}"
     func = next(
         (
             n
@@ -173,6 +186,24 @@ def load(ref: HandlerRef) -> Callable[..., Any]:
             f"handler {ref.spec!r}: {ref.path.name} has no function {ref.function!r}"
         )
     return func  # type: ignore[no-any-return]
+
+
+def import_problem(ref: HandlerRef) -> str | None:
+    """Import the handler's module as `run` will; the failure with file and line, or None."""
+    try:
+        load(ref)
+    except HandlerError as exc:
+        cause = exc.__cause__
+        line = getattr(cause, "lineno", None) if isinstance(cause, SyntaxError) else None
+        if cause is not None and line is None:
+            frames = [
+                f for f in traceback.extract_tb(cause.__traceback__) if f.filename == str(ref.path)
+            ]
+            line = frames[-1].lineno if frames else None
+        where = f"{ref.display}:{line}" if line else ref.display
+        reason = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
+        return f"{where}: cannot import: {reason}"
+    return None
 
 
 def _stamp(path: Path) -> tuple[int, int]:

@@ -208,6 +208,34 @@ def pipeline_files(workspace: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix in (".toml", ".json") and p.is_file())
 
 
+def _validate_pipeline(rel: str, raw: dict[str, Any]) -> tuple[PipelineSpec | None, list[Problem]]:
+    """Validate each source and stage on its own, so one bad stage hides no other problem.
+
+    A stage with schema errors is left out of the spec; the rest are still checked further
+    (patterns, handlers, cycles), so `validate` reports everything in one pass.
+    """
+    problems: list[Problem] = []
+    tables: dict[str, dict[str, BaseModel]] = {}
+    for kind, model in (("sources", SourceSpec), ("stages", StageSpec)):
+        table = raw.get(kind, {})
+        if not isinstance(table, dict):
+            problems.append(Problem(rel, kind, "must be a table"))
+            table = {}
+        good: dict[str, BaseModel] = {}
+        for key, value in table.items():
+            try:
+                good[key] = model.model_validate(value)
+            except ValidationError as exc:
+                problems.extend(problems_from_validation(rel, exc, f"{kind}.{key}"))
+        tables[kind] = good
+    try:
+        spec = PipelineSpec.model_validate({**raw, **tables})
+    except ValidationError as exc:
+        problems.extend(problems_from_validation(rel, exc))
+        return None, problems
+    return spec, problems
+
+
 def load_pipeline_specs(
     workspace: Path,
 ) -> tuple[dict[str, tuple[str, PipelineSpec]], list[Problem]]:
@@ -218,12 +246,12 @@ def load_pipeline_specs(
         rel = f"pipelines/{path.name}"
         try:
             raw = _read_table(path)
-            spec = PipelineSpec.model_validate(raw)
         except ConfigError as exc:
             problems.extend(exc.problems)
             continue
-        except ValidationError as exc:
-            problems.extend(problems_from_validation(rel, exc))
+        spec, found = _validate_pipeline(rel, raw)
+        problems.extend(found)
+        if spec is None:
             continue
         name = spec.name or path.stem
         if not NAME_RE.match(name):

@@ -9,6 +9,7 @@ from typing import Any
 from eventrunner.core.errors import PatternError, Problem
 from eventrunner.core.graph import Graph, Input, Source, Stage
 from eventrunner.core.patterns import Pattern, parse_pattern
+from eventrunner.workspace.overlap import shared_path
 from eventrunner.workspace.settings import PipelineSpec, RetryPolicy
 
 
@@ -120,6 +121,7 @@ def build_graph(
             consumers.setdefault(inp.pattern.key, []).append((qual, inp.name))
             if inp.pattern.key not in producer and inp.pattern.key not in sources:
                 sources[inp.pattern.key] = Source(stage.pipeline, "", inp.pattern)
+    problems += _overlaps(stages, sources)
     order, depth = _topo(stages, producer, problems)
     stages = {q: _with_depth(s, depth.get(q, 0)) for q, s in stages.items()}
     pipelines: dict[str, list[str]] = {p: [] for p in specs}
@@ -127,6 +129,34 @@ def build_graph(
         pipelines[stages[q].pipeline].append(q)
     graph = Graph(stages, sources, merged, producer, consumers, order or list(stages), pipelines)
     return graph, problems
+
+
+def _overlaps(stages: dict[str, Stage], sources: dict[str, Source]) -> list[Problem]:
+    """Output patterns that can name the same path as another output or a source pattern."""
+    problems = []
+    outs = sorted(stages.values(), key=lambda st: (st.file, st.name))
+    for i, st in enumerate(outs):
+        others: list[tuple[str, Pattern]] = [
+            (f"stage {o.qualname}'s output {o.output.key!r} ({o.file})", o.output)
+            for o in outs[i + 1 :]
+        ]
+        others += [
+            (f"the source pattern {key!r}", src.pattern)
+            for key, src in sources.items()
+            if key != st.output.key
+        ]
+        for what, pat in others:
+            path = shared_path(st.output, pat)
+            if path is not None:
+                problems.append(
+                    Problem(
+                        st.file,
+                        f"stages.{st.name}.output",
+                        f"output {st.output.key!r} can name the same path as {what}, e.g. {path}; "
+                        "constrain a variable (e.g. {slug:(?!index$)[^/]+}) or use another folder",
+                    )
+                )
+    return problems
 
 
 def _with_depth(stage: Stage, depth: int) -> Stage:
