@@ -34,6 +34,7 @@ from eventrunner.run.invoke import (
     wants_ctx,
 )
 from eventrunner.run.planner import Planner, Target
+from eventrunner.run.settle import Settling
 from eventrunner.state.index import Index
 from eventrunner.state.store import Manifest, Store
 from eventrunner.workspace import loader
@@ -76,6 +77,7 @@ class Engine:
         self.listeners: list[Listener] = [listener] if listener else []
         self.evaluator = Evaluator(index)
         self.planner = Planner(index)
+        self.settling = Settling(index.ws.graph)
         self.outcome = Outcome()
         self.retry_in_run = retry_in_run  # serve: failures come back through the sweep instead
         self._heap: list[tuple[int, int, int, str, str]] = []
@@ -146,6 +148,8 @@ class Engine:
                 continue
             if (q, eid) in self._queued or (not self.retry_in_run and (q, eid) in self._failed_now):
                 continue
+            if self.settling.hold(q, eid, values):
+                continue  # an aggregate: checked once its members settle
             verdict = self.evaluator.verdict(q, eid, values)
             if verdict.state == "stale":
                 self._push(q, eid, values)
@@ -181,6 +185,7 @@ class Engine:
         stage = self.ws.graph.stages[q]
         heapq.heappush(self._heap, (-stage.priority, stage.depth, next(self._seq), q, eid))
         self._queued[(q, eid)] = values
+        self.settling.started(q)
         self.emit("queued", stage=q, entity=eid)
         self._wake.set()
 
@@ -217,6 +222,7 @@ class Engine:
             and not self._tasks
             and not self._commits
             and not any(self._deferred.values())
+            and not self.settling.waiting
         )
 
     async def _dispatch_loop(self) -> None:
@@ -224,6 +230,8 @@ class Engine:
             await self._wake.wait()
             self._wake.clear()
             if self._accepting:
+                if self.settling.waiting and not (self._heap or self._tasks or self._commits):
+                    self.consider(self.settling.release_all())  # safety net: nothing in flight
                 self._dispatch()
             if self._is_idle() or (not self._accepting and not self._tasks and not self._commits):
                 self._idle.set()
@@ -238,7 +246,12 @@ class Engine:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
-        self.stopped_clean = not pending and not self._heap and not any(self._deferred.values())
+        self.stopped_clean = (
+            not pending
+            and not self._heap
+            and not any(self._deferred.values())
+            and not self.settling.waiting
+        )
         if self._commits:
             await asyncio.wait(set(self._commits))
         if self._dispatcher is not None:
@@ -384,9 +397,23 @@ class Engine:
         finally:
             if not committing:
                 self.index.running.discard((q, eid))
+                self._settled(q)
             self._release(q)
 
+    def _settled(self, q: str) -> None:
+        """A state of q is out of flight: consider the aggregates that were waiting on it."""
+        if released := self.settling.done(q):
+            self.consider(released)
+
     async def _commit_success(
+        self, q: str, eid: str, manifest: Manifest, written: Written, had_failure: bool
+    ) -> None:
+        try:
+            await self._commit_and_follow(q, eid, manifest, written, had_failure)
+        finally:
+            self._settled(q)
+
+    async def _commit_and_follow(
         self, q: str, eid: str, manifest: Manifest, written: Written, had_failure: bool
     ) -> None:
         try:
