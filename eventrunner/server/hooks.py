@@ -21,7 +21,7 @@ from ..graph import Source
 from ..hashing import hash_bytes
 from ..patterns import entity_id
 from ..watch import FileChange
-from .signatures import verify_request
+from .signatures import Verified, check_request
 from .spool import Spool, SpoolRecord
 
 if TYPE_CHECKING:
@@ -49,6 +49,23 @@ def _secrets(env_name: str) -> list[str]:
     if len(parts) > 1 and all(p.startswith("whsec_") for p in parts):
         return parts
     return [value] if value else []
+
+
+# Ids of these schemes stay bare, as before per-source keys: the spool's dedup records from
+# earlier versions keep matching. Every newer scheme's ids are scoped to their source.
+_BARE_IDS = frozenset({"standard", "github"})
+
+
+def _dedup_key(verified: Verified, pipeline: str, source: str) -> str | None:
+    """The spool's de-duplication key for a verified delivery (None: no id, no de-duplication).
+
+    A sender delivers one event to each endpoint under the same id (Stripe's event id,
+    GitLab's Idempotency-Key), so a key is the source's as well as the sender's: the same
+    event sent to two sources is stored by both.
+    """
+    if verified.message_id is None or verified.scheme in _BARE_IDS:
+        return verified.message_id
+    return f"{pipeline}/{source}:{verified.scheme}:{verified.message_id}"
 
 
 async def _read_limited(request: web.Request, limit: int) -> bytes:
@@ -149,7 +166,11 @@ async def _intake(request: web.Request, rt: Runtime, pipeline: str, source: str)
             raise StorageError(
                 f"webhook secret {spec.secret_env} is not set in the server's environment"
             )
-        message_id = verify_request(secrets, request.headers, body)
+        verified = check_request(secrets, request.headers, body, accepted=spec.schemes)
+        if verified.challenge is not None:
+            # A signed handshake (Slack's URL verification): answered, never stored.
+            return web.json_response({"challenge": verified.challenge}, status=200)
+        message_id = _dedup_key(verified, pipeline, source)
     else:
         message_id = request.headers.get("webhook-id") or request.headers.get("X-GitHub-Delivery")
     pattern = src.pattern

@@ -1,0 +1,187 @@
+"""Webhook senders over HTTP, each signed by that sender's own library (the oracle, not our code).
+
+Every test drives `create_app(runtime)` through aiohttp's test client on a real workspace in
+tmp_path. A refusal must store nothing: the data folder and the spool's journal are compared
+before and after, and the spool's committed count must not move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import textwrap
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from standardwebhooks.webhooks import Webhook
+
+from eventrunner.runtime import Runtime
+from eventrunner.server.app import create_app
+from eventrunner.server.hooks import SPOOL
+from eventrunner.workspace import load_workspace
+
+AiohttpClient = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
+
+STANDARD_SECRET = "whsec_" + base64.b64encode(b"standard key for sender tests 32").decode()
+GITHUB_SECRET = "It's a Secret to Everybody"
+GITHUB_SIGNATURE = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+
+# Environment variable -> secret; every source below names one of these.
+SECRETS = {
+    "ER_TEST_STANDARD_SECRET": STANDARD_SECRET,
+    "ER_TEST_GITHUB_SECRET": GITHUB_SECRET,
+}
+
+# Source name -> its webhook table; each source stores deliveries at "<name>/{item}".
+SOURCES = {
+    "standard": '{ secret_env = "ER_TEST_STANDARD_SECRET", schemes = ["standard"] }',
+    "github": '{ secret_env = "ER_TEST_GITHUB_SECRET", schemes = ["github"] }',
+    "any": '{ secret_env = "ER_TEST_GITHUB_SECRET" }',
+}
+
+
+def pipeline_text() -> str:
+    tables = [
+        f'[sources.{name}]\npattern = "{name}/{{item}}"\nwebhook = {webhook}\n'
+        for name, webhook in SOURCES.items()
+    ]
+    return 'name = "senders"\n\n' + "\n".join(tables)
+
+
+def standard_headers(body: bytes, secret: str = STANDARD_SECRET) -> dict[str, str]:
+    """Standard Webhooks headers made by the reference package."""
+    msg_id = f"msg_{uuid.uuid4().hex}"
+    stamp = datetime.fromtimestamp(int(time.time()), tz=UTC)
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(stamp.timestamp())),
+        "webhook-signature": Webhook(secret).sign(msg_id, stamp, body.decode()),
+    }
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll a condition until it holds; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met before the deadline"
+        await asyncio.sleep(0.01)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What the intake has kept: every file under the data root, the journal, commits."""
+
+    files: dict[str, bytes]
+    journal_bytes: int
+    committed: float
+
+
+@dataclass
+class Server:
+    """An in-process app on a runtime, with its workspace."""
+
+    ws: Path
+    client: TestClient[Any, Any]
+
+    @property
+    def data(self) -> Path:
+        return self.ws / "data"
+
+    async def post(
+        self, source: str, body: bytes, headers: Mapping[str, str] | None = None, item: str = "x"
+    ) -> aiohttp.ClientResponse:
+        return await self.client.post(
+            f"/hooks/senders/{source}", data=body, headers=headers, params={"item": item}
+        )
+
+    def stored(self) -> Stored:
+        files = {
+            str(p.relative_to(self.data)): p.read_bytes()
+            for p in self.data.rglob("*")
+            if p.is_file()
+        }
+        journals = (self.ws / ".eventrunner" / "spool").glob("journal-*.log")
+        return Stored(
+            files,
+            sum(p.stat().st_size for p in journals),
+            self.client.app[SPOOL].stats["committed"],
+        )
+
+    async def delivered(self, source: str, item: str, body: bytes) -> None:
+        """Wait until an acknowledged delivery is at its path with its body."""
+        path = self.data / source / item
+        await eventually(lambda: path.is_file() and path.read_bytes() == body)
+
+    async def refused(
+        self, source: str, body: bytes, headers: Mapping[str, str], *, item: str = "refused"
+    ) -> str:
+        """Post, expect 401 in the error shape and nothing stored; return the message."""
+        before = self.stored()
+        resp = await self.post(source, body, headers, item)
+        assert resp.status == 401, await resp.text()
+        error = (await resp.json())["error"]
+        assert error["code"] == "unauthorized" and error["message"]
+        assert self.stored() == before
+        message: str = error["message"]
+        return message
+
+
+@pytest.fixture
+async def server(
+    tmp_path: Path, aiohttp_client: AiohttpClient, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Server]:
+    for env, secret in SECRETS.items():
+        monkeypatch.setenv(env, secret)
+    ws = tmp_path / "ws"
+    (ws / "pipelines").mkdir(parents=True)
+    (ws / "pipelines" / "senders.toml").write_text(pipeline_text())
+    (ws / "eventrunner.toml").write_text(textwrap.dedent('data_root = "data"\n'))
+    (ws / "data").mkdir()
+    async with Runtime(load_workspace(ws), watch=False) as rt:
+        await rt.start()
+        client = await aiohttp_client(create_app(rt))
+        try:
+            yield Server(ws, client)
+        finally:
+            await client.close()  # the spool drains before the runtime stops
+
+
+# -- choosing the scheme -----------------------------------------------------------------------
+
+
+async def test_headers_of_a_scheme_the_source_does_not_accept_are_refused(
+    server: Server,
+) -> None:
+    # Given a source that accepts only GitHub, When Standard Webhooks headers arrive
+    body = b'{"n": 1}'
+    message = await server.refused("github", body, standard_headers(body))
+    # Then the answer says which scheme was refused and which one is accepted
+    assert "standard" in message and "accepts github" in message
+    # And the source's own scheme is still taken
+    resp = await server.post("github", b"Hello, World!", {"X-Hub-Signature-256": GITHUB_SIGNATURE})
+    assert resp.status == 202, await resp.text()
+    await server.delivered("github", "x", b"Hello, World!")
+
+
+async def test_a_source_without_schemes_takes_any_scheme_whose_headers_are_present(
+    server: Server,
+) -> None:
+    resp = await server.post("any", b"Hello, World!", {"X-Hub-Signature-256": GITHUB_SIGNATURE})
+    assert resp.status == 202, await resp.text()
+    await server.delivered("any", "x", b"Hello, World!")
+
+
+async def test_headers_of_two_schemes_in_one_request_are_refused(server: Server) -> None:
+    body = b"Hello, World!"
+    headers = {**standard_headers(body), "X-Hub-Signature-256": GITHUB_SIGNATURE}
+    message = await server.refused("any", body, headers)
+    assert "several signature schemes" in message
