@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import textwrap
 import time
 import uuid
@@ -20,6 +21,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import stripe
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from standardwebhooks.webhooks import Webhook
@@ -35,10 +37,14 @@ STANDARD_SECRET = "whsec_" + base64.b64encode(b"standard key for sender tests 32
 GITHUB_SECRET = "It's a Secret to Everybody"
 GITHUB_SIGNATURE = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
 
+STRIPE_SECRET = "whsec_test_s3nderSecretForTheStripeSource"
+STRIPE_OLD_SECRET = "whsec_test_theStripeSecretBeingRolledAway"
+
 # Environment variable -> secret; every source below names one of these.
 SECRETS = {
     "ER_TEST_STANDARD_SECRET": STANDARD_SECRET,
     "ER_TEST_GITHUB_SECRET": GITHUB_SECRET,
+    "ER_TEST_STRIPE_SECRET": STRIPE_SECRET,
 }
 
 # Source name -> its webhook table; each source stores deliveries at "<name>/{item}".
@@ -46,6 +52,7 @@ SOURCES = {
     "standard": '{ secret_env = "ER_TEST_STANDARD_SECRET", schemes = ["standard"] }',
     "github": '{ secret_env = "ER_TEST_GITHUB_SECRET", schemes = ["github"] }',
     "any": '{ secret_env = "ER_TEST_GITHUB_SECRET" }',
+    "stripe": '{ secret_env = "ER_TEST_STRIPE_SECRET", schemes = ["stripe"] }',
 }
 
 
@@ -66,6 +73,48 @@ def standard_headers(body: bytes, secret: str = STANDARD_SECRET) -> dict[str, st
         "webhook-timestamp": str(int(stamp.timestamp())),
         "webhook-signature": Webhook(secret).sign(msg_id, stamp, body.decode()),
     }
+
+
+class Sender:
+    """One sender as its own library signs: a body for an event, and the headers for a body.
+
+    `delivery` is the id the sender gives one event, the same on every retry (in the body or
+    in a header, wherever that sender puts it); `timestamp` is None for the sender's "now".
+    """
+
+    name: str  # the scheme, and the source that accepts only it
+    secret: str
+    required: tuple[str, ...]  # headers whose absence is refused
+    timestamped: bool
+
+    def body(self, delivery: str) -> bytes:
+        raise NotImplementedError
+
+    def headers(
+        self, body: bytes, delivery: str, *, secret: str | None = None, timestamp: int | None = None
+    ) -> dict[str, str]:
+        raise NotImplementedError
+
+
+class StripeSender(Sender):
+    """Signed by `stripe.WebhookSignature.generate_signature_header`; the id is the event's."""
+
+    name, secret, required, timestamped = "stripe", STRIPE_SECRET, ("Stripe-Signature",), True
+
+    def body(self, delivery: str) -> bytes:
+        event = {"id": delivery, "object": "event", "type": "invoice.paid", "data": {}}
+        return json.dumps(event).encode()
+
+    def headers(
+        self, body: bytes, delivery: str, *, secret: str | None = None, timestamp: int | None = None
+    ) -> dict[str, str]:
+        header = stripe.WebhookSignature.generate_signature_header(
+            body.decode(), secret or self.secret, timestamp=timestamp or int(time.time())
+        )
+        return {"Stripe-Signature": header, "Content-Type": "application/json"}
+
+
+SENDERS: dict[str, Sender] = {s.name: s for s in (StripeSender(),)}
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -185,3 +234,106 @@ async def test_headers_of_two_schemes_in_one_request_are_refused(server: Server)
     headers = {**standard_headers(body), "X-Hub-Signature-256": GITHUB_SIGNATURE}
     message = await server.refused("any", body, headers)
     assert "several signature schemes" in message
+
+
+# -- every sender: stored, refused, replayed --------------------------------------------------
+
+
+def new_id(sender: Sender) -> str:
+    return {"stripe": "evt_"}.get(sender.name, "") + uuid.uuid4().hex
+
+
+@pytest.mark.parametrize("sender", SENDERS.values(), ids=SENDERS)
+async def test_a_delivery_signed_by_the_senders_library_is_stored(
+    server: Server, sender: Sender
+) -> None:
+    body = sender.body(new_id(sender))
+    resp = await server.post(sender.name, body, sender.headers(body, new_id(sender)), "ok")
+    assert resp.status == 202, await resp.text()
+    answer = await resp.json()
+    assert (answer["entity"], answer["path"]) == ("ok", f"{sender.name}/ok")
+    await server.delivered(sender.name, "ok", body)
+
+
+def refusals(sender: Sender) -> list[str]:
+    cases = ["tampered body", "wrong secret"] + [f"missing {h}" for h in sender.required]
+    return cases + (["6 minutes old", "6 minutes ahead"] if sender.timestamped else [])
+
+
+REFUSALS = [(s, case) for s in SENDERS.values() for case in refusals(s)]
+
+
+@pytest.mark.parametrize(
+    ("sender", "case"), REFUSALS, ids=[f"{s.name}-{case}" for s, case in REFUSALS]
+)
+async def test_a_refused_delivery_answers_401_and_stores_nothing(
+    server: Server, sender: Sender, case: str
+) -> None:
+    delivery = new_id(sender)
+    body = sender.body(delivery)
+    headers = sender.headers(body, delivery)
+    if case == "tampered body":
+        body += b" "  # one byte more, still the same JSON or form: only the bytes are signed
+    elif case == "wrong secret":
+        headers = sender.headers(body, delivery, secret=sender.secret + "-not-ours")
+    elif case.startswith("missing "):
+        del headers[case.removeprefix("missing ")]
+    else:
+        skew = 360 if case.endswith("ahead") else -360
+        headers = sender.headers(body, delivery, timestamp=int(time.time()) + skew)
+    message = await server.refused(sender.name, body, headers)
+    assert sender.secret not in message
+
+
+@pytest.mark.parametrize("sender", SENDERS.values(), ids=SENDERS)
+async def test_a_replayed_or_retried_delivery_answers_duplicate_and_stores_nothing(
+    server: Server, sender: Sender
+) -> None:
+    # Given one delivery that was stored
+    delivery = new_id(sender)
+    body = sender.body(delivery)
+    headers = sender.headers(body, delivery)
+    assert (await server.post(sender.name, body, headers, "once")).status == 202
+    await server.delivered(sender.name, "once", body)
+    before = server.stored()
+    # When the same request is replayed, and the sender retries it freshly signed a second later
+    retried = sender.headers(body, delivery, timestamp=int(time.time()) + 1)
+    for again in (headers, retried):
+        resp = await server.post(sender.name, body, again, "twice")
+        # Then both answer 200 duplicate, and nothing is stored for either
+        assert resp.status == 200, await resp.text()
+        assert await resp.json() == {"duplicate": True}
+    assert server.stored() == before
+    assert not (server.data / sender.name / "twice").exists()
+
+
+@pytest.mark.parametrize("sender", SENDERS.values(), ids=SENDERS)
+async def test_a_senders_headers_are_refused_by_a_source_that_accepts_another_scheme(
+    server: Server, sender: Sender
+) -> None:
+    delivery = new_id(sender)
+    body = sender.body(delivery)
+    message = await server.refused("github", body, sender.headers(body, delivery))
+    assert f"{sender.name} signature headers are not accepted" in message
+
+
+# -- Stripe ------------------------------------------------------------------------------------
+
+
+async def test_stripe_while_a_secret_is_rolled_both_signatures_and_both_secrets_are_taken(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sender = SENDERS["stripe"]
+    # Given Stripe signing with the old and the new secret, one v1 entry each
+    body = sender.body(new_id(sender))
+    old = sender.headers(body, "", secret=STRIPE_OLD_SECRET)["Stripe-Signature"]
+    new = sender.headers(body, "")["Stripe-Signature"]
+    header = old + "," + new.partition(",")[2]
+    # Then a server holding only the new secret takes it
+    assert (await server.post("stripe", body, {"Stripe-Signature": header}, "both")).status == 202
+    # And a server holding both secrets takes a delivery signed with either alone
+    monkeypatch.setenv("ER_TEST_STRIPE_SECRET", f"{STRIPE_SECRET} {STRIPE_OLD_SECRET}")
+    body = sender.body(new_id(sender))
+    resp = await server.post("stripe", body, sender.headers(body, "", secret=STRIPE_OLD_SECRET))
+    assert resp.status == 202, await resp.text()
+    await server.delivered("stripe", "x", body)

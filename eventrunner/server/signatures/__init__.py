@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 from eventrunner.errors import SignatureError
 
-from . import github, standard
+from . import github, standard, stripe
 from ._common import Verified, lower
 from .github import sign_github, verify_github
 from .standard import STANDARD_TOLERANCE, sign_standard_webhook, verify_standard_webhook
+from .stripe import sign_stripe
 
 __all__ = [
     "SCHEMES",
@@ -25,6 +26,7 @@ __all__ = [
     "check_request",
     "sign_github",
     "sign_standard_webhook",
+    "sign_stripe",
     "verify_github",
     "verify_request",
     "verify_standard_webhook",
@@ -42,8 +44,9 @@ class Scheme:
     check: Check
 
 
+# In the order of eventrunner.config.WEBHOOK_SCHEMES, which names the same schemes.
 SCHEMES: dict[str, Scheme] = {
-    mod.NAME: Scheme(mod.NAME, mod.MARKS, mod.check) for mod in (standard, github)
+    mod.NAME: Scheme(mod.NAME, mod.MARKS, mod.check) for mod in (standard, github, stripe)
 }
 
 
