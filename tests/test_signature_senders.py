@@ -13,10 +13,11 @@ from collections.abc import Callable
 
 import pytest
 import stripe
+from slack_sdk.signature import Clock, SignatureVerifier
 
 from eventrunner.config import WEBHOOK_SCHEMES
 from eventrunner.errors import SignatureError
-from eventrunner.server.signatures import SCHEMES, check_request, sign_stripe
+from eventrunner.server.signatures import SCHEMES, check_request, sign_slack, sign_stripe
 
 NOW = time.time()  # Stripe's library reads the real clock; so do these cases
 
@@ -146,3 +147,120 @@ def test_stripe_refusals_name_the_header_but_never_the_secret_or_the_signature()
     expected = sign_stripe(STRIPE_SECRET, TS, STRIPE_BODY).partition("v1=")[2]
     for leak in (STRIPE_SECRET, STRIPE_SECRET.removeprefix("whsec_"), expected):
         assert leak not in message
+
+
+# -- Slack -------------------------------------------------------------------------------------
+
+# The worked example of docs.slack.dev/authentication/verifying-requests-from-slack.
+SLACK_DOC_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+SLACK_DOC_TIMESTAMP = 1531420618
+SLACK_DOC_BODY = (
+    b"token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow"
+    b"&channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner"
+    b"&command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands"
+    b"%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN"
+    b"&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c"
+)
+SLACK_DOC_SIGNATURE = "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"
+
+SLACK_SECRET = "0d5ea1c4e7b2f9a83c6d1e0f2a4b7c9e"
+SLACK_BODY = json.dumps(
+    {"type": "event_callback", "event_id": "Ev08MFMKH6", "event": {"type": "app_mention"}}
+).encode()
+
+
+class FixedClock(Clock):
+    """slack_sdk's clock, stopped at one instant."""
+
+    def __init__(self, now: float) -> None:
+        self._now = now
+
+    def now(self) -> float:
+        return self._now
+
+
+def slack_signature(secret: str, timestamp: int | str, body: bytes = SLACK_BODY) -> str:
+    signature = SignatureVerifier(secret).generate_signature(timestamp=str(timestamp), body=body)
+    assert signature is not None
+    return signature
+
+
+def slack_accepts(timestamp: str, signature: str, body: bytes, secret: str, now: float) -> bool:
+    try:
+        return SignatureVerifier(secret, FixedClock(now)).is_valid(body, timestamp, signature)
+    except ValueError:  # the SDK cannot read such a timestamp at all
+        return False
+
+
+def we_accept_slack(timestamp: str, signature: str, body: bytes, secret: str, now: float) -> bool:
+    headers = {"X-Slack-Request-Timestamp": timestamp, "X-Slack-Signature": signature}
+    return accepted(lambda: check_request([secret], headers, body, accepted=["slack"], now=now))
+
+
+def test_slack_documented_example_is_what_slack_sdk_and_we_compute_and_accept() -> None:
+    assert slack_signature(SLACK_DOC_SECRET, SLACK_DOC_TIMESTAMP, SLACK_DOC_BODY) == (
+        SLACK_DOC_SIGNATURE
+    )
+    assert sign_slack(SLACK_DOC_SECRET, SLACK_DOC_TIMESTAMP, SLACK_DOC_BODY) == SLACK_DOC_SIGNATURE
+    args = (str(SLACK_DOC_TIMESTAMP), SLACK_DOC_SIGNATURE, SLACK_DOC_BODY, SLACK_DOC_SECRET)
+    assert slack_accepts(*args, now=SLACK_DOC_TIMESTAMP + 60)
+    assert we_accept_slack(*args, now=SLACK_DOC_TIMESTAMP + 60)
+
+
+SIG = slack_signature(SLACK_SECRET, TS)
+SLACK_CASES = {
+    "valid": (str(TS), SIG, SLACK_BODY, NOW, True),
+    "exactly 300 s old": (str(TS), SIG, SLACK_BODY, TS + 300, True),
+    "301 s old": (str(TS), SIG, SLACK_BODY, TS + 301, False),
+    "301 s ahead": (str(TS), SIG, SLACK_BODY, TS - 301, False),
+    "tampered body": (str(TS), SIG, SLACK_BODY + b" ", NOW, False),
+    "wrong secret": (str(TS), slack_signature(SLACK_DOC_SECRET, TS), SLACK_BODY, NOW, False),
+    "signed for another timestamp": (str(TS + 1), SIG, SLACK_BODY, NOW, False),
+    "upper-case hex": (str(TS), "v0=" + SIG[3:].upper(), SLACK_BODY, NOW, False),
+    "no v0= prefix": (str(TS), SIG[3:], SLACK_BODY, NOW, False),
+    "v1= prefix": (str(TS), "v1=" + SIG[3:], SLACK_BODY, NOW, False),
+    "fractional timestamp": (f"{TS}.5", SIG, SLACK_BODY, NOW, False),
+    "empty signature": (str(TS), "", SLACK_BODY, NOW, False),
+}
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "signature", "body", "now", "valid"), SLACK_CASES.values(), ids=SLACK_CASES
+)
+def test_slack_we_accept_exactly_what_slack_sdks_signature_verifier_accepts(
+    timestamp: str, signature: str, body: bytes, now: float, valid: bool
+) -> None:
+    assert slack_accepts(timestamp, signature, body, SLACK_SECRET, now) is valid
+    assert we_accept_slack(timestamp, signature, body, SLACK_SECRET, now) is valid
+
+
+def slack_verified(body: bytes) -> tuple[str | None, str | None]:
+    headers = {
+        "X-Slack-Request-Timestamp": str(TS),
+        "X-Slack-Signature": slack_signature(SLACK_SECRET, TS, body),
+    }
+    verified = check_request([SLACK_SECRET], headers, body, now=NOW)
+    return verified.message_id, verified.challenge
+
+
+def test_slack_an_events_api_callback_is_identified_by_its_event_id() -> None:
+    assert slack_verified(SLACK_BODY) == ("Ev08MFMKH6", None)
+
+
+def test_slack_url_verification_yields_its_challenge_and_no_delivery_id() -> None:
+    body = json.dumps(
+        {
+            "token": "Jhj5dZrVaK7ZwHHjRyZWjbDl",
+            "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P",
+            "type": "url_verification",
+        }
+    ).encode()
+    assert slack_verified(body) == (None, "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P")
+
+
+def test_slack_a_form_post_without_an_id_is_identified_by_its_signature() -> None:
+    body = b"command=%2Fdeploy&text=now"
+    first, _ = slack_verified(body)
+    assert first is not None and first.startswith("slack-signature:")
+    assert SLACK_SECRET not in first
+    assert slack_verified(body + b"!")[0] != first

@@ -24,6 +24,7 @@ import pytest
 import stripe
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from slack_sdk.signature import SignatureVerifier
 from standardwebhooks.webhooks import Webhook
 
 from eventrunner.runtime import Runtime
@@ -39,12 +40,14 @@ GITHUB_SIGNATURE = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f43
 
 STRIPE_SECRET = "whsec_test_s3nderSecretForTheStripeSource"
 STRIPE_OLD_SECRET = "whsec_test_theStripeSecretBeingRolledAway"
+SLACK_SECRET = "5b1e0c9d7a3f48e2b6c1d0e9f8a7b6c5"
 
 # Environment variable -> secret; every source below names one of these.
 SECRETS = {
     "ER_TEST_STANDARD_SECRET": STANDARD_SECRET,
     "ER_TEST_GITHUB_SECRET": GITHUB_SECRET,
     "ER_TEST_STRIPE_SECRET": STRIPE_SECRET,
+    "ER_TEST_SLACK_SECRET": SLACK_SECRET,
 }
 
 # Source name -> its webhook table; each source stores deliveries at "<name>/{item}".
@@ -53,6 +56,7 @@ SOURCES = {
     "github": '{ secret_env = "ER_TEST_GITHUB_SECRET", schemes = ["github"] }',
     "any": '{ secret_env = "ER_TEST_GITHUB_SECRET" }',
     "stripe": '{ secret_env = "ER_TEST_STRIPE_SECRET", schemes = ["stripe"] }',
+    "slack": '{ secret_env = "ER_TEST_SLACK_SECRET", schemes = ["slack"] }',
 }
 
 
@@ -114,7 +118,27 @@ class StripeSender(Sender):
         return {"Stripe-Signature": header, "Content-Type": "application/json"}
 
 
-SENDERS: dict[str, Sender] = {s.name: s for s in (StripeSender(),)}
+class SlackSender(Sender):
+    """Signed by slack_sdk's `SignatureVerifier.generate_signature`; an Events API callback."""
+
+    name, secret, timestamped = "slack", SLACK_SECRET, True
+    required = ("X-Slack-Signature", "X-Slack-Request-Timestamp")
+
+    def body(self, delivery: str) -> bytes:
+        callback = {"type": "event_callback", "event_id": delivery, "event": {"type": "message"}}
+        return json.dumps(callback).encode()
+
+    def headers(
+        self, body: bytes, delivery: str, *, secret: str | None = None, timestamp: int | None = None
+    ) -> dict[str, str]:
+        stamp = str(timestamp or int(time.time()))
+        verifier = SignatureVerifier(secret or self.secret)
+        signature = verifier.generate_signature(timestamp=stamp, body=body)
+        assert signature is not None
+        return {"X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": signature}
+
+
+SENDERS: dict[str, Sender] = {s.name: s for s in (StripeSender(), SlackSender())}
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -240,7 +264,7 @@ async def test_headers_of_two_schemes_in_one_request_are_refused(server: Server)
 
 
 def new_id(sender: Sender) -> str:
-    return {"stripe": "evt_"}.get(sender.name, "") + uuid.uuid4().hex
+    return {"stripe": "evt_", "slack": "Ev"}.get(sender.name, "") + uuid.uuid4().hex
 
 
 @pytest.mark.parametrize("sender", SENDERS.values(), ids=SENDERS)
@@ -337,3 +361,56 @@ async def test_stripe_while_a_secret_is_rolled_both_signatures_and_both_secrets_
     resp = await server.post("stripe", body, sender.headers(body, "", secret=STRIPE_OLD_SECRET))
     assert resp.status == 202, await resp.text()
     await server.delivered("stripe", "x", body)
+
+
+# -- Slack -------------------------------------------------------------------------------------
+
+
+async def test_slack_url_verification_is_answered_with_its_challenge_and_stores_nothing(
+    server: Server,
+) -> None:
+    # Given the handshake Slack sends when the request URL is pasted into the app's settings
+    body = json.dumps(
+        {
+            "token": "Jhj5dZrVaK7ZwHHjRyZWjbDl",
+            "challenge": "3eZbrw1aBm2rZgRNFdxV",
+            "type": "url_verification",
+        }
+    ).encode()
+    headers = SENDERS["slack"].headers(body, "")
+    before = server.stored()
+    # When it arrives signed (with or without the entity's query parameters)
+    for resp in (
+        await server.post("slack", body, headers),
+        await server.client.post("/hooks/senders/slack", data=body, headers=headers),
+    ):
+        # Then it is answered with the challenge, and nothing is stored or remembered
+        assert resp.status == 200, await resp.text()
+        assert await resp.json() == {"challenge": "3eZbrw1aBm2rZgRNFdxV"}
+    assert server.stored() == before
+
+
+async def test_slack_url_verification_with_a_bad_signature_is_refused(server: Server) -> None:
+    body = b'{"type": "url_verification", "challenge": "never-echoed-unsigned"}'
+    headers = SENDERS["slack"].headers(body, "", secret="not the signing secret")
+    message = await server.refused("slack", body, headers)
+    assert "X-Slack-Signature does not match" in message
+    assert "never-echoed-unsigned" not in message
+
+
+async def test_slack_a_replayed_slash_command_is_a_duplicate_and_a_new_one_is_stored(
+    server: Server,
+) -> None:
+    # Given a slash command: a form post with no id of its own
+    sender = SENDERS["slack"]
+    body = b"command=%2Fdeploy&text=now&user_id=U2CERLKJA"
+    headers = sender.headers(body, "")
+    assert (await server.post("slack", body, headers, "cmd")).status == 202
+    await server.delivered("slack", "cmd", body)
+    # When the very same request is replayed inside the window, Then it is a duplicate
+    resp = await server.post("slack", body, headers, "cmd")
+    assert (resp.status, await resp.json()) == (200, {"duplicate": True})
+    # While the same command typed again a second later (a new signature) is stored again
+    again = sender.headers(body, "", timestamp=int(time.time()) + 1)
+    assert (await server.post("slack", body, again, "cmd2")).status == 202
+    await server.delivered("slack", "cmd2", body)
