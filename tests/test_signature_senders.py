@@ -100,6 +100,11 @@ STRIPE_CASES = {
     "no v1 entry": (f"t={TS}", STRIPE_BODY, False),
     "no timestamp": (stripe_v1(STRIPE_SECRET, TS), STRIPE_BODY, False),
     "v1 not hex": (f"t={TS},v1=zz", STRIPE_BODY, False),
+    "v1 in upper-case hex": (
+        f"t={TS},v1=" + stripe_v1(STRIPE_SECRET, TS).removeprefix("v1=").upper(),
+        STRIPE_BODY,
+        False,
+    ),
     "empty": ("", STRIPE_BODY, False),
 }
 
