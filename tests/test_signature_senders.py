@@ -7,7 +7,10 @@ the reference accepts we accept, and what it refuses we refuse.
 
 from __future__ import annotations
 
+import base64
 import json
+import shutil
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -17,7 +20,13 @@ from slack_sdk.signature import Clock, SignatureVerifier
 
 from eventrunner.config import WEBHOOK_SCHEMES
 from eventrunner.errors import SignatureError
-from eventrunner.server.signatures import SCHEMES, check_request, sign_slack, sign_stripe
+from eventrunner.server.signatures import (
+    SCHEMES,
+    check_request,
+    sign_shopify,
+    sign_slack,
+    sign_stripe,
+)
 
 NOW = time.time()  # Stripe's library reads the real clock; so do these cases
 
@@ -269,3 +278,67 @@ def test_slack_a_form_post_without_an_id_is_identified_by_its_signature() -> Non
     assert first is not None and first.startswith("slack-signature:")
     assert SLACK_SECRET not in first
     assert slack_verified(body + b"!")[0] != first
+
+
+# -- Shopify -----------------------------------------------------------------------------------
+
+# Shopify's own libraries test webhooks against HMACs they compute at run time, so the fixed
+# example comes from bold-commerce/go-shopify (oauth_test.go, TestVerifyWebhookRequest and
+# ...Verbose): app secret "hush", the body its client sends for the message (JSON-encoded, so
+# in quotes), and the X-Shopify-Hmac-Sha256 it expects; plus the hex it reports for a body
+# that must not match. https://github.com/bold-commerce/go-shopify
+SHOPIFY_VECTOR_SECRET = "hush"
+SHOPIFY_VECTOR_BODY = b'"my secret message"'
+SHOPIFY_VECTOR_HMAC = "hMTq0K2x7oyOjoBwGYeTj5oxfnaVYXzbanUG9aajpKI="
+SHOPIFY_VECTOR_OTHER_BODY = b'"my invalid message"'
+SHOPIFY_VECTOR_OTHER_HEX = "ac3560a67dd9ed3f46cf1807856b78f27c9543b5ae98f5292d8eccf6252254f0"
+
+
+def we_accept_shopify(hmac_header: str, body: bytes, secret: str = SHOPIFY_VECTOR_SECRET) -> bool:
+    headers = {"X-Shopify-Hmac-Sha256": hmac_header, "X-Shopify-Webhook-Id": "b54557e4"}
+    return accepted(lambda: check_request([secret], headers, body, accepted=["shopify"]))
+
+
+def test_shopify_published_example_is_what_we_compute_and_accept() -> None:
+    assert sign_shopify(SHOPIFY_VECTOR_SECRET, SHOPIFY_VECTOR_BODY) == SHOPIFY_VECTOR_HMAC
+    assert we_accept_shopify(SHOPIFY_VECTOR_HMAC, SHOPIFY_VECTOR_BODY)
+    other = base64.b64decode(sign_shopify(SHOPIFY_VECTOR_SECRET, SHOPIFY_VECTOR_OTHER_BODY))
+    assert other.hex() == SHOPIFY_VECTOR_OTHER_HEX
+
+
+@pytest.mark.parametrize(
+    ("hmac_header", "body"),
+    [
+        (SHOPIFY_VECTOR_HMAC, SHOPIFY_VECTOR_OTHER_BODY),  # the example's "invalid message"
+        ("wronghash", SHOPIFY_VECTOR_BODY),
+        ("YmxhaGJsYWgK", SHOPIFY_VECTOR_BODY),  # valid base64, too short
+        (SHOPIFY_VECTOR_HMAC[:-1] + "thisiswaytoolong=", SHOPIFY_VECTOR_BODY),
+        (SHOPIFY_VECTOR_HMAC.lower(), SHOPIFY_VECTOR_BODY),
+        ("", SHOPIFY_VECTOR_BODY),
+    ],
+)
+def test_shopify_refuses_what_the_published_example_refuses(hmac_header: str, body: bytes) -> None:
+    assert not we_accept_shopify(hmac_header, body)
+
+
+def test_shopify_wrong_secret_is_refused() -> None:
+    assert not we_accept_shopify(SHOPIFY_VECTOR_HMAC, SHOPIFY_VECTOR_BODY, secret="hush!")
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_shopify_a_second_implementation_openssl_agrees_on_a_realistic_body() -> None:
+    body = json.dumps({"id": 820982911946154508, "email": "jon@example.com"}).encode()
+    secret = "shpss_0123456789abcdef0123456789abcdef"
+    digest = subprocess.run(
+        ["openssl", "dgst", "-sha256", "-hmac", secret, "-binary"],
+        input=body,
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert sign_shopify(secret, body) == base64.b64encode(digest).decode()
+
+
+def test_shopify_the_webhook_id_header_is_the_delivery_id() -> None:
+    headers = {"X-Shopify-Hmac-Sha256": SHOPIFY_VECTOR_HMAC, "X-Shopify-Webhook-Id": " b54557e4 "}
+    verified = check_request([SHOPIFY_VECTOR_SECRET], headers, SHOPIFY_VECTOR_BODY)
+    assert (verified.scheme, verified.message_id) == ("shopify", "b54557e4")

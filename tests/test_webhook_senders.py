@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import json
 import textwrap
 import time
@@ -41,6 +43,7 @@ GITHUB_SIGNATURE = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f43
 STRIPE_SECRET = "whsec_test_s3nderSecretForTheStripeSource"
 STRIPE_OLD_SECRET = "whsec_test_theStripeSecretBeingRolledAway"
 SLACK_SECRET = "5b1e0c9d7a3f48e2b6c1d0e9f8a7b6c5"
+SHOPIFY_SECRET = "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"
 
 # Environment variable -> secret; every source below names one of these.
 SECRETS = {
@@ -48,6 +51,7 @@ SECRETS = {
     "ER_TEST_GITHUB_SECRET": GITHUB_SECRET,
     "ER_TEST_STRIPE_SECRET": STRIPE_SECRET,
     "ER_TEST_SLACK_SECRET": SLACK_SECRET,
+    "ER_TEST_SHOPIFY_SECRET": SHOPIFY_SECRET,
 }
 
 # Source name -> its webhook table; each source stores deliveries at "<name>/{item}".
@@ -57,6 +61,7 @@ SOURCES = {
     "any": '{ secret_env = "ER_TEST_GITHUB_SECRET" }',
     "stripe": '{ secret_env = "ER_TEST_STRIPE_SECRET", schemes = ["stripe"] }',
     "slack": '{ secret_env = "ER_TEST_SLACK_SECRET", schemes = ["slack"] }',
+    "shopify": '{ secret_env = "ER_TEST_SHOPIFY_SECRET", schemes = ["shopify"] }',
 }
 
 
@@ -138,7 +143,40 @@ class SlackSender(Sender):
         return {"X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": signature}
 
 
-SENDERS: dict[str, Sender] = {s.name: s for s in (StripeSender(), SlackSender())}
+def shopify_hmac(secret: str, body: bytes) -> str:
+    """Shopify's documented procedure: base64 of the HMAC-SHA256 of the raw body.
+
+    Shopify ships no signer; this one is pinned to go-shopify's published example below.
+    """
+    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+
+
+class ShopifySender(Sender):
+    """Signed by Shopify's documented HMAC procedure; the id is X-Shopify-Webhook-Id."""
+
+    name, secret, required, timestamped = (
+        "shopify",
+        SHOPIFY_SECRET,
+        ("X-Shopify-Hmac-Sha256",),
+        False,
+    )
+
+    def body(self, delivery: str) -> bytes:
+        return json.dumps({"id": 820982911946154508, "email": "jon@example.com"}).encode()
+
+    def headers(
+        self, body: bytes, delivery: str, *, secret: str | None = None, timestamp: int | None = None
+    ) -> dict[str, str]:
+        return {
+            "X-Shopify-Topic": "orders/create",
+            "X-Shopify-Hmac-Sha256": shopify_hmac(secret or self.secret, body),
+            "X-Shopify-Shop-Domain": "example.myshopify.com",
+            "X-Shopify-Webhook-Id": delivery,
+            "X-Shopify-API-Version": "2025-01",
+        }
+
+
+SENDERS: dict[str, Sender] = {s.name: s for s in (StripeSender(), SlackSender(), ShopifySender())}
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -271,8 +309,9 @@ def new_id(sender: Sender) -> str:
 async def test_a_delivery_signed_by_the_senders_library_is_stored(
     server: Server, sender: Sender
 ) -> None:
-    body = sender.body(new_id(sender))
-    resp = await server.post(sender.name, body, sender.headers(body, new_id(sender)), "ok")
+    delivery = new_id(sender)
+    body = sender.body(delivery)
+    resp = await server.post(sender.name, body, sender.headers(body, delivery), "ok")
     assert resp.status == 202, await resp.text()
     answer = await resp.json()
     assert (answer["entity"], answer["path"]) == ("ok", f"{sender.name}/ok")
@@ -414,3 +453,35 @@ async def test_slack_a_replayed_slash_command_is_a_duplicate_and_a_new_one_is_st
     again = sender.headers(body, "", timestamp=int(time.time()) + 1)
     assert (await server.post("slack", body, again, "cmd2")).status == 202
     await server.delivered("slack", "cmd2", body)
+
+
+# -- Shopify -----------------------------------------------------------------------------------
+
+
+def test_shopify_test_signer_reproduces_go_shopifys_published_example() -> None:
+    # bold-commerce/go-shopify, oauth_test.go TestVerifyWebhookRequest: secret "hush", its
+    # client's JSON-encoded body, the expected X-Shopify-Hmac-Sha256.
+    assert shopify_hmac("hush", b'"my secret message"') == (
+        "hMTq0K2x7oyOjoBwGYeTj5oxfnaVYXzbanUG9aajpKI="
+    )
+
+
+async def test_shopify_published_example_is_taken_over_http(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ER_TEST_SHOPIFY_SECRET", "hush")
+    body = b'"my secret message"'
+    headers = {"X-Shopify-Hmac-Sha256": "hMTq0K2x7oyOjoBwGYeTj5oxfnaVYXzbanUG9aajpKI="}
+    assert (await server.post("shopify", body, headers, "vector")).status == 202
+    await server.delivered("shopify", "vector", body)
+    await server.refused("shopify", b'"my invalid message"', headers)
+
+
+async def test_shopify_a_delivery_without_a_webhook_id_is_stored_each_time(server: Server) -> None:
+    # Shopify always sends X-Shopify-Webhook-Id; without one there is nothing to de-duplicate by
+    sender = SENDERS["shopify"]
+    body = sender.body("")
+    headers = {"X-Shopify-Hmac-Sha256": shopify_hmac(SHOPIFY_SECRET, body)}
+    for item in ("first", "second"):
+        assert (await server.post("shopify", body, headers, item)).status == 202
+        await server.delivered("shopify", item, body)

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 from eventrunner.errors import SignatureError
 
-from . import github, slack, standard, stripe
+from . import github, shopify, slack, standard, stripe
 from ._common import Verified, lower
 from .github import sign_github, verify_github
+from .shopify import sign_shopify
 from .slack import sign_slack
 from .standard import STANDARD_TOLERANCE, sign_standard_webhook, verify_standard_webhook
 from .stripe import sign_stripe
@@ -26,6 +27,7 @@ __all__ = [
     "Verified",
     "check_request",
     "sign_github",
+    "sign_shopify",
     "sign_slack",
     "sign_standard_webhook",
     "sign_stripe",
@@ -48,7 +50,7 @@ class Scheme:
 
 # In the order of eventrunner.config.WEBHOOK_SCHEMES, which names the same schemes.
 SCHEMES: dict[str, Scheme] = {
-    mod.NAME: Scheme(mod.NAME, mod.MARKS, mod.check) for mod in (standard, github, stripe, slack)
+    mod.NAME: Scheme(mod.NAME, mod.MARKS, mod.check) for mod in (standard, github, stripe, slack, shopify)
 }
 
 
