@@ -20,7 +20,7 @@ __all__ = ["STATE_DIR", "find_workspace"]
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 # Webhook signature schemes by config name; eventrunner.server.signatures implements each one.
-WEBHOOK_SCHEMES = ("standard", "github", "stripe", "slack", "shopify")
+WEBHOOK_SCHEMES = ("standard", "github", "stripe", "slack", "shopify", "gitlab")
 
 
 def _duration(value: Any) -> Any:

@@ -342,3 +342,58 @@ def test_shopify_the_webhook_id_header_is_the_delivery_id() -> None:
     headers = {"X-Shopify-Hmac-Sha256": SHOPIFY_VECTOR_HMAC, "X-Shopify-Webhook-Id": " b54557e4 "}
     verified = check_request([SHOPIFY_VECTOR_SECRET], headers, SHOPIFY_VECTOR_BODY)
     assert (verified.scheme, verified.message_id) == ("shopify", "b54557e4")
+
+
+# -- GitLab ------------------------------------------------------------------------------------
+
+GITLAB_TOKEN = "glwt-8c1f3e6a2b9d4c7e"
+
+
+def gitlab_headers(token: str = GITLAB_TOKEN, **extra: str) -> dict[str, str]:
+    """The delivery headers GitLab documents (webhooks.md, "Delivery headers")."""
+    return {
+        "User-Agent": "GitLab/17.5.0",
+        "X-Gitlab-Instance": "https://gitlab.com",
+        "X-Gitlab-Webhook-UUID": "02affd2d-2cba-4033-917d-ec22d5dc4b38",
+        "X-Gitlab-Event": "Push Hook",
+        "X-Gitlab-Event-UUID": "13792a34-cac6-4fda-95a8-c58e00a3954e",
+        "Idempotency-Key": "f5e5f430-f57b-4e6e-9fac-d9128cd7232f",
+        "X-Gitlab-Token": token,
+        **extra,
+    }
+
+
+def gitlab_id(headers: dict[str, str]) -> str | None:
+    return check_request([GITLAB_TOKEN], headers, b'{"object_kind": "push"}').message_id
+
+
+def test_gitlab_the_configured_token_is_accepted_and_idempotency_key_is_the_id() -> None:
+    assert gitlab_id(gitlab_headers()) == "f5e5f430-f57b-4e6e-9fac-d9128cd7232f"
+
+
+def test_gitlab_before_idempotency_key_existed_the_event_uuid_is_the_id() -> None:
+    headers = gitlab_headers()
+    del headers["Idempotency-Key"]
+    assert gitlab_id(headers) == "13792a34-cac6-4fda-95a8-c58e00a3954e"
+    del headers["X-Gitlab-Event-UUID"]
+    assert gitlab_id(headers) is None
+
+
+@pytest.mark.parametrize(
+    "token",
+    [GITLAB_TOKEN + "x", GITLAB_TOKEN[:-1], GITLAB_TOKEN.upper(), "", " ", "glwt"],
+    ids=["longer", "shorter", "upper-case", "empty", "blank", "prefix"],
+)
+def test_gitlab_any_other_token_is_refused_without_echoing_either(token: str) -> None:
+    with pytest.raises(SignatureError) as caught:
+        gitlab_id(gitlab_headers(token))
+    message = str(caught.value)
+    assert "X-Gitlab-Token" in message
+    assert GITLAB_TOKEN not in message
+    assert not token.strip() or token not in message
+
+
+def test_gitlab_a_token_of_a_rotation_list_is_accepted() -> None:
+    headers = gitlab_headers("old token with spaces")
+    verified = check_request([GITLAB_TOKEN, "old token with spaces"], headers, b"{}")
+    assert verified.scheme == "gitlab"

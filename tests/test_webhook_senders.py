@@ -44,6 +44,7 @@ STRIPE_SECRET = "whsec_test_s3nderSecretForTheStripeSource"
 STRIPE_OLD_SECRET = "whsec_test_theStripeSecretBeingRolledAway"
 SLACK_SECRET = "5b1e0c9d7a3f48e2b6c1d0e9f8a7b6c5"
 SHOPIFY_SECRET = "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"
+GITLAB_TOKEN = "gitlab secret token 7d2e"
 
 # Environment variable -> secret; every source below names one of these.
 SECRETS = {
@@ -52,6 +53,7 @@ SECRETS = {
     "ER_TEST_STRIPE_SECRET": STRIPE_SECRET,
     "ER_TEST_SLACK_SECRET": SLACK_SECRET,
     "ER_TEST_SHOPIFY_SECRET": SHOPIFY_SECRET,
+    "ER_TEST_GITLAB_TOKEN": GITLAB_TOKEN,
 }
 
 # Source name -> its webhook table; each source stores deliveries at "<name>/{item}".
@@ -62,6 +64,8 @@ SOURCES = {
     "stripe": '{ secret_env = "ER_TEST_STRIPE_SECRET", schemes = ["stripe"] }',
     "slack": '{ secret_env = "ER_TEST_SLACK_SECRET", schemes = ["slack"] }',
     "shopify": '{ secret_env = "ER_TEST_SHOPIFY_SECRET", schemes = ["shopify"] }',
+    "gitlab": '{ secret_env = "ER_TEST_GITLAB_TOKEN", schemes = ["gitlab"] }',
+    "gitlab_too": '{ secret_env = "ER_TEST_GITLAB_TOKEN" }',
 }
 
 
@@ -95,6 +99,7 @@ class Sender:
     secret: str
     required: tuple[str, ...]  # headers whose absence is refused
     timestamped: bool
+    signs_body = True  # GitLab's token proves the sender, not the body
 
     def body(self, delivery: str) -> bytes:
         raise NotImplementedError
@@ -176,7 +181,31 @@ class ShopifySender(Sender):
         }
 
 
-SENDERS: dict[str, Sender] = {s.name: s for s in (StripeSender(), SlackSender(), ShopifySender())}
+class GitLabSender(Sender):
+    """The delivery headers GitLab documents; the secret token travels as it is."""
+
+    name, secret, required, timestamped = "gitlab", GITLAB_TOKEN, ("X-Gitlab-Token",), False
+    signs_body = False
+
+    def body(self, delivery: str) -> bytes:
+        return json.dumps({"object_kind": "push", "ref": "refs/heads/main"}).encode()
+
+    def headers(
+        self, body: bytes, delivery: str, *, secret: str | None = None, timestamp: int | None = None
+    ) -> dict[str, str]:
+        return {
+            "X-Gitlab-Event": "Push Hook",
+            "X-Gitlab-Instance": "https://gitlab.example.com",
+            "X-Gitlab-Webhook-UUID": "02affd2d-2cba-4033-917d-ec22d5dc4b38",
+            "X-Gitlab-Event-UUID": str(uuid.uuid4()),  # GitLab: unique per (non-recursive) event
+            "Idempotency-Key": delivery,  # GitLab: the same on every retry
+            "X-Gitlab-Token": secret or self.secret,
+        }
+
+
+SENDERS: dict[str, Sender] = {
+    s.name: s for s in (StripeSender(), SlackSender(), ShopifySender(), GitLabSender())
+}
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -319,7 +348,8 @@ async def test_a_delivery_signed_by_the_senders_library_is_stored(
 
 
 def refusals(sender: Sender) -> list[str]:
-    cases = ["tampered body", "wrong secret"] + [f"missing {h}" for h in sender.required]
+    cases = (["tampered body"] if sender.signs_body else []) + ["wrong secret"]
+    cases += [f"missing {h}" for h in sender.required]
     return cases + (["6 minutes old", "6 minutes ahead"] if sender.timestamped else [])
 
 
@@ -485,3 +515,48 @@ async def test_shopify_a_delivery_without_a_webhook_id_is_stored_each_time(serve
     for item in ("first", "second"):
         assert (await server.post("shopify", body, headers, item)).status == 202
         await server.delivered("shopify", item, body)
+
+
+# -- GitLab ------------------------------------------------------------------------------------
+
+
+async def test_gitlab_a_wrong_token_is_refused_and_neither_token_is_echoed(server: Server) -> None:
+    sender = SENDERS["gitlab"]
+    body = sender.body("")
+    for token in ("gitlab secret token 7d2", "a token of another project"):
+        message = await server.refused("gitlab", body, sender.headers(body, "k", secret=token))
+        assert token not in message and GITLAB_TOKEN not in message
+
+
+async def test_gitlab_without_idempotency_key_the_event_uuid_de_duplicates(server: Server) -> None:
+    # Given a GitLab older than 17.4: no Idempotency-Key, only X-Gitlab-Event-UUID
+    sender = SENDERS["gitlab"]
+    body = sender.body("")
+    headers = sender.headers(body, "")
+    del headers["Idempotency-Key"]
+    assert (await server.post("gitlab", body, headers, "old")).status == 202
+    await server.delivered("gitlab", "old", body)
+    # When the same event arrives again, Then it is a duplicate
+    resp = await server.post("gitlab", body, headers, "again")
+    assert (resp.status, await resp.json()) == (200, {"duplicate": True})
+
+
+async def test_gitlab_the_token_proves_the_sender_not_the_body(server: Server) -> None:
+    # GitLab signs nothing: whoever holds the token (anyone who read one request) can send
+    # any body, which is why the README asks for HTTPS in front of a GitLab source.
+    sender = SENDERS["gitlab"]
+    body = b'{"object_kind": "anything at all"}'
+    assert (await server.post("gitlab", body, sender.headers(body, "any"), "any")).status == 202
+
+
+async def test_one_event_delivered_to_two_sources_is_stored_by_both(server: Server) -> None:
+    # Given GitLab sending one event, under one Idempotency-Key, to two sources' webhooks
+    sender = SENDERS["gitlab"]
+    body = sender.body("")
+    headers = sender.headers(body, "one-event-two-hooks")
+    # Then each source stores it once: delivery ids are scoped to their source
+    for source in ("gitlab", "gitlab_too"):
+        assert (await server.post(source, body, headers, "shared")).status == 202
+        await server.delivered(source, "shared", body)
+        resp = await server.post(source, body, headers, "shared")
+        assert (resp.status, await resp.json()) == (200, {"duplicate": True})

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from eventrunner.errors import SignatureError
 
-from . import github, shopify, slack, standard, stripe
+from . import github, gitlab, shopify, slack, standard, stripe
 from ._common import Verified, lower
 from .github import sign_github, verify_github
 from .shopify import sign_shopify
@@ -50,7 +50,7 @@ class Scheme:
 
 # In the order of eventrunner.config.WEBHOOK_SCHEMES, which names the same schemes.
 SCHEMES: dict[str, Scheme] = {
-    mod.NAME: Scheme(mod.NAME, mod.MARKS, mod.check) for mod in (standard, github, stripe, slack, shopify)
+    mod.NAME: Scheme(mod.NAME, mod.MARKS, mod.check) for mod in (standard, github, stripe, slack, shopify, gitlab)
 }
 
 
