@@ -40,9 +40,10 @@ def _find_source(rt: Runtime, pipeline: str, name: str) -> Source:
 def _secrets(env_name: str) -> list[str]:
     """Secrets from the environment; several `whsec_` secrets separated by spaces while rotating.
 
-    Standard Webhooks secrets (whsec_<base64>) hold no spaces, so a list of them is a rotation.
-    Any other value is one secret, spaces included: GitHub secrets are free text (GitHub's own
-    test secret is "It's a Secret to Everybody"), and splitting it would accept its fragments.
+    Standard Webhooks and Stripe secrets (whsec_...) hold no spaces, so a list of them is a
+    rotation. Any other value is one secret, spaces included: GitHub and GitLab secrets are free
+    text (GitHub's own test secret is "It's a Secret to Everybody"), and splitting one would
+    accept its fragments.
     """
     value = os.environ.get(env_name, "").strip()
     parts = value.split()

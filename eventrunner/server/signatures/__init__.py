@@ -50,7 +50,8 @@ class Scheme:
 
 # In the order of eventrunner.config.WEBHOOK_SCHEMES, which names the same schemes.
 SCHEMES: dict[str, Scheme] = {
-    mod.NAME: Scheme(mod.NAME, mod.MARKS, mod.check) for mod in (standard, github, stripe, slack, shopify, gitlab)
+    mod.NAME: Scheme(mod.NAME, mod.MARKS, mod.check)
+    for mod in (standard, github, stripe, slack, shopify, gitlab)
 }
 
 
