@@ -230,6 +230,47 @@ def test_webhook_with_allow_unsigned_is_accepted(make_workspace: MakeWorkspace) 
     assert ws.cli("validate").code == 0
 
 
+@pytest.mark.parametrize(
+    ("webhook", "field", "reason"),
+    [
+        (
+            '{ secret_env = "HOOK", schemes = ["github", "strpe"] }',
+            "sources.hook.webhook.schemes",
+            "unknown webhook scheme 'strpe' (known: standard, github",
+        ),
+        ('{ secret_env = "HOOK", schemes = [] }', "sources.hook.webhook.schemes", "at least one"),
+        ('{ secret_env = "HOOK", schemes = "github" }', "sources.hook.webhook.schemes", "tuple"),
+        (
+            '{ allow_unsigned = true, schemes = ["github"] }',
+            "sources.hook.webhook.schemes",
+            "schemes needs secret_env",
+        ),
+    ],
+)
+def test_webhook_schemes_are_checked_at_validation(
+    make_workspace: MakeWorkspace, webhook: str, field: str, reason: str
+) -> None:
+    ws = invalid(
+        make_workspace,
+        f'[sources.hook]\npattern = "inbox/{{n}}.txt"\nwebhook = {webhook}\n\n' + STAGE,
+    )
+
+    p = one_problem(ws)
+
+    assert (p["file"], p["field"]) == ("pipelines/p.toml", field)
+    assert reason in p["reason"]
+
+
+def test_webhook_schemes_naming_known_schemes_validate(make_workspace: MakeWorkspace) -> None:
+    webhook = '{ secret_env = "HOOK", schemes = ["github", "standard", "github"] }'
+    ws = invalid(
+        make_workspace,
+        f'[sources.hook]\npattern = "inbox/{{n}}.txt"\nwebhook = {webhook}\n\n' + STAGE,
+    )
+
+    assert ws.cli("validate").code == 0
+
+
 def test_several_problems_are_reported_at_once(make_workspace: MakeWorkspace) -> None:
     # Given problems in two pipeline files
     ws = make_workspace(

@@ -20,7 +20,7 @@ from eventrunner.core.errors import PatternError, SignatureError, StorageError, 
 from eventrunner.core.graph import Source
 from eventrunner.core.patterns import entity_id
 from eventrunner.server.keys import METRICS, RUNTIME, SPOOL
-from eventrunner.server.signatures import verify_request
+from eventrunner.server.signatures import Verified, check_request
 from eventrunner.server.spool import Spool, SpoolRecord
 from eventrunner.service.watch import FileChange
 from eventrunner.state.hashing import hash_bytes
@@ -39,15 +39,33 @@ def _find_source(rt: Runtime, pipeline: str, name: str) -> Source:
 def _secrets(env_name: str) -> list[str]:
     """Secrets from the environment; several `whsec_` secrets separated by spaces while rotating.
 
-    Standard Webhooks secrets (whsec_<base64>) hold no spaces, so a list of them is a rotation.
-    Any other value is one secret, spaces included: GitHub secrets are free text (GitHub's own
-    test secret is "It's a Secret to Everybody"), and splitting it would accept its fragments.
+    Standard Webhooks and Stripe secrets (whsec_...) hold no spaces, so a list of them is a
+    rotation. Any other value is one secret, spaces included: GitHub and GitLab secrets are free
+    text (GitHub's own test secret is "It's a Secret to Everybody"), and splitting one would
+    accept its fragments.
     """
     value = os.environ.get(env_name, "").strip()
     parts = value.split()
     if len(parts) > 1 and all(p.startswith("whsec_") for p in parts):
         return parts
     return [value] if value else []
+
+
+# Ids of these schemes stay bare, as before per-source keys: the spool's dedup records from
+# earlier versions keep matching. Every newer scheme's ids are scoped to their source.
+_BARE_IDS = frozenset({"standard", "github"})
+
+
+def _dedup_key(verified: Verified, pipeline: str, source: str) -> str | None:
+    """The spool's de-duplication key for a verified delivery (None: no id, no de-duplication).
+
+    A sender delivers one event to each endpoint under the same id (Stripe's event id,
+    GitLab's Idempotency-Key), so a key is the source's as well as the sender's: the same
+    event sent to two sources is stored by both.
+    """
+    if verified.message_id is None or verified.scheme in _BARE_IDS:
+        return verified.message_id
+    return f"{pipeline}/{source}:{verified.scheme}:{verified.message_id}"
 
 
 async def _read_limited(request: web.Request, limit: int) -> bytes:
@@ -145,7 +163,11 @@ async def _intake(request: web.Request, rt: Runtime, pipeline: str, source: str)
             raise StorageError(
                 f"webhook secret {spec.secret_env} is not set in the server's environment"
             )
-        message_id = verify_request(secrets, request.headers, body)
+        verified = check_request(secrets, request.headers, body, accepted=spec.schemes)
+        if verified.challenge is not None:
+            # A signed handshake (Slack's URL verification): answered, never stored.
+            return web.json_response({"challenge": verified.challenge}, status=200)
+        message_id = _dedup_key(verified, pipeline, source)
     else:
         message_id = request.headers.get("webhook-id") or request.headers.get("X-GitHub-Delivery")
     pattern = src.pattern

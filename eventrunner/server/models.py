@@ -125,6 +125,12 @@ class WebhookDuplicate(BaseModel):
     duplicate: bool = Field(True)
 
 
+class WebhookChallenge(BaseModel):
+    """The answer to a signed handshake (Slack's URL verification): nothing is stored."""
+
+    challenge: str
+
+
 class Health(BaseModel):
     status: str
     ready: bool | None = None

@@ -79,6 +79,7 @@ def build_document() -> dict[str, Any]:
         models.PipelineStatus,
         models.WebhookAccepted,
         models.WebhookDuplicate,
+        models.WebhookChallenge,
         models.Health,
     ]
     pairs: list[tuple[type[BaseModel], Literal["validation"]]] = [
@@ -246,7 +247,19 @@ def build_document() -> dict[str, Any]:
                 },
                 "responses": {
                     "202": _json(models.WebhookAccepted, "durably stored"),
-                    "200": _json(models.WebhookDuplicate, "already received"),
+                    "200": {
+                        "description": "already received, or Slack's URL verification answered",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "anyOf": [
+                                        _ref(models.WebhookDuplicate),
+                                        _ref(models.WebhookChallenge),
+                                    ]
+                                }
+                            }
+                        },
+                    },
                     **hook_errors,
                 },
             }

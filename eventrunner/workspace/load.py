@@ -118,4 +118,12 @@ def _check_webhooks(specs: Mapping[str, Any]) -> list[Problem]:
                         "a webhook needs secret_env, or allow_unsigned = true to accept unsigned requests",
                     )
                 )
+            elif hook is not None and not hook.secret_env and hook.schemes is not None:
+                problems.append(
+                    Problem(
+                        file,
+                        f"sources.{name}.webhook.schemes",
+                        "schemes needs secret_env: without a secret no signature is checked",
+                    )
+                )
     return problems

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from eventrunner.core.durations import parse_duration
 from eventrunner.core.errors import ConfigError, DurationError, Problem
@@ -19,6 +19,8 @@ from eventrunner.workspace.find import STATE_DIR, find_workspace
 __all__ = ["STATE_DIR", "find_workspace"]
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+# Webhook signature schemes by config name; eventrunner.server.signatures implements each one.
+WEBHOOK_SCHEMES = ("standard", "github", "stripe", "slack", "shopify", "gitlab")
 
 
 def _duration(value: Any) -> Any:
@@ -52,6 +54,21 @@ class WebhookSpec(_Model):
     secret_env: str | None = None
     allow_unsigned: bool = False
     max_body: int | None = Field(None, ge=1)
+    # Signature schemes accepted; None: every scheme whose headers a request carries.
+    schemes: tuple[str, ...] | None = None
+
+    @field_validator("schemes")
+    @classmethod
+    def _known_schemes(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("name at least one scheme, or leave schemes out to accept any")
+        for name in value:
+            if name not in WEBHOOK_SCHEMES:
+                known = ", ".join(WEBHOOK_SCHEMES)
+                raise ValueError(f"unknown webhook scheme {name!r} (known: {known})")
+        return tuple(dict.fromkeys(value))  # repeated names mean nothing more
 
 
 class SourceSpec(_Model):
