@@ -10,6 +10,9 @@ then times whole processes (time.perf_counter around subprocess.run):
   2. no-change run         eventrunner run vs make -q and make -jJ (median of --repeat)
   3. one input changed     eventrunner run vs make -jJ, a different file each time (median)
   4. no-change, cold index eventrunner run after .eventrunner/index.pickle is deleted (median)
+  5. with a fan-in        the same pipeline plus a third stage summing every count into
+                           total.txt (make: total.txt <- every count/%.txt): cold run and one
+                           input changed, and the cold run's cost against the pipeline without it
 and checks that both tools produced byte-identical outputs on a sample of files.
 The temp folder is removed at the end unless --keep.
 """
@@ -82,7 +85,25 @@ def upper(data: bytes) -> bytes:
 
 def count(data: bytes) -> str:
     return f"{len(data.split())}\\n"
+
+
+def total(data: dict[str, bytes]) -> str:
+    return f"{sum(int(v) for v in data.values())}\\n"
 '''
+
+FANIN_STAGE = """
+[stages.total]
+handler = "textops:total"
+inputs  = { data = "count/{name}.txt" }
+output  = "total.txt"
+"""
+
+FANIN_RULE = """
+all: total.txt
+
+total.txt: $(COUNTS)
+\tcat $^ | awk '{ s += $$1 } END { print s }' > $@
+"""
 
 MAKEFILE = """\
 # no built-in implicit rules: otherwise make tries dozens of them (RCS, SCCS, %.c, ...) per file
@@ -137,7 +158,8 @@ def text_for(rng: random.Random) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build(root: Path, n: int, seed: int) -> tuple[Path, Path, list[str]]:
+def build(root: Path, n: int, seed: int, fanin: bool = False) -> tuple[Path, Path, list[str]]:
+    """Equal make and eventrunner workspaces under root (with the fan-in stage if asked)."""
     rng = random.Random(seed)
     mk, er = root / "make", root / "er"
     for ws in (mk, er):
@@ -147,9 +169,9 @@ def build(root: Path, n: int, seed: int) -> tuple[Path, Path, list[str]]:
         body = text_for(rng)
         for ws in (mk, er):
             (ws / "inbox" / f"{name}.txt").write_text(body)
-    (mk / "Makefile").write_text(MAKEFILE)
+    (mk / "Makefile").write_text(MAKEFILE + (FANIN_RULE if fanin else ""))
     (er / "pipelines").mkdir()
-    (er / "pipelines" / "bench.toml").write_text(PIPELINE)
+    (er / "pipelines" / "bench.toml").write_text(PIPELINE + (FANIN_STAGE if fanin else ""))
     (er / "handlers").mkdir()
     (er / "handlers" / "textops.py").write_text(HANDLERS)
     return mk, er, names
@@ -259,6 +281,26 @@ def main() -> None:
         # and once more warm, to be sure the rebuilt index was saved and is used
         er_after = er_run(cmd, er, jobs, 0)
 
+        # 5. the same with a fan-in stage: cold, then one input changed (3 executions each)
+        fmk, fer, _ = build(root / "fanin", n, args.seed, fanin=True)
+        er_fcold = er_run(cmd, fer, jobs, 2 * n + 1)
+        mk_fcold = make_run(fmk, jobs)
+        if (fmk / "total.txt").read_bytes() != (fer / "total.txt").read_bytes():
+            sys.exit("total.txt differs between make and eventrunner")
+        er_fone, mk_fone = [], []
+        for i, name in enumerate(rng.sample(names, min(reps, n))):
+            body = text_for(rng) + f"changed {i} with more words\n"
+            for ws in (fmk, fer):
+                path = ws / "inbox" / f"{name}.txt"
+                path.write_text(body)
+                future = time.time() + 1
+                os.utime(path, (future, future))
+            er_fone.append(er_run(cmd, fer, jobs, 3))
+            mk_fone.append(make_run(fmk, jobs))
+        if (fmk / "total.txt").read_bytes() != (fer / "total.txt").read_bytes():
+            sys.exit("total.txt differs between make and eventrunner after the edits")
+        fanin_cost = (er_fcold / (2 * n + 1)) / (er_cold / (2 * n))
+
         med = statistics.median
         rows = [
             (
@@ -308,6 +350,30 @@ def main() -> None:
                 f"{med(er_cold_index) / med(mk_q):.2f}",
                 "(info)",
                 "",
+            ),
+            (
+                "5. cold run with a fan-in, wall",
+                fmt_s(er_fcold),
+                fmt_s(mk_fcold),
+                f"{er_fcold / mk_fcold:.2f}",
+                "",
+                "",
+            ),
+            (
+                "   per execution vs without fan-in",
+                f"{fanin_cost:.2f}x",
+                "",
+                "",
+                "<= 1.3x",
+                "ok" if fanin_cost <= 1.3 else "MISSED",
+            ),
+            (
+                "   one input changed, with fan-in",
+                fmt_s(med(er_fone)),
+                fmt_s(med(mk_fone)),
+                f"{med(er_fone) / med(mk_fone):.2f}",
+                "<= make",
+                "ok" if med(er_fone) <= med(mk_fone) else "MISSED",
             ),
         ]
         head = ("measurement", "eventrunner", "make", "ratio er/make", "target", "")
