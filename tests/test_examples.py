@@ -541,3 +541,30 @@ def test_examples_have_readmes_and_valid_pipelines(
         assert ws.exists("README.md")
         res = ws.cli("validate")
         assert res.code == 0, res.out + res.err
+
+
+def test_echo_tour_does_what_the_readme_says(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given the README tour's workspace, built once (7 executions)
+    ws = copy_example("echo", tmp_path / "echo", capsys)
+    assert ws.run()["executed"] == 7
+    before = finished(ws)
+    # When hello.txt changes as the tour says
+    ws.write("inbox/hello.txt", "hello again\n")
+    ws.run()
+    # Then shout and count re-ran; the count is byte-identical (2 words, 13 characters),
+    # so the summary stayed fresh (early cutoff)
+    assert json.loads(ws.read("counts/hello.json")) == {"chars": 13, "words": 2}
+    assert reran(before, finished(ws)) == {("echo.shout", "hello"), ("echo.count", "hello")}
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    assert "(2 words, 13 characters)" in readme
+
+
+def test_the_package_declares_the_licence_it_ships() -> None:
+    from importlib.metadata import metadata
+
+    root = EXAMPLES.parent
+    assert (root / "LICENSE").read_text(encoding="utf-8").startswith("MIT License")
+    meta = metadata("eventrunner")
+    assert meta.get("License-Expression") == "MIT" or meta.get("License") == "MIT"
