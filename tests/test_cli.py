@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -198,3 +200,27 @@ def test_every_reading_command_takes_json(echo: Workspace) -> None:
         res = echo.cli(*args, "--json")
         assert res.code == 0, args
         assert isinstance(res.json, dict), args
+
+
+@pytest.mark.parametrize("command", ["entities --json", "entities", "graph", "validate --json"])
+def test_output_piped_to_head_ends_quietly(make_workspace: MakeWorkspace, command: str) -> None:
+    # Given a workspace whose listings are far longer than a pipe's buffer
+    files: dict[str, str | bytes] = {
+        "pipelines/p.toml": "".join(
+            f'[stages.s{i}]\nhandler = "h:up"\ninputs = {{ r = "raw{i}/{{id}}.txt" }}\n'
+            f'output = "out{i}/{{id}}.txt"\n'
+            for i in range(40)
+        ),
+        "handlers/h.py": "def up(r: str) -> str:\n    return r\n",
+    }
+    files.update({f"raw0/{'e' * 60}{n:05}.txt": "x" for n in range(3000)})
+    ws = make_workspace(files)
+    # When its output is piped to `head -c 100` (which exits after 100 bytes)
+    script = (
+        f"set -o pipefail; {sys.executable} -m eventrunner.cli -w {ws.root} {command} | head -c 100"
+    )
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, timeout=120)
+    # Then there is no traceback, and the command exits as if it had finished
+    assert b"Traceback" not in proc.stderr and b"BrokenPipe" not in proc.stderr, proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout) == 100

@@ -412,8 +412,17 @@ _ABANDONED = 0  # sync handlers left running after a timeout; their threads cann
 
 
 def console() -> None:
-    """Console-script entry: like main(), but never waits for abandoned handler threads at exit."""
-    code = main()
+    """Console-script entry: like main(), but never waits for abandoned handler threads at exit,
+    and quiet when the reader of its output goes away (`eventrunner entities | head`)."""
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader took what it wanted. Point stdout at /dev/null so the interpreter's own
+        # flush at exit does not raise again, and exit as a successful command would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = 0
     if _ABANDONED:
         sys.stdout.flush()
         sys.stderr.flush()
