@@ -290,10 +290,15 @@ def test_kustomization_renders_offline_into_valid_manifests() -> None:
 def test_kubernetes_coordinator_is_one_writer_with_probes_and_a_long_grace() -> None:
     sts = _k8s("StatefulSet", "eventrunner")
     assert sts["spec"]["replicas"] == 1
-    (claim,) = sts["spec"]["volumeClaimTemplates"]
-    assert claim["spec"]["accessModes"] == ["ReadWriteOncePod"]
+    claims = {c["metadata"]["name"]: c["spec"] for c in sts["spec"]["volumeClaimTemplates"]}
+    assert all(spec["accessModes"] == ["ReadWriteOncePod"] for spec in claims.values())
     pod = sts["spec"]["template"]["spec"]
     (container,) = pod["containers"]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/workspace/.eventrunner"]["name"] in claims
+    assert mounts["/data"]["name"] in claims
+    # kubelet creates a missing subPath folder owned by root: uid 10001 could not write it
+    assert not any("subPath" in m for m in mounts.values())
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     env = {e["name"]: e["value"] for e in container["env"]}
