@@ -5,7 +5,7 @@ ER     := $(VENV)/bin/eventrunner
 DEMO   ?= demo
 PORT   ?= 8700
 
-.PHONY: install demo test lint bench clean
+.PHONY: install deploy-tools demo test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -14,6 +14,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# The offline validators that tests/test_deploy.py uses for deploy/ (CI installs them too).
+deploy-tools: install
+	$(PY) -m pip install -q -e '.[test,deploy-check]'
 
 # The demo secret is for this scratch copy only; real deployments set their own.
 DEMO_SECRET ?= whsec_ZGVtby1zZWNyZXQtZm9yLWV2ZW50cnVubmVyLTI0Yg==
