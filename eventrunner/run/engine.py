@@ -17,7 +17,6 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 from eventrunner.core.errors import HandlerTimeout, PermanentError, RetryLater
@@ -34,6 +33,7 @@ from eventrunner.run.invoke import (
     wants_ctx,
 )
 from eventrunner.run.planner import Planner, Target
+from eventrunner.run.report import RunReport
 from eventrunner.state.index import Index
 from eventrunner.state.store import Manifest, Store
 from eventrunner.workspace import loader
@@ -41,18 +41,6 @@ from eventrunner.workspace import loader
 log = logging.getLogger("eventrunner.engine")
 
 Listener = Callable[[dict[str, Any]], None]
-
-
-@dataclass
-class Outcome:
-    """Counts of one drain, for `run --json`."""
-
-    executed: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    skipped: int = 0
-    failures: list[dict[str, str]] = field(default_factory=list)
-    ran: set[tuple[str, str]] = field(default_factory=set)
 
 
 class Engine:
@@ -76,7 +64,7 @@ class Engine:
         self.listeners: list[Listener] = [listener] if listener else []
         self.evaluator = Evaluator(index)
         self.planner = Planner(index)
-        self.outcome = Outcome()
+        self.outcome = RunReport()
         self.retry_in_run = retry_in_run  # serve: failures come back through the sweep instead
         self._heap: list[tuple[int, int, int, str, str]] = []
         self._queued: dict[tuple[str, str], dict[str, str]] = {}
@@ -221,7 +209,7 @@ class Engine:
         return len(self._queued)
 
     # -- execution -----------------------------------------------------------------------------
-    async def drain(self) -> Outcome:
+    async def drain(self) -> RunReport:
         """Run until nothing is queued or running (the `run` command)."""
         await self.start()
         try:
