@@ -108,10 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
     try:
         if args.command == "run" and _noop_fast_path(args):
-            return 0
+            return 0  # it logs nothing: logging (~9 ms to import) is set up only past it
+        _setup_logging(args.verbose)
         code = _command(args.command)(args)
         global _ABANDONED
         _ABANDONED += getattr(args, "abandoned", 0)
