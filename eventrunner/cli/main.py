@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from eventrunner.cli.common import print_json, print_report, workspace_path
 from eventrunner.core.errors import (
@@ -58,10 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def cmd(name: str, help_: str, reads: bool = False) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_, description=help_)
-        if reads:
-            sp.add_argument("--json", action="store_true", help="machine-readable output")
-        return sp
+        return _subcommand(sub, name, help_, reads)
 
     sp = cmd("init", "scaffold a working workspace (pipeline, handler, sample data)")
     sp.add_argument("dir", nargs="?", type=Path, default=Path("."))
@@ -103,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int)
     sp.add_argument("--no-watch", action="store_true")
     return p
+
+
+def _subcommand(sub: Any, name: str, help_: str, reads: bool) -> argparse.ArgumentParser:
+    """One command's parser (`sub` is what add_subparsers returned); --json for reading ones."""
+    sp: argparse.ArgumentParser = sub.add_parser(name, help=help_, description=help_)
+    if reads:
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+    return sp
 
 
 def main(argv: Sequence[str] | None = None) -> int:
