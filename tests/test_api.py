@@ -30,7 +30,7 @@ from standardwebhooks.webhooks import Webhook
 
 from eventrunner.cli.serve import check_bind
 from eventrunner.core.errors import UsageError
-from eventrunner.run import management as ops
+from eventrunner.run import queries
 from eventrunner.server.app import create_app
 from eventrunner.server.keys import STATES
 from eventrunner.server.states import StateTable
@@ -636,7 +636,7 @@ async def test_a_whole_workspace_pass_in_serve_yields_to_the_loop(api: Api) -> N
     # Given everything fresh; when the engine considers every state in slices of one
     engine = api.rt.engine
     assert engine is not None
-    task = asyncio.ensure_future(engine.consider_async(engine.planner.iter_targets(), chunk=1))
+    task = asyncio.ensure_future(engine.consider_async(engine.targets(), chunk=1))
     turns = 0
     while not task.done():
         turns += 1
@@ -655,7 +655,7 @@ async def test_state_counts_kept_up_from_events_equal_a_full_evaluation(api: Api
     async def agrees() -> bool:
         served = (await api.get("/api/pipelines"))["pipelines"]
         assert api.rt.index is not None
-        return bool(served == ops.status(api.rt.index)["pipelines"])  # a fresh full evaluation
+        return bool(served == queries.status(api.rt.index)["pipelines"])  # a fresh full evaluation
 
     # When a new entity arrives, runs, and one entity starts failing for good
     await api.deliver("z", "log z")

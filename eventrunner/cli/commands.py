@@ -9,18 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from eventrunner.cli.common import hold_workspace, print_json, read_index, workspace_path
 from eventrunner.core.errors import UnknownName, UsageError
-from eventrunner.run import management as ops
-
-
-def _cli() -> Any:
-    from eventrunner.cli import main as cli
-
-    return cli
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+from eventrunner.run import queries
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
@@ -64,10 +55,10 @@ def _status_from_server(args: argparse.Namespace) -> dict[str, Any] | None:
 def cmd_status(args: argparse.Namespace) -> int:
     data = _status_from_server(args)
     if data is None:
-        _, _, index = _cli()._open(args)
-        data = ops.status(index, args.pipeline)
+        _, index = read_index(args)
+        data = queries.status(index, args.pipeline)
     if args.json:
-        _print_json(data)
+        print_json(data)
         return 0
     for p, pdata in data["pipelines"].items():
         rows = []
@@ -79,12 +70,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_entities(args: argparse.Namespace) -> int:
-    _, _, index = _cli()._open(args)
-    rows = ops.entities(
+    _, index = read_index(args)
+    rows = queries.entities(
         index, pipeline=args.pipeline, stage=args.stage, state=args.state, limit=args.limit
     )
     if args.json:
-        _print_json({"entities": [r.to_json() for r in rows]})
+        print_json({"entities": [r.to_json() for r in rows]})
         return 0
     _table(
         "states",
@@ -108,7 +99,7 @@ def _from_server(args: argparse.Namespace, path: str) -> Any:
     from eventrunner.core.errors import ServerUnavailable
     from eventrunner.workspace.settings import load_settings
 
-    settings = load_settings(_cli()._workspace_path(args))
+    settings = load_settings(workspace_path(args))
     addr = server_address(settings.state_dir)
     if addr is None:
         return None
@@ -130,10 +121,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if served is not None:
         data = served["stages"]  # the server's index: no load of every state here
     else:
-        _, _, index = _cli()._open(args)
-        data = ops.explain(index, args.entity, args.stage, args.pipeline)
+        _, index = read_index(args)
+        data = queries.explain(index, args.entity, args.stage, args.pipeline)
     if args.json:
-        _print_json({"entity": args.entity, "stages": data})
+        print_json({"entity": args.entity, "stages": data})
         return 0
     for row in data:
         print(f"{row['stage']} {row['entity']}: {row['state']}")
@@ -145,27 +136,21 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mutate(
-    args: argparse.Namespace, action: str, body: dict[str, Any], local: Callable[[Any, Any], Any]
-) -> int:
-    """Run a state change through a running server's API, or locally under the lock."""
+def _mutate(args: argparse.Namespace, action: str, body: dict[str, Any]) -> int:
+    """Run a state change through a running server's API, or here under the lock: the same
+    management call either way (management.manage)."""
     from eventrunner.cli.client import call_server, server_address
+    from eventrunner.run import management
     from eventrunner.workspace.settings import load_settings
 
-    path = _cli()._workspace_path(args)
-    settings = load_settings(path)
+    settings = load_settings(workspace_path(args))
     addr = server_address(settings.state_dir)
     if addr is not None:
-        result = call_server(settings, addr, action, body)
+        result = call_server(settings, addr, action, dict(body))
     else:
-        _, store, index = _cli()._open(args)
-        store.acquire_lock(action)
-        try:
-            result = local(index, store)
-        finally:
-            store.release_lock()
+        result = hold_workspace(args, action, lambda s: management.manage(s, action, body))
     if args.json:
-        _print_json(result)
+        print_json(result)
     else:
         print(f"{action}: {json.dumps(result, default=str)}")
     return 0
@@ -173,56 +158,42 @@ def _mutate(
 
 def cmd_invalidate(args: argparse.Namespace) -> int:
     body = {"stage": args.stage, "entities": args.entities or None, "downstream": args.downstream}
-    return _mutate(
-        args,
-        "invalidate",
-        body,
-        lambda i, s: ops.invalidate(i, s, args.stage, args.entities or None, args.downstream),
-    )
+    return _mutate(args, "invalidate", body)
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
     if args.entities and not args.stage:
         raise UsageError("retry: entity ids need a stage")
-    body = {"stage": args.stage, "entities": args.entities or None}
-    return _mutate(
-        args, "retry", body, lambda i, s: ops.retry(i, s, args.stage, args.entities or None)
-    )
+    return _mutate(args, "retry", {"stage": args.stage, "entities": args.entities or None})
 
 
 def cmd_hold(args: argparse.Namespace) -> int:
-    body = {"stage": args.stage, "entities": args.entities or None}
-    return _mutate(
-        args, "hold", body, lambda i, s: ops.hold(i, s, args.stage, args.entities or None, True)
-    )
+    return _mutate(args, "hold", {"stage": args.stage, "entities": args.entities or None})
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    body = {"stage": args.stage, "entities": args.entities or None}
-    return _mutate(
-        args, "release", body, lambda i, s: ops.hold(i, s, args.stage, args.entities or None, False)
-    )
+    return _mutate(args, "release", {"stage": args.stage, "entities": args.entities or None})
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from eventrunner.cli.client import call_server, server_address
+    from eventrunner.run import management
     from eventrunner.workspace.settings import load_settings
 
-    settings = load_settings(_cli()._workspace_path(args))
+    settings = load_settings(workspace_path(args))
     addr = None if args.dry_run else server_address(settings.state_dir)
     if addr is not None:
         # A running server owns the workspace: it prunes (between events, on its loop).
         pruned = call_server(settings, addr, "prune", {"dry_run": False})["pruned"]
     else:
-        _, store, index = _cli()._open(args)
-        if not args.dry_run:
-            store.acquire_lock("prune")
-        try:
-            pruned = ops.prune(index, store, dry_run=args.dry_run)
-        finally:
-            store.release_lock()
+        pruned = hold_workspace(
+            args,
+            "prune",
+            lambda s: management.prune_orphans(s, args.dry_run)["pruned"],
+            read_only=args.dry_run,
+        )
     if args.json:
-        _print_json({"pruned": pruned, "dry_run": args.dry_run})
+        print_json({"pruned": pruned, "dry_run": args.dry_run})
     else:
         verb = "would delete" if args.dry_run else "deleted"
         print(f"{verb} {len(pruned)} orphaned state(s)")
@@ -235,7 +206,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
     from eventrunner.cli.graphviz import render
     from eventrunner.workspace.load import load_workspace
 
-    ws = load_workspace(_cli()._workspace_path(args))
+    ws = load_workspace(workspace_path(args))
     print(render(ws.graph, args.format))
     return 0
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from eventrunner.cli.common import print_json, print_report, workspace_path
 from eventrunner.core.errors import (
     ConfigError,
     EventRunnerError,
@@ -58,10 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def cmd(name: str, help_: str, reads: bool = False) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_, description=help_)
-        if reads:
-            sp.add_argument("--json", action="store_true", help="machine-readable output")
-        return sp
+        return _subcommand(sub, name, help_, reads)
 
     sp = cmd("init", "scaffold a working workspace (pipeline, handler, sample data)")
     sp.add_argument("dir", nargs="?", type=Path, default=Path("."))
@@ -105,14 +103,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _subcommand(sub: Any, name: str, help_: str, reads: bool) -> argparse.ArgumentParser:
+    """One command's parser (`sub` is what add_subparsers returned); --json for reading ones."""
+    sp: argparse.ArgumentParser = sub.add_parser(name, help=help_, description=help_)
+    if reads:
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+    return sp
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
     try:
         if args.command == "run" and _noop_fast_path(args):
-            return 0
-        return _command(args.command)(args)
+            return 0  # it logs nothing: logging (~9 ms to import) is set up only past it
+        _setup_logging(args.verbose)
+        code = _command(args.command)(args)
+        global _ABANDONED
+        _ABANDONED += getattr(args, "abandoned", 0)
+        return code
     except ConfigError as exc:
         if getattr(args, "json", False):
             print(
@@ -139,33 +148,12 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _workspace_path(args: argparse.Namespace) -> Path:
-    from eventrunner.workspace.find import find_workspace
-
-    return args.workspace.resolve() if args.workspace else find_workspace()
-
-
-def _open(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Any:
-    """(workspace, store, index) for a command."""
-    from eventrunner.state.index import Index
-    from eventrunner.state.store import Store
-    from eventrunner.workspace.load import load_workspace
-
-    ws = load_workspace(_workspace_path(args), overrides)
-    store = Store(ws.settings.state_dir)
-    return ws, store, Index.load(ws, store)
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True, default=str))
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
     from eventrunner.workspace.load import load_workspace
 
-    ws = load_workspace(_workspace_path(args), import_handlers=True)
+    ws = load_workspace(workspace_path(args), import_handlers=True)
     if args.json:
-        _print_json(
+        print_json(
             {"valid": True, "stages": sorted(ws.graph.stages), "sources": sorted(ws.graph.sources)}
         )
     else:
@@ -175,234 +163,34 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_full_run(args: argparse.Namespace) -> bool:
-    return not (args.pipeline or args.stage or args.entity or args.dry_run)
-
-
 def _noop_fast_path(args: argparse.Namespace) -> bool:
     """Answer a no-change `run` from stats alone (see fastpath.py); False to take the full path."""
     t0 = time.perf_counter()
-    if not _is_full_run(args):
+    if args.pipeline or args.stage or args.entity or args.dry_run:
         return False
     from eventrunner.state import fastpath
     from eventrunner.workspace.find import STATE_DIR
 
-    args.look = fastpath.look(_workspace_path(args) / STATE_DIR)
+    args.look = fastpath.look(workspace_path(args) / STATE_DIR)  # the full path follows it
     if args.look is None or not args.look.unchanged:
         return False
-    _print_run_report(
-        args,
-        {
-            "executed": 0,
-            "succeeded": 0,
-            "failed": 0,
-            "skipped": args.look.result["skipped"],
-            "duration_s": round(time.perf_counter() - t0, 3),
-            "failures": [],
-            "mode": "stat",
-        },
+    from eventrunner.run.report import RunReport
+
+    skipped = args.look.result["skipped"]
+    print_report(
+        args, RunReport(skipped=skipped, duration_s=round(time.perf_counter() - t0, 3), mode="stat")
     )
     return True
 
 
-def _print_run_report(args: argparse.Namespace, report: dict[str, Any]) -> None:
-    if args.json:
-        _print_json(report)
-        return
-    print(
-        f"executed {report['executed']}: {report['succeeded']} succeeded, {report['failed']} failed; "
-        f"{report['skipped']} skipped (held, failed, dead or waiting) in {report['duration_s']}s"
-    )
-    for f in report["failures"][:20]:
-        print(f"  FAILED {f['stage']} {f['entity']}: {f['error']}")
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from eventrunner.run.engine import Engine
-    from eventrunner.run.management import resolve_stages
-    from eventrunner.state import fastpath
-    from eventrunner.state import stamp as stamping
-
-    t0 = time.perf_counter()
-    look = getattr(args, "look", None)
-    since = look if look is not None and look.incremental and _is_full_run(args) else None
-    from eventrunner.state.index import Index
-    from eventrunner.state.store import Store
-    from eventrunner.workspace.load import load_workspace
-
-    if not args.dry_run and (report := _run_through_server(args)) is not None:
-        _print_run_report(args, report)
-        return 1 if report["failed"] else 0
-    ws = load_workspace(_workspace_path(args))
-    store = Store(ws.settings.state_dir)
-    dirs_before = stamping.dir_snapshot(ws) if _is_full_run(args) else {}
-    trusted = since.source_ids() if since is not None and not since.files_came_or_went else None
-    index = Index.load(ws, store, trusted)
-    if not args.dry_run:
-        fastpath.discard(ws.settings.state_dir)
-        store.acquire_lock("run")
-    try:
-        selected = set(resolve_stages(index, args.stage, args.pipeline))
-        entity = args.entity
-        jobs = args.jobs or ws.settings.runtime.concurrency
-        progress = None if args.json or args.dry_run or not sys.stdout.isatty() else _Progress()
-        engine = Engine(
-            index,
-            store,
-            jobs=jobs,
-            allow=lambda q, e: q in selected and entity in (None, e),
-            listener=progress.on_event if progress else None,
-        )
-        if entity is not None and not any(
-            e == entity for q, e, _ in engine.planner.all_targets() if q in selected
-        ):
-            raise UnknownName(f"no selected stage has entity {entity!r}")
-        if since is None and not args.dry_run and (store.crashed_before or index.recovered):
-            index.sweep_temps()  # we hold the lock; a full run may follow a crash: clear its debris
-        if since is not None:
-            # Incremental: only what the changed stats affect, exactly as serve handles events.
-            initial = stamping.targets_since(engine, index, ws, since)
-        else:
-            initial = [
-                (q, e, v)
-                for q, e, v in engine.planner.all_targets()
-                if q in selected and entity in (None, e)
-            ]
-        engine.consider(initial, fresh_pass=True)
-        blocked = {
-            (q, e)
-            for q, e, v in initial
-            if engine.evaluator.verdict(q, e, v).state not in ("fresh", "stale")
-        }
-        if args.dry_run:
-            return _report_dry_run(args, engine, blocked)
-        if progress:
-            progress.start(engine.queue_depth)
-        try:
-            outcome = asyncio.run(_drain(engine))
-        finally:
-            if progress:
-                progress.stop()
-        if outcome.executed or index.changed or not index.cache_path.exists():
-            index.save()
-    finally:
-        store.release_lock()
-    # Skipped: states that needed work, were not run, and still are not fresh (held, dead, ...).
-    engine.evaluator.reset()
-    skipped = sum(
-        1
-        for q, e, v in initial
-        if (q, e) in blocked
-        and (q, e) not in outcome.ran
-        and index.has_entity(q, v)
-        and engine.evaluator.verdict(q, e, v).state != "fresh"
-    )
-    global _ABANDONED
-    _ABANDONED += engine.abandoned
-    if since is not None and look is not None and not outcome.failed and not skipped:
-        stamping.write_stamp(
-            ws, index, skipped, carried=look.recorded, dirs_before=dirs_before, changed=look.changed
-        )
-    elif since is None and outcome.executed == 0 and _is_full_run(args):
-        stamping.write_stamp(ws, index, skipped, dirs_before=dirs_before)
-    report = {
-        "executed": outcome.executed,
-        "succeeded": outcome.succeeded,
-        "failed": outcome.failed,
-        "skipped": skipped,
-        "duration_s": round(time.perf_counter() - t0, 3),
-        "failures": outcome.failures,
-        "mode": "incremental" if since is not None else "full",
-    }
-    _print_run_report(args, report)
-    return 1 if outcome.failed else 0
-
-
-async def _drain(engine: Any) -> Any:
-    return await engine.drain()
-
-
-def _report_dry_run(args: argparse.Namespace, engine: Any, blocked: set[tuple[str, str]]) -> int:
-    would = sorted(engine._queued)
-    if args.json:
-        _print_json(
-            {
-                "would_run": [{"stage": q, "entity": e} for q, e in would],
-                "executed": 0,
-                "succeeded": 0,
-                "failed": 0,
-                "skipped": len(blocked),
-                "duration_s": 0.0,
-            }
-        )
-    else:
-        print(f"would run {len(would)} state(s) now (downstream states run after them as needed):")
-        for q, e in would[:200]:
-            print(f"  {q} {e}")
-    return 0
-
-
-def _run_through_server(args: argparse.Namespace) -> dict[str, Any] | None:
-    """While `serve` holds the workspace, `run` asks it to check the selection and waits until it
-    is idle (the server's own concurrency applies, not -j); None when no server runs."""
-    from eventrunner.cli.client import call_server, server_address
-    from eventrunner.workspace.settings import load_settings
-
-    settings = load_settings(_workspace_path(args))
-    addr = server_address(settings.state_dir)
-    if addr is None:
-        return None
-    body = {"pipeline": args.pipeline, "stage": args.stage, "entity": args.entity}
-    report: dict[str, Any] = call_server(settings, addr, "run", body, timeout=None)
-    return report
-
-
-class _Progress:
-    """A rich progress bar fed by engine events."""
-
-    def __init__(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("[bold]running"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.description}"),
-            transient=True,
-        )
-        self.task = self.progress.add_task("", total=0)
-
-    def start(self, total: int) -> None:
-        self.progress.update(self.task, total=total)
-        self.progress.start()
-
-    def stop(self) -> None:
-        self.progress.stop()
-
-    def on_event(self, event: dict[str, Any]) -> None:
-        if event["kind"] == "queued":
-            self.progress.update(self.task, total=(self.progress.tasks[0].total or 0) + 1)
-        elif event["kind"] in ("succeeded", "failed"):
-            self.progress.update(
-                self.task, advance=1, description=f"{event['stage']} {event['entity']}"
-            )
-
-
 def _command(name: str) -> Callable[[argparse.Namespace], int]:
-    """The function of a command; the rest live in cli_commands (imported only when used)."""
-    if name == "run":
-        return cmd_run
+    """The function of a command, imported only when used (run.py, or commands.py for the rest)."""
     if name == "validate":
         return cmd_validate
+    if name == "run":
+        from eventrunner.cli.run import cmd_run
+
+        return cmd_run
     from eventrunner.cli.commands import COMMANDS_REST
 
     return COMMANDS_REST[name]

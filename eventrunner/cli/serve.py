@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from eventrunner.cli.client import SERVER_FILE
+from eventrunner.cli.common import workspace_path
 from eventrunner.core.errors import UsageError
 from eventrunner.state.store import atomic_write
 from eventrunner.workspace.load import Workspace, load_workspace
@@ -65,11 +66,10 @@ async def serve(
         try:
             site = web.TCPSite(runner, ws.settings.server.host, ws.settings.server.port)
             await site.start()
-            sockets = getattr(site._server, "sockets", None) or []
+            # The bound address (port 0 picks a free one), through aiohttp's public API.
+            bound = runner.addresses
             host, port = (
-                sockets[0].getsockname()[:2]
-                if sockets
-                else (ws.settings.server.host, ws.settings.server.port)
+                bound[0][:2] if bound else (ws.settings.server.host, ws.settings.server.port)
             )
             url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
             atomic_write(
@@ -89,14 +89,12 @@ async def serve(
 
 def serve_command(args: argparse.Namespace) -> int:
     """CLI entry: exit 0 after a clean SIGINT/SIGTERM shutdown."""
-    from eventrunner.cli.main import _workspace_path
-
     overrides: dict[str, Any] = {}
     if args.host:
         overrides.setdefault("server", {})["host"] = args.host
     if args.port is not None:
         overrides.setdefault("server", {})["port"] = args.port
-    ws = load_workspace(_workspace_path(args), overrides)
+    ws = load_workspace(workspace_path(args), overrides)
     for noisy in ("apscheduler", "watchfiles", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("eventrunner").setLevel(

@@ -1,1 +1,2 @@
-"""Doing the work: planner, evaluation, the engine, executors, commits and management operations."""
+"""Doing the work: the session (one lifecycle), planner, evaluation, engine, commits, the run
+report, and the management layer (management.py changes state, queries.py reads it)."""

@@ -15,13 +15,12 @@ import logging
 import multiprocessing
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 from eventrunner.core.errors import HandlerTimeout, PermanentError, RetryLater
-from eventrunner.core.staleness import after_failure
+from eventrunner.core.staleness import Verdict, after_failure
 from eventrunner.run.commit import Commit, Committer
 from eventrunner.run.evaluate import Evaluator
 from eventrunner.run.invoke import (
@@ -34,6 +33,7 @@ from eventrunner.run.invoke import (
     wants_ctx,
 )
 from eventrunner.run.planner import Planner, Target
+from eventrunner.run.report import RunReport
 from eventrunner.run.settle import Settling
 from eventrunner.state.index import Index
 from eventrunner.state.store import Manifest, Store
@@ -42,18 +42,6 @@ from eventrunner.workspace import loader
 log = logging.getLogger("eventrunner.engine")
 
 Listener = Callable[[dict[str, Any]], None]
-
-
-@dataclass
-class Outcome:
-    """Counts of one drain, for `run --json`."""
-
-    executed: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    skipped: int = 0
-    failures: list[dict[str, str]] = field(default_factory=list)
-    ran: set[tuple[str, str]] = field(default_factory=set)
 
 
 class Engine:
@@ -78,7 +66,7 @@ class Engine:
         self.evaluator = Evaluator(index)
         self.planner = Planner(index)
         self.settling = Settling(index.ws.graph)
-        self.outcome = Outcome()
+        self.outcome = RunReport()
         self.retry_in_run = retry_in_run  # serve: failures come back through the sweep instead
         self._heap: list[tuple[int, int, int, str, str]] = []
         self._queued: dict[tuple[str, str], dict[str, str]] = {}
@@ -126,6 +114,37 @@ class Engine:
                 fn(event)
             except Exception:
                 log.exception("event listener failed on %s", kind)
+
+    # -- public API: what sessions, the runtime and management call (nothing reaches further) --
+    def targets(self, stages: list[str] | None = None) -> Iterator[Target]:
+        """Every (stage, entity) of the workspace, or of `stages`, upstream first."""
+        return self.planner.iter_targets(stages)
+
+    def affected_by(self, kind: str, relpath: str) -> tuple[list[Target], bool]:
+        """What one added, modified or deleted file affects (the index learns of a source file
+        coming or going), and whether it is a source file; nothing is checked yet."""
+        return self.planner.targets_for_change(kind, relpath)
+
+    def report_change(self, kind: str, relpath: str) -> tuple[int, bool]:
+        """One file changed: check and queue what it affects; (states queued, is a source)."""
+        targets, source_hit = self.affected_by(kind, relpath)
+        return (self.consider(targets) if targets else 0), source_hit
+
+    def removed_targets(self, pattern_key: str, values: dict[str, str]) -> list[Target]:
+        """What an instance that vanished affects (entities vanishing with it followed)."""
+        return self.planner.removed_targets(pattern_key, values)
+
+    def verdict(self, qualname: str, eid: str, values: dict[str, str]) -> Verdict:
+        """The state of (stage, entity) now, memoised until forget_verdicts()."""
+        return self.evaluator.verdict(qualname, eid, values)
+
+    def forget_verdicts(self) -> None:
+        """Drop the memo of the last pass (a verdict per state it checked)."""
+        self.evaluator.reset()
+
+    def queued(self) -> list[tuple[str, str]]:
+        """(stage, entity) pairs waiting for a worker, sorted."""
+        return sorted(self._queued)
 
     # -- planning ----------------------------------------------------------------------------
     def consider(
@@ -195,7 +214,7 @@ class Engine:
         return len(self._queued)
 
     # -- execution -----------------------------------------------------------------------------
-    async def drain(self) -> Outcome:
+    async def drain(self) -> RunReport:
         """Run until nothing is queued or running (the `run` command)."""
         await self.start()
         try:

@@ -1,156 +1,30 @@
-"""Operations on a workspace, shared by the CLI and the HTTP API (no logic written twice)."""
+"""The management layer, shared by the CLI and the HTTP API: invalidate, retry, hold, release,
+prune and `run` on a held workspace.
+
+The operations work on the index and the store; the entry points (`manage`, `prune_orphans`,
+`run_selection`) take the Session that holds the workspace — the CLI's own under the lock, or
+serve's, where each call also re-checks only what it touched and tells listeners. The read-only
+half (status, listings, explain) is queries.py.
+"""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 from eventrunner.core.errors import UnknownName, UsageError
 from eventrunner.core.patterns import parse_entity_id
-from eventrunner.core.staleness import STATES, Verdict
-from eventrunner.run.evaluate import Evaluator
-from eventrunner.run.planner import Planner
+from eventrunner.run.planner import Planner, Target
+from eventrunner.run.queries import entity_values as _entity_values  # the ops' old name
+from eventrunner.run.queries import resolve_stages
+from eventrunner.run.report import RunReport
+from eventrunner.run.session import Session
 from eventrunner.state.index import Index
 from eventrunner.state.store import Store, atomic_write, dumps
-
-
-@dataclass
-class Row:
-    """One state with its reasons."""
-
-    stage: str
-    entity: str
-    values: dict[str, str]
-    verdict: Verdict
-
-    def to_json(self) -> dict[str, Any]:
-        """Plain data for --json and the API."""
-        return {
-            "stage": self.stage,
-            "entity": self.entity,
-            "state": self.verdict.state,
-            "reasons": [r.to_json() for r in self.verdict.reasons],
-        }
-
-
-def resolve_stages(index: Index, stage: str | None, pipeline: str | None = None) -> list[str]:
-    """Stage qualnames for a --stage/--pipeline selection; UnknownName when nothing matches."""
-    g = index.ws.graph
-    if pipeline is not None and pipeline not in g.pipelines:
-        raise UnknownName(
-            f"no pipeline {pipeline!r} (have: {', '.join(sorted(g.pipelines)) or 'none'})"
-        )
-    if stage is None:
-        return [q for q in g.order if pipeline is None or g.stages[q].pipeline == pipeline]
-    found = g.find_stage(stage, pipeline)
-    if not found:
-        raise UnknownName(
-            f"no stage {stage!r}" + (f" in pipeline {pipeline!r}" if pipeline else "")
-        )
-    if len(found) > 1:
-        raise UsageError(
-            f"stage name {stage!r} is ambiguous: {', '.join(found)}; use pipeline.stage"
-        )
-    return found
-
-
-def state_ids(index: Index, qualname: str) -> list[str]:
-    """Entity ids of one stage's states in listing order: its entities, then orphaned states.
-    Cheap (no evaluation), so a page of a listing need evaluate only its own rows."""
-    ids = index.stage_entity_ids(qualname)
-    known = set(ids)
-    ids += [eid for eid in index.manifests[qualname] if eid not in known]
-    return ids
-
-
-def iter_rows(index: Index, stages: list[str], evaluator: Evaluator | None = None) -> Iterator[Row]:
-    """Every state of the given stages (orphaned ones included), upstream first."""
-    ev = evaluator or Evaluator(index)
-    for q in stages:
-        seen: set[str] = set()
-        for eid, values in index.stage_entities(q):
-            seen.add(eid)
-            yield Row(q, eid, values, ev.verdict(q, eid, values))
-        for eid, m in index.manifests[q].items():
-            if eid not in seen:
-                yield Row(q, eid, m.values, ev.verdict(q, eid, m.values))
-
-
-def status(
-    index: Index, pipeline: str | None = None, counts: dict[str, dict[str, int]] | None = None
-) -> dict[str, Any]:
-    """Per-stage counts by state: {"pipelines": {P: {"stages": {S: {state: n}}}}}; evaluates
-    every state unless `counts` (stage -> state -> n) come from elsewhere (serve's StateTable)."""
-    stages = resolve_stages(index, None, pipeline)
-    if counts is None:
-        tally: dict[str, Counter[str]] = {q: Counter() for q in stages}
-        for row in iter_rows(index, stages):
-            tally[row.stage][row.verdict.state] += 1
-        counts = {q: dict(c) for q, c in tally.items()}
-    out: dict[str, Any] = {"pipelines": {}}
-    g = index.ws.graph
-    for p in sorted(g.pipelines):
-        if pipeline is not None and p != pipeline:
-            continue
-        out["pipelines"][p] = {
-            "stages": {
-                g.stages[q].name: {s: counts[q].get(s, 0) for s in STATES} for q in g.pipelines[p]
-            }
-        }
-    return out
-
-
-def entities(
-    index: Index,
-    *,
-    pipeline: str | None = None,
-    stage: str | None = None,
-    state: str | None = None,
-    limit: int | None = None,
-    offset: int = 0,
-) -> list[Row]:
-    """States filtered by pipeline, stage and state, paged."""
-    if state is not None and state not in STATES:
-        raise UsageError(f"unknown state {state!r} (one of {', '.join(STATES)})")
-    rows = [
-        r
-        for r in iter_rows(index, resolve_stages(index, stage, pipeline))
-        if state is None or r.verdict.state == state
-    ]
-    return rows[offset : None if limit is None else offset + limit]
-
-
-def _entity_values(index: Index, q: str, eid: str) -> dict[str, str] | None:
-    """The values of an entity id the stage has now (or has a state for); else None."""
-    values = index.values_or_none(q, eid)
-    if values is not None and (index.has_entity(q, values) or eid in index.manifests[q]):
-        return values
-    return None
-
-
-def explain(
-    index: Index, eid: str, stage: str | None = None, pipeline: str | None = None
-) -> list[dict[str, Any]]:
-    """For every stage that has this entity: state, reasons, manifest, last failure."""
-    ev = Evaluator(index)
-    out = []
-    for q in resolve_stages(index, stage, pipeline):
-        values = _entity_values(index, q, eid)
-        if values is None:
-            continue
-        m = index.manifests[q].get(eid)
-        f = index.failures[q].get(eid)
-        row = Row(q, eid, values, ev.verdict(q, eid, values)).to_json()
-        row["manifest"] = m.to_json() if m else None
-        row["failure"] = f.to_json() if f else None
-        out.append(row)
-    if not out:
-        raise UnknownName(f"no stage has entity {eid!r}")
-    return out
 
 
 def _targets(index: Index, q: str, eids: list[str] | None) -> list[str]:
@@ -187,7 +61,7 @@ def invalidate(
     save: bool = True,
 ) -> dict[str, Any]:
     """Mark states stale (INVALIDATED); with downstream, every state that reads them too."""
-    q0 = resolve_stages(index, stage)[0]
+    q0 = resolve_stages(index.ws.graph, stage)[0]
     targets = _targets(index, q0, eids)
     now = time.time_ns()
     inv = index.control.invalidations
@@ -226,7 +100,7 @@ def retry(
 ) -> dict[str, Any]:
     """Clear backoff and dead states so they run at the next opportunity."""
     cleared = []
-    for q in resolve_stages(index, stage):
+    for q in resolve_stages(index.ws.graph, stage):
         wanted = set(eids) if eids else None
         for eid in list(index.failures[q]):
             if wanted is None or eid in wanted:
@@ -249,7 +123,7 @@ def hold(
     save: bool = True,
 ) -> dict[str, Any]:
     """Put states on manual hold (on=True) or release them."""
-    q = resolve_stages(index, stage)[0]
+    q = resolve_stages(index.ws.graph, stage)[0]
     targets = _targets(index, q, eids)
     current = set(index.control.holds.get(q, []))
     if on:
@@ -314,3 +188,104 @@ def prune(
         index.derive()
         _save(index, save)
     return out
+
+
+# -- on a held workspace: what the CLI and the HTTP API call ---------------------------------------
+def manage(session: Session, action: str, body: dict[str, Any]) -> Any:
+    """invalidate / retry / hold / release; while work runs (serve), queue what became
+    runnable. The index cache follows when the holder saves (at close, or serve's persist loop)."""
+    idx, store = session.index, session.store
+    assert idx is not None
+    session.unstamp()  # holds, invalidations, retries: let the next start evaluate fully
+    stage: str | None = body.get("stage")
+    eids: list[str] | None = body.get("entities") or None
+    # Only what the call touched is checked again: whole stages when no entity was named.
+    whole: list[str] = []
+    pairs: list[tuple[str, str]] = []
+    if action == "invalidate":
+        result = invalidate(
+            idx, store, _required(stage), eids, bool(body.get("downstream")), save=False
+        )
+        if eids:
+            pairs = [(result["stages"][0], e) for e in result["entities"]]
+            pairs += [(d["stage"], d["entity"]) for d in result["downstream"]]
+        else:
+            whole = result["stages"]
+    elif action == "retry":
+        result = retry(idx, store, stage, eids, save=False)
+        pairs = [(c["stage"], c["entity"]) for c in result["cleared"]]
+    elif action in ("hold", "release"):
+        result = hold(idx, store, _required(stage), eids, on=action == "hold", save=False)
+        if eids:
+            pairs = [(result["stage"], e) for e in result["entities"]]
+        else:
+            whole = [result["stage"]]
+    else:
+        raise ValueError(action)
+    if session.engine is not None:
+        targets: list[Target] = [(q, e, v) for q in whole for e, v in idx.stage_entities(q)]
+        for q, e in pairs:
+            values = idx.values_or_none(q, e)
+            if values is not None:
+                targets.append((q, e, values))
+        session.engine.consider(targets)
+    session.emit({"kind": "managed", "action": action})  # holds, invalidations: states recounted
+    return result
+
+
+def prune_orphans(session: Session, dry_run: bool) -> dict[str, Any]:
+    """Delete orphaned states' outputs and manifests (see prune); while serving, on the loop,
+    so no event interleaves."""
+    assert session.index is not None
+    session.unstamp()
+    pruned = prune(session.index, session.store, dry_run=dry_run, save=False)
+    if pruned and not dry_run:
+        session.emit({"kind": "pruned", "states": len(pruned)})
+    return {"pruned": pruned, "dry_run": dry_run}
+
+
+async def run_selection(session: Session, stages: list[str], entity: str | None) -> RunReport:
+    """`eventrunner run` while serving: check the selection now, wait until nothing is queued
+    or running, and report what ran meanwhile (the server's other work included)."""
+    engine, idx = session.engine, session.index
+    assert engine is not None and idx is not None
+    began = time.perf_counter()
+    counts: Counter[str] = Counter()
+    report = RunReport(mode="server")
+
+    def tally(event: dict[str, Any]) -> None:
+        kind = event.get("kind")
+        if kind in ("started", "succeeded", "failed"):
+            counts[str(kind)] += 1
+        if kind == "failed":
+            report.failures.append({k: event.get(k) for k in ("stage", "entity", "error")})
+
+    selected = [(q, e) for q in stages for e in idx.stage_entity_ids(q) if entity in (None, e)]
+    if entity is not None and not selected:
+        raise UnknownName(f"no selected stage has entity {entity!r}")
+    blocked: set[tuple[str, str]] = set()
+    session.listeners.append(tally)
+    try:
+        # Like a local run: files the watcher has not delivered (or no watcher) count too.
+        removed = [t for t in await session.rescan() if t[0] in stages]
+        targets = (
+            engine.targets(stages)
+            if entity is None
+            else ((q, e, idx.entity_values(q, e)) for q, e in selected)
+        )
+        await engine.consider_async(itertools.chain(removed, targets), blocked=blocked)
+        # Skipped: selected states the pass found held, failed or dead (not run).
+        report.skipped = len(blocked)
+        await engine.wait_idle()
+    finally:
+        session.listeners.remove(tally)
+    report.executed, report.succeeded = counts["started"], counts["succeeded"]
+    report.failed = counts["failed"]
+    report.duration_s = round(time.perf_counter() - began, 3)
+    return report
+
+
+def _required(stage: str | None) -> str:
+    if not stage:
+        raise UsageError("stage is required")
+    return stage

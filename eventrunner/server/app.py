@@ -22,12 +22,11 @@ from eventrunner.core.errors import (
     UsageError,
 )
 from eventrunner.core.staleness import STATES as STATE_NAMES
-from eventrunner.run import management as ops
+from eventrunner.run import management, queries
 from eventrunner.run.evaluate import Evaluator
 from eventrunner.server import models
 from eventrunner.server.keys import RUNTIME, STATES
 from eventrunner.server.states import StateTable
-from eventrunner.service import steering
 
 if TYPE_CHECKING:
     from eventrunner.service.runtime import Runtime
@@ -179,7 +178,7 @@ async def pipelines(request: web.Request) -> web.Response:
     _ready(rt)
     assert rt.index is not None
     counts = (await request.app[STATES].get()).counts(list(rt.ws.graph.order))
-    return web.json_response(ops.status(rt.index, counts=counts))
+    return web.json_response(queries.status(rt.index, counts=counts))
 
 
 async def pipeline_status(request: web.Request) -> web.Response:
@@ -188,7 +187,7 @@ async def pipeline_status(request: web.Request) -> web.Response:
     p = _pipeline(request)
     assert rt.index is not None and rt.engine is not None
     counts = (await request.app[STATES].get()).counts(list(rt.ws.graph.order))
-    data = ops.status(rt.index, p, counts=counts)
+    data = queries.status(rt.index, p, counts=counts)
     stages = set(rt.ws.graph.pipelines.get(p or "", rt.ws.graph.stages))
     running = [
         {"stage": q, "entity": e} for q, e in sorted(rt.index.running) if p is None or q in stages
@@ -244,9 +243,9 @@ async def entities(request: web.Request) -> web.Response:
     state = request.query.get("state") or None
     if state is not None and state not in STATE_NAMES:
         raise UsageError(f"unknown state {state!r} (one of {', '.join(STATE_NAMES)})")
-    stages = ops.resolve_stages(rt.index, stage, p)
+    stages = queries.resolve_stages(rt.ws.graph, stage, p)
     if state is None:
-        ids = [(q, e) for q in stages for e in ops.state_ids(rt.index, q)]  # cheap: no evaluation
+        ids = [(q, e) for q in stages for e in queries.state_ids(rt.index, q)]  # no evaluation
     else:
         # Which states are in `state`: the shared table, kept up to date from events.
         table = await request.app[STATES].get()
@@ -254,7 +253,7 @@ async def entities(request: web.Request) -> web.Response:
     # Only the page is evaluated (afresh: its rows show their state now, with reasons).
     evaluator = Evaluator(rt.index)
     page = [
-        ops.Row(q, e, v, evaluator.verdict(q, e, v))
+        queries.Row(q, e, v, evaluator.verdict(q, e, v))
         for q, e in ids[offset : offset + min(limit, 1000)]
         for v in (rt.index.entity_values(q, e),)
     ]
@@ -275,7 +274,7 @@ async def explain(request: web.Request) -> web.Response:
     assert rt.index is not None
     eid = request.match_info["entity"]
     return web.json_response(
-        {"entity": eid, "stages": ops.explain(rt.index, eid, request.query.get("stage"), p)},
+        {"entity": eid, "stages": queries.explain(rt.index, eid, request.query.get("stage"), p)},
         dumps=_dumps,
     )
 
@@ -292,7 +291,7 @@ def _manage(action: str, model: type[BaseModel]) -> Handler:
         body = (await _body(request, model)).model_dump()
         body["stage"] = _qualify(rt, p, body.get("stage"))
         # On the loop, not in a thread: manage() mutates the index the engine is using.
-        result = steering.manage(rt, action, body)
+        result = management.manage(rt.session, action, body)
         return web.json_response(result, dumps=_dumps)
 
     return handle
@@ -305,8 +304,9 @@ async def run(request: web.Request) -> web.Response:
     p = _pipeline(request)
     assert rt.index is not None
     body = await _body(request, models.RunRequest)
-    stages = ops.resolve_stages(rt.index, body.stage, p)
-    return web.json_response(await steering.run_request(rt, stages, body.entity), dumps=_dumps)
+    stages = queries.resolve_stages(rt.ws.graph, body.stage, p)
+    report = await management.run_selection(rt.session, stages, body.entity)
+    return web.json_response(report.to_json(), dumps=_dumps)
 
 
 async def prune(request: web.Request) -> web.Response:
@@ -315,7 +315,7 @@ async def prune(request: web.Request) -> web.Response:
     _ready(rt)
     _pipeline(request)  # pruning is workspace-wide; "_" is the usual address
     body = await _body(request, models.PruneRequest)
-    return web.json_response(steering.prune(rt, body.dry_run), dumps=_dumps)
+    return web.json_response(management.prune_orphans(rt.session, body.dry_run), dumps=_dumps)
 
 
 def create_app(runtime: Runtime) -> web.Application:

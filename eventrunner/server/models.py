@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from eventrunner.run import report
 
 
 class _Body(BaseModel):
@@ -40,16 +43,23 @@ class RunRequest(_Body):
     entity: str | None = Field(None, min_length=1)
 
 
-class RunReport(BaseModel):
-    """What ran between the request and the server going idle (other work included)."""
+def _run_report_model() -> type[BaseModel]:
+    """The wire shape of the one run-report type (run/report.py), for validation and OpenAPI:
+    its printed fields, each required unless it may be null."""
+    hints = get_type_hints(report.RunReport)
+    fields: dict[str, Any] = {
+        f.name: (hints[f.name], None if f.default is None else ...)
+        for f in dataclasses.fields(report.RunReport)
+        if f.metadata.get("wire", True)
+    }
+    return create_model(
+        "RunReport",
+        __doc__="What ran between the request and the server going idle (other work included).",
+        **fields,
+    )
 
-    executed: int
-    succeeded: int
-    failed: int
-    skipped: int
-    duration_s: float
-    failures: list[dict[str, Any]]
-    mode: str
+
+RunReport = _run_report_model()
 
 
 class PruneRequest(_Body):

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from eventrunner.core.errors import PatternError
 from eventrunner.core.staleness import STATES
-from eventrunner.run import management as ops
 from eventrunner.run.evaluate import Evaluator
+from eventrunner.run.planner import Planner
+from eventrunner.run.queries import state_ids
 
 if TYPE_CHECKING:
     from eventrunner.service.runtime import Runtime
@@ -110,7 +111,7 @@ class StateTable:
         n = 0
         for q in index.ws.graph.order:
             table = states.setdefault(q, {})
-            for eid in ops.state_ids(index, q):
+            for eid in state_ids(index, q):
                 table[eid] = ev.verdict(q, eid, index.entity_values(q, eid)).state
                 n += 1
                 if n % self.chunk == 0:
@@ -127,8 +128,9 @@ class StateTable:
     async def _catch_up(self) -> None:
         """Evaluate again what events touched since, and everything downstream of it."""
         rt = self.rt
-        assert rt.index is not None and rt.engine is not None
-        index, planner, g = rt.index, rt.engine.planner, rt.index.ws.graph
+        assert rt.index is not None
+        index, g = rt.index, rt.index.ws.graph
+        planner = Planner(index)  # read-only here: concerned_by and descendants
         seeds, self._dirty = self._dirty, set()
         paths, self._paths = self._paths, []
         for path in paths:

@@ -1,8 +1,8 @@
-"""The long-running service: lock, index, engine, watcher, scheduler; events in, work out.
+"""The long-running service: a live session (lock, index, engine) plus watcher and scheduler.
 
-Start: take the lock, load the index, start the engine, start watching, reconcile (catch what
-changed while down), then ready. Every event is mapped to the (stage, entity) pairs it affects;
-nothing on the event path scans the workspace.
+Start: take the lock, start watching, start the session (stamp look, index load, crash sweep,
+engine, catch up what changed while down), then the scheduler; ready. Every event is mapped to
+the (stage, entity) pairs it affects; nothing on the event path scans the workspace.
 """
 
 from __future__ import annotations
@@ -11,22 +11,17 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from eventrunner.core.errors import ConfigError
-from eventrunner.core.patterns import trusted_entity_id as entity_id
 from eventrunner.run.engine import Engine
 from eventrunner.run.planner import Target
+from eventrunner.run.session import Session
 from eventrunner.service.watch import FileChange, Rescan, watch_changes
-from eventrunner.state import fastpath
-from eventrunner.state import stamp as stamping
 from eventrunner.state.index import Index
-from eventrunner.state.scan import scan
-from eventrunner.state.store import Store
 from eventrunner.workspace import loader
 from eventrunner.workspace.load import Workspace, load_workspace
 from eventrunner.workspace.settings import Settings
@@ -42,14 +37,12 @@ class Runtime:
     def __init__(
         self, ws: Workspace, *, watch: bool = True, stop_event: asyncio.Event | None = None
     ) -> None:
-        self.ws = ws
+        self.session = Session(ws, "serve", live=True, listener=self.emit)
         self.settings: Settings = ws.settings
-        self.store = Store(ws.settings.state_dir)
+        self.store = self.session.store
         self.watch_enabled = watch
         self.stop_event = stop_event or asyncio.Event()
         self.ready = asyncio.Event()
-        self.index: Index | None = None
-        self.engine: Engine | None = None
         self.sinks: list[EventSink] = []
         self.started_at = time.time()
         self.last_reload_error: str | None = None
@@ -57,102 +50,58 @@ class Runtime:
         self._watchers: list[asyncio.Task[None]] = []
         self._watched: tuple[list[Path], list[Path]] = ([], [])
         self._scheduler: Any = None
-        self._locked = False
         self._reload_lock = asyncio.Lock()
-        self.start_mode = ""  # "incremental" (from a stamp) or "full"
-        self._stamp_ok = False  # cleared by anything a stamp could not vouch for
-        self._look_changed: list[str] = []  # what changed while down (its stats are read again)
         self._engine_started = asyncio.Event()  # the watch loop holds its batches until then
+
+    # What the session holds (a reload replaces the index and the engine).
+    @property
+    def ws(self) -> Workspace:
+        return self.session.ws
+
+    @property
+    def index(self) -> Index | None:
+        return self.session.index
+
+    @property
+    def engine(self) -> Engine | None:
+        return self.session.engine
+
+    @property
+    def start_mode(self) -> str:
+        """The start mode: "incremental" (from a stamp) or "full", once started."""
+        return self.session.mode
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def __aenter__(self) -> Runtime:
         """Take the workspace lock (LockHeld names the holder); `start()` does the rest."""
-        self.store.acquire_lock("serve")
-        self._locked = True
+        self.session.lock()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def start(self) -> None:
-        """Start watching, load the index, start the engine, reconcile, schedule; then ready."""
+        """Start watching, then the session (look, load, sweep, engine, catch-up), then the
+        scheduler; then ready."""
         if self.watch_enabled:
-            # Live before Index.load scans the sources, so a change in between is not missed
-            # (and the start-up reconcile need not scan a second time).
+            # Live before the session's index load scans the sources, so a change in between
+            # is not missed (and the start-up reconcile need not scan a second time).
             await self._start_watchers()
-        # What changed since a stamp (run's or a previous serve's), compared once the watcher is
-        # live so nothing slips between the two. One after the other, not in two threads: both
-        # are mostly Python work, and contending for the GIL made them slower together (2.3 s vs
-        # 1.9 s at 100,000 entities) and fragmented the heap more.
-        look = await asyncio.to_thread(fastpath.look, self.settings.state_dir)
-        # Nothing came or went in a stamped folder since: the stamp's sources are today's.
-        trusted = (
-            look.source_ids() if look and look.incremental and not look.files_came_or_went else None
-        )
-        index = await asyncio.to_thread(Index.load, self.ws, self.store, trusted)
-        self.index = index
-        if self.store.crashed_before or index.recovered:
-            swept = await asyncio.to_thread(index.sweep_temps)
-            log.info("previous holder did not stop cleanly; removed %d temp file(s)", swept)
-        self.engine = self._new_engine(index)
-        await self.engine.start()
+        # The stamp look, compared once the watcher is live so nothing slips between the two,
+        # then the index load: one after the other, not in two threads (both are mostly Python
+        # work, and contending for the GIL made them slower together: 2.3 s vs 1.9 s at 100,000
+        # entities, and fragmented the heap more).
+        await self.session.start()
         self._engine_started.set()
-        # State may change from here on: the stamp goes out of use (kept aside when its paths
-        # are to be carried into the stamp written at a clean stop).
-        if look is not None and look.incremental:
-            fastpath.set_aside(self.settings.state_dir)
-            # Everything was fresh at the stamp: follow only what changed while we were down.
-            targets = stamping.targets_since(self.engine, self.index, self.ws, look)
-            caught_up = self.engine.consider(targets, fresh_pass=True)
-            self.start_mode, self._look_changed = "incremental", look.changed
-        else:
-            fastpath.discard(self.settings.state_dir)
-            caught_up = self.check_everything()
-            self.start_mode = "full"
-        del look  # its packed paths: 10s of MB at 100,000 entities
-        self._stamp_ok = self.engine.blocked_seen == 0
+        assert self.engine is not None
+        if self.engine.blocked_seen == 0:
+            self.session.vouch()  # unless something a stamp cannot vouch for happens meanwhile
         await self._start_scheduler()
         self._tasks.append(asyncio.create_task(self._persist_loop()))
         self.ready.set()
         self.emit({"kind": "ready"})
         # The start-up reconcile's own count: queue_depth here would miss what already started.
-        log.info("ready: %d stages, %d queued", len(self.ws.graph.stages), caught_up)
-
-    def _write_stamp(self) -> bool:
-        """At a clean stop, vouch for the state when it is provably accounted for: nothing failed,
-        dead or held, and a fresh scan of the sources agrees with the index (no file arrived
-        that the watcher had not delivered yet)."""
-        idx = self.index
-        assert idx is not None
-        if any(idx.failures.values()) or idx.control.holds:
-            return False
-        dirs_before = stamping.dir_snapshot(self.ws)
-        on_disk = {
-            rel
-            for key, src in self.ws.graph.sources.items()
-            for rel, _ in scan(src.pattern, self.settings.data_root)
-        }
-        if on_disk != idx.source_paths():
-            return False
-        carried: dict[str, tuple[int, int, int]] | None = None
-        if self.start_mode == "incremental":
-            # What the stamp we started from vouched for is vouched for again (see write_stamp).
-            carried = fastpath.previous(self.settings.state_dir)
-            if carried is None:
-                return False
-        stamping.write_stamp(
-            self.ws, idx, 0, carried=carried, dirs_before=dirs_before, changed=self._look_changed
-        )
-        return (self.settings.state_dir / fastpath.STAMP).exists()
-
-    def _new_engine(self, index: Index) -> Engine:
-        return Engine(
-            index,
-            self.store,
-            jobs=self.settings.runtime.concurrency,
-            listener=self.emit,
-            retry_in_run=True,
-        )
+        log.info("ready: %d stages, %d queued", len(self.ws.graph.stages), self.session.caught_up)
 
     async def _start_scheduler(self) -> None:
         from eventrunner.service.schedule import Scheduler
@@ -170,7 +119,8 @@ class Runtime:
                 sched.add_cron(f"cron:{q}", stage.schedule, self._cron_job(q))
 
     async def close(self) -> None:
-        """Stop intake, let running handlers finish within the grace period, persist, unlock."""
+        """Stop intake, then the session: running handlers finish within the grace period, the
+        index is saved, the stamp written when provable, the lock released. Safe to call twice."""
         self.stop_event.set()
         if self._scheduler is not None:
             await self._scheduler.close()
@@ -182,25 +132,7 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
-        if self.engine is not None:
-            await self.engine.stop(self.settings.runtime.shutdown_grace)
-        if self.index is not None and (self.index.changed or self.index.dirty_path.exists()):
-            await self.index.save_async()
-        if (
-            self._stamp_ok
-            and self.engine is not None
-            and self.engine.stopped_clean
-            and self.index is not None
-        ):
-            wrote = await asyncio.to_thread(self._write_stamp)
-            log.info(
-                "stamp %s",
-                "written: the next start or run needs only stats" if wrote else "not written",
-            )
-        (self.settings.state_dir / fastpath.PREVIOUS).unlink(missing_ok=True)
-        if self._locked:
-            self.store.release_lock()
-            self._locked = False
+        await self.session.close()
 
     # -- events ------------------------------------------------------------------------------------
     def emit(self, event: dict[str, Any]) -> None:
@@ -214,75 +146,30 @@ class Runtime:
 
     def on_change(self, change: FileChange) -> int:
         """One file changed under the data root: queue what it affects; returns how many were queued."""
-        assert self.engine is not None and self.index is not None
-        targets, source_hit = self.engine.planner.targets_for_change(change.kind, change.relpath)
-        queued = self.engine.consider(targets) if targets else 0
+        assert self.engine is not None
+        queued, source_hit = self.engine.report_change(change.kind, change.relpath)
         if queued or source_hit:
             self.emit(
                 {"kind": "changed", "path": change.relpath, "change": change.kind, "queued": queued}
             )
         return queued
 
-    def check_everything(self) -> int:
-        """Every state checked in one go: start-up without a stamp, before ready (Index.load
-        has just scanned the sources, after the watcher went live)."""
-        assert self.engine is not None
-        n = self.engine.consider(self.engine.planner.all_targets())
-        # Drop the pass's memo now (a verdict per state), not during the next event's handling.
-        self.engine.evaluator.reset()
-        return n
-
     async def reconcile_async(self) -> int:
         """Full comparison of the workspace with the index while serving (timer, lost events):
         the evaluation yields to intake and events every few hundred states."""
         assert self.engine is not None
         removed = await self.rescan()
-        planner = self.engine.planner
-        n = await self.engine.consider_async(itertools.chain(removed, planner.iter_targets()))
+        n = await self.engine.consider_async(itertools.chain(removed, self.engine.targets()))
         log.info("reconcile queued %d state(s)", n)
         return n
 
     def unstamp(self) -> None:
         """State changed in a way a stamp cannot vouch for: the next start evaluates fully."""
-        self._stamp_ok = False
+        self.session.unstamp()
 
     async def rescan(self) -> list[Target]:
-        """Scan the sources again and apply what differs from the index; targets of what vanished.
-
-        The scan (O(sources)) runs in a thread; only the difference is applied on the loop, each
-        candidate checked on disk again, since events keep changing the index meanwhile."""
-        assert self.engine is not None and self.index is not None
-        idx, planner, root = self.index, self.engine.planner, self.settings.data_root
-        sources = {key: src.pattern for key, src in self.ws.graph.sources.items()}
-
-        def scan_all() -> dict[str, dict[str, dict[str, str]]]:
-            return {
-                key: {entity_id(p.variables, values): values for _, values in scan(p, root)}
-                for key, p in sources.items()
-            }
-
-        found = await asyncio.to_thread(scan_all)
-        targets: list[Target] = []
-        for key, now in found.items():
-            inst = idx.instances[key]
-            for eid in inst.items.keys() - now.keys():
-                relpath = inst.path(eid)
-                if not os.path.lexists(root / relpath):
-                    values = inst.values(eid)
-                    idx.discard_instance(key, values)
-                    idx.forget_file(relpath)
-                    targets.extend(planner.removed_targets(key, values))
-                    self.emit(
-                        {"kind": "changed", "path": relpath, "change": "deleted", "by": "rescan"}
-                    )
-            for eid in now.keys() - inst.items.keys():
-                relpath = inst.pattern.join(now[eid])
-                if os.path.lexists(root / relpath):
-                    idx.add_instance(key, now[eid])  # its targets: every run of a pass has them
-                    self.emit(
-                        {"kind": "changed", "path": relpath, "change": "added", "by": "rescan"}
-                    )
-        return targets
+        """Scan the sources again and apply what differs from the index (see Session.rescan)."""
+        return await self.session.rescan()
 
     async def _reconcile_job(self) -> None:
         await self.reconcile_async()
@@ -401,7 +288,7 @@ class Runtime:
     async def reload(self) -> bool:
         """Re-load pipelines and handlers; keep the running version when the edit is invalid."""
         async with self._reload_lock:
-            self._stamp_ok = False  # definitions changed under us: the next start evaluates fully
+            self.unstamp()  # definitions changed under us: the next start evaluates fully
             try:
                 loader.forget(self.settings.handlers_dir)
                 from eventrunner.workspace import codeid
@@ -419,13 +306,8 @@ class Runtime:
                 if self.ws.code.get(q) != new_ws.code[q]
                 or self.ws.params.get(q) != new_ws.params.get(q)
             )
-            assert self.engine is not None and self.index is not None
-            await self.engine.stop(self.settings.runtime.shutdown_grace)
-            await self.index.save_async()
-            self.ws = new_ws
-            self.index = await asyncio.to_thread(Index.load, new_ws, self.store)
-            self.engine = self._new_engine(self.index)
-            await self.engine.start()
+            await self.session.reload(new_ws)
+            assert self.engine is not None
             if self._scheduler is not None:
                 for job in self._scheduler.job_ids():
                     if job.startswith("cron:"):
@@ -434,7 +316,7 @@ class Runtime:
             self.last_reload_error = None
             self.emit({"kind": "reloaded", "changed_stages": changed})
             log.info("reloaded; stages with new code or params: %s", ", ".join(changed) or "none")
-            self.engine.consider(self.engine.planner.all_targets(), fresh_pass=True)
+            self.engine.consider(self.engine.targets(), fresh_pass=True)
             if self.watch_enabled and self._watch_targets() != self._watched:
                 # New source folders: re-aim the watchers (from a task of its own, since this
                 # reload may be running inside one of them).

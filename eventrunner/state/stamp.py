@@ -106,8 +106,9 @@ def write_stamp(
     )
 
 
-def targets_since(engine: Any, index: Any, ws: Any, look: Any) -> list[Any]:
-    """Targets affected by files whose stats changed and by source files added or removed."""
+def changes_since(index: Any, ws: Any, look: Any) -> list[tuple[str, str]]:
+    """(kind, relpath) of files whose stats changed since the stamp and of source files added
+    or removed: what a session catching up from the stamp reports to its engine."""
     root = str(ws.settings.data_root)
     modified: list[str] = []
     comings_and_goings = False
@@ -125,7 +126,4 @@ def targets_since(engine: Any, index: Any, ws: Any, look: Any) -> list[Any]:
         events += [("deleted", rel) for rel in sources_then - now]
         events += [("added", rel) for rel in now - sources_then]
     events += [("modified", rel) for rel in modified]
-    targets: list[Any] = []
-    for kind, rel in events:
-        targets.extend(engine.planner.targets_for_change(kind, rel)[0])
-    return targets
+    return events

@@ -78,7 +78,7 @@ async def main():
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    port = runner.addresses[0][1]
     print(f"serving bare at http://127.0.0.1:{port}", flush=True)
     import asyncio
     await asyncio.Event().wait()

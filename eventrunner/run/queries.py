@@ -1,0 +1,153 @@
+"""Read-only questions about a workspace's states, asked by the CLI and the HTTP API alike:
+which stages a selection names, per-stage counts, listings and explanations.
+
+The reading half of the management layer (management.py changes state); nothing here writes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from eventrunner.core.errors import UnknownName, UsageError
+from eventrunner.core.graph import Graph
+from eventrunner.core.staleness import STATES, Verdict
+from eventrunner.run.evaluate import Evaluator
+from eventrunner.state.index import Index
+
+
+@dataclass
+class Row:
+    """One state with its reasons."""
+
+    stage: str
+    entity: str
+    values: dict[str, str]
+    verdict: Verdict
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data for --json and the API."""
+        return {
+            "stage": self.stage,
+            "entity": self.entity,
+            "state": self.verdict.state,
+            "reasons": [r.to_json() for r in self.verdict.reasons],
+        }
+
+
+def resolve_stages(graph: Graph, stage: str | None, pipeline: str | None = None) -> list[str]:
+    """Stage qualnames for a --stage/--pipeline selection; UnknownName when nothing matches."""
+    g = graph
+    if pipeline is not None and pipeline not in g.pipelines:
+        raise UnknownName(
+            f"no pipeline {pipeline!r} (have: {', '.join(sorted(g.pipelines)) or 'none'})"
+        )
+    if stage is None:
+        return [q for q in g.order if pipeline is None or g.stages[q].pipeline == pipeline]
+    found = g.find_stage(stage, pipeline)
+    if not found:
+        raise UnknownName(
+            f"no stage {stage!r}" + (f" in pipeline {pipeline!r}" if pipeline else "")
+        )
+    if len(found) > 1:
+        raise UsageError(
+            f"stage name {stage!r} is ambiguous: {', '.join(found)}; use pipeline.stage"
+        )
+    return found
+
+
+def state_ids(index: Index, qualname: str) -> list[str]:
+    """Entity ids of one stage's states in listing order: its entities, then orphaned states.
+    Cheap (no evaluation), so a page of a listing need evaluate only its own rows."""
+    ids = index.stage_entity_ids(qualname)
+    known = set(ids)
+    ids += [eid for eid in index.manifests[qualname] if eid not in known]
+    return ids
+
+
+def iter_rows(index: Index, stages: list[str], evaluator: Evaluator | None = None) -> Iterator[Row]:
+    """Every state of the given stages (orphaned ones included), upstream first."""
+    ev = evaluator or Evaluator(index)
+    for q in stages:
+        seen: set[str] = set()
+        for eid, values in index.stage_entities(q):
+            seen.add(eid)
+            yield Row(q, eid, values, ev.verdict(q, eid, values))
+        for eid, m in index.manifests[q].items():
+            if eid not in seen:
+                yield Row(q, eid, m.values, ev.verdict(q, eid, m.values))
+
+
+def status(
+    index: Index, pipeline: str | None = None, counts: dict[str, dict[str, int]] | None = None
+) -> dict[str, Any]:
+    """Per-stage counts by state: {"pipelines": {P: {"stages": {S: {state: n}}}}}; evaluates
+    every state unless `counts` (stage -> state -> n) come from elsewhere (serve's StateTable)."""
+    g = index.ws.graph
+    stages = resolve_stages(g, None, pipeline)
+    if counts is None:
+        tally: dict[str, Counter[str]] = {q: Counter() for q in stages}
+        for row in iter_rows(index, stages):
+            tally[row.stage][row.verdict.state] += 1
+        counts = {q: dict(c) for q, c in tally.items()}
+    out: dict[str, Any] = {"pipelines": {}}
+    for p in sorted(g.pipelines):
+        if pipeline is not None and p != pipeline:
+            continue
+        out["pipelines"][p] = {
+            "stages": {
+                g.stages[q].name: {s: counts[q].get(s, 0) for s in STATES} for q in g.pipelines[p]
+            }
+        }
+    return out
+
+
+def entities(
+    index: Index,
+    *,
+    pipeline: str | None = None,
+    stage: str | None = None,
+    state: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[Row]:
+    """States filtered by pipeline, stage and state, paged."""
+    if state is not None and state not in STATES:
+        raise UsageError(f"unknown state {state!r} (one of {', '.join(STATES)})")
+    rows = [
+        r
+        for r in iter_rows(index, resolve_stages(index.ws.graph, stage, pipeline))
+        if state is None or r.verdict.state == state
+    ]
+    return rows[offset : None if limit is None else offset + limit]
+
+
+def entity_values(index: Index, q: str, eid: str) -> dict[str, str] | None:
+    """The values of an entity id the stage has now (or has a state for); else None."""
+    values = index.values_or_none(q, eid)
+    if values is not None and (index.has_entity(q, values) or eid in index.manifests[q]):
+        return values
+    return None
+
+
+def explain(
+    index: Index, eid: str, stage: str | None = None, pipeline: str | None = None
+) -> list[dict[str, Any]]:
+    """For every stage that has this entity: state, reasons, manifest, last failure."""
+    ev = Evaluator(index)
+    out = []
+    for q in resolve_stages(index.ws.graph, stage, pipeline):
+        values = entity_values(index, q, eid)
+        if values is None:
+            continue
+        m = index.manifests[q].get(eid)
+        f = index.failures[q].get(eid)
+        row = Row(q, eid, values, ev.verdict(q, eid, values)).to_json()
+        row["manifest"] = m.to_json() if m else None
+        row["failure"] = f.to_json() if f else None
+        out.append(row)
+    if not out:
+        raise UnknownName(f"no stage has entity {eid!r}")
+    return out

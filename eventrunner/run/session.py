@@ -1,0 +1,376 @@
+"""One lifecycle for whoever holds a workspace: `run`, `serve`, and the CLI's management calls.
+
+    start:  lock -> stamp look -> index load -> crash sweep -> engine -> catch up or check all
+    close:  engine stop -> index save -> stamp -> unlock
+
+Shaped as starlette's lifespan, one async context manager whose start and stop failures are
+told apart: a failed start is kept as `start_error`, releases what it took (the lock too) and
+is raised; each failed stop step is kept in `stop_errors`. `close()` is ordered and idempotent
+like arq's: safe to call twice, a failed step skips only the steps that depend on it (no save
+after a failed engine stop, no stamp after a failed save), the lock is always released, and a
+cancellation is re-raised once it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from eventrunner.core.errors import UnknownName
+from eventrunner.core.patterns import trusted_entity_id as entity_id
+from eventrunner.run.engine import Engine, Listener
+from eventrunner.run.planner import Target
+from eventrunner.state import fastpath
+from eventrunner.state import stamp as stamping
+from eventrunner.state.index import Index
+from eventrunner.state.scan import scan
+from eventrunner.state.store import Store
+
+if TYPE_CHECKING:
+    from eventrunner.workspace.load import Workspace
+
+log = logging.getLogger("eventrunner.session")
+
+T = TypeVar("T")
+_UNSET: Any = object()
+
+
+class Session:
+    """A workspace held from lock to unlock: `async with Session(ws, "run") as s: ...`.
+
+    check: build an engine and catch up (False: management calls, state only). live: serve,
+    whose events keep the index up (slow steps run in threads; the stamp is checked against a
+    fresh scan at close). read_only: a dry run, no lock and nothing written. stages/entity:
+    a selection (only a whole-workspace session starts from the stamp or writes one)."""
+
+    def __init__(
+        self,
+        ws: Workspace,
+        purpose: str,
+        *,
+        check: bool = True,
+        live: bool = False,
+        read_only: bool = False,
+        stages: list[str] | None = None,
+        entity: str | None = None,
+        jobs: int | None = None,
+        listener: Listener | None = None,
+        look: fastpath.Look | None = _UNSET,
+    ) -> None:
+        self.ws = ws
+        self.purpose = purpose  # named by LockHeld to whoever else wants the workspace
+        self.store = Store(ws.settings.state_dir)
+        self.check, self.live, self.read_only = check, live, read_only
+        self.stages, self.entity = stages, entity
+        self.whole = stages is None and entity is None
+        self.jobs = jobs or ws.settings.runtime.concurrency
+        self.listeners: list[Listener] = [listener] if listener else []
+        self.index: Index | None = None
+        self.engine: Engine | None = None
+        self.mode = ""  # once started with an engine: "incremental" (from a stamp) or "full"
+        self.initial: list[Target] = []  # what the catch-up checked (not kept by live sessions)
+        self.caught_up = 0  # states the catch-up queued
+        self.start_error: BaseException | None = None
+        self.stop_errors: list[tuple[str, BaseException]] = []
+        self._given_look = look
+        self._look: fastpath.Look | None = None  # carried into the stamp (one-shot sessions)
+        self._changed: list[str] = []  # what changed while down (its stats are read again)
+        self._dirs_before: dict[str, tuple[int, int, int]] | None = None
+        self._vouch: int | None = None  # skipped count to stamp with; None: no stamp
+        self._locked = self._started = self._closed = False
+
+    # -- start -----------------------------------------------------------------------------------
+    async def __aenter__(self) -> Session:
+        await self.start()
+        return self
+
+    def lock(self) -> None:
+        """Take the one-writer lock (LockHeld names the holder); idempotent, none if read-only."""
+        if not self.read_only and not self._locked:
+            self.store.acquire_lock(self.purpose)
+            self._locked = True
+
+    async def start(self) -> None:
+        """Lock, look at the stamp, load the index, sweep a crash's debris, start the engine and
+        catch up. On failure: recorded in start_error, all taken released, raised."""
+        if self._started:
+            return
+        if self._closed:
+            raise RuntimeError("a closed session cannot start again")
+        try:
+            self.lock()
+            look = await self._load()
+            if self.check:
+                await self._start_engine(look)
+        except BaseException as exc:
+            self.start_error = exc
+            log.info("%s: start failed: %s", self.purpose, exc)
+            self._closed = True
+            await self._release(aborted=True)
+            raise
+        self._started = True
+
+    async def _load(self) -> fastpath.Look | None:
+        """The index, from the stamp's sources when no stamped folder changed since (no scan);
+        returns the look when this session follows only what changed since the stamp."""
+        look = await self._take_look()
+        follow = look if look is not None and look.incremental else None
+        trusted = follow.source_ids() if follow and not follow.files_came_or_went else None
+        if self.check and self.whole and not self.live and not self.read_only:
+            # Before the scan: a file arriving during it changes a folder, and the stamp refuses.
+            self._dirs_before = stamping.dir_snapshot(self.ws)
+        self.index = await self._call(Index.load, self.ws, self.store, trusted)
+        if not self.read_only and (self.store.crashed_before or self.index.recovered):
+            swept = await self._call(self.index.sweep_temps)  # we hold the lock
+            log.info("previous holder did not stop cleanly; removed %d temp file(s)", swept)
+        return follow
+
+    async def _take_look(self) -> fastpath.Look | None:
+        if self.read_only or not (self.check and self.whole):
+            return None
+        if self._given_look is not _UNSET:
+            return self._given_look
+        return await self._call(fastpath.look, self.ws.settings.state_dir)
+
+    async def _start_engine(self, look: fastpath.Look | None) -> None:
+        state_dir = self.ws.settings.state_dir
+        if not self.read_only:
+            # State may change from here on: the stamp goes out of use (kept aside when its
+            # paths are to be carried into the stamp written at a clean stop).
+            (fastpath.set_aside if look is not None else fastpath.discard)(state_dir)
+        self.engine = self._new_engine()
+        if not self.read_only:
+            await self.engine.start()
+        self.mode = "incremental" if look is not None else "full"
+        self._catch_up(look)
+        if not self.live:
+            self._look = look  # serve drops it: its packed paths are 10s of MB at 100,000 entities
+
+    def _new_engine(self) -> Engine:
+        assert self.index is not None
+        stages, entity = self.stages, self.entity
+        allow = (
+            None
+            if self.whole
+            else (lambda q, e: (stages is None or q in stages) and entity in (None, e))
+        )
+        # retry_in_run: serve retries failures through its sweep; a run gives a state one go.
+        return Engine(
+            self.index,
+            self.store,
+            jobs=self.jobs,
+            allow=allow,
+            listener=self.emit,
+            retry_in_run=self.live,
+        )
+
+    def _catch_up(self, look: fastpath.Look | None) -> None:
+        """Follow what changed since the stamp (everything was fresh then), or check every
+        selected state."""
+        assert self.engine is not None and self.index is not None
+        engine, entity = self.engine, self.entity
+        targets: Iterable[Target]
+        if look is not None:
+            self._changed = look.changed
+            changes = stamping.changes_since(self.index, self.ws, look)
+            targets = [t for kind, rel in changes for t in engine.affected_by(kind, rel)[0]]
+        else:
+            targets = (t for t in engine.targets(self.stages) if entity in (None, t[1]))
+        if not self.live:
+            targets = self.initial = list(targets)
+            if entity is not None and not self.initial:
+                raise UnknownName(f"no selected stage has entity {entity!r}")
+        self.caught_up = engine.consider(targets, fresh_pass=True)
+        if self.live:
+            engine.forget_verdicts()  # now, not during the next event's handling
+
+    # -- while held ------------------------------------------------------------------------------
+    def emit(self, event: dict[str, Any]) -> None:
+        """Tell listeners (progress bar, serve's sinks, a run request's tally) what happened."""
+        for fn in list(self.listeners):
+            fn(event)
+
+    def vouch(self, skipped: int = 0) -> None:
+        """The work is accounted for: at a clean close, record a stamp (with the count of states
+        that needed work and stay blocked) so the next start or run needs only stats."""
+        self._vouch = skipped
+
+    def unstamp(self) -> None:
+        """State changed in a way a stamp cannot vouch for: the next start evaluates fully."""
+        self._vouch = None
+
+    async def reload(self, ws: Workspace) -> None:
+        """New definitions while held: stop the engine (within the grace period), save, load the
+        index for them and start a new engine; nothing is checked yet (the caller decides)."""
+        assert self.engine is not None and self.index is not None
+        self.unstamp()
+        await self.engine.stop(self._grace())
+        await self._call_save(self.index)
+        self.ws = ws
+        self.index = await self._call(Index.load, ws, self.store, None)
+        self.engine = self._new_engine()
+        await self.engine.start()
+
+    async def rescan(self) -> list[Target]:
+        """Scan the sources again and apply what differs from the index; targets of what vanished.
+
+        The scan (O(sources)) runs in a thread; only the difference is applied on the loop, each
+        candidate checked on disk again, since events keep changing the index meanwhile."""
+        assert self.engine is not None and self.index is not None
+        idx, engine, root = self.index, self.engine, self.ws.settings.data_root
+        sources = {key: src.pattern for key, src in self.ws.graph.sources.items()}
+
+        def scan_all() -> dict[str, dict[str, dict[str, str]]]:
+            return {
+                key: {entity_id(p.variables, values): values for _, values in scan(p, root)}
+                for key, p in sources.items()
+            }
+
+        found = await asyncio.to_thread(scan_all)
+        targets: list[Target] = []
+        for key, now in found.items():
+            inst = idx.instances[key]
+            for eid in inst.items.keys() - now.keys():
+                relpath = inst.path(eid)
+                if not os.path.lexists(root / relpath):
+                    values = inst.values(eid)
+                    idx.discard_instance(key, values)
+                    idx.forget_file(relpath)
+                    targets.extend(engine.removed_targets(key, values))
+                    self.emit(
+                        {"kind": "changed", "path": relpath, "change": "deleted", "by": "rescan"}
+                    )
+            for eid in now.keys() - inst.items.keys():
+                relpath = inst.pattern.join(now[eid])
+                if os.path.lexists(root / relpath):
+                    idx.add_instance(key, now[eid])  # its targets: every run of a pass has them
+                    self.emit(
+                        {"kind": "changed", "path": relpath, "change": "added", "by": "rescan"}
+                    )
+        return targets
+
+    # -- close -----------------------------------------------------------------------------------
+    async def __aexit__(self, *exc_info: object) -> None:
+        if exc_info[1] is None:
+            await self.close()
+            return
+        try:
+            await self.close()
+        except Exception:  # kept in stop_errors and logged: the body's own error goes on
+            pass
+
+    async def close(self) -> None:
+        """Engine stop, index save, stamp, unlock; safe to call twice. Raises, once the lock is
+        released, a cancellation (or other interrupt) first, else the first failed step."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._release(aborted=not self._started)
+        errors = [e for _, e in self.stop_errors]
+        interrupts = [e for e in errors if not isinstance(e, Exception)]
+        if interrupts or errors:
+            raise (interrupts or errors)[0]
+
+    async def _release(self, *, aborted: bool) -> None:
+        """The stop steps in order; an aborted start saves and stamps nothing."""
+        ok = await self._step("engine stop", self._stop_engine)
+        if ok and not aborted and not self.read_only:
+            ok = await self._step("index save", self._save)
+        if ok and not aborted and not self.read_only:
+            await self._step("stamp", self._stamp)
+        if self.check and not self.read_only:
+            previous = self.ws.settings.state_dir / fastpath.PREVIOUS
+            await self._step("stamp set aside", _sync(lambda: previous.unlink(missing_ok=True)))
+        if self._locked:
+            self._locked = False
+            await self._step("unlock", _sync(self.store.release_lock))
+
+    async def _step(self, name: str, fn: Callable[[], Awaitable[None]]) -> bool:
+        try:
+            await fn()
+        except BaseException as exc:  # a cancellation too: the later steps must still run
+            self.stop_errors.append((name, exc))
+            log.error("%s: stop step %r failed: %s", self.purpose, name, exc or type(exc).__name__)
+            return False
+        return True
+
+    async def _stop_engine(self) -> None:
+        if self.engine is None:
+            return
+        try:
+            await self.engine.stop(self._grace())
+        except asyncio.CancelledError:
+            # Cancelled while running handlers finish: cancel them instead (nothing may commit
+            # once the lock is released), then let the cancellation go on.
+            await self.engine.stop(0)
+            raise
+
+    async def _save(self) -> None:
+        idx, engine = self.index, self.engine
+        if idx is not None and (
+            idx.changed
+            or (engine is not None and engine.outcome.executed > 0)
+            or idx.dirty_path.exists()  # a crash was recovered from: the rebuilt index is true
+            or not idx.cache_path.exists()  # first use: the next load reads one file
+        ):
+            await self._call_save(idx)
+
+    async def _stamp(self) -> None:
+        if self._vouch is None or self.engine is None or not self.engine.stopped_clean:
+            return
+        wrote = await self._call(self._write_stamp, self._vouch)
+        log.info(
+            "stamp %s",
+            "written: the next start or run needs only stats" if wrote else "not written",
+        )
+
+    def _write_stamp(self, skipped: int) -> bool:
+        """Vouch for the state when it is provably accounted for (see stamp.write_stamp)."""
+        idx, ws, state_dir = self.index, self.ws, self.ws.settings.state_dir
+        assert idx is not None
+        dirs_before = self._dirs_before
+        if self.live:
+            # Events kept the index up: vouch only when nothing failed or is held and a fresh
+            # scan of the sources agrees with it (no file the watcher had not delivered yet).
+            if any(idx.failures.values()) or idx.control.holds:
+                return False
+            dirs_before = stamping.dir_snapshot(ws)
+            root = ws.settings.data_root
+            on_disk = {rel for s in ws.graph.sources.values() for rel, _ in scan(s.pattern, root)}
+            if on_disk != idx.source_paths():
+                return False
+        carried: dict[str, tuple[int, int, int]] | None = None
+        if self.mode == "incremental":
+            # What the stamp we started from vouched for is vouched for again.
+            carried = self._look.recorded if self._look else fastpath.previous(state_dir)
+            if carried is None:
+                return False
+        stamping.write_stamp(
+            ws, idx, skipped, carried=carried, dirs_before=dirs_before, changed=self._changed
+        )
+        return (state_dir / fastpath.STAMP).exists()
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _grace(self) -> float | None:
+        """How long running handlers may finish at a stop: serve's setting; a run waits."""
+        return self.ws.settings.runtime.shutdown_grace if self.live else None
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Slow steps go to a thread while serving (intake and /readyz keep answering)."""
+        return await asyncio.to_thread(fn, *args) if self.live else fn(*args)
+
+    async def _call_save(self, idx: Index) -> None:
+        if self.live:
+            await idx.save_async()  # pickled in a thread while events go on
+        else:
+            idx.save()
+
+
+def _sync(fn: Callable[[], object]) -> Callable[[], Awaitable[None]]:
+    async def call() -> None:
+        fn()
+
+    return call
