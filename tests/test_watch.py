@@ -181,7 +181,12 @@ async def test_burst_of_500_files_is_all_reported(tmp_path: Path) -> None:
         for name in sorted(names):
             (tmp_path / name).write_text(name)
         await w.until(lambda: names <= {c.relpath for c in w.changes})
-    assert all(c.kind == "added" for c in w.changes)
+    # Each file is first reported as added. On a loaded machine the create and the write of
+    # one file can fall into two settle windows, so a later "modified" for it is allowed.
+    first: dict[str, str] = {}
+    for c in w.changes:
+        first.setdefault(c.relpath, c.kind)
+    assert set(first.values()) == {"added"}
 
 
 async def test_directory_moved_in_reports_its_files(tmp_path: Path) -> None:
