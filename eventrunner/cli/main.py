@@ -259,8 +259,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             e == entity for q, e, _ in engine.planner.all_targets() if q in selected
         ):
             raise UnknownName(f"no selected stage has entity {entity!r}")
-        if since is None and not args.dry_run and (store.crashed_before or index.recovered):
-            index.sweep_temps()  # we hold the lock; a full run may follow a crash: clear its debris
+        if not args.dry_run:
+            from eventrunner.state import recovery
+
+            recovery.recover(index)  # we hold the lock: a crash's debris and cut attempts
         if since is not None:
             # Incremental: only what the changed stats affect, exactly as serve handles events.
             initial = stamping.targets_since(engine, index, ws, since)

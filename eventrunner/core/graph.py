@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from eventrunner.core.errors import PatternError, Problem
 from eventrunner.core.patterns import Pattern, parse_pattern
+from eventrunner.core.staleness import RetryRule
 from eventrunner.workspace.settings import PipelineSpec, RetryPolicy
 
 StageKind = Literal["map", "fanin", "fanout", "generator"]
@@ -46,7 +47,7 @@ class Stage:
     fanout_vars: tuple[str, ...]  # output variables bound by no input
     params: dict[str, Any]
     timeout: float | None
-    retry: RetryPolicy
+    retry: RetryRule
     priority: int
     concurrency: int | None
     schedule: str | None
@@ -288,7 +289,7 @@ def _make_stage(
         fanout_vars=fanout_vars,
         params=dict(st.params),
         timeout=st.timeout,
-        retry=st.retry or default_retry,
+        retry=(st.retry or default_retry).rule(),
         priority=st.priority,
         concurrency=st.concurrency,
         schedule=st.schedule,

@@ -23,7 +23,7 @@ from eventrunner.core.patterns import trusted_entity_id as entity_id
 from eventrunner.run.engine import Engine
 from eventrunner.run.planner import Target
 from eventrunner.service.watch import FileChange, Rescan, watch_changes
-from eventrunner.state import fastpath
+from eventrunner.state import fastpath, recovery
 from eventrunner.state import stamp as stamping
 from eventrunner.state.index import Index
 from eventrunner.state.store import Store
@@ -91,9 +91,7 @@ class Runtime:
         )
         index = await asyncio.to_thread(Index.load, self.ws, self.store, trusted)
         self.index = index
-        if self.store.crashed_before or index.recovered:
-            swept = await asyncio.to_thread(index.sweep_temps)
-            log.info("previous holder did not stop cleanly; removed %d temp file(s)", swept)
+        await asyncio.to_thread(recovery.recover, index)  # a crash's debris and cut attempts
         self.engine = self._new_engine(index)
         await self.engine.start()
         self._engine_started.set()
@@ -269,8 +267,7 @@ class Runtime:
                 relpath = inst.path(eid)
                 if not os.path.lexists(root / relpath):
                     values = inst.values(eid)
-                    idx.discard_instance(key, values)
-                    idx.forget_file(relpath)
+                    idx.source_vanished(key, values, relpath)
                     targets.extend(planner.removed_targets(key, values))
                     self.emit(
                         {"kind": "changed", "path": relpath, "change": "deleted", "by": "rescan"}
@@ -278,7 +275,7 @@ class Runtime:
             for eid in now.keys() - inst.items.keys():
                 relpath = inst.pattern.join(now[eid])
                 if os.path.lexists(root / relpath):
-                    idx.add_instance(key, now[eid])  # its targets: every run of a pass has them
+                    idx.source_appeared(key, now[eid])  # its targets: every run of a pass has them
                     self.emit(
                         {"kind": "changed", "path": relpath, "change": "added", "by": "rescan"}
                     )
@@ -307,9 +304,9 @@ class Runtime:
             assert self.engine is not None and self.index is not None
             stage = self.ws.graph.stages[qualname]
             if not stage.inputs:  # a generator: its clock is its input
-                self.index.mark_dirty()
-                self.index.control.invalidations.setdefault(qualname, {})["*"] = time.time_ns()
-                self.store.write_control(self.index.control)
+                control = self.index.control.copy()
+                control.invalidations.setdefault(qualname, {})["*"] = time.time_ns()
+                self.index.set_control(control)
             self.engine.consider([(qualname, e, v) for e, v in self.index.stage_entities(qualname)])
 
         return fire
