@@ -204,14 +204,18 @@ def store_result(
             raise HandlerError(
                 f"fan-out stage {stage.qualname} must return a mapping of {', '.join(stage.fanout_vars)} to contents"
             )
-        for key, content in result.items():
-            out_values = dict(values)
-            out_values.update(_fanout_values(stage, key))
-            relpath = stage.output.format(out_values)
-            final = output_path(root, relpath)
-            data = encode(content, f"{stage.qualname}[{key}]")
-            temps.append((_write_temp(final, data), final))
-            hashes[relpath] = hash_bytes(data)
+        try:
+            for key, content in result.items():
+                out_values = dict(values)
+                out_values.update(_fanout_values(stage, key))
+                relpath = stage.output.format(out_values)
+                final = output_path(root, relpath)
+                data = encode(content, f"{stage.qualname}[{key}]")
+                temps.append((_write_temp(final, data), final))
+                hashes[relpath] = hash_bytes(data)
+        except BaseException:
+            Written(temps, {}).discard()  # the items written before the failing one
+            raise
         return Written(temps, hashes)
     relpath = stage.output.format(values)
     assert ctx.output_path is not None and ctx.final_path is not None
