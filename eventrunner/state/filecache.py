@@ -8,6 +8,7 @@ recently that it could change again within the same mtime tick (git's "racily cl
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import sys
 import time
@@ -40,6 +41,12 @@ def unpack_stat(entry: bytes) -> tuple[int, int, int, str]:
     return size, mtime_ns, ino, raw.hex()
 
 
+def _trusted_mtime(st: os.stat_result) -> int:
+    """The mtime an entry is keyed on; -1 (never matches a stat) for a folder, whose stat does
+    not change when a file inside it is edited in place: a folder is hashed at every check."""
+    return -1 if stat.S_ISDIR(st.st_mode) else st.st_mtime_ns
+
+
 class FileCache:
     """relpath -> packed (size, mtime_ns, inode, digest) under one data root."""
 
@@ -69,7 +76,7 @@ class FileCache:
             digest = hash_path(Path(path))
         except FileNotFoundError:
             return None
-        entry = pack_stat(st.st_size, st.st_mtime_ns, st.st_ino, digest)
+        entry = pack_stat(st.st_size, _trusted_mtime(st), st.st_ino, digest)
         if entry is not None and time.time_ns() - st.st_mtime_ns > RACY_NS:
             self.entries[sys.intern(relpath)] = entry
             self.changed = True
@@ -85,7 +92,7 @@ class FileCache:
             return
         # We produced this content and hashed it: trusted in memory; a snapshot demotes entries
         # still inside the racy window so a later process re-hashes them once.
-        entry = pack_stat(st.st_size, st.st_mtime_ns, st.st_ino, digest)
+        entry = pack_stat(st.st_size, _trusted_mtime(st), st.st_ino, digest)
         if entry is None:
             self.forget(relpath)
             return
