@@ -64,7 +64,7 @@ def is_own_temp(name: str) -> bool:
     return name.startswith(_OWN_PREFIX)
 
 
-def write_file(path: Path | str, data: bytes) -> None:
+def write_file(path: Path | str, data: bytes, *, fsync: bool = False) -> None:
     """Write bytes to a (temp) file with plain os calls: no buffered-file object, no isatty or
     seek probes (per execution on the hot path: each syscall is also a GIL hand-off)."""
     fd = os.open(path, _WRITE_FLAGS, 0o666)
@@ -72,6 +72,8 @@ def write_file(path: Path | str, data: bytes) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
+        if fsync:
+            os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -129,15 +131,7 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
-        fd = os.open(tmp, _WRITE_FLAGS, 0o666)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_file(tmp, data, fsync=durable)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

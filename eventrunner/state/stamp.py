@@ -65,8 +65,7 @@ def write_stamp(
     )
     restat: set[str] | None = None  # None: read every path
     if carried is not None and dirs_before:
-        touched = index.files.touched
-        restat = {*dirs, *(changed or ()), *(os.path.join(root, rel) for rel in touched)}
+        restat = {*dirs, *(changed or ()), *(os.path.join(root, r) for r in index.files.touched)}
         restat.update(p for p in paths if p not in carried)
     retries = [
         f.next_retry
