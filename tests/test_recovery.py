@@ -181,7 +181,17 @@ retry_sweep_interval = "200ms"
 def _serve(root: Path, log: Path) -> subprocess.Popen[str]:
     with log.open("ab") as err:
         return subprocess.Popen(
-            [sys.executable, "-m", "eventrunner.cli", "-w", str(root), "serve", "--port", "0"],
+            [
+                sys.executable,
+                "-m",
+                "eventrunner.cli",
+                "-w",
+                str(root),
+                "serve",
+                "--port",
+                "0",
+                "--no-watch",
+            ],
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
