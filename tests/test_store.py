@@ -263,7 +263,7 @@ def test_lock_tells_whether_the_previous_holder_stopped_cleanly(tmp_path: Path) 
 
 # A handler that forks a child which outlives the run, as a handler starting a daemon by
 # fork() without exec() would. The child keeps every descriptor it inherited except stdio
-# (redirected so the test's pipes reach EOF) and writes its pid for the test to end it.
+# (redirected so the test's pipes reach EOF); its pid is appended for the test to end it.
 FORKING_HANDLERS = """\
 import os
 import time
@@ -279,7 +279,8 @@ def shout(ctx, text: str) -> str:
             time.sleep(60)
         finally:
             os._exit(0)
-    (ctx.data_root / "child.pid").write_text(str(pid))
+    with open(ctx.data_root / "children.pid", "a") as fh:
+        fh.write(f"{pid}\\n")
     return text.upper()
 
 
@@ -295,10 +296,10 @@ def summary(counts: dict[str, dict]) -> str:
 def test_a_handlers_forked_child_does_not_keep_the_workspace_lock(echo: Workspace) -> None:
     # Given a run whose handler forked a child that is still alive after the run exited
     echo.write("handlers/echo.py", FORKING_HANDLERS)
-    first = echo.sub("run", "--json")
-    assert first.code == 0, first.err
-    child = int(echo.read("child.pid"))
     try:
+        first = echo.sub("run", "--json")
+        assert first.code == 0, first.err
+        child = int(echo.read("children.pid").split()[0])
         assert pid_alive(child)
 
         # When the workspace is used again while that child lives
@@ -310,11 +311,10 @@ def test_a_handlers_forked_child_does_not_keep_the_workspace_lock(echo: Workspac
         assert json.loads(second.out)["executed"] >= 1
         assert pid_alive(child)
     finally:
-        for pid_file in echo.root.glob("child.pid"):
+        pids = echo.read("children.pid").split() if echo.exists("children.pid") else []
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid_file.read_text()), signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child, signal.SIGKILL)
+                os.kill(int(pid), signal.SIGKILL)
 
 
 def test_a_second_lock_in_the_same_process_is_refused_and_keeps_the_first(
