@@ -27,8 +27,16 @@ def index(make_workspace: MakeWorkspace) -> Index:
     return Index.load(loaded, Store(loaded.settings.state_dir))
 
 
+def _hold(index: Index, stage: str, eid: str) -> None:
+    """A change of state through the index's own method (which marks it dirty first)."""
+    control = index.control.copy()
+    control.holds[stage] = [eid]
+    index.set_control(control)
+
+
 def test_a_quiet_save_clears_the_dirty_marker(index: Index) -> None:
-    index.mark_dirty()
+    _hold(index, "echo.shout", "hello")
+    assert index.dirty_path.exists()
     asyncio.run(index.save_async())
     assert not index.dirty_path.exists()
     assert index.cache_path.exists()
@@ -36,10 +44,9 @@ def test_a_quiet_save_clears_the_dirty_marker(index: Index) -> None:
 
 def test_a_change_during_the_write_keeps_the_dirty_marker(index: Index) -> None:
     # Given a snapshot taken, then state changing before the write finishes
-    index.mark_dirty()
+    _hold(index, "echo.count", "hello")
     generation, data = index.snapshot()
-    index.mark_dirty()  # e.g. a hold arriving while the snapshot is being pickled
-    index.control.holds["echo.shout"] = ["hello"]
+    _hold(index, "echo.shout", "hello")  # e.g. a hold arriving while the snapshot is pickled
     index.write_snapshot(data)
     index.saved(generation)
 
@@ -51,19 +58,19 @@ def test_a_change_during_the_write_keeps_the_dirty_marker(index: Index) -> None:
 
 def test_a_snapshot_taken_while_a_state_runs_never_clears_the_marker(index: Index) -> None:
     # Given a state running (its commit will not mark the index dirty again)
-    index.mark_dirty()
-    index.running.add(("echo.shout", "hello"))
+    index.attempt_started("echo.shout", "hello", "key", 1, 0.0)
     generation, data = index.snapshot()
     index.write_snapshot(data)
     index.saved(generation)
 
     # Then the marker stays
     assert index.dirty_path.exists()
+    index.attempt_ended("echo.shout", "hello")
 
 
 def test_the_snapshot_is_a_copy(index: Index) -> None:
     _, data = index.snapshot()
-    index.manifests["echo.shout"].clear()
-    index.control.holds["echo.count"] = ["*"]
+    index.forget_state("echo.shout", "hello")
+    _hold(index, "echo.count", "*")
     assert "hello" in data["manifests"]["echo.shout"]
     assert "echo.count" not in data["control"].holds

@@ -7,9 +7,8 @@ import random
 import pytest
 from conftest import ECHO_PIPELINE, LOG_HELPER, MakeWorkspace, Workspace
 
-from eventrunner.core.staleness import Facts, after_failure, backoff_delay, decide
-from eventrunner.state.store import Failure, Manifest
-from eventrunner.workspace.settings import RetryPolicy
+from eventrunner.core.records import Failure, Manifest
+from eventrunner.core.staleness import Facts, RetryRule, after_failure, backoff_delay, decide
 
 CUTOFF_HANDLERS = (
     LOG_HELPER
@@ -244,7 +243,7 @@ def test_dead_failure_is_dead_until_the_attempt_key_changes() -> None:
 
 
 def test_backoff_delay_is_full_jitter_within_the_exponential_cap() -> None:
-    policy = RetryPolicy(max_attempts=10, backoff=10, max_backoff=60)
+    policy = RetryRule(max_attempts=10, backoff=10, max_backoff=60)
     rng = random.Random(7)
     for attempts, cap in ((1, 10), (2, 20), (3, 40), (4, 60), (9, 60)):
         delays = [backoff_delay(policy, attempts, rng) for _ in range(200)]
@@ -253,7 +252,7 @@ def test_backoff_delay_is_full_jitter_within_the_exponential_cap() -> None:
 
 
 def test_after_failure_counts_attempts_per_key_and_goes_dead_at_max() -> None:
-    policy = RetryPolicy(max_attempts=3, backoff=1, max_backoff=1)
+    policy = RetryRule(max_attempts=3, backoff=1, max_backoff=1)
     kw = {"stage": "p.s", "entity": "a", "error": "E", "traceback": ""}
     f1 = after_failure(policy, None, key="k", now=10.0, **kw)
     f2 = after_failure(policy, f1, key="k", now=11.0, **kw)

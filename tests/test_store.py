@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,7 +14,9 @@ from typing import Any
 
 import pytest
 from conftest import Workspace
+from serve_helpers import pid_alive
 
+from eventrunner.core.errors import LockHeld
 from eventrunner.state.hashing import hash_bytes
 from eventrunner.state.store import Store
 
@@ -255,3 +259,85 @@ def test_lock_tells_whether_the_previous_holder_stopped_cleanly(tmp_path: Path) 
     after.acquire_lock("run")
     assert after.crashed_before is True
     after.release_lock()
+
+
+# A handler that forks a child which outlives the run, as a handler starting a daemon by
+# fork() without exec() would. The child keeps every descriptor it inherited except stdio
+# (redirected so the test's pipes reach EOF); its pid is appended for the test to end it.
+FORKING_HANDLERS = """\
+import os
+import time
+
+
+def shout(ctx, text: str) -> str:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            time.sleep(60)
+        finally:
+            os._exit(0)
+    with open(ctx.data_root / "children.pid", "a") as fh:
+        fh.write(f"{pid}\\n")
+    return text.upper()
+
+
+def count(text: str) -> dict:
+    return {"words": len(text.split())}
+
+
+def summary(counts: dict[str, dict]) -> str:
+    return "".join(f"{k}={v['words']}\\n" for k, v in sorted(counts.items()))
+"""
+
+
+def test_a_handlers_forked_child_does_not_keep_the_workspace_lock(echo: Workspace) -> None:
+    # Given a run whose handler forked a child that is still alive after the run exited
+    echo.write("handlers/echo.py", FORKING_HANDLERS)
+    try:
+        first = echo.sub("run", "--json")
+        assert first.code == 0, first.err
+        child = int(echo.read("children.pid").split()[0])
+        assert pid_alive(child)
+
+        # When the workspace is used again while that child lives
+        echo.write("inbox/c.txt", "a third file\n")
+        second = echo.sub("run", "--json")
+
+        # Then the lock is free: the run went through (it would exit 3, "locked")
+        assert second.code == 0, second.err
+        assert json.loads(second.out)["executed"] >= 1
+        assert pid_alive(child)
+    finally:
+        pids = echo.read("children.pid").split() if echo.exists("children.pid") else []
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+
+
+def test_a_second_lock_in_the_same_process_is_refused_and_keeps_the_first(
+    tmp_path: Path,
+) -> None:
+    # Given this process holding the lock
+    state = tmp_path / ".eventrunner"
+    first = Store(state)
+    first.acquire_lock("serve")
+    try:
+        # When another Store of this process asks for it, and for its holder's details
+        with pytest.raises(LockHeld, match=f"pid {os.getpid()}"):
+            Store(state).acquire_lock("run")
+        assert first.lock_holder() is not None
+
+        # Then the first still holds it, as another process finds out
+        probe = subprocess.run(
+            [sys.executable, "-c", HOLDER, str(state)],
+            input="",
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert probe.returncode != 0 and "LockHeld" in probe.stderr
+    finally:
+        first.release_lock()

@@ -18,7 +18,7 @@ from typing import Any
 from eventrunner.cli.client import SERVER_FILE
 from eventrunner.cli.common import workspace_path
 from eventrunner.core.errors import UsageError
-from eventrunner.state.store import atomic_write
+from eventrunner.state.files import atomic_write
 from eventrunner.workspace.load import Workspace, load_workspace
 
 log = logging.getLogger("eventrunner.serve")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from eventrunner.core.patterns import Pattern
-from eventrunner.workspace.settings import RetryPolicy
+from eventrunner.core.staleness import RetryRule
 
 StageKind = Literal["map", "fanin", "fanout", "generator"]
 
@@ -44,7 +44,7 @@ class Stage:
     fanout_vars: tuple[str, ...]  # output variables bound by no input
     params: dict[str, Any]
     timeout: float | None
-    retry: RetryPolicy
+    retry: RetryRule
     priority: int
     concurrency: int | None
     schedule: str | None

@@ -11,12 +11,13 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from eventrunner.core.errors import PatternError
+from eventrunner.core.names import STATE_DIR as _STATE_DIR
+from eventrunner.core.names import TMP_PREFIX
 
 NO_VARS_ID = "_"
-_STATE_DIR = ".eventrunner"
 _MAX_BYTES = 255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_TEMP_PREFIXES = (".er-tmp-", ".#")
+_TEMP_PREFIXES = (TMP_PREFIX, ".#")
 _TEMP_SUFFIXES = (".tmp", ".swp", ".swx", "~", ".part", ".crdownload")
 _ID_ESCAPE = re.compile(r"%(.{0,2})")
 _ID_DECODE = {"25": "%", "2C": ",", "3D": "="}

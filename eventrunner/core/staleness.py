@@ -6,8 +6,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from eventrunner.state.store import Failure, Manifest
-from eventrunner.workspace.settings import RetryPolicy
+from eventrunner.core.records import Failure, Manifest
 
 State = Literal["fresh", "stale", "running", "failed", "dead", "held", "waiting", "orphaned"]
 STATES: tuple[State, ...] = (
@@ -20,6 +19,16 @@ STATES: tuple[State, ...] = (
     "waiting",
     "orphaned",
 )
+
+
+@dataclass(frozen=True)
+class RetryRule:
+    """How a stage retries: exponential backoff with full jitter, dead after max_attempts
+    (the workspace's validated `RetryPolicy` converted to plain data at load time)."""
+
+    max_attempts: int = 10
+    backoff: float = 30.0
+    max_backoff: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -208,14 +217,14 @@ def decide(f: Facts) -> Verdict:
     return Verdict("stale", tuple(reasons))
 
 
-def backoff_delay(policy: RetryPolicy, attempts: int, rng: random.Random | None = None) -> float:
+def backoff_delay(policy: RetryRule, attempts: int, rng: random.Random | None = None) -> float:
     """Full jitter: uniform in [0, min(max_backoff, backoff * 2^(attempts-1))]."""
     cap = min(policy.max_backoff, policy.backoff * (2 ** max(0, attempts - 1)))
     return (rng or random).uniform(0.0, cap)
 
 
 def after_failure(
-    policy: RetryPolicy,
+    policy: RetryRule,
     previous: Failure | None,
     *,
     stage: str,

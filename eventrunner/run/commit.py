@@ -22,16 +22,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from eventrunner.state.store import (
-    Failure,
-    Manifest,
-    Store,
-    dumps,
-    replace_path,
-    syncfs,
-    temp_path,
-    write_file,
-)
+from eventrunner.core.records import Failure, Manifest
+from eventrunner.state.files import replace_path, syncfs
+from eventrunner.state.store import Store
 
 log = logging.getLogger("eventrunner.commit")
 
@@ -58,7 +51,6 @@ class Committer:
         self.commits = 0
         self.sync_seconds = 0.0
         self._roots: list[Path] = []
-        self._dirs: set[Path] = set()
 
     async def __aenter__(self) -> Committer:
         self.store.ensure()
@@ -133,30 +125,23 @@ class Committer:
         self.sync_seconds += time.perf_counter() - t0
 
     def _write_batch(self, batch: list[Commit]) -> None:
-        manifests: list[tuple[Path, Path, bytes]] = []
-        for c in batch:
-            record, path = None, None
-            if c.manifest is not None:
-                record = dumps(c.manifest.to_json())
-                path = self.store.manifest_path(c.manifest.stage, c.manifest.entity)
-            elif c.failure is not None:
-                record = dumps(c.failure.to_json())
-                path = self.store.failure_path(c.failure.stage, c.failure.entity)
-            if record is None or path is None:
-                continue
-            if path.parent not in self._dirs:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._dirs.add(path.parent)
-            manifests.append((temp_path(path), path, record))
-        self._parallel(
-            lambda m: write_file(m[0], m[2]), manifests
-        )  # 1. manifests beside their place
-        self._barrier()  # 2. outputs' and manifests' contents (and the last batch's renames) durable
-        moves = [pair for c in batch for pair in c.temps]
-        self._parallel(lambda pair: replace_path(*pair), moves)  # 3. outputs in place
-        self._parallel(lambda m: os.replace(m[0], m[1]), manifests)  # 4. manifests in place: fresh
+        """Write one batch in the order the module docstring gives. A failure at any step
+        raises with the batch's record temps removed; nothing is retried on the same data."""
+        records = [r for c in batch for r in (c.manifest, c.failure) if r is not None]
+        staged = self.store.stage(records)  # 1. records beside their place
+        try:
+            self._barrier()  # 2. outputs' and records' contents (and the last renames) durable
+            moves = [pair for c in batch for pair in c.temps]
+            self._parallel(lambda pair: replace_path(*pair), moves)  # 3. outputs in place
+            self.store.install(staged)  # 4. manifests in place: fresh
+        except BaseException:
+            self.store.abandon(staged)
+            raise
         for c in batch:
             if c.clear_failure and c.manifest is not None:
-                self.store.delete_failure(c.manifest.stage, c.manifest.entity)
+                try:
+                    self.store.delete_failure(c.manifest.stage, c.manifest.entity)
+                except OSError as exc:  # the new manifest already outranks it
+                    log.error("could not delete a failure record: %s", exc)
         self.batches += 1
         self.commits += len(batch)

@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
-from eventrunner.core.errors import HandlerTimeout, PermanentError, RetryLater
+from eventrunner.core.errors import HandlerTimeout, PermanentError, RetryLater, StorageError
+from eventrunner.core.records import Failure, Manifest
 from eventrunner.core.staleness import Verdict, after_failure
 from eventrunner.run.commit import Commit, Committer
 from eventrunner.run.evaluate import Evaluator
@@ -36,7 +37,7 @@ from eventrunner.run.planner import Planner, Target
 from eventrunner.run.report import RunReport
 from eventrunner.run.settle import Settling
 from eventrunner.state.index import Index
-from eventrunner.state.store import Manifest, Store
+from eventrunner.state.store import Store
 from eventrunner.workspace import loader
 
 log = logging.getLogger("eventrunner.engine")
@@ -327,11 +328,6 @@ class Engine:
         key = self.evaluator.attempt_key(q, gathered.hashes())
         prev = self.index.failures[q].get(eid)
         attempt = (prev.attempts if prev is not None and prev.key == key else 0) + 1
-        self.index.running.add((q, eid))
-        self.index.mark_dirty()
-        self.outcome.executed += 1
-        self.outcome.ran.add((q, eid))
-        self.emit("started", stage=q, entity=eid, attempt=attempt)
         started = time.time()
         loop = asyncio.get_running_loop()
         root = self.index.root
@@ -339,6 +335,12 @@ class Engine:
         ctx: Any = None  # set for async handlers, whose temp output we must clean up on failure
         committing = False
         try:
+            # Noted before the call: an attempt that takes the process down counts after a
+            # restart (state/recovery.py). A note that cannot be written fails the attempt.
+            self.index.attempt_started(q, eid, key, attempt, started)
+            self.outcome.executed += 1
+            self.outcome.ran.add((q, eid))
+            self.emit("started", stage=q, entity=eid, attempt=attempt)
             func = self._handler(q)
             if asyncio.iscoroutinefunction(func):
                 ctx = make_context(stage, values, attempt, root)
@@ -407,15 +409,14 @@ class Engine:
                 dropped=dropped,
             )
             # The slot is freed now; the commit joins the next group (one sync for many runs).
-            task = asyncio.ensure_future(
-                self._commit_success(q, eid, manifest, written, prev is not None)
-            )
+            task = asyncio.ensure_future(self._commit_success(manifest, written, key, prev))
             self._commits.add(task)
             task.add_done_callback(self._commit_done)
             committing = True
         finally:
+            self.index.handler_returned(q, eid)
             if not committing:
-                self.index.running.discard((q, eid))
+                self.index.attempt_ended(q, eid)
                 self._settled(q)
             self._release(q)
 
@@ -425,33 +426,32 @@ class Engine:
             self.consider(released)
 
     async def _commit_success(
-        self, q: str, eid: str, manifest: Manifest, written: Written, had_failure: bool
+        self, manifest: Manifest, written: Written, key: str, prev: Failure | None
     ) -> None:
         try:
-            await self._commit_and_follow(q, eid, manifest, written, had_failure)
+            await self._commit_and_follow(manifest, written, key, prev)
         finally:
-            self._settled(q)
+            self._settled(manifest.stage)
 
     async def _commit_and_follow(
-        self, q: str, eid: str, manifest: Manifest, written: Written, had_failure: bool
+        self, manifest: Manifest, written: Written, key: str, prev: Failure | None
     ) -> None:
+        q, eid = manifest.stage, manifest.entity
         try:
             await self.committer.submit(
-                Commit(manifest=manifest, temps=written.temps, clear_failure=had_failure)
+                Commit(manifest=manifest, temps=written.temps, clear_failure=prev is not None)
             )
         except Exception as exc:
+            # Recorded and retried like a handler failure (disk full, I/O error): the retry runs
+            # the handler again and writes everything anew, never re-syncing the same data.
             written.discard()
-            self.index.running.discard((q, eid))
-            self.outcome.failed += 1
-            self.outcome.failures.append(
-                {"stage": q, "entity": eid, "error": f"commit failed: {exc}"}
-            )
-            self.emit("failed", stage=q, entity=eid, error=f"commit failed: {exc}")
+            error = StorageError(f"commit failed: {exc}")
+            try:
+                await self._fail(q, eid, key, prev, error, exc, manifest.started)
+            finally:
+                self.index.attempt_ended(q, eid)
             return
-        for relpath, digest in written.hashes.items():
-            self.index.remember_file(relpath, digest)
-        old = self.index.manifests[q].get(eid)
-        self.index.record_manifest(manifest)
+        old = self.index.record_success(manifest, written.hashes)
         self.outcome.succeeded += 1
         self.emit("succeeded", stage=q, entity=eid, duration_s=manifest.duration_s)
         self._after_commit(q, eid, manifest, old)
@@ -467,7 +467,7 @@ class Engine:
         q: str,
         eid: str,
         key: str,
-        prev: Any,
+        prev: Failure | None,
         exc: BaseException,
         orig: BaseException,
         started: float,
@@ -486,8 +486,12 @@ class Engine:
             permanent=isinstance(orig, PermanentError),
             retry_after=orig.retry_after if isinstance(orig, RetryLater) else None,
         )
-        await self.committer.submit(Commit(failure=failure))
-        self.index.failures[q][eid] = failure
+        try:
+            await self.committer.submit(Commit(failure=failure))
+        except Exception as exc:
+            # Kept in memory: the retry sweep still finds it; a restart just finds it stale.
+            log.error("%s %s: could not record its failure on disk: %s", q, eid, exc)
+        self.index.record_failure(failure)
         self._failed_now.add((q, eid))
         self.outcome.failed += 1
         self.outcome.failures.append({"stage": q, "entity": eid, "error": failure.error})
@@ -512,7 +516,7 @@ class Engine:
     def _after_commit(self, q: str, eid: str, manifest: Manifest, old: Manifest | None) -> None:
         """A committed output is an event for the stages that read it (and read what it dropped)."""
         stage = self.ws.graph.stages[q]
-        self.index.running.discard((q, eid))
+        self.index.attempt_ended(q, eid)
         targets: list[Target] = []
         pattern = self.index.instances[stage.output.key].pattern
         for relpath in manifest.outputs:

@@ -92,7 +92,7 @@ class Evaluator:
                     if pverdict.state != "fresh":
                         upstream.append(f"{producer} {peid} ({pverdict.state})")
                         continue
-                digest = idx.file_hash(relpath)
+                digest = idx.files.hash(relpath)
                 if digest is None:
                     (upstream if producer else missing).append(relpath)
                     continue
@@ -122,7 +122,7 @@ class Evaluator:
         g = self.gather(qualname, values) if exists else Gathered([], [], [])
         inputs = g.hashes()
         recorded = m.output_paths if m else ()
-        outputs_now = {p: idx.file_hash(p) for p in recorded}
+        outputs_now = {p: idx.files.hash(p) for p in recorded}
         if m is not None and not recorded and not self.ws.graph.stages[qualname].fanout_vars:
             outputs_now = {self.ws.graph.stages[qualname].output.join(values): None}
         return Facts(

@@ -10,7 +10,6 @@ import inspect
 import json
 import logging
 import os
-import shutil
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,8 +22,8 @@ from eventrunner.core.errors import HandlerError, PermanentError
 from eventrunner.core.graph import Stage
 from eventrunner.core.patterns import entity_id, parse_entity_id, resolve_inside
 from eventrunner.run.evaluate import InputFile
+from eventrunner.state.files import read_file, remove_path, temp_path, write_file
 from eventrunner.state.hashing import hash_bytes, hash_path
-from eventrunner.state.store import read_file, temp_path, write_file
 
 log = logging.getLogger("eventrunner.executor")
 
@@ -80,10 +79,7 @@ class Written:
     def discard(self) -> None:
         """Remove the temps of an abandoned run."""
         for tmp, _ in self.temps:
-            if tmp.is_dir():
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                tmp.unlink(missing_ok=True)
+            remove_path(tmp)
 
 
 def _hints(func: Callable[..., Any]) -> dict[str, Any]:
@@ -208,14 +204,18 @@ def store_result(
             raise HandlerError(
                 f"fan-out stage {stage.qualname} must return a mapping of {', '.join(stage.fanout_vars)} to contents"
             )
-        for key, content in result.items():
-            out_values = dict(values)
-            out_values.update(_fanout_values(stage, key))
-            relpath = stage.output.format(out_values)
-            final = output_path(root, relpath)
-            data = encode(content, f"{stage.qualname}[{key}]")
-            temps.append((_write_temp(final, data), final))
-            hashes[relpath] = hash_bytes(data)
+        try:
+            for key, content in result.items():
+                out_values = dict(values)
+                out_values.update(_fanout_values(stage, key))
+                relpath = stage.output.format(out_values)
+                final = output_path(root, relpath)
+                data = encode(content, f"{stage.qualname}[{key}]")
+                temps.append((_write_temp(final, data), final))
+                hashes[relpath] = hash_bytes(data)
+        except BaseException:
+            Written(temps, {}).discard()  # the items written before the failing one
+            raise
         return Written(temps, hashes)
     relpath = stage.output.format(values)
     assert ctx.output_path is not None and ctx.final_path is not None

@@ -10,7 +10,6 @@ half (status, listings, explain) is queries.py.
 from __future__ import annotations
 
 import itertools
-import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -23,8 +22,9 @@ from eventrunner.run.queries import entity_values as _entity_values  # the ops' 
 from eventrunner.run.queries import resolve_stages
 from eventrunner.run.report import RunReport
 from eventrunner.run.session import Session
+from eventrunner.state.files import remove_path
 from eventrunner.state.index import Index
-from eventrunner.state.store import Store, atomic_write, dumps
+from eventrunner.state.store import Store
 
 
 def _targets(index: Index, q: str, eids: list[str] | None) -> list[str]:
@@ -36,19 +36,11 @@ def _targets(index: Index, q: str, eids: list[str] | None) -> list[str]:
     return list(eids)
 
 
-def _persist_control(index: Index, store: Store, save: bool) -> None:
-    index.mark_dirty()
-    store.write_control(index.control)  # durable here; the index cache follows (save or later)
-    _save(index, save)
-
-
 def _save(index: Index, save: bool) -> None:
     # serve passes save=False: its persist loop saves off the event loop (the index is marked
     # dirty until then, so a crash rebuilds from the store instead of trusting the cache).
     if save:
         index.save()
-    else:
-        index.changed = True
 
 
 def invalidate(
@@ -64,7 +56,8 @@ def invalidate(
     q0 = resolve_stages(index.ws.graph, stage)[0]
     targets = _targets(index, q0, eids)
     now = time.time_ns()
-    inv = index.control.invalidations
+    control = index.control.copy()
+    inv = control.invalidations
     below: list[dict[str, str]] = []
     if targets == ["*"]:
         stages = [q0, *(index.ws.graph.closure_downstream(q0) if downstream else [])]
@@ -86,7 +79,8 @@ def invalidate(
                         below.append({"stage": q, "entity": e})
         order = {q: i for i, q in enumerate(index.ws.graph.order)}
         stages = [q0, *sorted({d["stage"] for d in below}, key=order.__getitem__)]
-    _persist_control(index, store, save)
+    index.set_control(control)  # durable here; the index cache follows (save or later)
+    _save(index, save)
     return {"stages": stages, "entities": targets, "downstream": below}
 
 
@@ -103,10 +97,7 @@ def retry(
     for q in resolve_stages(index.ws.graph, stage):
         wanted = set(eids) if eids else None
         for eid in list(index.failures[q]):
-            if wanted is None or eid in wanted:
-                index.mark_dirty()
-                store.delete_failure(q, eid)
-                del index.failures[q][eid]
+            if (wanted is None or eid in wanted) and index.clear_failure(q, eid):
                 cleared.append({"stage": q, "entity": eid})
     if cleared:
         _save(index, save)
@@ -125,7 +116,8 @@ def hold(
     """Put states on manual hold (on=True) or release them."""
     q = resolve_stages(index.ws.graph, stage)[0]
     targets = _targets(index, q, eids)
-    current = set(index.control.holds.get(q, []))
+    control = index.control.copy()
+    current = set(control.holds.get(q, []))
     if on:
         current |= set(targets)
     elif targets == ["*"]:
@@ -133,21 +125,18 @@ def hold(
     else:
         current -= set(targets)
     if current:
-        index.control.holds[q] = sorted(current)
+        control.holds[q] = sorted(current)
     else:
-        index.control.holds.pop(q, None)
-    _persist_control(index, store, save)
+        control.holds.pop(q, None)
+    index.set_control(control)
+    _save(index, save)
     return {"stage": q, "entities": targets, "held": on}
 
 
 def _delete_outputs(index: Index, relpaths: Sequence[str]) -> None:
     for relpath in relpaths:
-        path = index.root / relpath
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-        index.forget_file(relpath)
+        remove_path(index.root / relpath)
+        index.file_removed(relpath)
 
 
 def prune(
@@ -162,28 +151,20 @@ def prune(
             ):
                 out.append({"stage": q, "entity": eid, "outputs": []})
                 if not dry_run:
-                    index.mark_dirty()
-                    store.delete_failure(q, eid)
-                    del index.failures[q][eid]
+                    index.clear_failure(q, eid)
         for eid, m in list(index.manifests[q].items()):
             if index.has_entity(q, m.values):
                 if m.dropped:
                     out.append({"stage": q, "entity": eid, "outputs": list(m.dropped)})
                     if not dry_run:
-                        index.mark_dirty()
                         _delete_outputs(index, m.dropped)
-                        m.dropped = ()
-                        atomic_write(store.manifest_path(q, eid), dumps(m.to_json()))
+                        index.outputs_pruned(q, eid)
                 continue
             out.append({"stage": q, "entity": eid, "outputs": sorted(m.outputs)})
             if dry_run:
                 continue
-            index.mark_dirty()
             _delete_outputs(index, [*m.outputs, *m.dropped])
-            store.delete_manifest(q, eid)
-            store.delete_failure(q, eid)
-            del index.manifests[q][eid]
-            index.failures[q].pop(eid, None)
+            index.forget_state(q, eid)
     if out and not dry_run:
         index.derive()
         _save(index, save)

@@ -121,11 +121,10 @@ class Planner:
                 continue
             source_hit = True
             if kind == "deleted":
-                self.index.discard_instance(key, values)
-                self.index.forget_file(relpath)
+                self.index.source_vanished(key, values, relpath)
                 targets.extend(self.removed_targets(key, values))
             else:
-                self.index.add_instance(key, values, relpath)
+                self.index.source_appeared(key, values, relpath)
                 targets.extend(self.downstream_of(key, values))
         return targets, source_hit
 

@@ -23,7 +23,7 @@ from eventrunner.core.errors import UnknownName
 from eventrunner.core.patterns import trusted_entity_id as entity_id
 from eventrunner.run.engine import Engine, Listener
 from eventrunner.run.planner import Target
-from eventrunner.state import fastpath
+from eventrunner.state import fastpath, recovery
 from eventrunner.state import stamp as stamping
 from eventrunner.state.index import Index
 from eventrunner.state.scan import scan
@@ -123,9 +123,8 @@ class Session:
             # Before the scan: a file arriving during it changes a folder, and the stamp refuses.
             self._dirs_before = stamping.dir_snapshot(self.ws)
         self.index = await self._call(Index.load, self.ws, self.store, trusted)
-        if not self.read_only and (self.store.crashed_before or self.index.recovered):
-            swept = await self._call(self.index.sweep_temps)  # we hold the lock
-            log.info("previous holder did not stop cleanly; removed %d temp file(s)", swept)
+        if not self.read_only:  # we hold the lock: a crash's debris and cut attempts
+            await self._call(recovery.recover, self.index)
         return follow
 
     async def _take_look(self) -> fastpath.Look | None:
@@ -237,8 +236,7 @@ class Session:
                 relpath = inst.path(eid)
                 if not os.path.lexists(root / relpath):
                     values = inst.values(eid)
-                    idx.discard_instance(key, values)
-                    idx.forget_file(relpath)
+                    idx.source_vanished(key, values, relpath)
                     targets.extend(engine.removed_targets(key, values))
                     self.emit(
                         {"kind": "changed", "path": relpath, "change": "deleted", "by": "rescan"}
@@ -246,7 +244,7 @@ class Session:
             for eid in now.keys() - inst.items.keys():
                 relpath = inst.pattern.join(now[eid])
                 if os.path.lexists(root / relpath):
-                    idx.add_instance(key, now[eid])  # its targets: every run of a pass has them
+                    idx.source_appeared(key, now[eid])  # its targets: every run of a pass has them
                     self.emit(
                         {"kind": "changed", "path": relpath, "change": "added", "by": "rescan"}
                     )

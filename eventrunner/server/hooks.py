@@ -202,7 +202,7 @@ def setup_hooks(app: web.Application, runtime: Runtime) -> None:
         if runtime.engine is not None and runtime.index is not None:
             # We wrote this content: record its hash so that planning it costs one stat, not
             # a read and hash of the file on the event loop (as the engine does for outputs).
-            runtime.index.remember_file(record.relpath, hash_bytes(record.body))
+            runtime.index.file_written(record.relpath, hash_bytes(record.body))
             runtime.emit(
                 {
                     "kind": "webhook",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import functools
 import json
 import logging
@@ -27,7 +26,7 @@ from typing import Any
 import xxhash
 
 from eventrunner.core.errors import IntakeFull, StorageError
-from eventrunner.state.store import fsync_dir
+from eventrunner.state.files import atomic_write, fsync_dir, syncfs, temp_path
 
 log = logging.getLogger("eventrunner.spool")
 
@@ -36,14 +35,12 @@ _HEAD = struct.Struct("<4sIQ")
 _SUM = struct.Struct("<Q")
 _MAGIC = b"ERJ1"
 _MAX_META = 1 << 20
-TMP_PREFIX = ".er-tmp-"
 JOURNAL_MAX_BYTES = 32 << 20
 STATS = (  # noqa: SIM905
     "committed duplicates batches fsync_seconds_total storage_errors intake_full"
     " materialised materialise_errors recovered rotations"
 ).split()
 Seen = dict[str, tuple[float, str]]  # message id -> (accepted at, event id)
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True)
@@ -118,15 +115,7 @@ def _sync_files(files: Iterable[Path], root: Path) -> None:
     folders = {folder for path in files for folder in path.parents if folder.is_relative_to(root)}
     devices = {os.stat(folder).st_dev: folder for folder in folders if folder.exists()}
     for folder in devices.values():
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            # syncfs(2) costs one call where fsync per file would cost thousands.
-            if getattr(_libc, "syncfs", None) is None:
-                os.sync()
-            elif _libc.syncfs(fd) != 0:
-                raise OSError(ctypes.get_errno(), f"syncfs failed on {folder}")
-        finally:
-            os.close(fd)
+        syncfs(folder)  # one call where fsync per file would cost thousands; raises on failure
 
 
 def _check_relpath(relpath: str) -> None:
@@ -420,7 +409,7 @@ class Spool:
         done: list[_Entry] = []
         for entry in entries:
             target = self._root / entry.record.relpath
-            tmp = target.parent / f"{TMP_PREFIX}{uuid.uuid4().hex[:16]}"
+            tmp = temp_path(target)  # tagged: the crash sweep never takes a live one
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with tmp.open("xb") as f:
@@ -452,13 +441,8 @@ class Spool:
                 path.unlink()
 
     def _write_json(self, name: str, data: Mapping[str, Any]) -> None:
-        tmp = self._dir / f"{TMP_PREFIX}{name}"
-        with tmp.open("wb") as f:
-            f.write(json.dumps(data, sort_keys=True).encode())
-            if self._fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, self._dir / name)
+        payload = json.dumps(data, sort_keys=True).encode()
+        atomic_write(self._dir / name, payload, durable=self._fsync)
 
     # -- recovery (no thread runs yet) -------------------------------------------------------
 

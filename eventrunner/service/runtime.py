@@ -194,9 +194,9 @@ class Runtime:
             assert self.engine is not None and self.index is not None
             stage = self.ws.graph.stages[qualname]
             if not stage.inputs:  # a generator: its clock is its input
-                self.index.mark_dirty()
-                self.index.control.invalidations.setdefault(qualname, {})["*"] = time.time_ns()
-                self.store.write_control(self.index.control)
+                control = self.index.control.copy()
+                control.invalidations.setdefault(qualname, {})["*"] = time.time_ns()
+                self.index.set_control(control)
             self.engine.consider([(qualname, e, v) for e, v in self.index.stage_entities(qualname)])
 
         return fire

@@ -18,6 +18,9 @@ from typing import Literal
 
 from watchfiles import Change, awatch
 
+from eventrunner.core.names import STATE_DIR
+from eventrunner.core.patterns import is_temp_name
+
 logger = logging.getLogger("eventrunner.watch")
 
 ChangeKind = Literal["added", "modified", "deleted"]
@@ -26,8 +29,6 @@ _Probe = _Sig | Literal["missing", "dir", "other"]
 # (change, relpath) as watchfiles reported it, ignored paths already dropped
 _Raw = list[tuple[Change, str]]
 
-_TEMP_PREFIXES = (".er-tmp-", ".#")
-_TEMP_SUFFIXES = (".tmp", ".swp", ".swx", "~", ".part", ".crdownload")
 _LIMIT_HINTS = ("no space left on device", "too many open files", "watch limit", "maxfileswatch")
 _SLACK = 0.01  # wake this much after the earliest due time so neighbours settle in the same batch
 _BACKOFF = (0.1, 5.0)  # restart delay after a watcher error: first, max
@@ -52,15 +53,7 @@ class Rescan:
 def is_ignored(relpath: str) -> bool:
     """True for eventrunner's own state and for temp/editor/partial files, judged by basename."""
     parts = relpath.split("/")
-    if ".eventrunner" in parts:
-        return True
-    name = parts[-1]
-    return (
-        name.startswith(_TEMP_PREFIXES)
-        or name.endswith(_TEMP_SUFFIXES)
-        or (len(name) > 1 and name[0] == "#" and name[-1] == "#")
-        or name == "4913"  # vim probes directory writability with this name
-    )
+    return STATE_DIR in parts or is_temp_name(parts[-1])  # one rule, shared with pattern scans
 
 
 async def watch_changes(

@@ -208,10 +208,10 @@ def write(
         "not_after": not_after,
         "result": result,
     }
-    tmp = state_dir / f".er-tmp-{os.getpid()}-{STAMP}"
-    with open(tmp, "wb") as fh:
-        marshal.dump(data, fh)
-    os.replace(tmp, state_dir / STAMP)  # a cache: no fsync needed, a lost stamp means a full run
+    from eventrunner.state.files import atomic_write  # here: look() stays cheap to import
+
+    # A cache: no fsync needed, a lost stamp means a full run.
+    atomic_write(state_dir / STAMP, marshal.dumps(data), durable=False)
     return True
 
 

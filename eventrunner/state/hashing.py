@@ -8,11 +8,10 @@ from pathlib import Path
 
 import xxhash
 
+from eventrunner.core.names import TMP_PREFIX  # tree hashes skip our temps: in-flight writes
+
 CHUNK = 1 << 20
 """Files are read in chunks of this size; smaller files are read (and hashed) in one go."""
-
-TMP_PREFIX = ".er-tmp-"
-"""Names of our own temporary files; tree hashes skip them so an in-flight write does not count."""
 
 # Entry kinds in a tree hash. "other" covers fifos, sockets and devices: opening them could
 # block, so only their existence and name count.

@@ -3,154 +3,35 @@
 Persisted as a rebuildable cache (`.eventrunner/index.pickle`) so that a no-change run reads one
 file plus stats. A `dirty` marker is written before any change to state and removed once the
 cache is saved again; a cache found dirty (a crash mid-run) is ignored and rebuilt from manifests.
+
+The index owns its maps: they change only through methods named for what happened (below
+"what happened"), which mark it dirty themselves and have the store write a change first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import os
 import pickle
-import struct
 import sys
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eventrunner.core.patterns import Pattern, parse_entity_id
+from eventrunner.core.errors import PatternError
+from eventrunner.core.patterns import parse_entity_id
 from eventrunner.core.patterns import trusted_entity_id as entity_id
-from eventrunner.state.hashing import hash_path
+from eventrunner.core.records import Control, Failure, Manifest
+from eventrunner.state.filecache import FileCache
+from eventrunner.state.files import atomic_write
+from eventrunner.state.instances import Instances, Key
 from eventrunner.state.scan import scan
-from eventrunner.state.store import Control, Failure, Manifest, Store, atomic_write
+from eventrunner.state.store import Store
 
 if TYPE_CHECKING:
     from eventrunner.workspace.load import Workspace
 
-CACHE_VERSION = 10
-# A file modified this recently may be modified again within the same mtime tick; don't trust
-# its cached hash (git's "racily clean" problem).
-RACY_NS = 50_000_000
-
-
-# The stat cache holds one packed bytes object per file, (size, mtime_ns, inode, 16-byte digest):
-# ~75 bytes instead of ~220 for an object with four fields (300,000 files at 100,000 entities).
-_STAT = struct.Struct("<qqQ16s")
-_KEY = struct.Struct("<qqQ")
-
-
-def pack_stat(size: int, mtime_ns: int, ino: int, digest: str) -> bytes | None:
-    """One stat-cache entry; None for a digest that is not 32 hex digits (not cached then)."""
-    try:
-        raw = bytes.fromhex(digest)
-    except ValueError:
-        return None
-    return _STAT.pack(size, mtime_ns, ino, raw) if len(raw) == 16 else None
-
-
-def unpack_stat(entry: bytes) -> tuple[int, int, int, str]:
-    """(size, mtime_ns, inode, hex digest) of a stat-cache entry."""
-    size, mtime_ns, ino, raw = _STAT.unpack(entry)
-    return size, mtime_ns, ino, raw.hex()
-
-
-Key = tuple[str, ...]
-
-
-class Instances:
-    """Known instances of one pattern: entity id -> relpath (or None), with lazy projections.
-
-    Values are not stored: they are read back from the entity id when needed (ids are reversible),
-    which keeps 100,000s of instances to one dict entry each.
-    """
-
-    __slots__ = ("_proj", "_single", "items", "pattern")
-
-    def __init__(self, pattern: Pattern) -> None:
-        self.pattern = pattern
-        # relpath None unless it came with the instance (path() joins it from the values).
-        self.items: dict[str, str | None] = {}
-        self._proj: dict[Key, dict[Key, set[str]]] = {}
-        self._single = pattern.variables[0] if len(pattern.variables) == 1 else None
-
-    def values(self, eid: str) -> dict[str, str]:
-        """The variable values of an entity id of this pattern."""
-        if self._single is not None and "%" not in eid:
-            return {self._single: eid}  # the common case: the id is the value itself
-        return parse_entity_id(self.pattern.variables, eid)
-
-    def add(self, values: dict[str, str], relpath: str | None = None) -> str:
-        """Record an instance; returns its entity id."""
-        eid = entity_id(self.pattern.variables, values)
-        if eid in self.items:
-            return eid
-        eid = sys.intern(eid)  # one string per entity, shared with its states' manifests
-        self.items[eid] = relpath
-        for vars_, groups in self._proj.items():
-            groups.setdefault(tuple(values[v] for v in vars_), set()).add(eid)
-        return eid
-
-    def path(self, eid: str) -> str:
-        """The relpath of a known instance."""
-        relpath = self.items[eid]
-        return relpath if relpath is not None else self.pattern.join(self.values(eid))
-
-    def discard(self, eid: str) -> bool:
-        """Forget an instance; True if it was known."""
-        if eid not in self.items:
-            return False
-        del self.items[eid]
-        if self._proj:
-            values = self.values(eid)
-            for vars_, groups in self._proj.items():
-                k = tuple(values[v] for v in vars_)
-                members = groups.get(k)
-                if members is not None:
-                    members.discard(eid)
-                    if not members:
-                        del groups[k]
-        return True
-
-    def projection(self, vars_: Key) -> dict[Key, set[str]]:
-        """Instances grouped by their values of `vars_` (built once, then kept up to date)."""
-        groups = self._proj.get(vars_)
-        if groups is None:
-            groups = {}
-            for eid in self.items:
-                values = self.values(eid)
-                groups.setdefault(tuple(values[v] for v in vars_), set()).add(eid)
-            self._proj[vars_] = groups
-        return groups
-
-    def covers(self, vars_: Key) -> bool:
-        """True when `vars_` are all of the pattern's variables (in any order)."""
-        return len(vars_) == len(self.pattern.variables) and set(vars_) == set(
-            self.pattern.variables
-        )
-
-    def binds(self, vars_: Key, values: Mapping[str, str]) -> bool:
-        """True when some instance has these values for `vars_` (the hot path of has_entity)."""
-        if self.covers(vars_):
-            return entity_id(self.pattern.variables, values) in self.items
-        return tuple(values[v] for v in vars_) in self.projection(vars_)
-
-    def select(self, vars_: Key, key: Key) -> set[str]:
-        """Instances whose `vars_` have the values `key`."""
-        if self.covers(vars_):
-            # Every variable fixed: at most one instance, found by its id (no projection to keep).
-            eid = entity_id(self.pattern.variables, dict(zip(vars_, key, strict=True)))
-            return {eid} if eid in self.items else set()
-        return self.projection(vars_).get(key, set())
-
-    def keys(self, vars_: Key) -> Iterator[Key]:
-        """The distinct values of `vars_` among the instances."""
-        if self.covers(vars_):
-            if self._single is not None:
-                return (
-                    (e,) if "%" not in e else (self.values(e)[self._single],) for e in self.items
-                )
-            return (tuple(vs[v] for v in vars_) for vs in map(self.values, self.items))
-        return iter(self.projection(vars_))
+CACHE_VERSION = 11
 
 
 class Index:
@@ -160,12 +41,7 @@ class Index:
         self.ws = ws
         self.store = store
         self.root = ws.settings.data_root
-        self._prefix = os.path.join(os.fspath(self.root), "")  # "root/": relpaths are "/"-joined
-        self.files: dict[str, bytes] = {}  # relpath -> pack_stat(...)
-        self._racy: set[str] = set()  # entries remember_file added since the last save
-        # Files whose stats this process found different from the cache (hashed, written or
-        # gone): an incremental stamp re-reads only these (stamping.write_stamp).
-        self.touched: set[str] = set()
+        self.files = FileCache(self.root)
         self.instances: dict[str, Instances] = {
             k: Instances(p) for k, p in ws.graph.patterns.items()
         }
@@ -174,10 +50,14 @@ class Index:
         self.control = Control()
         self.running: set[tuple[str, str]] = set()
         self._dirty_marked = False
-        self.generation = 0  # bumped by every mark_dirty(): a save knows if state moved on since
-        self.changed = False  # anything the cache should learn (saved only then)
-        self.written: set[str] = set()
-        self.recovered = False  # loaded by rebuilding from manifests (see load)  # outputs this process wrote (trusted: see remember_file)
+        self.generation = 0  # bumped by every change: a save knows if state moved on since
+        self._changed = False  # manifests, failures or control differ from the saved cache
+        self.recovered = False  # loaded by rebuilding from manifests (see load)
+
+    @property
+    def changed(self) -> bool:
+        """Anything the cache should learn (saved only then)."""
+        return self._changed or self.files.changed
 
     # -- persistence --------------------------------------------------------------------
     @property
@@ -221,13 +101,9 @@ class Index:
             return False
         if data.get("version") != CACHE_VERSION:
             return False
-        self.files = data["files"]
-        for s, ms in data["manifests"].items():
-            if s in self.manifests:
-                self.manifests[s] = ms
-        for s, fs in data["failures"].items():
-            if s in self.failures:
-                self.failures[s] = fs
+        self.files.entries = data["files"]
+        self.manifests.update((s, ms) for s, ms in data["manifests"].items() if s in self.manifests)
+        self.failures.update((s, fs) for s, fs in data["failures"].items() if s in self.failures)
         self.control = data["control"]
         return True
 
@@ -240,9 +116,10 @@ class Index:
                 self.failures[f.stage][f.entity] = f
         self.control = self.store.read_control()
 
-    def mark_dirty(self) -> None:
-        """Say on disk that state is about to change, before it does."""
+    def _mark_dirty(self) -> None:
+        """Say on disk that state is about to change, before it does (every change calls it)."""
         self.generation += 1
+        self._changed = True
         if not self._dirty_marked:
             self.store.root.mkdir(parents=True, exist_ok=True)
             atomic_write(self.dirty_path, b"", durable=True)
@@ -254,7 +131,7 @@ class Index:
         try:
             self.write_snapshot(data)
         except BaseException:
-            self.changed = True
+            self._changed = True
             raise
         self.saved(generation)
 
@@ -264,36 +141,25 @@ class Index:
         try:
             await asyncio.to_thread(self.write_snapshot, data)
         except BaseException:
-            self.changed = True
+            self._changed = True
             raise
         self.saved(generation)
 
     def snapshot(self) -> tuple[int, dict[str, Any]]:
-        """What the cache holds, copied (shallowly: entries are not changed in place) so that it
-        can be pickled while the index moves on; with the generation it was taken at."""
-        racy = time.time_ns() - RACY_NS
-        # Only our own writes are cached while racy (file_hash skips such files).
-        for rel in self._racy:
-            entry = self.files.get(rel)
-            if entry is not None:
-                size, mtime_ns, ino, raw = _STAT.unpack(entry)
-                if (
-                    mtime_ns > racy
-                ):  # may change again within its mtime tick: re-hash once next time
-                    self.files[rel] = _STAT.pack(size, -1, ino, raw)
-        self._racy.clear()
+        """What the cache holds, copied (shallowly: entries are never changed in place) so that
+        it can be pickled while the index moves on; with the generation it was taken at."""
         data = {
             "version": CACHE_VERSION,
-            "files": dict(self.files),
+            "files": self.files.snapshot(),
             "manifests": {s: dict(ms) for s, ms in self.manifests.items()},
             "failures": {
                 s: {e: copy.copy(f) for e, f in fs.items()} for s, fs in self.failures.items()
             },
             "control": copy.deepcopy(self.control),
         }
-        self.changed = False
-        # A state running now commits without another mark_dirty(): a snapshot taken meanwhile
-        # must never clear the marker (-1 matches no generation).
+        self._changed = False
+        # A state running now commits without bumping the generation before its store write:
+        # a snapshot taken meanwhile must never clear the marker (-1 matches no generation).
         return (-1 if self.running else self.generation), data
 
     def write_snapshot(self, data: dict[str, Any]) -> None:
@@ -310,86 +176,100 @@ class Index:
             self.dirty_path.unlink(missing_ok=True)
             self._dirty_marked = False
 
-    # -- files ----------------------------------------------------------------------------
-    def file_hash(self, relpath: str) -> str | None:
-        """Content hash through the stat fast path; None when the file is missing."""
-        path = self._prefix + relpath
-        try:
-            st = os.stat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            self.forget_file(relpath)
-            return None
-        entry = self.files.get(relpath)
-        if entry is not None and entry[:24] == _KEY.pack(st.st_size, st.st_mtime_ns, st.st_ino):
-            return entry[24:].hex()
-        self.touched.add(relpath)
-        try:
-            digest = hash_path(Path(path))
-        except FileNotFoundError:
-            return None
-        entry = pack_stat(st.st_size, st.st_mtime_ns, st.st_ino, digest)
-        if entry is not None and time.time_ns() - st.st_mtime_ns > RACY_NS:
-            self.files[sys.intern(relpath)] = entry
-            self.changed = True
-        else:
-            self.files.pop(relpath, None)
-        return digest
+    # -- what happened: the only ways the maps change -----------------------------------------
+    def attempt_started(self, q: str, eid: str, key: str, attempt: int, started: float) -> None:
+        """A handler is about to be called: the state runs, and the call is noted (one that
+        takes the process down then counts as a failed attempt: state/recovery.py)."""
+        self._mark_dirty()
+        self.store.attempts.started(q, eid, key, attempt, started)
+        self.running.add((q, eid))
 
-    def remember_file(self, relpath: str, digest: str) -> None:
-        """Cache the hash of a file we just wrote (so its next check costs one stat)."""
-        try:
-            st = os.stat(self._prefix + relpath)
-        except FileNotFoundError:
-            return
-        # We produced this content and hashed it: trusted in memory; save() demotes entries still
-        # inside the racy window so a later process re-hashes them once.
-        entry = pack_stat(st.st_size, st.st_mtime_ns, st.st_ino, digest)
-        if entry is None:
-            self.forget_file(relpath)
-            return
-        relpath = sys.intern(relpath)
-        self.files[relpath] = entry
-        self._racy.add(relpath)
-        self.written.add(relpath)
-        self.touched.add(relpath)
-        self.changed = True
+    def handler_returned(self, q: str, eid: str) -> None:
+        """The handler returned or raised (its outcome follows): it did not take us down."""
+        self.store.attempts.returned(q, eid)
 
-    def forget_file(self, relpath: str) -> None:
-        """Drop a file's cache entry (it is gone, or about to be)."""
-        self.files.pop(relpath, None)
-        self.touched.add(relpath)
+    def attempt_ended(self, q: str, eid: str) -> None:
+        """The attempt is over (committed, failed or given up): the state no longer runs."""
+        self.running.discard((q, eid))
 
-    def sweep_temps(self) -> int:
-        """Delete `.er-tmp-*` debris a crash left in output and source folders (call with the lock held)."""
-        from eventrunner.state.store import TMP_PREFIX
+    def record_success(self, m: Manifest, written: dict[str, str]) -> Manifest | None:
+        """A state was committed (the store has its manifest): keep the manifest, trust the
+        hashes of the files written, refresh fan-out instances; returns the manifest replaced."""
+        self._mark_dirty()
+        for relpath, digest in written.items():
+            self.files.remember(relpath, digest)
+        old = self.manifests[m.stage].get(m.entity)
+        self.manifests[m.stage][m.entity] = m
+        stage = self.ws.graph.stages[m.stage]
+        if stage.fanout_vars:
+            key = stage.output.key
+            pattern = self.instances[key].pattern
+            for relpath in old.outputs if old else ():
+                if relpath not in m.outputs:
+                    values = pattern.match(relpath)
+                    if values is not None:
+                        self._discard_instance(key, values)
+            for relpath in m.outputs:
+                values = pattern.match(relpath)
+                if values is not None:
+                    self._add_instance(key, values, relpath)
+        self.failures[m.stage].pop(m.entity, None)
+        return old
 
-        dirs = {
-            os.path.dirname(os.path.join(self.root, rel))
-            for ms in self.manifests.values()
-            for m in ms.values()
-            for rel in m.outputs
-        }
-        for inst in self.instances.values():
-            dirs.add(os.path.join(self.root, inst.pattern.static_prefix))
-        removed = 0
-        for d in dirs:
-            try:
-                with os.scandir(d) as it:
-                    stale = [e.path for e in it if e.name.startswith(TMP_PREFIX)]
-            except OSError:
-                continue
-            for path in stale:
-                try:
-                    if os.path.isdir(path) and not os.path.islink(path):
-                        import shutil
+    def record_failure(self, failure: Failure, *, write: bool = False) -> None:
+        """An attempt failed: keep its record (`write`: the store writes it durably first; else
+        the caller's group commit did, or could not and it is kept in memory for the sweep)."""
+        self._mark_dirty()
+        if write:
+            self.store.write_failure(failure)
+        self.failures[failure.stage][failure.entity] = failure
 
-                        shutil.rmtree(path, ignore_errors=True)
-                    else:
-                        os.unlink(path)
-                    removed += 1
-                except OSError:
-                    pass
-        return removed
+    def clear_failure(self, q: str, eid: str) -> bool:
+        """Forget a state's failure (a manual retry, prune); False when it had none."""
+        if eid not in self.failures[q]:
+            return False
+        self._mark_dirty()
+        self.store.delete_failure(q, eid)
+        del self.failures[q][eid]
+        return True
+
+    def set_control(self, control: Control) -> None:
+        """Holds and invalidations changed (a changed `Control.copy()`): durable, then live."""
+        self._mark_dirty()
+        self.store.write_control(control)
+        self.control = control
+
+    def forget_state(self, q: str, eid: str) -> None:
+        """A state is gone (prune, its outputs deleted): drop its manifest and failure."""
+        self._mark_dirty()
+        self.store.delete_manifest(q, eid)
+        self.store.delete_failure(q, eid)
+        self.manifests[q].pop(eid, None)
+        self.failures[q].pop(eid, None)
+
+    def outputs_pruned(self, q: str, eid: str) -> None:
+        """The fan-out outputs a state no longer produces were deleted: its manifest says so."""
+        m = self.manifests[q][eid].without_dropped()
+        self._mark_dirty()
+        self.store.write_manifest(m)
+        self.manifests[q][eid] = m
+
+    def source_appeared(self, key: str, values: dict[str, str], relpath: str | None = None) -> None:
+        """A source file came (or changed): its instance and the entities it binds exist."""
+        self._add_instance(key, values, relpath)
+
+    def source_vanished(self, key: str, values: dict[str, str], relpath: str) -> None:
+        """A source file went: its instance, its cache entry and entities only it bound go."""
+        self._discard_instance(key, values)
+        self.files.forget(relpath)
+
+    def file_written(self, relpath: str, digest: str) -> None:
+        """We wrote this content (a webhook body): its next check costs one stat, not a hash."""
+        self.files.remember(relpath, digest)
+
+    def file_removed(self, relpath: str) -> None:
+        """We deleted this file (prune): drop its cache entry."""
+        self.files.forget(relpath)
 
     # -- instances --------------------------------------------------------------------------
     def scan_sources(self) -> None:
@@ -454,8 +334,6 @@ class Index:
 
     def values_or_none(self, qualname: str, eid: str) -> dict[str, str] | None:
         """entity_values, or None for text that is not an entity id of the stage."""
-        from eventrunner.core.errors import PatternError
-
         try:
             return self.entity_values(qualname, eid)
         except PatternError:
@@ -480,7 +358,7 @@ class Index:
             for d in stage.drivers
         )
 
-    def add_instance(self, key: str, values: dict[str, str], relpath: str | None = None) -> None:
+    def _add_instance(self, key: str, values: dict[str, str], relpath: str | None = None) -> None:
         """A pattern instance appeared: entities it binds downstream appear too (cascading)."""
         inst = self.instances[key]
         eid = entity_id(inst.pattern.variables, values)
@@ -493,9 +371,9 @@ class Index:
             if stage.fanout_vars or iname not in stage.drivers:
                 continue
             ent = {v: values[v] for v in stage.entity_vars}
-            self.add_instance(stage.output.key, ent)
+            self._add_instance(stage.output.key, ent)
 
-    def discard_instance(self, key: str, values: dict[str, str]) -> None:
+    def _discard_instance(self, key: str, values: dict[str, str]) -> None:
         """A pattern instance is gone: entities no other driver binds disappear downstream."""
         inst = self.instances[key]
         if not inst.discard(entity_id(inst.pattern.variables, values)):
@@ -509,31 +387,10 @@ class Index:
             if self.has_entity(q, ent):
                 continue
             if not stage.fanout_vars:
-                self.discard_instance(stage.output.key, ent)
+                self._discard_instance(stage.output.key, ent)
                 continue
             m = self.manifests[q].get(entity_id(stage.entity_vars, ent))
             for relpath in m.outputs if m else ():
                 item = self.instances[stage.output.key].pattern.match(relpath)
                 if item is not None:
-                    self.discard_instance(stage.output.key, item)
-
-    # -- recording outcomes -------------------------------------------------------------------
-    def record_manifest(self, m: Manifest) -> None:
-        """A state was committed: keep its manifest; refresh fan-out instances."""
-        old = self.manifests[m.stage].get(m.entity)
-        self.manifests[m.stage][m.entity] = m
-        self.changed = True
-        stage = self.ws.graph.stages[m.stage]
-        if stage.fanout_vars:
-            key = stage.output.key
-            pattern = self.instances[key].pattern
-            for relpath in old.outputs if old else ():
-                if relpath not in m.outputs:
-                    values = pattern.match(relpath)
-                    if values is not None:
-                        self.discard_instance(key, values)
-            for relpath in m.outputs:
-                values = pattern.match(relpath)
-                if values is not None:
-                    self.add_instance(key, values, relpath)
-        self.failures[m.stage].pop(m.entity, None)
+                    self._discard_instance(stage.output.key, item)

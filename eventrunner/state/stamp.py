@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 from eventrunner.state import fastpath
-from eventrunner.state.index import unpack_stat
+from eventrunner.state.filecache import unpack_stat
 
 
 def scan_dirs(ws: Any) -> list[str]:
@@ -61,11 +61,11 @@ def write_stamp(
     dirs = list(dirs_before) if dirs_before else scan_dirs(ws)
     # Cache entries of files gone since (an orphan's input) played no part in the evaluation.
     paths = dirs + sorted(
-        ({os.path.join(root, rel) for rel in index.files} | set(carried or ())) - set(dirs)
+        ({os.path.join(root, rel) for rel in index.files.entries} | set(carried or ())) - set(dirs)
     )
     restat: set[str] | None = None  # None: read every path
     if carried is not None and dirs_before:
-        restat = {*dirs, *(changed or ()), *(os.path.join(root, rel) for rel in index.touched)}
+        restat = {*dirs, *(changed or ()), *(os.path.join(root, r) for r in index.files.touched)}
         restat.update(p for p in paths if p not in carried)
     retries = [
         f.next_retry
@@ -74,19 +74,19 @@ def write_stamp(
         if not f.dead and f.next_retry
     ]
     # Our own outputs are replaced by rename (a new inode): the racy window does not concern them.
-    replaced = [str(index.cache_path), *(os.path.join(root, rel) for rel in index.written)]
+    replaced = [str(index.cache_path), *(os.path.join(root, rel) for rel in index.files.written)]
     # What the evaluation hashed; a file whose stats moved since changed mid-run (only the
     # paths read again need it).
     prefix = os.path.join(root, "")
     rels = (
-        index.files
+        index.files.entries
         if restat is None
         else [p[len(prefix) :] for p in restat if p.startswith(prefix)]
     )
     expected = {
         prefix + rel: (size, mtime_ns, ino)
         for rel in rels
-        if (entry := index.files.get(rel)) is not None
+        if (entry := index.files.entries.get(rel)) is not None
         for size, mtime_ns, ino, _ in (unpack_stat(entry),)
         if mtime_ns >= 0
     }

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from eventrunner.core.errors import WorkspaceNotFound
+from eventrunner.core.names import STATE_DIR
 
-STATE_DIR = ".eventrunner"
+__all__ = ["STATE_DIR", "find_workspace"]
 
 
 def find_workspace(start: Path | None = None) -> Path:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from eventrunner.core.durations import parse_duration
 from eventrunner.core.errors import ConfigError, DurationError, Problem
+from eventrunner.core.staleness import RetryRule
 from eventrunner.workspace.find import STATE_DIR, find_workspace
 
 __all__ = ["STATE_DIR", "find_workspace"]
@@ -46,6 +47,10 @@ class RetryPolicy(_Model):
     max_attempts: int = Field(10, ge=1)
     backoff: Duration = 30.0
     max_backoff: Duration = 3600.0
+
+    def rule(self) -> RetryRule:
+        """The same policy as the plain data core decides with."""
+        return RetryRule(self.max_attempts, self.backoff, self.max_backoff)
 
 
 class WebhookSpec(_Model):

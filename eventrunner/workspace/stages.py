@@ -207,7 +207,7 @@ def _make_stage(
         fanout_vars=fanout_vars,
         params=dict(st.params),
         timeout=st.timeout,
-        retry=st.retry or default_retry,
+        retry=(st.retry or default_retry).rule(),
         priority=st.priority,
         concurrency=st.concurrency,
         schedule=st.schedule,
