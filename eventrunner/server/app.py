@@ -16,6 +16,7 @@ from eventrunner.core.errors import (
     EventRunnerError,
     IntakeFull,
     PatternError,
+    ShuttingDown,
     SignatureError,
     StorageError,
     UnknownName,
@@ -43,6 +44,7 @@ STATUS: dict[type[BaseException], int] = {
     UsageError: 400,
     IntakeFull: 503,
     StorageError: 503,
+    ShuttingDown: 503,
     EventRunnerError: 500,
 }
 CODES = {
@@ -99,7 +101,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except EventRunnerError as exc:
         status = status_for(exc)
         headers = {"Retry-After": "1"} if status == 503 else None
-        return error_response(status, str(exc), headers=headers)
+        code = "shutting_down" if isinstance(exc, ShuttingDown) else None
+        return error_response(status, str(exc), code, headers=headers)
     except asyncio.CancelledError:
         raise
     except Exception:

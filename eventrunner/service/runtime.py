@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from eventrunner.core.errors import ConfigError
+from eventrunner.core.errors import ConfigError, StorageError
 from eventrunner.core.patterns import scan
 from eventrunner.core.patterns import trusted_entity_id as entity_id
 from eventrunner.run.engine import Engine
@@ -77,6 +77,9 @@ class Runtime:
     async def start(self) -> None:
         """Start watching, load the index, start the engine, reconcile, schedule; then ready."""
         if self.watch_enabled:
+            # watchfiles cannot watch a folder that does not exist (it retried for 30 s, then
+            # serve died: issue 14.13); an empty data root is a valid start.
+            self._make_data_root()
             # Live before Index.load scans the sources, so a change in between is not missed
             # (and the start-up reconcile need not scan a second time).
             await self._start_watchers()
@@ -117,6 +120,13 @@ class Runtime:
         self.emit({"kind": "ready"})
         # The start-up reconcile's own count: queue_depth here would miss what already started.
         log.info("ready: %d stages, %d queued", len(self.ws.graph.stages), caught_up)
+
+    def _make_data_root(self) -> None:
+        root = self.settings.data_root
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the data root {root}: {exc}") from exc
 
     def _write_stamp(self) -> bool:
         """At a clean stop, vouch for the state when it is provably accounted for: nothing failed,
@@ -349,7 +359,7 @@ class Runtime:
         """Start the data (and code) watchers and wait until they are live."""
         data_paths, code_paths = self._watch_targets()
         self._watched = (data_paths, code_paths)
-        live = []
+        live: list[tuple[asyncio.Event, list[Path]]] = []
         for root, paths in (
             (self.settings.data_root, data_paths),
             (self.settings.workspace, code_paths),
@@ -357,9 +367,13 @@ class Runtime:
             if paths:
                 ready = asyncio.Event()
                 self._watchers.append(asyncio.create_task(self._watch_loop(root, paths, ready)))
-                live.append(ready)
-        for ready in live:
-            await asyncio.wait_for(ready.wait(), 30)
+                live.append((ready, paths))
+        for ready, paths in live:
+            try:
+                await asyncio.wait_for(ready.wait(), 30)
+            except TimeoutError:
+                where = ", ".join(map(str, paths))
+                raise StorageError(f"the file watcher on {where} did not start in 30 s") from None
 
     async def _stop_watchers(self) -> None:
         for task in self._watchers:

@@ -6,12 +6,13 @@ holds the workspace. Each re-checks only what the call touched.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from eventrunner.core.errors import UnknownName, UsageError
+from eventrunner.core.errors import ShuttingDown, UnknownName, UsageError
 from eventrunner.run import management as ops
 from eventrunner.run.planner import Target
 
@@ -51,9 +52,15 @@ async def run_request(rt: Runtime, stages: list[str], entity: str | None) -> dic
         await rt.engine.consider_async(itertools.chain(removed, targets), blocked=blocked)
         # Skipped: selected states the pass found held, failed or dead (not run).
         skipped = len(blocked)
-        await rt.engine.wait_idle()
+        await _idle_or_stopping(rt)
     finally:
         rt.sinks.remove(tally)
+    if rt.stop_event.is_set():
+        # Answered now, not when the HTTP server gives up on the request at exit (issue 14.14).
+        raise ShuttingDown(
+            f"the server is shutting down; the run was cut short after {counts['started']} "
+            f"execution(s) ({counts['succeeded']} succeeded, {counts['failed']} failed)"
+        )
     return {
         "executed": counts["started"],
         "succeeded": counts["succeeded"],
@@ -63,6 +70,19 @@ async def run_request(rt: Runtime, stages: list[str], entity: str | None) -> dic
         "failures": failures,
         "mode": "server",
     }
+
+
+async def _idle_or_stopping(rt: Runtime) -> None:
+    """Wait until the engine is idle or the server starts to stop, whichever comes first."""
+    assert rt.engine is not None
+    idle = asyncio.ensure_future(rt.engine.wait_idle())
+    stopping = asyncio.ensure_future(rt.stop_event.wait())
+    try:
+        await asyncio.wait({idle, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (idle, stopping):
+            task.cancel()
+        await asyncio.wait({idle, stopping})
 
 
 def manage(rt: Runtime, action: str, body: dict[str, Any]) -> Any:
