@@ -21,8 +21,9 @@ from pydantic import BaseModel
 
 from eventrunner.core.errors import HandlerError, PermanentError
 from eventrunner.core.graph import Stage
-from eventrunner.core.patterns import entity_id, parse_entity_id, resolve_inside
+from eventrunner.core.patterns import entity_id, parse_entity_id
 from eventrunner.run.evaluate import InputFile
+from eventrunner.state.contain import resolve_inside
 from eventrunner.state.hashing import hash_bytes, hash_path
 from eventrunner.state.store import read_file, temp_path, write_file
 

@@ -166,11 +166,25 @@ def _qualify(rt: Runtime, pipeline: str | None, stage: str | None) -> str | None
 
 
 async def healthz(request: web.Request) -> web.Response:
+    from eventrunner.server.hooks import intake_degraded
+
+    degraded = intake_degraded(request.app)
+    if degraded is not None:  # alive, and restarting would not help: 200 with the detail
+        return web.json_response({"status": "degraded", **degraded})
     return web.json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
+    from eventrunner.server.hooks import intake_degraded
+
     rt = _rt(request)
+    degraded = intake_degraded(request.app)
+    if degraded is not None:
+        return web.json_response(
+            {"status": "degraded", "ready": False, **degraded},
+            status=503,
+            headers={"Retry-After": "5"},
+        )
     if rt.ready.is_set():
         return web.json_response({"status": "ready", "ready": True})
     return web.json_response(

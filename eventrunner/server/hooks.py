@@ -8,11 +8,8 @@ inside the request: the stored file is an event like any file drop.
 from __future__ import annotations
 
 import os
-import stat
-import time
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -22,6 +19,7 @@ from eventrunner.core.patterns import entity_id
 from eventrunner.server.signatures import verify_request
 from eventrunner.server.spool import Spool, SpoolRecord
 from eventrunner.service.watch import FileChange
+from eventrunner.state.contain import DataRoot
 from eventrunner.state.hashing import hash_bytes
 
 if TYPE_CHECKING:
@@ -65,46 +63,7 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-class _Containment:
-    """Refuses webhook targets that a symlinked folder below the data root leads outside it.
-
-    Pattern.format has already refused values that are not one plain segment (no "/", "..",
-    NUL), so only an existing symlinked folder below the root can lead a write out; the file
-    itself is replaced by a rename, which never follows a symlink. Folders are checked with one
-    lstat each and the verdict is kept for `ttl` seconds: resolve_inside's realpath calls cost
-    one lstat per component of the whole absolute path, three times per delivery (~30 slow
-    syscalls, the largest cost of intake on the event loop).
-    """
-
-    def __init__(self, root: Path, ttl: float = 1.0) -> None:
-        self.root = os.path.realpath(root)
-        self.ttl = ttl
-        self._checked: dict[str, float] = {}  # folder relpath -> when it was found inside
-
-    def check(self, relpath: str) -> None:
-        folder = relpath.rpartition("/")[0]
-        now = time.monotonic()
-        checked = self._checked.get(folder)
-        if not folder or (checked is not None and now - checked < self.ttl):
-            return
-        path = self.root
-        for name in folder.split("/"):
-            path = os.path.join(path, name)
-            try:
-                mode = os.lstat(path).st_mode
-            except (FileNotFoundError, NotADirectoryError):
-                break  # the spool creates the rest, inside
-            if stat.S_ISLNK(mode) and not self._inside(os.path.realpath(path)):
-                raise PatternError(f"path {relpath!r} leads outside the data root (symlink)")
-        if len(self._checked) > 10_000:
-            self._checked.clear()
-        self._checked[folder] = now
-
-    def _inside(self, real: str) -> bool:
-        return real == self.root or real.startswith(self.root.rstrip(os.sep) + os.sep)
-
-
-CONTAINMENT: web.AppKey[_Containment] = web.AppKey("containment")
+CONTAINMENT: web.AppKey[DataRoot] = web.AppKey("containment")
 
 
 async def hook(request: web.Request) -> web.Response:
@@ -158,6 +117,8 @@ async def _intake(request: web.Request, rt: Runtime, pipeline: str, source: str)
         raise PatternError(f"missing query parameter(s) for the entity: {', '.join(missing)}")
     values = {v: request.query[v] for v in pattern.variables}
     relpath = pattern.format(values)
+    # Refused here with a 400 before anything is stored; the spool's write checks again, in
+    # the same operation as the write itself (a folder swapped for a symlink meanwhile).
     request.app[CONTAINMENT].check(relpath)
     eid = entity_id(pattern.variables, values)
     record = SpoolRecord(
@@ -174,11 +135,20 @@ async def _intake(request: web.Request, rt: Runtime, pipeline: str, source: str)
     )
 
 
+def intake_degraded(app: web.Application) -> dict[str, Any] | None:
+    """What health reports while acknowledged webhooks are not in their files yet (disk full,
+    read-only folder: the spool retries them); None when intake is healthy."""
+    spool = app.get(SPOOL)
+    if spool is None or not spool.unwritten:
+        return None
+    return {"unwritten_webhooks": spool.unwritten, "reason": spool.last_error}
+
+
 def setup_hooks(app: web.Application, runtime: Runtime) -> None:
     """Route and spool lifecycle (opened with the app, drained and closed with it)."""
     app.router.add_post("/hooks/{pipeline}/{source}", hook)
     settings = runtime.settings
-    app[CONTAINMENT] = _Containment(settings.data_root)
+    app[CONTAINMENT] = DataRoot(settings.data_root, runtime.ws.reserved)
 
     def materialised(record: SpoolRecord, event_id: str) -> None:
         if runtime.engine is not None and runtime.index is not None:
@@ -202,6 +172,7 @@ def setup_hooks(app: web.Application, runtime: Runtime) -> None:
             fsync=settings.server.intake_fsync,
             max_pending=settings.server.intake_max_pending,
             on_materialised=materialised,
+            reserved=runtime.ws.reserved,
         )
         async with spool:
             app[SPOOL] = spool

@@ -58,13 +58,23 @@ class _SpoolCollector(Collector):
     The spool keeps running totals, not per-batch samples, so latency is a summary.
     """
 
-    OUTCOMES = ("committed", "duplicates", "intake_full", "storage_errors", "materialised")
+    OUTCOMES = (
+        "committed",
+        "duplicates",
+        "intake_full",
+        "storage_errors",
+        "materialised",
+        "materialise_errors",
+        "refused",
+    )
 
     def __init__(self, app: web.Application, fsync: bool) -> None:
         self.app = app
         self.fsync = fsync
 
-    def collect(self) -> Iterator[SummaryMetricFamily | CounterMetricFamily]:
+    def collect(
+        self,
+    ) -> Iterator[SummaryMetricFamily | CounterMetricFamily | GaugeMetricFamily]:
         from eventrunner.server.hooks import SPOOL
 
         spool = self.app.get(SPOOL)
@@ -82,6 +92,11 @@ class _SpoolCollector(Collector):
         for outcome in self.OUTCOMES:
             records.add_metric([outcome], stats.get(outcome, 0))
         yield records
+        yield GaugeMetricFamily(
+            "eventrunner_intake_unwritten",
+            "Acknowledged webhook bodies not written to their files yet (retried with backoff)",
+            value=spool.unwritten if spool is not None else 0,
+        )
 
 
 class Metrics:

@@ -20,6 +20,7 @@ from typing import Any
 from eventrunner.core.errors import ConfigError, StorageError
 from eventrunner.core.patterns import scan
 from eventrunner.core.patterns import trusted_entity_id as entity_id
+from eventrunner.core.reserved import reserved_reason
 from eventrunner.run.engine import Engine
 from eventrunner.run.planner import Target
 from eventrunner.service.watch import FileChange, Rescan, watch_changes
@@ -401,12 +402,14 @@ class Runtime:
                 await self.reconcile_async()
                 continue
             code_changed = False
+            reserved = self.ws.reserved
             for change in batch:
                 abs_path = root / change.relpath
                 if _is_code(abs_path, workspace):
                     code_changed = True
                     continue
-                if not code_only:
+                # The workspace's code and state are never source data (issue 14.1).
+                if not code_only and reserved_reason(change.relpath, reserved) is None:
                     self.on_change(change)
             if code_changed:
                 await self.reload()

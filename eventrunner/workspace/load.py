@@ -9,6 +9,7 @@ from typing import Any
 
 from eventrunner.core.errors import ConfigError, HandlerError, Problem
 from eventrunner.core.graph import Graph, build_graph
+from eventrunner.core.reserved import Reserved, data_root_problem, reserved_paths
 from eventrunner.state.hashing import combine, hash_json
 from eventrunner.workspace import codeid, loader
 from eventrunner.workspace.settings import Settings, load_pipeline_specs, load_settings
@@ -29,6 +30,11 @@ class Workspace:
         """The workspace folder."""
         return self.settings.workspace
 
+    @property
+    def reserved(self) -> Reserved:
+        """The workspace's code and state relative to the data root: never data."""
+        return reserved_paths(self.settings.workspace, self.settings.data_root)
+
 
 def load_workspace(
     path: Path,
@@ -38,7 +44,10 @@ def load_workspace(
     """Load and validate; ConfigError lists every problem with file, field and reason."""
     settings = load_settings(path, overrides, env)
     specs, problems = load_pipeline_specs(settings.workspace)
-    graph, more = build_graph(specs, settings.runtime.retry)
+    if reason := data_root_problem(settings.workspace, settings.data_root):
+        problems.append(Problem("eventrunner.toml", "data_root", reason))
+    reserved = reserved_paths(settings.workspace, settings.data_root)
+    graph, more = build_graph(specs, settings.runtime.retry, reserved)
     problems += more
     ws = Workspace(settings, graph)
     problems += _check_handlers(ws)
