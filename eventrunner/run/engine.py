@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eventrunner.core.errors import HandlerTimeout, PermanentError, RetryLater
+from eventrunner.core.redact import redact
 from eventrunner.core.staleness import after_failure
 from eventrunner.run.commit import Commit, Committer
 from eventrunner.run.evaluate import Evaluator
@@ -397,10 +398,9 @@ class Engine:
             written.discard()
             self.index.running.discard((q, eid))
             self.outcome.failed += 1
-            self.outcome.failures.append(
-                {"stage": q, "entity": eid, "error": f"commit failed: {exc}"}
-            )
-            self.emit("failed", stage=q, entity=eid, error=f"commit failed: {exc}")
+            error = redact(f"commit failed: {exc}")
+            self.outcome.failures.append({"stage": q, "entity": eid, "error": error})
+            self.emit("failed", stage=q, entity=eid, error=error)
             return
         for relpath, digest in written.hashes.items():
             self.index.remember_file(relpath, digest)
@@ -434,8 +434,10 @@ class Engine:
             stage=q,
             entity=eid,
             key=key,
-            error=f"{type(exc).__name__}: {exc}",
-            traceback="".join(traceback.format_exception(orig))[-8000:],
+            # Secrets the handler read are masked where the failure is recorded: the record,
+            # the index cache, events, status and logs all come from here (issue 14.3).
+            error=redact(f"{type(exc).__name__}: {exc}"),
+            traceback=redact("".join(traceback.format_exception(orig)))[-8000:],
             now=now,
             permanent=isinstance(orig, PermanentError),
             retry_after=orig.retry_after if isinstance(orig, RetryLater) else None,

@@ -22,6 +22,7 @@ from eventrunner.core.errors import (
     UnknownName,
     UsageError,
 )
+from eventrunner.core.redact import remember_secret
 from eventrunner.core.staleness import STATES as STATE_NAMES
 from eventrunner.run import management as ops
 from eventrunner.run.evaluate import Evaluator
@@ -116,6 +117,8 @@ def auth_middleware(token_env: str | None) -> Any:
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         token = os.environ.get(token_env) if token_env else None
+        if token:
+            remember_secret(token)
         path = request.path
         public = path in ("/healthz", "/readyz") or path.startswith("/hooks/")
         if token and not public:
@@ -350,6 +353,8 @@ def create_app(runtime: Runtime) -> web.Application:
     )
     app[RUNTIME] = runtime
     app[STATES] = StateTable(runtime)
+    if token := (os.environ.get(settings.server.token_env) if settings.server.token_env else None):
+        remember_secret(token)
     r = app.router
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)

@@ -16,6 +16,7 @@ from aiohttp import web
 from eventrunner.core.errors import PatternError, SignatureError, StorageError, UnknownName
 from eventrunner.core.graph import Source
 from eventrunner.core.patterns import entity_id
+from eventrunner.core.redact import SECRETS
 from eventrunner.server.signatures import verify_request
 from eventrunner.server.spool import Spool, SpoolRecord
 from eventrunner.service.watch import FileChange
@@ -44,9 +45,10 @@ def _secrets(env_name: str) -> list[str]:
     """
     value = os.environ.get(env_name, "").strip()
     parts = value.split()
-    if len(parts) > 1 and all(p.startswith("whsec_") for p in parts):
-        return parts
-    return [value] if value else []
+    found = parts if len(parts) > 1 and all(p.startswith("whsec_") for p in parts) else [value]
+    found = [secret for secret in found if secret]
+    SECRETS.add_all([*found, *(s.removeprefix("whsec_") for s in found), value])
+    return found
 
 
 async def _read_limited(request: web.Request, limit: int) -> bytes:
@@ -148,6 +150,9 @@ def setup_hooks(app: web.Application, runtime: Runtime) -> None:
     """Route and spool lifecycle (opened with the app, drained and closed with it)."""
     app.router.add_post("/hooks/{pipeline}/{source}", hook)
     settings = runtime.settings
+    for src in runtime.ws.graph.sources.values():
+        if src.webhook is not None and src.webhook.secret_env:
+            _secrets(src.webhook.secret_env)  # known to the log filter from the start
     app[CONTAINMENT] = DataRoot(settings.data_root, runtime.ws.reserved)
 
     def materialised(record: SpoolRecord, event_id: str) -> None:
