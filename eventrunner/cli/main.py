@@ -133,14 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _setup_logging(verbose: int) -> None:
-    import logging
+    from eventrunner.cli.logs import setup_logging
 
-    from eventrunner.core.redact import RedactingFilter
-
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RedactingFilter())  # secrets never reach the log (issue 14.3)
+    setup_logging(verbose)
 
 
 def _workspace_path(args: argparse.Namespace) -> Path:

@@ -57,6 +57,7 @@ async def serve(
     from aiohttp import web
 
     from eventrunner.server.app import create_app
+    from eventrunner.server.guard import GUARD, GuardedSite, runner_args
     from eventrunner.service.runtime import Runtime
 
     check_bind(ws)
@@ -65,11 +66,16 @@ async def serve(
         app = create_app(rt)
         # Requests still open once the runtime has stopped get this long, not aiohttp's 60 s.
         runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=_HTTP_SHUTDOWN
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=_HTTP_SHUTDOWN,
+            **runner_args(ws.settings.server),
         )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, ws.settings.server.host, ws.settings.server.port)
+            server = ws.settings.server
+            site = GuardedSite(runner, app[GUARD], host=server.host, port=server.port)
             await site.start()
             sockets = getattr(site._server, "sockets", None) or []
             host, port = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -27,11 +28,14 @@ from eventrunner.core.staleness import STATES as STATE_NAMES
 from eventrunner.run import management as ops
 from eventrunner.run.evaluate import Evaluator
 from eventrunner.server import models
+from eventrunner.server.guard import GUARD, ConnectionGuard
 from eventrunner.server.states import StateTable
 from eventrunner.service import steering
 
 if TYPE_CHECKING:
     from eventrunner.service.runtime import Runtime
+
+log = logging.getLogger("eventrunner.server")
 
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
 STATES: web.AppKey[StateTable] = web.AppKey("states")
@@ -54,6 +58,7 @@ CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
@@ -106,6 +111,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(status, str(exc), code, headers=headers)
     except asyncio.CancelledError:
         raise
+    except ConnectionError as exc:  # the client went away mid-request: nothing to answer
+        log.info("%s %s: client closed the connection (%s)", request.method, request.path, exc)
+        return error_response(400, "client closed the connection")
     except Exception:
         request.app.logger.exception("internal error on %s %s", request.method, request.path)
         return error_response(500, "internal error (see the server log)")
@@ -154,7 +162,10 @@ def _pipeline(request: web.Request) -> str | None:
 
 async def _body(request: web.Request, model: type[BaseModel]) -> Any:
     try:
-        raw = await request.json() if request.can_read_body else {}
+        async with asyncio.timeout(_rt(request).settings.server.body_timeout):
+            raw = await request.json() if request.can_read_body else {}
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(reason="request body took too long") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise UsageError("body must be JSON") from None
     if not isinstance(raw, dict):
@@ -347,10 +358,16 @@ def create_app(runtime: Runtime) -> web.Application:
     from eventrunner.server.openapi import openapi_document
 
     settings = runtime.settings
+    guard = ConnectionGuard(settings.server)
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware(settings.server.token_env)],
+        middlewares=[
+            guard.middleware,
+            errors_middleware,
+            auth_middleware(settings.server.token_env),
+        ],
         client_max_size=settings.server.body_limit,
     )
+    app[GUARD] = guard
     app[RUNTIME] = runtime
     app[STATES] = StateTable(runtime)
     if token := (os.environ.get(settings.server.token_env) if settings.server.token_env else None):

@@ -7,6 +7,7 @@ inside the request: the stored file is an event like any file drop.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -51,17 +52,22 @@ def _secrets(env_name: str) -> list[str]:
     return found
 
 
-async def _read_limited(request: web.Request, limit: int) -> bytes:
+async def _read_limited(request: web.Request, limit: int, timeout: float) -> bytes:
+    """The body, refused over `limit` bytes (413) or when it takes over `timeout` s (408)."""
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
     # StreamReader.read(n) returns what is buffered (one TCP read), not n bytes: loop to EOF.
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):  # a body trickled byte by byte (issue 14.4)
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(reason="request body took too long") from None
     return b"".join(chunks)
 
 
@@ -83,6 +89,9 @@ async def hook(request: web.Request) -> web.Response:
     except web.HTTPException as exc:
         status = exc.status
         raise
+    except ConnectionError:
+        status = 499  # the sender went away mid-body (nginx's "client closed request")
+        raise
     except (SignatureError, UnknownName, PatternError, StorageError) as exc:
         status = {SignatureError: 401, UnknownName: 404, PatternError: 400}.get(type(exc), 503)
         raise
@@ -101,7 +110,7 @@ async def _intake(request: web.Request, rt: Runtime, pipeline: str, source: str)
     src = _find_source(rt, pipeline, source)
     spec = src.webhook
     limit = spec.max_body or rt.settings.server.body_limit
-    body = await _read_limited(request, limit)
+    body = await _read_limited(request, limit, rt.settings.server.body_timeout)
     message_id: str | None = None
     if spec.secret_env:
         secrets = _secrets(spec.secret_env)

@@ -128,3 +128,5 @@ class WebhookDuplicate(BaseModel):
 class Health(BaseModel):
     status: str
     ready: bool | None = None
+    unwritten_webhooks: int | None = None  # with status "degraded"
+    reason: str | None = None
