@@ -84,61 +84,46 @@ class DataRoot:
                 raise
             self.path.mkdir(parents=True, exist_ok=True)
             root = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        fds, todo, links = [root], list(reversed(folder)), 0
-        names: list[str] = []
+        walk = _Walk(root, folder)
         try:
-            while todo:
-                name = todo.pop()
+            while walk.todo:
+                name = walk.todo.pop()
                 if name in ("", "."):
                     continue
                 if name == "..":
-                    if not names:
-                        raise PatternError(f"path {'/'.join(folder)!r} leads outside the data root")
-                    names.pop()
-                    os.close(fds.pop())
+                    walk.up()
                     continue
-                if reason := reserved_reason([*names, name], self.reserved):
-                    raise PatternError(f"path {'/'.join(folder)!r} refused: {reason}")
+                if reason := reserved_reason([*walk.names, name], self.reserved):
+                    raise PatternError(f"path {walk.shown!r} refused: {reason}")
                 try:
-                    fd = os.open(name, _DIR_FLAGS, dir_fd=fds[-1])
+                    walk.enter(name, os.open(name, _DIR_FLAGS, dir_fd=walk.fd))
                 except FileNotFoundError:
                     if not create:
-                        rest = [name, *reversed(todo)]
-                        if any(part in ("", ".", "..") for part in rest):
-                            raise PatternError(
-                                f"path {'/'.join(folder)!r} climbs out of a folder that does not exist"
-                            ) from None
-                        return fds.pop(), names, rest
+                        return walk.stop(name)
                     with contextlib.suppress(FileExistsError):
-                        os.mkdir(name, 0o777, dir_fd=fds[-1])
-                    todo.append(name)  # opened (and checked) again: someone may have raced us
-                    continue
+                        os.mkdir(name, 0o777, dir_fd=walk.fd)
+                    walk.todo.append(name)  # opened (and checked) again: someone may race us
                 except OSError as exc:
                     if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                         raise
-                    links += 1
-                    if links > _MAX_LINKS:
-                        raise PatternError(
-                            f"path {'/'.join(folder)!r}: too many symlinks"
-                        ) from None
-                    target = self._link(fds[-1], name, folder)
-                    if target is None:
-                        todo.append(name)
-                        continue
-                    if target.startswith("/"):
-                        for extra in fds[1:]:
-                            os.close(extra)
-                        del fds[1:]
-                        names.clear()
-                        target = self._below_root(target, folder)
-                    todo.extend(reversed(target.split("/")))
-                    continue
-                fds.append(fd)
-                names.append(name)
-            return fds.pop(), names, []
+                    self._follow(walk, name)
+            return walk.stop(None)
         finally:
-            for fd in fds:
-                os.close(fd)
+            walk.close()
+
+    def _follow(self, walk: _Walk, name: str) -> None:
+        """`name` is not a plain folder: walk on along its symlink target, or look again."""
+        walk.links += 1
+        if walk.links > _MAX_LINKS:
+            raise PatternError(f"path {walk.shown!r}: too many symlinks")
+        target = self._link(walk.fd, name, walk.folder)
+        if target is None:
+            walk.todo.append(name)
+            return
+        if target.startswith("/"):
+            walk.restart()
+            target = self._below_root(target, walk.folder)
+        walk.todo.extend(reversed(target.split("/")))
 
     def _link(self, dir_fd: int, name: str, folder: list[str]) -> str | None:
         """The target of the symlink `name`; None when it is no symlink any more (swapped back
@@ -171,6 +156,48 @@ class DataRoot:
                 f"path {'/'.join(folder)!r} leads outside the data root through a symlink"
             )
         return target[len(real.rstrip("/")) + 1 :]
+
+
+class _Walk:
+    """One walk down from the root: the open folder descriptors and the canonical names."""
+
+    def __init__(self, root: int, folder: list[str]) -> None:
+        self.folder, self.shown = folder, "/".join(folder)
+        self.fds, self.names = [root], list[str]()
+        self.todo, self.links = list(reversed(folder)), 0
+
+    @property
+    def fd(self) -> int:
+        return self.fds[-1]
+
+    def enter(self, name: str, fd: int) -> None:
+        self.fds.append(fd)
+        self.names.append(name)
+
+    def up(self) -> None:
+        if not self.names:
+            raise PatternError(f"path {self.shown!r} leads outside the data root")
+        self.names.pop()
+        os.close(self.fds.pop())
+
+    def restart(self) -> None:
+        """Back to the root (an absolute symlink target)."""
+        for fd in self.fds[1:]:
+            os.close(fd)
+        del self.fds[1:]
+        self.names.clear()
+
+    def stop(self, missing: str | None) -> tuple[int, list[str], list[str]]:
+        """Hand over the deepest fd (the caller closes it), the names, what does not exist."""
+        rest = [] if missing is None else [missing, *reversed(self.todo)]
+        if any(part in ("", ".", "..") for part in rest):
+            raise PatternError(f"path {self.shown!r} climbs out of a folder that does not exist")
+        return self.fds.pop(), self.names, rest
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
 
 
 def _split(relpath: str) -> tuple[list[str], str]:
