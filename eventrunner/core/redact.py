@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 from collections.abc import Iterable
@@ -81,6 +82,15 @@ SECRETS = Redactor()
 def remember_secret(value: str) -> None:
     """Remember a secret value read from the environment."""
     SECRETS.add(value)
+
+
+def remember_env(names: Iterable[str | None]) -> None:
+    """Remember the secrets held in these environment variables (webhook secrets, the token):
+    each value, each of several separated by spaces, and a `whsec_` secret's key part."""
+    for name in names:
+        value = os.environ.get(name, "").strip() if name else ""
+        for part in {value, *value.split()}:
+            SECRETS.add_all([part, part.removeprefix("whsec_")])
 
 
 def redact(text: str) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 
 from eventrunner.core.errors import ConfigError, HandlerError, Problem
 from eventrunner.core.graph import Graph, build_graph
+from eventrunner.core.redact import remember_env
 from eventrunner.core.reserved import Reserved, data_root_problem, reserved_paths
 from eventrunner.state.hashing import combine, hash_json
 from eventrunner.workspace import codeid, loader
@@ -50,6 +51,10 @@ def load_workspace(
     graph, more = build_graph(specs, settings.runtime.retry, reserved)
     problems += more
     ws = Workspace(settings, graph)
+    # Known before anything runs, so that no error, log line or answer of this process shows
+    # them, whichever part read them (issue 14.3).
+    hooks = [s.webhook.secret_env for s in graph.sources.values() if s.webhook is not None]
+    remember_env([settings.server.token_env, *hooks])
     problems += _check_handlers(ws)
     problems += _check_schedules(graph)
     problems += _check_webhooks(specs)
