@@ -22,6 +22,8 @@ from serve_helpers import (
     wait_until,
 )
 
+from eventrunner.state import fastpath
+
 SLOW_HANDLERS = """\
 import time
 from pathlib import Path
@@ -110,6 +112,8 @@ def test_sigterm_while_a_server_mode_run_waits_answers_it_and_exits_within_the_g
     assert client.returncode == 3, (out, err)
     assert "shutting down" in err
     assert "did not answer" not in err
+    # And the abandoned run is not vouched for: no stamp, so the next `run` checks it again
+    assert not (ws / ".eventrunner" / fastpath.STAMP).exists()
 
 
 def _connected(pid: int, port: int) -> bool:

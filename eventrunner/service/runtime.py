@@ -59,6 +59,7 @@ class Runtime:
         self._watched: tuple[list[Path], list[Path]] = ([], [])
         self._scheduler: Any = None
         self._locked = False
+        self._closed = False
         self._reload_lock = asyncio.Lock()
         self.start_mode = ""  # "incremental" (from a stamp) or "full"
         self._stamp_ok = False  # cleared by anything a stamp could not vouch for
@@ -181,7 +182,12 @@ class Runtime:
                 sched.add_cron(f"cron:{q}", stage.schedule, self._cron_job(q))
 
     async def close(self) -> None:
-        """Stop intake, let running handlers finish within the grace period, persist, unlock."""
+        """Stop intake, let running handlers finish within the grace period, persist, unlock.
+        Once: a second call (serve's own, then the context manager's) found the engine already
+        stopped, took that for a clean stop and wrote a stamp over abandoned work."""
+        if self._closed:
+            return
+        self._closed = True
         self.stop_event.set()
         if self._scheduler is not None:
             await self._scheduler.close()
