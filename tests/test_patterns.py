@@ -1,4 +1,4 @@
-"""Path patterns: parsing, matching, formatting, entity ids, safe resolution and scans."""
+"""Path patterns: parsing, matching, formatting, entity ids and scans."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from eventrunner.core.patterns import (
     is_temp_name,
     parse_entity_id,
     parse_pattern,
-    resolve_inside,
 )
 from eventrunner.state.scan import scan
 
@@ -436,54 +435,6 @@ def test_is_temp_name_recognises_our_temp_files_and_editor_leftovers(name: str) 
 )
 def test_is_temp_name_leaves_ordinary_names_alone(name: str) -> None:
     assert not is_temp_name(name)
-
-
-# --- resolve_inside --------------------------------------------------------------------------
-
-
-def test_resolve_inside_joins_root_and_relpath(tmp_path: Path) -> None:
-    assert resolve_inside(tmp_path, "logs/2026-11-25.md") == tmp_path / "logs" / "2026-11-25.md"
-    assert resolve_inside(tmp_path, "new/folder/file") == tmp_path / "new/folder/file"
-
-
-@pytest.mark.parametrize(
-    ("relpath", "reason"),
-    [
-        ("../x", "'..'"),
-        ("a/../../x", "'..'"),
-        ("a/..", "'..'"),
-        ("/etc/passwd", "absolute"),
-        ("a\\..\\b", "backslash"),
-        ("a\x00b", "NUL"),
-        ("", "root itself"),
-        (".", "root itself"),
-    ],
-)
-def test_resolve_inside_refuses_paths_that_leave_the_root(
-    tmp_path: Path, relpath: str, reason: str
-) -> None:
-    with pytest.raises(PatternError) as caught:
-        resolve_inside(tmp_path, relpath)
-    assert reason in str(caught.value)
-
-
-def test_resolve_inside_refuses_a_symlink_that_escapes_the_root(tmp_path: Path) -> None:
-    # Given a root holding a folder symlink and a file symlink that both point outside it
-    root, outside = tmp_path / "root", tmp_path / "outside"
-    write(outside, "secret.txt")
-    root.mkdir()
-    (root / "escape").symlink_to(outside, target_is_directory=True)
-    (root / "file.txt").symlink_to(outside / "secret.txt")
-    # When / Then: every path through them is refused
-    for relpath in ["escape/secret.txt", "escape/new.txt", "escape", "file.txt"]:
-        with pytest.raises(PatternError, match="outside"):
-            resolve_inside(root, relpath)
-
-
-def test_resolve_inside_allows_a_symlink_that_stays_inside(tmp_path: Path) -> None:
-    write(tmp_path, "real/a.md")
-    (tmp_path / "alias").symlink_to(tmp_path / "real", target_is_directory=True)
-    assert resolve_inside(tmp_path, "alias/a.md") == tmp_path / "alias" / "a.md"
 
 
 # --- scan ------------------------------------------------------------------------------------

@@ -64,15 +64,18 @@ def _send(
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as exc:
+        code = ""
         try:
             err = json.loads(exc.read())["error"]
-            message = err["message"]
+            message, code = err["message"], err.get("code", "")
         except Exception:
             message = f"HTTP {exc.code}"
         if exc.code == 404:
             raise UnknownName(message) from None
         if exc.code in (400, 422):
             raise UsageError(message) from None
+        if code == "shutting_down":
+            raise ServerUnavailable(f"server at {url} stopped: {message}") from None
         if exc.code == 503:  # still starting (or storage failing): not an answer yet
             raise ServerUnavailable(f"server at {url} is not ready: {message}") from None
         raise EventRunnerError(f"server refused {what}: {message}") from None

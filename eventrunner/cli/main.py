@@ -142,10 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _setup_logging(verbose: int) -> None:
-    import logging
+    from eventrunner.cli.logs import setup_logging
 
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(verbose)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

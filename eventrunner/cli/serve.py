@@ -8,6 +8,7 @@ import gc
 import ipaddress
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -22,6 +23,8 @@ from eventrunner.state.files import atomic_write
 from eventrunner.workspace.load import Workspace, load_workspace
 
 log = logging.getLogger("eventrunner.serve")
+
+_HTTP_SHUTDOWN = 2.0  # seconds open requests get to finish after the runtime stopped
 
 
 def _is_loopback(host: str) -> bool:
@@ -55,16 +58,25 @@ async def serve(
     from aiohttp import web
 
     from eventrunner.server.app import create_app
+    from eventrunner.server.guard import GUARD, GuardedSite, runner_args
     from eventrunner.service.runtime import Runtime
 
     check_bind(ws)
     stop = stop_event or asyncio.Event()
     async with Runtime(ws, watch=watch, stop_event=stop) as rt:
         app = create_app(rt)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Requests still open once the runtime has stopped get this long, not aiohttp's 60 s.
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=_HTTP_SHUTDOWN,
+            **runner_args(ws.settings.server),
+        )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, ws.settings.server.host, ws.settings.server.port)
+            server = ws.settings.server
+            site = GuardedSite(runner, app[GUARD], host=server.host, port=server.port)
             await site.start()
             # The bound address (port 0 picks a free one), through aiohttp's public API.
             bound = runner.addresses
@@ -128,6 +140,12 @@ def serve_command(args: argparse.Namespace) -> int:
         for t in threading.enumerate()
         if t.name.startswith("eventrunner-handler") and t.is_alive()
     ]
+    # Worker processes of executor = "process" still running a handler after the grace period:
+    # the interpreter would join them at exit, however long their handler takes (issue 14.14).
+    workers = multiprocessing.active_children()
+    for worker in workers:
+        worker.kill()
+    stuck += [w.name for w in workers]
     if stuck:
         # Sync handlers that outlived shutdown_grace still run in pool threads, which Python joins
         # at exit (forever, for a hung handler). Their work was not committed and state is saved.

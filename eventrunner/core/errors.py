@@ -86,5 +86,9 @@ class StorageError(EventRunnerError):
     """Raised when durable storage fails (fsync, disk full); nothing half-written is kept."""
 
 
+class ShuttingDown(EventRunnerError):
+    """Raised when a request cannot be finished because the server is stopping."""
+
+
 class ServerUnavailable(EventRunnerError):
     """Raised when a running server was expected but could not be reached."""

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -149,6 +147,18 @@ class Pattern:
                     return None
         return {var: values[var] for var in self.variables}
 
+    def can_name(self, path: Sequence[str]) -> bool:
+        """True when a path this pattern matches could be `path` (segments), lie below it or
+        hold it: each segment the two have in common can bind that name, consistently."""
+        values: dict[str, str] = {}
+        for seg, name in zip(self.segments, path, strict=False):
+            if (found := seg.bind(name)) is None:
+                return False
+            for var, value in found.items():
+                if values.setdefault(var, value) != value:
+                    return False
+        return True
+
     def format(self, values: Mapping[str, str]) -> str:
         """The relpath for these values (extra keys ignored); refuses values that would not read back."""
         where = f"pattern {self.key!r}"
@@ -286,24 +296,6 @@ def parse_entity_id(variables: Sequence[str], text: str) -> dict[str, str]:
     return {name: found[name] for name in names}
 
 
-def resolve_inside(root: Path, relpath: str) -> Path:
-    """root/relpath, refusing paths that are absolute, climb with "..", or escape via symlinks."""
-    if "\x00" in relpath or "\\" in relpath:
-        raise PatternError(f"path {relpath!r} contains a NUL or a backslash")
-    if relpath.startswith("/") or os.path.isabs(relpath):
-        raise PatternError(f"path {relpath!r} is absolute")
-    if ".." in relpath.split("/"):
-        raise PatternError(f"path {relpath!r} climbs out with '..'")
-    # Checked now: a symlink swapped in later is a race for the writer to guard against.
-    root_real = os.path.realpath(root)
-    real = os.path.realpath(os.path.join(root_real, relpath))
-    if real == root_real:
-        raise PatternError(f"path {relpath!r} names the root itself")
-    if not _inside(real, root_real):
-        raise PatternError(f"path {relpath!r} resolves outside {str(root)!r} through a symlink")
-    return root / relpath
-
-
 def is_temp_name(name: str) -> bool:
     """True for eventrunner's own temp files and editor or partial-download files."""
     return (
@@ -347,12 +339,6 @@ def _decode(where: str, name: str, raw: str) -> str:
     value = _ID_ESCAPE.sub(unescape, raw)
     check_value(name, value)
     return value
-
-
-def _inside(path: str, root_real: str) -> bool:
-    """True when path, symlinks resolved, is root_real or below it."""
-    real = os.path.realpath(path)
-    return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
 
 
 def _render(parts: Sequence[_Part]) -> str:

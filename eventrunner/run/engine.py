@@ -21,6 +21,7 @@ from typing import Any
 
 from eventrunner.core.errors import HandlerTimeout, PermanentError, RetryLater, StorageError
 from eventrunner.core.records import Failure, Manifest
+from eventrunner.core.redact import redact
 from eventrunner.core.staleness import Verdict, after_failure
 from eventrunner.run.commit import Commit, Committer
 from eventrunner.run.evaluate import Evaluator
@@ -445,7 +446,7 @@ class Engine:
             # Recorded and retried like a handler failure (disk full, I/O error): the retry runs
             # the handler again and writes everything anew, never re-syncing the same data.
             written.discard()
-            error = StorageError(f"commit failed: {exc}")
+            error = StorageError(redact(f"commit failed: {exc}"))
             try:
                 await self._fail(q, eid, key, prev, error, exc, manifest.started)
             finally:
@@ -480,8 +481,10 @@ class Engine:
             stage=q,
             entity=eid,
             key=key,
-            error=f"{type(exc).__name__}: {exc}",
-            traceback="".join(traceback.format_exception(orig))[-8000:],
+            # Secrets the handler read are masked where the failure is recorded: the record,
+            # the index cache, events, status and logs all come from here (issue 14.3).
+            error=redact(f"{type(exc).__name__}: {exc}"),
+            traceback=redact("".join(traceback.format_exception(orig)))[-8000:],
             now=now,
             permanent=isinstance(orig, PermanentError),
             retry_after=orig.retry_after if isinstance(orig, RetryLater) else None,

@@ -20,8 +20,10 @@ from pydantic import BaseModel
 
 from eventrunner.core.errors import HandlerError, PermanentError
 from eventrunner.core.graph import Stage
-from eventrunner.core.patterns import entity_id, parse_entity_id, resolve_inside
+from eventrunner.core.patterns import entity_id, parse_entity_id
+from eventrunner.core.redact import SECRETS, RedactingFilter, remember_secret
 from eventrunner.run.evaluate import InputFile
+from eventrunner.state.contain import resolve_inside
 from eventrunner.state.files import read_file, remove_path, temp_path, write_file
 from eventrunner.state.hashing import hash_bytes, hash_path
 
@@ -35,6 +37,7 @@ class Secrets(Mapping[str, str]):
         value = os.environ.get(name)
         if value is None:
             raise PermanentError(f"secret {name!r} is not set in the environment")
+        remember_secret(value)  # masked in every error, log line and answer from now on
         return value
 
     def __iter__(self) -> typing.Iterator[str]:
@@ -276,13 +279,27 @@ def call_sync(func: Callable[..., Any], ctx: Context | None, kwargs: dict[str, A
     return func(ctx, **kwargs) if ctx is not None else func(**kwargs)
 
 
+def guard_logging() -> None:
+    """Mask secrets in whatever this process logs (its handlers and the last-resort one)."""
+    for handler in [*logging.getLogger().handlers, logging.lastResort]:
+        if handler is not None and not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+
+
 def call_by_ref(
     stage: Stage, ref: Any, files: list[InputFile], values: dict[str, str], attempt: int, root: Path
 ) -> Written:
     """The sync path for a process pool: the worker imports the handler by path itself."""
     from eventrunner.workspace import loader
 
-    return prepare_and_call(stage, loader.load(ref), files, values, attempt, root)
+    guard_logging()  # this worker process logs on its own
+    try:
+        return prepare_and_call(stage, loader.load(ref), files, values, attempt, root)
+    except BaseException as exc:
+        # The secrets it read are known in this worker process only: mask them before the
+        # exception (and the traceback text made from it) goes back to the server.
+        SECRETS.redact_exception(exc)
+        raise
 
 
 def prepare_and_call(

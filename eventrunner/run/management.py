@@ -9,14 +9,16 @@ half (status, listings, explain) is queries.py.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from eventrunner.core.errors import UnknownName, UsageError
+from eventrunner.core.errors import ShuttingDown, UnknownName, UsageError
 from eventrunner.core.patterns import parse_entity_id
+from eventrunner.run.engine import Engine
 from eventrunner.run.planner import Planner, Target
 from eventrunner.run.queries import entity_values as _entity_values  # the ops' old name
 from eventrunner.run.queries import resolve_stages
@@ -225,9 +227,16 @@ def prune_orphans(session: Session, dry_run: bool) -> dict[str, Any]:
     return {"pruned": pruned, "dry_run": dry_run}
 
 
-async def run_selection(session: Session, stages: list[str], entity: str | None) -> RunReport:
+async def run_selection(
+    session: Session,
+    stages: list[str],
+    entity: str | None,
+    stopping: asyncio.Event | None = None,
+) -> RunReport:
     """`eventrunner run` while serving: check the selection now, wait until nothing is queued
-    or running, and report what ran meanwhile (the server's other work included)."""
+    or running, and report what ran meanwhile (the server's other work included). ShuttingDown
+    when `stopping` is set first: the caller is answered now, not when the HTTP server gives up
+    on the request at exit (issue 14.14)."""
     engine, idx = session.engine, session.index
     assert engine is not None and idx is not None
     began = time.perf_counter()
@@ -257,13 +266,33 @@ async def run_selection(session: Session, stages: list[str], entity: str | None)
         await engine.consider_async(itertools.chain(removed, targets), blocked=blocked)
         # Skipped: selected states the pass found held, failed or dead (not run).
         report.skipped = len(blocked)
-        await engine.wait_idle()
+        await _idle_or_stopping(engine, stopping)
     finally:
         session.listeners.remove(tally)
+    if stopping is not None and stopping.is_set():
+        raise ShuttingDown(
+            f"the server is shutting down; the run was cut short after {counts['started']} "
+            f"execution(s) ({counts['succeeded']} succeeded, {counts['failed']} failed)"
+        )
     report.executed, report.succeeded = counts["started"], counts["succeeded"]
     report.failed = counts["failed"]
     report.duration_s = round(time.perf_counter() - began, 3)
     return report
+
+
+async def _idle_or_stopping(engine: Engine, stopping: asyncio.Event | None) -> None:
+    """Wait until the engine is idle or `stopping` is set, whichever comes first."""
+    if stopping is None:
+        await engine.wait_idle()
+        return
+    idle = asyncio.ensure_future(engine.wait_idle())
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({idle, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (idle, stop):
+            task.cancel()
+        await asyncio.wait({idle, stop})
 
 
 def _required(stage: str | None) -> str:

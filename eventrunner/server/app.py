@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -16,21 +17,25 @@ from eventrunner.core.errors import (
     EventRunnerError,
     IntakeFull,
     PatternError,
+    ShuttingDown,
     SignatureError,
     StorageError,
     UnknownName,
     UsageError,
 )
+from eventrunner.core.redact import remember_secret
 from eventrunner.core.staleness import STATES as STATE_NAMES
 from eventrunner.run import management, queries
 from eventrunner.run.evaluate import Evaluator
 from eventrunner.server import models
+from eventrunner.server.guard import GUARD, ConnectionGuard
 from eventrunner.server.keys import RUNTIME, STATES
 from eventrunner.server.states import StateTable
 
 if TYPE_CHECKING:
     from eventrunner.service.runtime import Runtime
 
+log = logging.getLogger("eventrunner.server")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Status by error class, walked along the class hierarchy (most specific first).
@@ -41,6 +46,7 @@ STATUS: dict[type[BaseException], int] = {
     UsageError: 400,
     IntakeFull: 503,
     StorageError: 503,
+    ShuttingDown: 503,
     EventRunnerError: 500,
 }
 CODES = {
@@ -49,6 +55,7 @@ CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
@@ -97,9 +104,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except EventRunnerError as exc:
         status = status_for(exc)
         headers = {"Retry-After": "1"} if status == 503 else None
-        return error_response(status, str(exc), headers=headers)
+        code = "shutting_down" if isinstance(exc, ShuttingDown) else None
+        return error_response(status, str(exc), code, headers=headers)
     except asyncio.CancelledError:
         raise
+    except ConnectionError as exc:  # the client went away mid-request: nothing to answer
+        log.info("%s %s: client closed the connection (%s)", request.method, request.path, exc)
+        return error_response(400, "client closed the connection")
     except Exception:
         request.app.logger.exception("internal error on %s %s", request.method, request.path)
         return error_response(500, "internal error (see the server log)")
@@ -111,6 +122,8 @@ def auth_middleware(token_env: str | None) -> Any:
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         token = os.environ.get(token_env) if token_env else None
+        if token:
+            remember_secret(token)
         path = request.path
         public = path in ("/healthz", "/readyz") or path.startswith("/hooks/")
         if token and not public:
@@ -146,7 +159,10 @@ def _pipeline(request: web.Request) -> str | None:
 
 async def _body(request: web.Request, model: type[BaseModel]) -> Any:
     try:
-        raw = await request.json() if request.can_read_body else {}
+        async with asyncio.timeout(_rt(request).settings.server.body_timeout):
+            raw = await request.json() if request.can_read_body else {}
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(reason="request body took too long") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise UsageError("body must be JSON") from None
     if not isinstance(raw, dict):
@@ -161,11 +177,25 @@ def _qualify(rt: Runtime, pipeline: str | None, stage: str | None) -> str | None
 
 
 async def healthz(request: web.Request) -> web.Response:
+    from eventrunner.server.hooks import intake_degraded
+
+    degraded = intake_degraded(request.app)
+    if degraded is not None:  # alive, and restarting would not help: 200 with the detail
+        return web.json_response({"status": "degraded", **degraded})
     return web.json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
+    from eventrunner.server.hooks import intake_degraded
+
     rt = _rt(request)
+    degraded = intake_degraded(request.app)
+    if degraded is not None:
+        return web.json_response(
+            {"status": "degraded", "ready": False, **degraded},
+            status=503,
+            headers={"Retry-After": "5"},
+        )
     if rt.ready.is_set():
         return web.json_response({"status": "ready", "ready": True})
     return web.json_response(
@@ -305,7 +335,7 @@ async def run(request: web.Request) -> web.Response:
     assert rt.index is not None
     body = await _body(request, models.RunRequest)
     stages = queries.resolve_stages(rt.ws.graph, body.stage, p)
-    report = await management.run_selection(rt.session, stages, body.entity)
+    report = await management.run_selection(rt.session, stages, body.entity, rt.stop_event)
     return web.json_response(report.to_json(), dumps=_dumps)
 
 
@@ -326,12 +356,20 @@ def create_app(runtime: Runtime) -> web.Application:
     from eventrunner.server.openapi import openapi_document
 
     settings = runtime.settings
+    guard = ConnectionGuard(settings.server)
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware(settings.server.token_env)],
+        middlewares=[
+            guard.middleware,
+            errors_middleware,
+            auth_middleware(settings.server.token_env),
+        ],
         client_max_size=settings.server.body_limit,
     )
+    app[GUARD] = guard
     app[RUNTIME] = runtime
     app[STATES] = StateTable(runtime)
+    if token := (os.environ.get(settings.server.token_env) if settings.server.token_env else None):
+        remember_secret(token)
     r = app.router
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)

@@ -7,22 +7,22 @@ inside the request: the stored file is an event like any file drop.
 
 from __future__ import annotations
 
+import asyncio
 import os
-import stat
-import time
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from eventrunner.core.errors import PatternError, SignatureError, StorageError, UnknownName
 from eventrunner.core.graph import Source
 from eventrunner.core.patterns import entity_id
+from eventrunner.core.redact import SECRETS
 from eventrunner.server.keys import METRICS, RUNTIME, SPOOL
 from eventrunner.server.signatures import Verified, check_request
 from eventrunner.server.spool import Spool, SpoolRecord
 from eventrunner.service.watch import FileChange
+from eventrunner.state.contain import DataRoot
 from eventrunner.state.hashing import hash_bytes
 
 if TYPE_CHECKING:
@@ -46,9 +46,10 @@ def _secrets(env_name: str) -> list[str]:
     """
     value = os.environ.get(env_name, "").strip()
     parts = value.split()
-    if len(parts) > 1 and all(p.startswith("whsec_") for p in parts):
-        return parts
-    return [value] if value else []
+    found = parts if len(parts) > 1 and all(p.startswith("whsec_") for p in parts) else [value]
+    found = [secret for secret in found if secret]
+    SECRETS.add_all([*found, *(s.removeprefix("whsec_") for s in found), value])
+    return found
 
 
 # Ids of these schemes stay bare, as before per-source keys: the spool's dedup records from
@@ -68,60 +69,26 @@ def _dedup_key(verified: Verified, pipeline: str, source: str) -> str | None:
     return f"{pipeline}/{source}:{verified.scheme}:{verified.message_id}"
 
 
-async def _read_limited(request: web.Request, limit: int) -> bytes:
+async def _read_limited(request: web.Request, limit: int, timeout: float) -> bytes:
+    """The body, refused over `limit` bytes (413) or when it takes over `timeout` s (408)."""
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
     # StreamReader.read(n) returns what is buffered (one TCP read), not n bytes: loop to EOF.
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):  # a body trickled byte by byte (issue 14.4)
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(reason="request body took too long") from None
     return b"".join(chunks)
 
 
-class _Containment:
-    """Refuses webhook targets that a symlinked folder below the data root leads outside it.
-
-    Pattern.format has already refused values that are not one plain segment (no "/", "..",
-    NUL), so only an existing symlinked folder below the root can lead a write out; the file
-    itself is replaced by a rename, which never follows a symlink. Folders are checked with one
-    lstat each and the verdict is kept for `ttl` seconds: resolve_inside's realpath calls cost
-    one lstat per component of the whole absolute path, three times per delivery (~30 slow
-    syscalls, the largest cost of intake on the event loop).
-    """
-
-    def __init__(self, root: Path, ttl: float = 1.0) -> None:
-        self.root = os.path.realpath(root)
-        self.ttl = ttl
-        self._checked: dict[str, float] = {}  # folder relpath -> when it was found inside
-
-    def check(self, relpath: str) -> None:
-        folder = relpath.rpartition("/")[0]
-        now = time.monotonic()
-        checked = self._checked.get(folder)
-        if not folder or (checked is not None and now - checked < self.ttl):
-            return
-        path = self.root
-        for name in folder.split("/"):
-            path = os.path.join(path, name)
-            try:
-                mode = os.lstat(path).st_mode
-            except (FileNotFoundError, NotADirectoryError):
-                break  # the spool creates the rest, inside
-            if stat.S_ISLNK(mode) and not self._inside(os.path.realpath(path)):
-                raise PatternError(f"path {relpath!r} leads outside the data root (symlink)")
-        if len(self._checked) > 10_000:
-            self._checked.clear()
-        self._checked[folder] = now
-
-    def _inside(self, real: str) -> bool:
-        return real == self.root or real.startswith(self.root.rstrip(os.sep) + os.sep)
-
-
-CONTAINMENT: web.AppKey[_Containment] = web.AppKey("containment")
+CONTAINMENT: web.AppKey[DataRoot] = web.AppKey("containment")
 
 
 async def hook(request: web.Request) -> web.Response:
@@ -135,6 +102,9 @@ async def hook(request: web.Request) -> web.Response:
         return resp
     except web.HTTPException as exc:
         status = exc.status
+        raise
+    except ConnectionError:
+        status = 499  # the sender went away mid-body (nginx's "client closed request")
         raise
     except (SignatureError, UnknownName, PatternError, StorageError) as exc:
         status = {SignatureError: 401, UnknownName: 404, PatternError: 400}.get(type(exc), 503)
@@ -154,7 +124,7 @@ async def _intake(request: web.Request, rt: Runtime, pipeline: str, source: str)
     src = _find_source(rt, pipeline, source)
     spec = src.webhook
     limit = spec.max_body or rt.settings.server.body_limit
-    body = await _read_limited(request, limit)
+    body = await _read_limited(request, limit, rt.settings.server.body_timeout)
     message_id: str | None = None
     if spec.secret_env:
         secrets = _secrets(spec.secret_env)
@@ -176,6 +146,8 @@ async def _intake(request: web.Request, rt: Runtime, pipeline: str, source: str)
         raise PatternError(f"missing query parameter(s) for the entity: {', '.join(missing)}")
     values = {v: request.query[v] for v in pattern.variables}
     relpath = pattern.format(values)
+    # Refused here with a 400 before anything is stored; the spool's write checks again, in
+    # the same operation as the write itself (a folder swapped for a symlink meanwhile).
     request.app[CONTAINMENT].check(relpath)
     eid = entity_id(pattern.variables, values)
     record = SpoolRecord(
@@ -192,11 +164,23 @@ async def _intake(request: web.Request, rt: Runtime, pipeline: str, source: str)
     )
 
 
+def intake_degraded(app: web.Application) -> dict[str, Any] | None:
+    """What health reports while acknowledged webhooks are not in their files yet (disk full,
+    read-only folder: the spool retries them); None when intake is healthy."""
+    spool = app.get(SPOOL)
+    if spool is None or not spool.unwritten:
+        return None
+    return {"unwritten_webhooks": spool.unwritten, "reason": spool.last_error}
+
+
 def setup_hooks(app: web.Application, runtime: Runtime) -> None:
     """Route and spool lifecycle (opened with the app, drained and closed with it)."""
     app.router.add_post("/hooks/{pipeline}/{source}", hook)
     settings = runtime.settings
-    app[CONTAINMENT] = _Containment(settings.data_root)
+    for src in runtime.ws.graph.sources.values():
+        if src.webhook is not None and src.webhook.secret_env:
+            _secrets(src.webhook.secret_env)  # known to the log filter from the start
+    app[CONTAINMENT] = DataRoot(settings.data_root, runtime.ws.reserved)
 
     def materialised(record: SpoolRecord, event_id: str) -> None:
         if runtime.engine is not None and runtime.index is not None:
@@ -220,6 +204,7 @@ def setup_hooks(app: web.Application, runtime: Runtime) -> None:
             fsync=settings.server.intake_fsync,
             max_pending=settings.server.intake_max_pending,
             on_materialised=materialised,
+            reserved=runtime.ws.reserved,
         )
         async with spool:
             app[SPOOL] = spool

@@ -56,13 +56,23 @@ class _SpoolCollector(Collector):
     The spool keeps running totals, not per-batch samples, so latency is a summary.
     """
 
-    OUTCOMES = ("committed", "duplicates", "intake_full", "storage_errors", "materialised")
+    OUTCOMES = (
+        "committed",
+        "duplicates",
+        "intake_full",
+        "storage_errors",
+        "materialised",
+        "materialise_errors",
+        "refused",
+    )
 
     def __init__(self, app: web.Application, fsync: bool) -> None:
         self.app = app
         self.fsync = fsync
 
-    def collect(self) -> Iterator[SummaryMetricFamily | CounterMetricFamily]:
+    def collect(
+        self,
+    ) -> Iterator[SummaryMetricFamily | CounterMetricFamily | GaugeMetricFamily]:
         spool = self.app.get(SPOOL)
         stats = spool.stats if spool is not None else {}
         batches = int(stats.get("batches", 0)) if self.fsync else 0
@@ -78,6 +88,11 @@ class _SpoolCollector(Collector):
         for outcome in self.OUTCOMES:
             records.add_metric([outcome], stats.get(outcome, 0))
         yield records
+        yield GaugeMetricFamily(
+            "eventrunner_intake_unwritten",
+            "Acknowledged webhook bodies not written to their files yet (retried with backoff)",
+            value=spool.unwritten if spool is not None else 0,
+        )
 
 
 class Metrics:

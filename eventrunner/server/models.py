@@ -144,3 +144,5 @@ class WebhookChallenge(BaseModel):
 class Health(BaseModel):
     status: str
     ready: bool | None = None
+    unwritten_webhooks: int | None = None  # with status "degraded"
+    reason: str | None = None

@@ -109,6 +109,7 @@ def build_document() -> dict[str, Any]:
         "400": _json(models.ErrorResponse, "entity variables fail the source pattern"),
         "401": _json(models.ErrorResponse, "bad or missing signature"),
         "404": _json(models.ErrorResponse, "unknown pipeline or source"),
+        "408": _json(models.ErrorResponse, "body not received within body_timeout"),
         "413": _json(models.ErrorResponse, "body over the limit"),
         "503": _json(
             models.ErrorResponse, "intake full or storage failing; retry after Retry-After"
@@ -116,12 +117,20 @@ def build_document() -> dict[str, Any]:
     }
     paths: dict[str, Any] = {
         "/healthz": {
-            "get": _op("alive", {"200": _json(models.Health, "alive")}, errors={}, secured=False)
+            "get": _op(
+                "alive (status degraded while acknowledged webhooks wait for their files)",
+                {"200": _json(models.Health, "alive")},
+                errors={},
+                secured=False,
+            )
         },
         "/readyz": {
             "get": _op(
                 "ready once the start-up reconcile finished",
-                {"200": _json(models.Health, "ready"), "503": _json(models.Health, "starting")},
+                {
+                    "200": _json(models.Health, "ready"),
+                    "503": _json(models.Health, "starting, or degraded: webhooks not written yet"),
+                },
                 errors={},
                 secured=False,
             )

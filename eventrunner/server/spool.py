@@ -1,15 +1,19 @@
 """Durable webhook intake: a group-committed journal, then atomic files under the data root.
 
 `put()` returns once the record is fsynced in the journal; concurrent puts share one fsync.
-Committed records are then written to their files (temp file, rename) in journal order. A
-checkpoint says how far that is durable, so recovery replays only the rest. Message ids are
-remembered for `dedup_ttl`, in the journal and in `dedup.json`.
+Committed records are then written to their files (temp file, rename) in journal order; a
+record whose file cannot be written yet (disk full, read-only folder) is tried again with
+backoff while the spool runs. A checkpoint says how far that is durable, and a log of written
+records (written.py) keeps recovery from writing a file twice, so recovery replays only what
+never reached its file. Message ids are remembered for `dedup_ttl`, in the journal and in
+`dedup.json`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -25,8 +29,11 @@ from typing import Any
 
 import xxhash
 
-from eventrunner.core.errors import IntakeFull, StorageError
-from eventrunner.state.files import atomic_write, fsync_dir, syncfs, temp_path
+from eventrunner.core.errors import IntakeFull, PatternError, StorageError
+from eventrunner.core.reserved import Reserved
+from eventrunner.server.written import WrittenLog
+from eventrunner.state.contain import DataRoot
+from eventrunner.state.files import atomic_write, fsync_dir, syncfs
 
 log = logging.getLogger("eventrunner.spool")
 
@@ -36,9 +43,14 @@ _SUM = struct.Struct("<Q")
 _MAGIC = b"ERJ1"
 _MAX_META = 1 << 20
 JOURNAL_MAX_BYTES = 32 << 20
+# A batch is refused unless the journal's filesystem keeps this much free beyond twice the
+# batch (journal and file): on a full filesystem a write into the journal's last page still
+# succeeded, so a body was acknowledged that could never reach its file (issue 14.6).
+MIN_FREE_BYTES = 1 << 20
+RETRY_DELAYS = (0.2, 10.0)  # retrying unwritten records: first delay, cap (doubling between)
 STATS = (  # noqa: SIM905
     "committed duplicates batches fsync_seconds_total storage_errors intake_full"
-    " materialised materialise_errors recovered rotations"
+    " materialised materialise_errors refused recovered rotations"
 ).split()
 Seen = dict[str, tuple[float, str]]  # message id -> (accepted at, event id)
 
@@ -118,6 +130,15 @@ def _sync_files(files: Iterable[Path], root: Path) -> None:
         syncfs(folder)  # one call where fsync per file would cost thousands; raises on failure
 
 
+def _check_free(fd: int, size: int) -> None:
+    """OSError(ENOSPC) unless the filesystem of `fd` has room for `size` bytes twice, and then
+    some: the journal record, its file, and the checkpoint."""
+    st = os.fstatvfs(fd)
+    free = st.f_frsize * (st.f_bfree if os.geteuid() == 0 else st.f_bavail)
+    if free < 2 * size + MIN_FREE_BYTES:
+        raise OSError(errno.ENOSPC, f"storage is full ({free} bytes free)")
+
+
 def _check_relpath(relpath: str) -> None:
     parts = PurePosixPath(relpath).parts
     if not parts or relpath.startswith("/") or ".." in parts or "\\" in relpath or "\0" in relpath:
@@ -137,8 +158,10 @@ class Spool:
         dedup_ttl: float = 7 * 86400,
         on_materialised: Callable[[SpoolRecord, str], None] | None = None,
         journal_max_bytes: int = JOURNAL_MAX_BYTES,
+        reserved: Reserved = (),
     ) -> None:
         self._dir, self._root, self._fsync = spool_dir, data_root, fsync
+        self._target = DataRoot(data_root, reserved)
         self._max_pending, self._ttl, self._journal_max = max_pending, dedup_ttl, journal_max_bytes
         self._on_materialised = on_materialised
         self.stats: dict[str, float] = dict.fromkeys(STATS, 0)
@@ -151,6 +174,8 @@ class Spool:
         self._writer: asyncio.Task[None] | None = None
         self._files_last: asyncio.Future[Any] | None = None
         self._closing = self._closed = False
+        self._retry_at: asyncio.TimerHandle | None = None
+        self._retry_delay = RETRY_DELAYS[0]
         # Two threads: the journal one appends and fsyncs, the files one writes files in
         # journal order and checkpoints, so an fsync and file writes overlap.
         self._exec = ThreadPoolExecutor(1, thread_name_prefix="eventrunner-spool")
@@ -161,7 +186,11 @@ class Spool:
         self._seals: dict[int, int] = {}  # abandoned journal -> end of its committed records
         # Files thread state.
         self._dirty: set[Path] = set()  # written since the last checkpoint
-        self._failed_at: tuple[int, int] | None = None  # first record that could not be written
+        self._unwritten: dict[str, _Entry] = {}  # relpath -> newest record not in its file yet
+        self._written = WrittenLog(spool_dir, data_root)
+        # Read by the event loop (health, metrics); plain values written by the files thread.
+        self.unwritten = 0
+        self.last_error = ""
 
     async def __aenter__(self) -> Spool:
         if self._writer is not None or self._closed:
@@ -175,6 +204,7 @@ class Spool:
         for entry in recovered:
             self._notify_one(entry)
         self._writer = asyncio.create_task(self._run_writer(), name="eventrunner-spool-writer")
+        self._arm_retry()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -185,6 +215,8 @@ class Spool:
         if self._closed:
             return
         self._closed = True
+        if self._retry_at is not None:
+            self._retry_at.cancel()
         if self._writer is not None:
             self._closing = True
             self._wakeup.set()
@@ -306,6 +338,30 @@ class Spool:
             return
         for entry in future.result() or ():
             self._notify_one(entry)
+        self._arm_retry()
+
+    def _arm_retry(self) -> None:
+        """While records are unwritten, try them again after a doubling delay."""
+        if not self.unwritten:
+            self._retry_delay = RETRY_DELAYS[0]
+            return
+        if self._retry_at is None and not self._closed:
+            delay = self._retry_delay
+            self._retry_delay = min(delay * 2, RETRY_DELAYS[1])
+            report = log.error if delay == RETRY_DELAYS[0] else log.warning
+            report(
+                "spool: %d acknowledged webhook(s) not written to their files yet, next try in"
+                " %.1fs: %s",
+                self.unwritten,
+                delay,
+                self.last_error,
+            )
+            self._retry_at = asyncio.get_running_loop().call_later(delay, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry_at = None
+        if not self._closed:
+            self._schedule_files(0, self._retry_unwritten)
 
     def _notify_one(self, entry: _Entry) -> None:
         self.stats["materialised"] += 1
@@ -349,8 +405,10 @@ class Spool:
             entry.seq, entry.offset = self._seq, pos
             pos += sum(map(len, encoded))
             parts += encoded
+        blob = b"".join(parts)
+        _check_free(self._fd, len(blob))
         try:
-            _write_all(self._fd, b"".join(parts))
+            _write_all(self._fd, blob)
             if self._fsync:
                 began = time.perf_counter()
                 os.fdatasync(self._fd)
@@ -406,36 +464,51 @@ class Spool:
     # -- files thread ------------------------------------------------------------------------
 
     def _materialise(self, entries: list[_Entry]) -> list[_Entry]:
+        """Write records to their files in order; those that fail wait in `_unwritten`."""
         done: list[_Entry] = []
+        marks: dict[int, list[int]] = {}
         for entry in entries:
-            target = self._root / entry.record.relpath
-            tmp = temp_path(target)  # tagged: the crash sweep never takes a live one
+            relpath = entry.record.relpath
             try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with tmp.open("xb") as f:
-                    f.write(entry.record.body)
-                os.replace(tmp, target)
+                canonical = self._target.write(relpath, entry.record.body)
+            except PatternError as exc:  # led out of the root or onto code: never written
+                self.stats["refused"] += 1
+                log.error("spool: refusing to write acknowledged %s: %s", relpath, exc)
             except OSError as exc:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
                 self.stats["materialise_errors"] += 1
-                log.error("spool: cannot write %s, kept for replay: %s", entry.record.relpath, exc)
-                self._failed_at = self._failed_at or (entry.seq, entry.offset)
+                self.last_error = f"cannot write {relpath}: {exc}"
+                self._unwritten[relpath] = entry  # the newest record of a path is the one due
                 continue
-            self._dirty.add(target)
-            done.append(entry)
+            else:
+                self._dirty.add(self._root / canonical)
+                done.append(entry)
+            waiting = self._unwritten.get(relpath)
+            if waiting is not None and (waiting.seq, waiting.offset) <= (entry.seq, entry.offset):
+                del self._unwritten[relpath]  # superseded by the record just handled
+            marks.setdefault(entry.seq, []).append(entry.offset)
+        try:
+            self._written.mark(marks)
+        except OSError as exc:  # only costs a second write of these files after a crash
+            log.warning("spool: cannot log written records: %s", exc)
+        self.unwritten = len(self._unwritten)
         return done
+
+    def _retry_unwritten(self) -> list[_Entry]:
+        waiting = sorted(self._unwritten.values(), key=lambda e: (e.seq, e.offset))
+        self._unwritten = {}
+        return self._materialise(waiting)
 
     def _checkpoint(self, upto: int, seen: Seen) -> None:
         """Make written files durable, record where replay starts, drop older journals."""
         if self._fsync:
             _sync_files(self._dirty, self._root)
         self._dirty.clear()
-        seq, offset = self._failed_at or (upto, 0)
+        seq, offset = min(((e.seq, e.offset) for e in self._unwritten.values()), default=(upto, 0))
         self._write_json("dedup.json", {"ids": {mid: list(hit) for mid, hit in seen.items()}})
         self._write_json("checkpoint.json", {"journal": seq, "offset": offset})
         if self._fsync:
             fsync_dir(self._dir)
+        self._written.drop_before(seq)  # before the journals: gone with them, not after
         for old, path in self._journals():
             if old < seq:  # never the open journal: its seq is at least `seq`
                 path.unlink()
@@ -465,7 +538,7 @@ class Spool:
                 if meta.get("k") == "seal":
                     seals.update({int(s): int(end) for s, end in meta["seals"].items()})
                 break
-        replay: list[_Entry] = []
+        after: list[_Entry] = []
         for seq, path in journals:
             for offset, meta, body in _read_journal(path, seals.get(seq)):
                 if meta.get("k") != "rec":
@@ -474,15 +547,32 @@ class Spool:
                     seen[meta["mid"]] = (meta["ts"], meta["id"])
                 if (seq, offset) >= cp:
                     record = SpoolRecord(meta["path"], body, meta["mid"], meta["meta"])
-                    replay.append(_Entry(record, meta["id"], meta["ts"], seq, offset))
-        self._seen, self._seals, self._failed_at = seen, seals, None
+                    after.append(_Entry(record, meta["id"], meta["ts"], seq, offset))
+        self._seen, self._seals, self._unwritten = seen, seals, {}
         self._next_seq = max([cp[0], *(seq + 1 for seq, _ in journals)])
+        replay = self._not_written(after)
         done = self._materialise(replay)
         self.stats["recovered"] += len(done)
-        if replay:
-            log.info("spool: replayed %d of %d records from the journal", len(done), len(replay))
+        if after:
+            log.info(
+                "spool: replayed %d of %d records from the journal (%d were in their files)",
+                len(done),
+                len(after),
+                len(after) - len(replay),
+            )
         self._checkpoint(self._next_seq, dict(seen))
         return done
+
+    def _not_written(self, entries: list[_Entry]) -> list[_Entry]:
+        """Records that never reached their files: the newest of each path, unless the written
+        log has it. Replaying the others would revert a later edit or undo a deletion."""
+        newest = {entry.record.relpath: entry for entry in entries}
+        written = {seq: self._written.load(seq) for seq in {entry.seq for entry in entries}}
+        return [
+            entry
+            for entry in entries
+            if newest[entry.record.relpath] is entry and entry.offset not in written[entry.seq]
+        ]
 
     def _load_json(self, name: str) -> dict[str, Any]:
         try:

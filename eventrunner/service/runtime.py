@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from eventrunner.core.errors import ConfigError
+from eventrunner.core.errors import ConfigError, StorageError
+from eventrunner.core.reserved import reserved_reason
 from eventrunner.run.engine import Engine
 from eventrunner.run.planner import Target
 from eventrunner.run.session import Session
@@ -50,6 +51,7 @@ class Runtime:
         self._watchers: list[asyncio.Task[None]] = []
         self._watched: tuple[list[Path], list[Path]] = ([], [])
         self._scheduler: Any = None
+        self._closed = False
         self._reload_lock = asyncio.Lock()
         self._engine_started = asyncio.Event()  # the watch loop holds its batches until then
 
@@ -84,6 +86,9 @@ class Runtime:
         """Start watching, then the session (look, load, sweep, engine, catch-up), then the
         scheduler; then ready."""
         if self.watch_enabled:
+            # watchfiles cannot watch a folder that does not exist (it retried for 30 s, then
+            # serve died: issue 14.13); an empty data root is a valid start.
+            self._make_data_root()
             # Live before the session's index load scans the sources, so a change in between
             # is not missed (and the start-up reconcile need not scan a second time).
             await self._start_watchers()
@@ -103,6 +108,13 @@ class Runtime:
         # The start-up reconcile's own count: queue_depth here would miss what already started.
         log.info("ready: %d stages, %d queued", len(self.ws.graph.stages), self.session.caught_up)
 
+    def _make_data_root(self) -> None:
+        root = self.settings.data_root
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the data root {root}: {exc}") from exc
+
     async def _start_scheduler(self) -> None:
         from eventrunner.service.schedule import Scheduler
 
@@ -120,7 +132,12 @@ class Runtime:
 
     async def close(self) -> None:
         """Stop intake, then the session: running handlers finish within the grace period, the
-        index is saved, the stamp written when provable, the lock released. Safe to call twice."""
+        index is saved, the stamp written when provable, the lock released. Once: a second call
+        (serve's own, then the context manager's) found the engine already stopped, took that
+        for a clean stop and wrote a stamp over abandoned work."""
+        if self._closed:
+            return
+        self._closed = True
         self.stop_event.set()
         if self._scheduler is not None:
             await self._scheduler.close()
@@ -236,7 +253,7 @@ class Runtime:
         """Start the data (and code) watchers and wait until they are live."""
         data_paths, code_paths = self._watch_targets()
         self._watched = (data_paths, code_paths)
-        live = []
+        live: list[tuple[asyncio.Event, list[Path]]] = []
         for root, paths in (
             (self.settings.data_root, data_paths),
             (self.settings.workspace, code_paths),
@@ -244,9 +261,13 @@ class Runtime:
             if paths:
                 ready = asyncio.Event()
                 self._watchers.append(asyncio.create_task(self._watch_loop(root, paths, ready)))
-                live.append(ready)
-        for ready in live:
-            await asyncio.wait_for(ready.wait(), 30)
+                live.append((ready, paths))
+        for ready, paths in live:
+            try:
+                await asyncio.wait_for(ready.wait(), 30)
+            except TimeoutError:
+                where = ", ".join(map(str, paths))
+                raise StorageError(f"the file watcher on {where} did not start in 30 s") from None
 
     async def _stop_watchers(self) -> None:
         for task in self._watchers:
@@ -274,12 +295,14 @@ class Runtime:
                 await self.reconcile_async()
                 continue
             code_changed = False
+            reserved = self.ws.reserved
             for change in batch:
                 abs_path = root / change.relpath
                 if _is_code(abs_path, workspace):
                     code_changed = True
                     continue
-                if not code_only:
+                # The workspace's code and state are never source data (issue 14.1).
+                if not code_only and reserved_reason(change.relpath, reserved) is None:
                     self.on_change(change)
             if code_changed:
                 await self.reload()

@@ -9,6 +9,8 @@ from typing import Any
 
 from eventrunner.core.errors import ConfigError, HandlerError, Problem
 from eventrunner.core.graph import Graph
+from eventrunner.core.redact import remember_env
+from eventrunner.core.reserved import Reserved, data_root_problem, reserved_paths
 from eventrunner.state.hashing import combine, hash_json
 from eventrunner.workspace import codeid, loader
 from eventrunner.workspace.settings import Settings, load_pipeline_specs, load_settings
@@ -31,6 +33,11 @@ class Workspace:
         """The workspace folder."""
         return self.settings.workspace
 
+    @property
+    def reserved(self) -> Reserved:
+        """The workspace's code and state relative to the data root: never data."""
+        return reserved_paths(self.settings.workspace, self.settings.data_root)
+
 
 def load_workspace(
     path: Path,
@@ -46,9 +53,16 @@ def load_workspace(
     """
     settings = load_settings(path, overrides, env)
     specs, problems = load_pipeline_specs(settings.workspace)
-    graph, more = build_graph(specs, settings.runtime.retry)
+    if reason := data_root_problem(settings.workspace, settings.data_root):
+        problems.append(Problem("eventrunner.toml", "data_root", reason))
+    reserved = reserved_paths(settings.workspace, settings.data_root)
+    graph, more = build_graph(specs, settings.runtime.retry, reserved)
     problems += more
     ws = Workspace(settings, graph)
+    # Known before anything runs, so that no error, log line or answer of this process shows
+    # them, whichever part read them (issue 14.3).
+    hooks = [s.webhook.secret_env for s in graph.sources.values() if s.webhook is not None]
+    remember_env([settings.server.token_env, *hooks])
     problems += _check_handlers(ws, import_handlers)
     problems += _check_schedules(graph)
     problems += _check_webhooks(specs)

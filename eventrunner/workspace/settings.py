@@ -114,6 +114,13 @@ class ServerSettings(_Model):
     token_env: str | None = None
     body_limit: int = Field(1024 * 1024, ge=1)
     intake_max_pending: int = Field(1000, ge=1)
+    # Slow or idle senders (issue 14.4): time for a request's headers, for a body, for an
+    # idle keep-alive connection; connections beyond max_connections are answered 503
+    # (default: the open-file limit less a reserve).
+    header_timeout: Duration = Field(10.0, gt=0)
+    body_timeout: Duration = Field(30.0, gt=0)
+    idle_timeout: Duration = Field(60.0, gt=0)
+    max_connections: int | None = Field(None, ge=1)
     # Benchmarks only: false acknowledges webhooks before they are durable (lost on power failure).
     intake_fsync: bool = True
 

@@ -9,6 +9,7 @@ from typing import Any
 from eventrunner.core.errors import PatternError, Problem
 from eventrunner.core.graph import Graph, Input, Source, Stage
 from eventrunner.core.patterns import Pattern, parse_pattern
+from eventrunner.core.reserved import Reserved, pattern_reason
 from eventrunner.workspace.overlap import shared_path
 from eventrunner.workspace.settings import PipelineSpec, RetryPolicy
 
@@ -39,9 +40,12 @@ def _merge_constraints(
 
 
 def build_graph(
-    specs: dict[str, tuple[str, PipelineSpec]], default_retry: RetryPolicy
+    specs: dict[str, tuple[str, PipelineSpec]],
+    default_retry: RetryPolicy,
+    reserved: Reserved = (),
 ) -> tuple[Graph, list[Problem]]:
-    """Build and check the graph; problems name file, field and reason."""
+    """Build and check the graph; problems name file, field and reason. `reserved`: the
+    workspace's own paths relative to the data root, which no pattern may be able to name."""
     problems: list[Problem] = []
     raw: list[tuple[Pattern, str, str]] = []
     stage_pats: dict[str, tuple[dict[str, Pattern], Pattern | None]] = {}
@@ -64,6 +68,7 @@ def build_graph(
                 raw.append((out, file, f"stages.{sname}.output"))
             stage_pats[f"{pname}.{sname}"] = (ins, out)
     merged = _merge_constraints(raw, problems)
+    _check_reserved(raw, merged, reserved, problems)
 
     stages: dict[str, Stage] = {}
     producer: dict[str, str] = {}
@@ -129,6 +134,22 @@ def build_graph(
         pipelines[stages[q].pipeline].append(q)
     graph = Graph(stages, sources, merged, producer, consumers, order or list(stages), pipelines)
     return graph, problems
+
+
+def _check_reserved(
+    found: Iterable[tuple[Pattern, str, str]],
+    merged: dict[str, Pattern],
+    reserved: Reserved,
+    problems: list[Problem],
+) -> None:
+    """One problem per pattern that could name the workspace's code or state (issue 14.1)."""
+    seen: set[str] = set()
+    for pat, file, field_ in found:
+        if pat.key in seen:
+            continue
+        seen.add(pat.key)
+        if reason := pattern_reason(merged.get(pat.key, pat), reserved):
+            problems.append(Problem(file, field_, reason))
 
 
 def _overlaps(stages: dict[str, Stage], sources: dict[str, Source]) -> list[Problem]:
