@@ -20,6 +20,7 @@ from eventrunner.core.errors import (
     UsageError,
     WorkspaceNotFound,
 )
+from eventrunner.run.events import Event, EventBus, Failed, Queued, Succeeded
 
 # Exit codes by error class, most specific first (walked along the class hierarchy).
 EXIT_CODES: dict[type[BaseException], int] = {
@@ -253,7 +254,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             store,
             jobs=jobs,
             allow=lambda q, e: q in selected and entity in (None, e),
-            listener=progress.on_event if progress else None,
+            events=EventBus(progress.on_event) if progress else None,
         )
         if entity is not None and not any(
             e == entity for q, e, _ in engine.planner.all_targets() if q in selected
@@ -388,13 +389,11 @@ class _Progress:
     def stop(self) -> None:
         self.progress.stop()
 
-    def on_event(self, event: dict[str, Any]) -> None:
-        if event["kind"] == "queued":
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, Queued):
             self.progress.update(self.task, total=(self.progress.tasks[0].total or 0) + 1)
-        elif event["kind"] in ("succeeded", "failed"):
-            self.progress.update(
-                self.task, advance=1, description=f"{event['stage']} {event['entity']}"
-            )
+        elif isinstance(event, Succeeded | Failed):
+            self.progress.update(self.task, advance=1, description=f"{event.stage} {event.entity}")
 
 
 def _command(name: str) -> Callable[[argparse.Namespace], int]:

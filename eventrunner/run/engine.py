@@ -24,6 +24,7 @@ from eventrunner.core.errors import HandlerTimeout, PermanentError, RetryLater
 from eventrunner.core.staleness import after_failure
 from eventrunner.run.commit import Commit, Committer
 from eventrunner.run.evaluate import Evaluator
+from eventrunner.run.events import EventBus, Failed, Queued, Started, Succeeded
 from eventrunner.run.invoke import (
     Written,
     build_kwargs,
@@ -39,8 +40,6 @@ from eventrunner.state.store import Manifest, Store
 from eventrunner.workspace import loader
 
 log = logging.getLogger("eventrunner.engine")
-
-Listener = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -65,7 +64,7 @@ class Engine:
         *,
         jobs: int = 4,
         allow: Callable[[str, str], bool] | None = None,
-        listener: Listener | None = None,
+        events: EventBus | None = None,
         retry_in_run: bool = False,
     ) -> None:
         self.index = index
@@ -73,7 +72,7 @@ class Engine:
         self.store = store
         self.jobs = max(1, jobs)
         self.allow = allow or (lambda q, e: True)
-        self.listeners: list[Listener] = [listener] if listener else []
+        self.events = events if events is not None else EventBus()
         self.evaluator = Evaluator(index)
         self.planner = Planner(index)
         self.outcome = Outcome()
@@ -114,16 +113,6 @@ class Engine:
         self._accepting = True
         self.blocked_seen = 0  # failed, dead or held states met by consider()
         self.stopped_clean = False  # stop() found nothing queued and cancelled nothing
-
-    # -- events ----------------------------------------------------------------------------
-    def emit(self, kind: str, **data: Any) -> None:
-        """Tell listeners (progress bar, SSE, metrics) what happened."""
-        event = {"kind": kind, "time": time.time(), **data}
-        for fn in self.listeners:
-            try:
-                fn(event)
-            except Exception:
-                log.exception("event listener failed on %s", kind)
 
     # -- planning ----------------------------------------------------------------------------
     def consider(
@@ -181,7 +170,7 @@ class Engine:
         stage = self.ws.graph.stages[q]
         heapq.heappush(self._heap, (-stage.priority, stage.depth, next(self._seq), q, eid))
         self._queued[(q, eid)] = values
-        self.emit("queued", stage=q, entity=eid)
+        self.events.emit(Queued(stage=q, entity=eid))
         self._wake.set()
 
     @property
@@ -299,7 +288,7 @@ class Engine:
         self.index.mark_dirty()
         self.outcome.executed += 1
         self.outcome.ran.add((q, eid))
-        self.emit("started", stage=q, entity=eid, attempt=attempt)
+        self.events.emit(Started(stage=q, entity=eid, attempt=attempt))
         started = time.time()
         loop = asyncio.get_running_loop()
         root = self.index.root
@@ -400,14 +389,14 @@ class Engine:
             self.outcome.failures.append(
                 {"stage": q, "entity": eid, "error": f"commit failed: {exc}"}
             )
-            self.emit("failed", stage=q, entity=eid, error=f"commit failed: {exc}")
+            self.events.emit(Failed(stage=q, entity=eid, error=f"commit failed: {exc}"))
             return
         for relpath, digest in written.hashes.items():
             self.index.remember_file(relpath, digest)
         old = self.index.manifests[q].get(eid)
         self.index.record_manifest(manifest)
         self.outcome.succeeded += 1
-        self.emit("succeeded", stage=q, entity=eid, duration_s=manifest.duration_s)
+        self.events.emit(Succeeded(stage=q, entity=eid, duration_s=manifest.duration_s))
         self._after_commit(q, eid, manifest, old)
 
     def _commit_done(self, task: asyncio.Task[None]) -> None:
@@ -453,14 +442,15 @@ class Engine:
             ", dead" if failure.dead else "",
             (failure.error.splitlines() or [""])[0],  # one line per event; the rest is in explain
         )
-        self.emit(
-            "failed",
-            stage=q,
-            entity=eid,
-            error=failure.error,
-            attempts=failure.attempts,
-            dead=failure.dead,
-            retry_at=failure.next_retry,
+        self.events.emit(
+            Failed(
+                stage=q,
+                entity=eid,
+                error=failure.error,
+                attempts=failure.attempts,
+                dead=failure.dead,
+                retry_at=failure.next_retry,
+            )
         )
 
     def _after_commit(self, q: str, eid: str, manifest: Manifest, old: Manifest | None) -> None:

@@ -19,6 +19,7 @@ from aiohttp import web
 from eventrunner.core.errors import PatternError, SignatureError, StorageError, UnknownName
 from eventrunner.core.graph import Source
 from eventrunner.core.patterns import entity_id
+from eventrunner.run.events import Webhook
 from eventrunner.server.signatures import verify_request
 from eventrunner.server.spool import Spool, SpoolRecord
 from eventrunner.service.watch import FileChange
@@ -185,14 +186,7 @@ def setup_hooks(app: web.Application, runtime: Runtime) -> None:
             # We wrote this content: record its hash so that planning it costs one stat, not
             # a read and hash of the file on the event loop (as the engine does for outputs).
             runtime.index.remember_file(record.relpath, hash_bytes(record.body))
-            runtime.emit(
-                {
-                    "kind": "webhook",
-                    "path": record.relpath,
-                    "event_id": event_id,
-                    **dict(record.meta),
-                }
-            )
+            runtime.events.emit(Webhook.of(record.relpath, event_id, record.meta))
             runtime.on_change(FileChange("modified", record.relpath))
 
     async def spool_ctx(app: web.Application) -> AsyncIterator[None]:

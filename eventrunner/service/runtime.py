@@ -21,6 +21,7 @@ from eventrunner.core.errors import ConfigError
 from eventrunner.core.patterns import scan
 from eventrunner.core.patterns import trusted_entity_id as entity_id
 from eventrunner.run.engine import Engine
+from eventrunner.run.events import Changed, EventBus, Ready, Reloaded, ReloadFailed
 from eventrunner.run.planner import Target
 from eventrunner.service.watch import FileChange, Rescan, watch_changes
 from eventrunner.state import fastpath
@@ -32,8 +33,6 @@ from eventrunner.workspace.load import Workspace, load_workspace
 from eventrunner.workspace.settings import Settings
 
 log = logging.getLogger("eventrunner.runtime")
-
-EventSink = Callable[[dict[str, Any]], None]
 
 
 class Runtime:
@@ -50,7 +49,7 @@ class Runtime:
         self.ready = asyncio.Event()
         self.index: Index | None = None
         self.engine: Engine | None = None
-        self.sinks: list[EventSink] = []
+        self.events = EventBus()  # the engine's events and the runtime's (SSE, metrics, ...)
         self.started_at = time.time()
         self.last_reload_error: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -114,7 +113,7 @@ class Runtime:
         await self._start_scheduler()
         self._tasks.append(asyncio.create_task(self._persist_loop()))
         self.ready.set()
-        self.emit({"kind": "ready"})
+        self.events.emit(Ready())
         # The start-up reconcile's own count: queue_depth here would miss what already started.
         log.info("ready: %d stages, %d queued", len(self.ws.graph.stages), caught_up)
 
@@ -150,7 +149,7 @@ class Runtime:
             index,
             self.store,
             jobs=self.settings.runtime.concurrency,
-            listener=self.emit,
+            events=self.events,
             retry_in_run=True,
         )
 
@@ -203,24 +202,13 @@ class Runtime:
             self._locked = False
 
     # -- events ------------------------------------------------------------------------------------
-    def emit(self, event: dict[str, Any]) -> None:
-        """Fan an event out to subscribers (SSE, metrics)."""
-        event.setdefault("time", time.time())
-        for sink in list(self.sinks):
-            try:
-                sink(event)
-            except Exception:
-                log.exception("event sink failed")
-
     def on_change(self, change: FileChange) -> int:
         """One file changed under the data root: queue what it affects; returns how many were queued."""
         assert self.engine is not None and self.index is not None
         targets, source_hit = self.engine.planner.targets_for_change(change.kind, change.relpath)
         queued = self.engine.consider(targets) if targets else 0
         if queued or source_hit:
-            self.emit(
-                {"kind": "changed", "path": change.relpath, "change": change.kind, "queued": queued}
-            )
+            self.events.emit(Changed(path=change.relpath, change=change.kind, queued=queued))
         return queued
 
     def check_everything(self) -> int:
@@ -272,16 +260,12 @@ class Runtime:
                     idx.discard_instance(key, values)
                     idx.forget_file(relpath)
                     targets.extend(planner.removed_targets(key, values))
-                    self.emit(
-                        {"kind": "changed", "path": relpath, "change": "deleted", "by": "rescan"}
-                    )
+                    self.events.emit(Changed(path=relpath, change="deleted", by="rescan"))
             for eid in now.keys() - inst.items.keys():
                 relpath = inst.pattern.join(now[eid])
                 if os.path.lexists(root / relpath):
                     idx.add_instance(key, now[eid])  # its targets: every run of a pass has them
-                    self.emit(
-                        {"kind": "changed", "path": relpath, "change": "added", "by": "rescan"}
-                    )
+                    self.events.emit(Changed(path=relpath, change="added", by="rescan"))
         return targets
 
     async def _reconcile_job(self) -> None:
@@ -411,7 +395,7 @@ class Runtime:
             except ConfigError as exc:
                 self.last_reload_error = str(exc)
                 log.error("reload refused, keeping the running version:\n%s", exc)
-                self.emit({"kind": "reload_failed", "problems": [str(p) for p in exc.problems]})
+                self.events.emit(ReloadFailed(problems=[str(p) for p in exc.problems]))
                 return False
             changed = sorted(
                 q
@@ -432,7 +416,7 @@ class Runtime:
                         self._scheduler.remove(job)
                 self._add_crons(self._scheduler)
             self.last_reload_error = None
-            self.emit({"kind": "reloaded", "changed_stages": changed})
+            self.events.emit(Reloaded(changed_stages=changed))
             log.info("reloaded; stages with new code or params: %s", ", ".join(changed) or "none")
             self.engine.consider(self.engine.planner.all_targets(), fresh_pass=True)
             if self.watch_enabled and self._watch_targets() != self._watched:

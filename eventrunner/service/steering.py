@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from eventrunner.core.errors import UnknownName, UsageError
 from eventrunner.run import management as ops
+from eventrunner.run.events import Event, Failed, Managed, Pruned, Started, Succeeded
 from eventrunner.run.planner import Target
 
 if TYPE_CHECKING:
@@ -27,19 +28,18 @@ async def run_request(rt: Runtime, stages: list[str], entity: str | None) -> dic
     counts: Counter[str] = Counter()
     failures: list[dict[str, Any]] = []
 
-    def tally(event: dict[str, Any]) -> None:
-        kind = event.get("kind")
-        if kind in ("started", "succeeded", "failed"):
-            counts[str(kind)] += 1
-        if kind == "failed":
-            failures.append({k: event.get(k) for k in ("stage", "entity", "error")})
+    def tally(event: Event) -> None:
+        if isinstance(event, Started | Succeeded | Failed):
+            counts[event.kind.value] += 1
+        if isinstance(event, Failed):
+            failures.append({"stage": event.stage, "entity": event.entity, "error": event.error})
 
     planner = rt.engine.planner
     selected = [(q, e) for q in stages for e in rt.index.stage_entity_ids(q) if entity in (None, e)]
     if entity is not None and not selected:
         raise UnknownName(f"no selected stage has entity {entity!r}")
     blocked: set[tuple[str, str]] = set()
-    rt.sinks.append(tally)
+    rt.events.subscribe(tally)
     try:
         # Like a local run: files the watcher has not delivered (or no watcher) count too.
         removed = [t for t in await rt.rescan() if t[0] in stages]
@@ -53,7 +53,7 @@ async def run_request(rt: Runtime, stages: list[str], entity: str | None) -> dic
         skipped = len(blocked)
         await rt.engine.wait_idle()
     finally:
-        rt.sinks.remove(tally)
+        rt.events.unsubscribe(tally)
     return {
         "executed": counts["started"],
         "succeeded": counts["succeeded"],
@@ -101,7 +101,7 @@ def manage(rt: Runtime, action: str, body: dict[str, Any]) -> Any:
         if values is not None:
             targets.append((q, e, values))
     rt.engine.consider(targets)
-    rt.emit({"kind": "managed", "action": action})  # holds, invalidations: states recounted
+    rt.events.emit(Managed(action=action))  # holds, invalidations: states recounted
     return result
 
 
@@ -112,7 +112,7 @@ def prune(rt: Runtime, dry_run: bool) -> dict[str, Any]:
     rt.unstamp()
     pruned = ops.prune(rt.index, rt.store, dry_run=dry_run, save=False)
     if pruned and not dry_run:
-        rt.emit({"kind": "pruned", "states": len(pruned)})
+        rt.events.emit(Pruned(states=len(pruned)))
     return {"pruned": pruned, "dry_run": dry_run}
 
 
