@@ -12,28 +12,19 @@ import contextlib
 import heapq
 import itertools
 import logging
-import multiprocessing
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from eventrunner.core.errors import HandlerTimeout, PermanentError, RetryLater
+from eventrunner.core.errors import PermanentError, RetryLater
 from eventrunner.core.staleness import after_failure
 from eventrunner.run.commit import Commit, Committer
 from eventrunner.run.evaluate import Evaluator
 from eventrunner.run.events import EventBus, Failed, Queued, Started, Succeeded
-from eventrunner.run.invoke import (
-    Written,
-    build_kwargs,
-    call_by_ref,
-    make_context,
-    prepare_and_call,
-    store_result,
-    wants_ctx,
-)
+from eventrunner.run.executors import Call, Executor, make_executor
+from eventrunner.run.invoke import Written
 from eventrunner.run.planner import Planner, Target
 from eventrunner.state.index import Index
 from eventrunner.state.store import Manifest, Store
@@ -65,8 +56,12 @@ class Engine:
         jobs: int = 4,
         allow: Callable[[str, str], bool] | None = None,
         events: EventBus | None = None,
+        executor: Executor | None = None,
         retry_in_run: bool = False,
     ) -> None:
+        """`events`: where to tell what happens (a fresh bus by default). `executor`: where
+        handler calls run (the caller closes one it passes; by default the engine makes the
+        one `[runtime] executor` names, sized `jobs`, and closes it at stop)."""
         self.index = index
         self.ws = index.ws
         self.store = store
@@ -87,24 +82,14 @@ class Engine:
         self._seq = itertools.count()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
-        self._pool = ThreadPoolExecutor(
-            max_workers=self.jobs, thread_name_prefix="eventrunner-handler"
-        )
-        # executor = "process": sync handlers run in worker processes (CPU-bound handlers scale
-        # past the GIL). forkserver: forking a process that runs threads and an event loop is unsafe.
-        self._procs: ProcessPoolExecutor | None = None
-        if self.ws.settings.runtime.executor == "process":
-            self._procs = ProcessPoolExecutor(
-                max_workers=self.jobs, mp_context=multiprocessing.get_context("forkserver")
-            )
+        self._owns_executor = executor is None
+        self.executor = executor or make_executor(self.ws.settings.runtime.executor, self.jobs)
+        self.executor.on_capacity_change(self._wake.set)
         self.committer = Committer(store, index.root)
         self._funcs: dict[str, Callable[..., Any]] = {}
         loader.forget(
             self.ws.settings.handlers_dir
         )  # helpers edited since the last run import afresh
-        self.abandoned = (
-            0  # sync handlers still running after their timeout (threads can't be killed)
-        )
         self._dispatcher: asyncio.Task[None] | None = None
         self._commits: set[asyncio.Task[None]] = set()
         self.max_inflight_commits = (
@@ -113,6 +98,11 @@ class Engine:
         self._accepting = True
         self.blocked_seen = 0  # failed, dead or held states met by consider()
         self.stopped_clean = False  # stop() found nothing queued and cancelled nothing
+
+    @property
+    def abandoned(self) -> int:
+        """Sync handlers left running in a thread after a timeout or cancel (not stoppable)."""
+        return self.executor.abandoned
 
     # -- planning ----------------------------------------------------------------------------
     def consider(
@@ -236,15 +226,15 @@ class Engine:
                 await self._dispatcher
             self._dispatcher = None
         await self.committer.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        if self._procs is not None:
-            self._procs.shutdown(wait=False, cancel_futures=True)
+        if self._owns_executor:
+            await self.executor.close()
 
     def _dispatch(self) -> None:
         """Start the best ready jobs while global and per-stage slots are free."""
+        slots = self.executor.capacity
         while (
             self._heap
-            and len(self._tasks) < self.jobs
+            and len(self._tasks) < slots
             and len(self._commits) < self.max_inflight_commits
         ):
             item = heapq.heappop(self._heap)
@@ -290,57 +280,23 @@ class Engine:
         self.outcome.ran.add((q, eid))
         self.events.emit(Started(stage=q, entity=eid, attempt=attempt))
         started = time.time()
-        loop = asyncio.get_running_loop()
-        root = self.index.root
-        written: Written | None = None
-        ctx: Any = None  # set for async handlers, whose temp output we must clean up on failure
         committing = False
         try:
-            func = self._handler(q)
-            if asyncio.iscoroutinefunction(func):
-                ctx = make_context(stage, values, attempt, root)
-                kwargs = await loop.run_in_executor(
-                    self._pool, build_kwargs, stage, func, gathered.files, root
-                )
-                coro = func(ctx, **kwargs) if wants_ctx(func) else func(**kwargs)
-                result = await asyncio.wait_for(coro, stage.timeout)
-                written = await loop.run_in_executor(
-                    self._pool, store_result, stage, values, result, ctx, root
-                )
-            else:
-                if self._procs is not None:
-                    fut = loop.run_in_executor(
-                        self._procs,
-                        call_by_ref,
-                        stage,
-                        self.ws.handlers[q],
-                        gathered.files,
-                        values,
-                        attempt,
-                        root,
-                    )
-                else:
-                    fut = loop.run_in_executor(
-                        self._pool,
-                        prepare_and_call,
-                        stage,
-                        func,
-                        gathered.files,
-                        values,
-                        attempt,
-                        root,
-                    )
-                written = await asyncio.wait_for(fut, stage.timeout)
-        except TimeoutError as exc:
-            if not asyncio.iscoroutinefunction(self._funcs.get(q)):
-                self.abandoned += 1
-            _discard_temp(ctx)
-            await self._fail(
-                q, eid, key, prev, HandlerTimeout(f"timed out after {stage.timeout}s"), exc, started
+            call = Call(
+                stage=stage,
+                entity=eid,
+                handler=self.ws.handlers[q],
+                func=self._handler(q),
+                files=gathered.files,
+                values=values,
+                attempt=attempt,
+                root=self.index.root,
             )
+            # The executor bounds the handler's own run time (stage.timeout) and raises
+            # HandlerTimeout or WorkerLost; a cancel of this task cancels the call.
+            written = await self.executor.submit(call)
         except Exception as exc:
-            _discard_temp(ctx)
-            await self._fail(q, eid, key, prev, exc, exc, started)
+            await self._fail(q, eid, key, prev, exc, started)
         else:
             finished = time.time()
             before = self.index.manifests[q].get(eid)
@@ -412,7 +368,6 @@ class Engine:
         key: str,
         prev: Any,
         exc: BaseException,
-        orig: BaseException,
         started: float,
     ) -> None:
         stage = self.ws.graph.stages[q]
@@ -424,10 +379,10 @@ class Engine:
             entity=eid,
             key=key,
             error=f"{type(exc).__name__}: {exc}",
-            traceback="".join(traceback.format_exception(orig))[-8000:],
+            traceback="".join(traceback.format_exception(exc))[-8000:],
             now=now,
-            permanent=isinstance(orig, PermanentError),
-            retry_after=orig.retry_after if isinstance(orig, RetryLater) else None,
+            permanent=isinstance(exc, PermanentError),
+            retry_after=exc.retry_after if isinstance(exc, RetryLater) else None,
         )
         await self.committer.submit(Commit(failure=failure))
         self.index.failures[q][eid] = failure
@@ -471,10 +426,3 @@ class Engine:
             self._rerun.discard((q, eid))
             targets.append((q, eid, manifest.values))
         self.consider(targets)
-
-
-def _discard_temp(ctx: Any) -> None:
-    """Remove what a failed async handler left at ctx.output_path (a temp never renamed)."""
-    path = getattr(ctx, "output_path", None)
-    if path is not None and (path.exists() or path.is_symlink()):
-        Written([(path, path)], {}).discard()

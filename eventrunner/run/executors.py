@@ -1,0 +1,163 @@
+"""Where handler calls run: the executor interface, and the in-loop path for async handlers.
+
+The engine keeps the queue, priorities, per-stage concurrency, retries and commits; an executor
+only runs one handler call (read the inputs, call the handler, write its outputs to temp files)
+and hands back the `Written` result or the error. `thread_pool.ThreadExecutor` (the default)
+and `process_pool.ProcessExecutor` (`executor = "process"`) implement it; a distributed one
+plugs in the same way, through `make_executor` or `Engine(executor=...)`.
+
+The contract, for every implementation:
+
+- `submit(call)` is called on the event loop's thread and returns at once with an asyncio
+  future that resolves to the call's `Written` or fails with the error to record (the
+  handler's own exception, `HandlerTimeout`, `WorkerLost`, ...). It never blocks the loop.
+- `capacity` is how many calls may run at once now. The engine never has more calls
+  outstanding, so an executor queues little and the engine's priorities decide what runs.
+  When capacity changes on its own (a worker lost for good, one returned, a cluster scaled),
+  the executor calls `_capacity_changed()` so the engine dispatches again.
+- Timeouts: `call.stage.timeout` bounds the call's own run time, measured from the moment a
+  worker starts it; time spent waiting for a worker never counts. When it expires the future
+  fails with `HandlerTimeout` and the call's slot is free again (capacity stays as it was):
+  the executor kills the worker, or, when it cannot (a thread), abandons it and starts a
+  replacement, up to a cap, with a warning in the log.
+- Cancellation: `cancel(future)` (or cancelling the future) stops the call: killed where it
+  runs, or abandoned as above. The engine cancels only at shutdown, past the grace period.
+- Lost workers: a worker that dies (os._exit, a signal, out of memory) fails that call only,
+  with `WorkerLost` naming the exit code or signal; the executor replaces the worker and
+  later calls run normally.
+- Late results: a call that finishes after its future was resolved (timed out, cancelled) has
+  its result thrown away: its temp files are removed and nothing of it reaches the commit.
+  A retry of the same (stage, entity) may meanwhile run elsewhere; both write distinct temps.
+- `close()` cancels what is still running or queued and releases workers; it is idempotent.
+  `abandoned` counts calls whose thread could not be stopped (the CLI then exits without
+  waiting for them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eventrunner.core.errors import HandlerTimeout
+from eventrunner.core.graph import Stage
+from eventrunner.run.evaluate import InputFile
+from eventrunner.run.invoke import Written, build_kwargs, make_context, store_result, wants_ctx
+from eventrunner.workspace.loader import HandlerRef
+
+log = logging.getLogger("eventrunner.executor")
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One handler call for one (stage, entity): everything a worker needs to run it.
+
+    `func` is the handler as loaded in this process (in-process executors call it); an executor
+    running elsewhere imports `handler` itself. Every field but `func` pickles.
+    """
+
+    stage: Stage
+    entity: str  # the entity id, for logs and errors
+    handler: HandlerRef
+    func: Callable[..., Any]
+    files: list[InputFile]
+    values: dict[str, str]
+    attempt: int
+    root: Path
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds the call may run once started (None: no limit)."""
+        return self.stage.timeout
+
+    @property
+    def is_async(self) -> bool:
+        """An `async def` handler: it runs on the event loop, not in a worker."""
+        return inspect.iscoroutinefunction(self.func)
+
+    def timed_out(self) -> HandlerTimeout:
+        """The error a call over its timeout fails with."""
+        return HandlerTimeout(f"timed out after {self.stage.timeout}s")
+
+    def __str__(self) -> str:
+        return f"{self.stage.qualname} {self.entity}"
+
+
+class Executor(ABC):
+    """Runs handler calls somewhere; see the module docstring for what each method guarantees."""
+
+    abandoned: int = 0  # calls left running in a thread that could not be stopped
+
+    def __init__(self) -> None:
+        self._watchers: list[Callable[[], None]] = []
+
+    @property
+    @abstractmethod
+    def capacity(self) -> int:
+        """How many calls may run at once now."""
+
+    @abstractmethod
+    def submit(self, call: Call) -> asyncio.Future[Written]:
+        """Start `call` (on the loop's thread); the future holds its result or its error."""
+
+    def cancel(self, future: asyncio.Future[Written]) -> None:
+        """Stop the call behind `future`; the same as `future.cancel()`."""
+        future.cancel()
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Cancel what runs or waits, release the workers. Safe to call twice."""
+
+    def on_capacity_change(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (on the loop's thread) whenever `capacity` changes on its own."""
+        self._watchers.append(callback)
+
+    def _capacity_changed(self) -> None:
+        for callback in tuple(self._watchers):
+            callback()
+
+
+def run_coroutine(call: Call) -> asyncio.Future[Written]:
+    """An async handler's call, on the running loop: inputs read and outputs written in a
+    thread, the coroutine awaited with the stage's timeout (cancelled when it expires)."""
+    return asyncio.ensure_future(_run_coroutine(call))
+
+
+async def _run_coroutine(call: Call) -> Written:
+    stage, func, root = call.stage, call.func, call.root
+    ctx = make_context(stage, call.values, call.attempt, root)
+    try:
+        kwargs = await asyncio.to_thread(build_kwargs, stage, func, call.files, root)
+        coro = func(ctx, **kwargs) if wants_ctx(func) else func(**kwargs)
+        try:
+            result = await asyncio.wait_for(coro, stage.timeout)
+        except TimeoutError:
+            raise call.timed_out() from None
+        return await asyncio.to_thread(store_result, stage, call.values, result, ctx, root)
+    except BaseException:
+        _discard_temp(ctx.output_path)
+        raise
+
+
+def _discard_temp(path: Path | None) -> None:
+    """Remove what a failed async handler left at ctx.output_path (a temp never renamed)."""
+    if path is not None and (path.exists() or path.is_symlink()):
+        Written([(path, path)], {}).discard()
+
+
+def make_executor(kind: str, size: int) -> Executor:
+    """The executor named by `[runtime] executor`, sized for `size` calls at once."""
+    if kind == "process":
+        from eventrunner.run.process_pool import ProcessExecutor
+
+        return ProcessExecutor(size)
+    if kind == "thread":
+        from eventrunner.run.thread_pool import ThreadExecutor
+
+        return ThreadExecutor(size)
+    raise ValueError(f"unknown executor {kind!r}")
