@@ -52,6 +52,10 @@ def exits(t: str) -> str:
 def killed(t: str) -> str:
     os.kill(os.getpid(), signal.SIGKILL)
     return t
+
+
+def leaves(t: str) -> str:
+    raise SystemExit(3)
 """
 
 # `hang` runs first (priority) and outlives its timeout on both entities of a two-job run.
@@ -246,6 +250,23 @@ def test_a_dead_worker_process_fails_only_its_own_attempt(
     assert (ws.read("plain/a.txt"), ws.read("plain/b.txt")) == ("A", "B")
     states = ws.states()
     assert (states[("p.boom", "a")], states[("p.boom", "b")]) == ("failed", "failed")
+
+
+@pytest.mark.parametrize("toml", ["", PROCESS], ids=["thread", "process"])
+def test_a_handler_calling_sys_exit_fails_its_own_state_only(
+    make_workspace: MakeWorkspace, toml: str
+) -> None:
+    # Given a handler that raises SystemExit, in a thread or a worker process
+    pipeline = DEATH_PIPELINE.format(handler="leaves")
+    ws = _workspace(make_workspace, pipeline, toml)
+
+    # When it runs
+    report = ws.run("-j", "1", expect=1)
+
+    # Then its states failed, saying what it raised, and the rest ran
+    error = "HandlerError: the handler raised SystemExit: 3"
+    assert [f["error"] for f in report["failures"]] == [error, error]
+    assert report["succeeded"] == 2
 
 
 KILL_PIPELINE = """\

@@ -11,6 +11,8 @@ The contract, for every implementation:
 - `submit(call)` is called on the event loop's thread and returns at once with an asyncio
   future that resolves to the call's `Written` or fails with the error to record (the
   handler's own exception, `HandlerTimeout`, `WorkerLost`, ...). It never blocks the loop.
+  The error is always an `Exception`: a handler's SystemExit or KeyboardInterrupt is passed
+  through `as_failure`, since raised into the engine it would stop the whole process.
 - `capacity` is how many calls may run at once now. The engine never has more calls
   outstanding, so an executor queues little and the engine's priorities decide what runs.
   When capacity changes on its own (a worker lost for good, one returned, a cluster scaled),
@@ -44,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eventrunner.core.errors import HandlerTimeout
+from eventrunner.core.errors import HandlerError, HandlerTimeout
 from eventrunner.core.graph import Stage
 from eventrunner.run.evaluate import InputFile
 from eventrunner.run.invoke import Written, build_kwargs, make_context, store_result, wants_ctx
@@ -120,6 +122,17 @@ class Executor(ABC):
     def _capacity_changed(self) -> None:
         for callback in tuple(self._watchers):
             callback()
+
+
+def as_failure(exc: BaseException) -> Exception:
+    """The error to record for what a sync handler raised: itself when it is an ordinary
+    Exception, else a HandlerError naming it (SystemExit, KeyboardInterrupt, StopIteration
+    cannot travel through an asyncio future without stopping or breaking the loop)."""
+    if isinstance(exc, Exception) and not isinstance(exc, StopIteration):
+        return exc
+    error = HandlerError(f"the handler raised {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
 
 
 def run_coroutine(call: Call) -> asyncio.Future[Written]:

@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from eventrunner.core.errors import WorkerLost
-from eventrunner.run.executors import Call, Executor, run_coroutine
+from eventrunner.run.executors import Call, Executor, as_failure, run_coroutine
 from eventrunner.run.invoke import Written, call_by_ref
 
 log = logging.getLogger("eventrunner.executor")
@@ -183,7 +183,7 @@ class ProcessExecutor(Executor):
         elif not job.future.done():
             error: BaseException = msg[1]
             error.__cause__ = RemoteTraceback(msg[2])
-            job.future.set_exception(error)
+            job.future.set_exception(as_failure(error))
         if not w.gone:
             self._idle.append(w)
         self._pump()

@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 
-from eventrunner.run.executors import Call, Executor, run_coroutine
+from eventrunner.run.executors import Call, Executor, as_failure, run_coroutine
 from eventrunner.run.invoke import Written, prepare_and_call
 
 log = logging.getLogger("eventrunner.executor")
@@ -120,7 +120,7 @@ class ThreadExecutor(Executor):
             with self._lock:
                 abandoned = job.state is _State.ABANDONED
                 job.state = _State.DONE
-                rejoin = abandoned and not job.replaced
+                rejoin = abandoned and not job.replaced and not self._closed
                 if abandoned:
                     self._hung -= 1
                     if rejoin:
@@ -142,13 +142,13 @@ class ThreadExecutor(Executor):
             _to_loop(job.loop, self._capacity_changed)
 
     @staticmethod
-    def _call(call: Call) -> tuple[Written | None, BaseException | None]:
+    def _call(call: Call) -> tuple[Written | None, Exception | None]:
         try:
             written = prepare_and_call(
                 call.stage, call.func, call.files, call.values, call.attempt, call.root
             )
         except BaseException as exc:  # the handler's error is the call's result
-            return None, exc
+            return None, as_failure(exc)
         return written, None
 
     # -- on the loop ---------------------------------------------------------------------------
@@ -163,7 +163,7 @@ class ThreadExecutor(Executor):
         if not job.future.done() and self._abandon(job, "still running at its timeout"):
             job.future.set_exception(job.call.timed_out())
 
-    def _deliver(self, job: _Job, written: Written | None, error: BaseException | None) -> None:
+    def _deliver(self, job: _Job, written: Written | None, error: Exception | None) -> None:
         if job.timer is not None:
             job.timer.cancel()
         if job.future.done():  # cancelled after the handler returned: nothing of it is kept
