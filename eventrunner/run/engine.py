@@ -83,7 +83,7 @@ class Engine:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._owns_executor = executor is None
-        self.executor = executor or make_executor(self.ws.settings.runtime.executor, self.jobs)
+        self.executor = executor or make_executor(self.ws.settings.runtime, self.jobs)
         self.executor.on_capacity_change(self._wake.set)
         self.committer = Committer(store, index.root)
         self._funcs: dict[str, Callable[..., Any]] = {}

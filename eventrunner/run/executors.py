@@ -44,13 +44,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eventrunner.core.errors import HandlerError, HandlerTimeout
 from eventrunner.core.graph import Stage
 from eventrunner.run.evaluate import InputFile
 from eventrunner.run.invoke import Written, build_kwargs, make_context, store_result, wants_ctx
 from eventrunner.workspace.loader import HandlerRef
+
+if TYPE_CHECKING:
+    from eventrunner.workspace.settings import RuntimeSettings
 
 log = logging.getLogger("eventrunner.executor")
 
@@ -163,14 +166,15 @@ def _discard_temp(path: Path | None) -> None:
         Written([(path, path)], {}).discard()
 
 
-def make_executor(kind: str, size: int) -> Executor:
-    """The executor named by `[runtime] executor`, sized for `size` calls at once."""
-    if kind == "process":
+def make_executor(runtime: RuntimeSettings, size: int) -> Executor:
+    """The executor `[runtime] executor` names, sized for `size` calls at once (`run -j`, or
+    `concurrency`); the rest of `runtime` is there for executors with settings of their own."""
+    if runtime.executor == "process":
         from eventrunner.run.process_pool import ProcessExecutor
 
         return ProcessExecutor(size)
-    if kind == "thread":
+    if runtime.executor == "thread":
         from eventrunner.run.thread_pool import ThreadExecutor
 
         return ThreadExecutor(size)
-    raise ValueError(f"unknown executor {kind!r}")
+    raise ValueError(f"unknown executor {runtime.executor!r}")
