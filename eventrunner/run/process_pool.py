@@ -126,7 +126,12 @@ class ProcessExecutor(Executor):
             if self._idle:
                 w = self._idle.pop()
             elif len(self._workers) < self.size:
-                w = self._spawn()
+                try:
+                    w = self._spawn()
+                except OSError as exc:  # out of processes or descriptors: fail this call only
+                    job = self._waiting.popleft()
+                    job.future.set_exception(WorkerLost(f"cannot start a worker process: {exc}"))
+                    continue
             else:
                 return
             job = self._waiting.popleft()
