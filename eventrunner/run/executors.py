@@ -33,6 +33,12 @@ The contract, for every implementation:
 - `close()` cancels what is still running or queued and releases workers; it is idempotent.
   `abandoned` counts calls whose thread could not be stopped (the CLI then exits without
   waiting for them).
+
+In a worker elsewhere, `invoke.call_by_ref(stage, handler, files, values, attempt, root)`
+(every argument a field of `Call`, all picklable) does the whole call, importing the handler
+by path; it returns `Written` (temp files beside the final outputs, their hashes), which the
+engine commits. Async handlers can stay on the loop (`run_coroutine`), as both local
+executors do.
 """
 
 from __future__ import annotations
