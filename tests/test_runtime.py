@@ -1,4 +1,4 @@
-"""The runtime in-process: real watchfiles events, real handlers, events observed through sinks."""
+"""The runtime in-process: real watchfiles events, real handlers, events observed on the event bus."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class Live:
         self.rt = rt
         self.events: list[dict[str, Any]] = []
         self.changes: list[tuple[FileChange, int]] = []  # (change, states it queued)
-        rt.sinks.append(self.events.append)
+        rt.events.subscribe(lambda event: self.events.append(event.data()))
         on_change = rt.on_change
 
         def record(change: FileChange) -> int:

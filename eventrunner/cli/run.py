@@ -10,9 +10,9 @@ import argparse
 import asyncio
 import sys
 import time
-from typing import Any
 
 from eventrunner.cli.common import print_json, print_report, workspace_path
+from eventrunner.run.events import Event, Failed, Queued, Succeeded
 from eventrunner.run.queries import resolve_stages
 from eventrunner.run.report import RunReport
 from eventrunner.run.session import Session
@@ -151,10 +151,8 @@ class _Progress:
     def stop(self) -> None:
         self.progress.stop()
 
-    def on_event(self, event: dict[str, Any]) -> None:
-        if event["kind"] == "queued":
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, Queued):
             self.progress.update(self.task, total=(self.progress.tasks[0].total or 0) + 1)
-        elif event["kind"] in ("succeeded", "failed"):
-            self.progress.update(
-                self.task, advance=1, description=f"{event['stage']} {event['entity']}"
-            )
+        elif isinstance(event, Succeeded | Failed):
+            self.progress.update(self.task, advance=1, description=f"{event.stage} {event.entity}")

@@ -62,6 +62,10 @@ class HandlerTimeout(EventRunnerError):
     """Raised when a handler runs longer than its stage's timeout."""
 
 
+class WorkerLost(EventRunnerError):
+    """Raised when the worker running a handler died (os._exit, a signal, out of memory)."""
+
+
 class PermanentError(EventRunnerError):
     """Raised by a handler for bad input that no retry will fix: the state goes straight to dead."""
 

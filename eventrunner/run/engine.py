@@ -12,28 +12,20 @@ import contextlib
 import heapq
 import itertools
 import logging
-import multiprocessing
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
-from eventrunner.core.errors import HandlerTimeout, PermanentError, RetryLater, StorageError
+from eventrunner.core.errors import PermanentError, RetryLater, StorageError
 from eventrunner.core.records import Failure, Manifest
 from eventrunner.core.redact import redact
 from eventrunner.core.staleness import Verdict, after_failure
 from eventrunner.run.commit import Commit, Committer
 from eventrunner.run.evaluate import Evaluator
-from eventrunner.run.invoke import (
-    Written,
-    build_kwargs,
-    call_by_ref,
-    make_context,
-    prepare_and_call,
-    store_result,
-    wants_ctx,
-)
+from eventrunner.run.events import EventBus, Failed, Queued, Started, Succeeded
+from eventrunner.run.executors import Call, Executor, make_executor
+from eventrunner.run.invoke import Written
 from eventrunner.run.planner import Planner, Target
 from eventrunner.run.report import RunReport
 from eventrunner.run.settle import Settling
@@ -42,8 +34,6 @@ from eventrunner.state.store import Store
 from eventrunner.workspace import loader
 
 log = logging.getLogger("eventrunner.engine")
-
-Listener = Callable[[dict[str, Any]], None]
 
 
 class Engine:
@@ -56,15 +46,19 @@ class Engine:
         *,
         jobs: int = 4,
         allow: Callable[[str, str], bool] | None = None,
-        listener: Listener | None = None,
+        events: EventBus | None = None,
+        executor: Executor | None = None,
         retry_in_run: bool = False,
     ) -> None:
+        """`events`: where to tell what happens (a fresh bus by default). `executor`: where
+        handler calls run (the caller closes one it passes; by default the engine makes the
+        one `[runtime] executor` names, sized `jobs`, and closes it at stop)."""
         self.index = index
         self.ws = index.ws
         self.store = store
         self.jobs = max(1, jobs)
         self.allow = allow or (lambda q, e: True)
-        self.listeners: list[Listener] = [listener] if listener else []
+        self.events = events if events is not None else EventBus()
         self.evaluator = Evaluator(index)
         self.planner = Planner(index)
         self.settling = Settling(index.ws.graph)
@@ -80,24 +74,14 @@ class Engine:
         self._seq = itertools.count()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
-        self._pool = ThreadPoolExecutor(
-            max_workers=self.jobs, thread_name_prefix="eventrunner-handler"
-        )
-        # executor = "process": sync handlers run in worker processes (CPU-bound handlers scale
-        # past the GIL). forkserver: forking a process that runs threads and an event loop is unsafe.
-        self._procs: ProcessPoolExecutor | None = None
-        if self.ws.settings.runtime.executor == "process":
-            self._procs = ProcessPoolExecutor(
-                max_workers=self.jobs, mp_context=multiprocessing.get_context("forkserver")
-            )
+        self._owns_executor = executor is None
+        self.executor = executor or make_executor(self.ws.settings.runtime, self.jobs)
+        self.executor.on_capacity_change(self._wake.set)
         self.committer = Committer(store, index.root)
         self._funcs: dict[str, Callable[..., Any]] = {}
         loader.forget(
             self.ws.settings.handlers_dir
         )  # helpers edited since the last run import afresh
-        self.abandoned = (
-            0  # sync handlers still running after their timeout (threads can't be killed)
-        )
         self._dispatcher: asyncio.Task[None] | None = None
         self._commits: set[asyncio.Task[None]] = set()
         self.max_inflight_commits = (
@@ -107,15 +91,10 @@ class Engine:
         self.blocked_seen = 0  # failed, dead or held states met by consider()
         self.stopped_clean = False  # stop() found nothing queued and cancelled nothing
 
-    # -- events ----------------------------------------------------------------------------
-    def emit(self, kind: str, **data: Any) -> None:
-        """Tell listeners (progress bar, SSE, metrics) what happened."""
-        event = {"kind": kind, "time": time.time(), **data}
-        for fn in self.listeners:
-            try:
-                fn(event)
-            except Exception:
-                log.exception("event listener failed on %s", kind)
+    @property
+    def abandoned(self) -> int:
+        """Sync handlers left running in a thread after a timeout or cancel (not stoppable)."""
+        return self.executor.abandoned
 
     # -- public API: what sessions, the runtime and management call (nothing reaches further) --
     def targets(self, stages: list[str] | None = None) -> Iterator[Target]:
@@ -207,7 +186,7 @@ class Engine:
         heapq.heappush(self._heap, (-stage.priority, stage.depth, next(self._seq), q, eid))
         self._queued[(q, eid)] = values
         self.settling.started(q)
-        self.emit("queued", stage=q, entity=eid)
+        self.events.emit(Queued(stage=q, entity=eid))
         self._wake.set()
 
     @property
@@ -281,15 +260,15 @@ class Engine:
                 await self._dispatcher
             self._dispatcher = None
         await self.committer.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        if self._procs is not None:
-            self._procs.shutdown(wait=False, cancel_futures=True)
+        if self._owns_executor:
+            await self.executor.close()
 
     def _dispatch(self) -> None:
         """Start the best ready jobs while global and per-stage slots are free."""
+        slots = self.executor.capacity
         while (
             self._heap
-            and len(self._tasks) < self.jobs
+            and len(self._tasks) < slots
             and len(self._commits) < self.max_inflight_commits
         ):
             item = heapq.heappop(self._heap)
@@ -330,10 +309,6 @@ class Engine:
         prev = self.index.failures[q].get(eid)
         attempt = (prev.attempts if prev is not None and prev.key == key else 0) + 1
         started = time.time()
-        loop = asyncio.get_running_loop()
-        root = self.index.root
-        written: Written | None = None
-        ctx: Any = None  # set for async handlers, whose temp output we must clean up on failure
         committing = False
         try:
             # Noted before the call: an attempt that takes the process down counts after a
@@ -341,52 +316,22 @@ class Engine:
             self.index.attempt_started(q, eid, key, attempt, started)
             self.outcome.executed += 1
             self.outcome.ran.add((q, eid))
-            self.emit("started", stage=q, entity=eid, attempt=attempt)
-            func = self._handler(q)
-            if asyncio.iscoroutinefunction(func):
-                ctx = make_context(stage, values, attempt, root)
-                kwargs = await loop.run_in_executor(
-                    self._pool, build_kwargs, stage, func, gathered.files, root
-                )
-                coro = func(ctx, **kwargs) if wants_ctx(func) else func(**kwargs)
-                result = await asyncio.wait_for(coro, stage.timeout)
-                written = await loop.run_in_executor(
-                    self._pool, store_result, stage, values, result, ctx, root
-                )
-            else:
-                if self._procs is not None:
-                    fut = loop.run_in_executor(
-                        self._procs,
-                        call_by_ref,
-                        stage,
-                        self.ws.handlers[q],
-                        gathered.files,
-                        values,
-                        attempt,
-                        root,
-                    )
-                else:
-                    fut = loop.run_in_executor(
-                        self._pool,
-                        prepare_and_call,
-                        stage,
-                        func,
-                        gathered.files,
-                        values,
-                        attempt,
-                        root,
-                    )
-                written = await asyncio.wait_for(fut, stage.timeout)
-        except TimeoutError as exc:
-            if not asyncio.iscoroutinefunction(self._funcs.get(q)):
-                self.abandoned += 1
-            _discard_temp(ctx)
-            await self._fail(
-                q, eid, key, prev, HandlerTimeout(f"timed out after {stage.timeout}s"), exc, started
+            self.events.emit(Started(stage=q, entity=eid, attempt=attempt))
+            call = Call(
+                stage=stage,
+                entity=eid,
+                handler=self.ws.handlers[q],
+                func=self._handler(q),
+                files=gathered.files,
+                values=values,
+                attempt=attempt,
+                root=self.index.root,
             )
+            # The executor bounds the handler's own run time (stage.timeout) and raises
+            # HandlerTimeout or WorkerLost; a cancel of this task cancels the call.
+            written = await self.executor.submit(call)
         except Exception as exc:
-            _discard_temp(ctx)
-            await self._fail(q, eid, key, prev, exc, exc, started)
+            await self._fail(q, eid, key, prev, exc, started)
         else:
             finished = time.time()
             before = self.index.manifests[q].get(eid)
@@ -448,13 +393,13 @@ class Engine:
             written.discard()
             error = StorageError(redact(f"commit failed: {exc}"))
             try:
-                await self._fail(q, eid, key, prev, error, exc, manifest.started)
+                await self._fail(q, eid, key, prev, error, manifest.started)
             finally:
                 self.index.attempt_ended(q, eid)
             return
         old = self.index.record_success(manifest, written.hashes)
         self.outcome.succeeded += 1
-        self.emit("succeeded", stage=q, entity=eid, duration_s=manifest.duration_s)
+        self.events.emit(Succeeded(stage=q, entity=eid, duration_s=manifest.duration_s))
         self._after_commit(q, eid, manifest, old)
 
     def _commit_done(self, task: asyncio.Task[None]) -> None:
@@ -470,7 +415,6 @@ class Engine:
         key: str,
         prev: Failure | None,
         exc: BaseException,
-        orig: BaseException,
         started: float,
     ) -> None:
         stage = self.ws.graph.stages[q]
@@ -484,10 +428,10 @@ class Engine:
             # Secrets the handler read are masked where the failure is recorded: the record,
             # the index cache, events, status and logs all come from here (issue 14.3).
             error=redact(f"{type(exc).__name__}: {exc}"),
-            traceback=redact("".join(traceback.format_exception(orig)))[-8000:],
+            traceback=redact("".join(traceback.format_exception(exc)))[-8000:],
             now=now,
-            permanent=isinstance(orig, PermanentError),
-            retry_after=orig.retry_after if isinstance(orig, RetryLater) else None,
+            permanent=isinstance(exc, PermanentError),
+            retry_after=exc.retry_after if isinstance(exc, RetryLater) else None,
         )
         try:
             await self.committer.submit(Commit(failure=failure))
@@ -506,14 +450,15 @@ class Engine:
             ", dead" if failure.dead else "",
             (failure.error.splitlines() or [""])[0],  # one line per event; the rest is in explain
         )
-        self.emit(
-            "failed",
-            stage=q,
-            entity=eid,
-            error=failure.error,
-            attempts=failure.attempts,
-            dead=failure.dead,
-            retry_at=failure.next_retry,
+        self.events.emit(
+            Failed(
+                stage=q,
+                entity=eid,
+                error=failure.error,
+                attempts=failure.attempts,
+                dead=failure.dead,
+                retry_at=failure.next_retry,
+            )
         )
 
     def _after_commit(self, q: str, eid: str, manifest: Manifest, old: Manifest | None) -> None:
@@ -534,10 +479,3 @@ class Engine:
             self._rerun.discard((q, eid))
             targets.append((q, eid, manifest.values))
         self.consider(targets)
-
-
-def _discard_temp(ctx: Any) -> None:
-    """Remove what a failed async handler left at ctx.output_path (a temp never renamed)."""
-    path = getattr(ctx, "output_path", None)
-    if path is not None and (path.exists() or path.is_symlink()):
-        Written([(path, path)], {}).discard()

@@ -19,6 +19,7 @@ from typing import Any
 from eventrunner.core.errors import ShuttingDown, UnknownName, UsageError
 from eventrunner.core.patterns import parse_entity_id
 from eventrunner.run.engine import Engine
+from eventrunner.run.events import Event, Failed, Managed, Pruned, Started, Succeeded
 from eventrunner.run.planner import Planner, Target
 from eventrunner.run.queries import entity_values as _entity_values  # the ops' old name
 from eventrunner.run.queries import resolve_stages
@@ -212,7 +213,7 @@ def manage(session: Session, action: str, body: dict[str, Any]) -> Any:
             if values is not None:
                 targets.append((q, e, values))
         session.engine.consider(targets)
-    session.emit({"kind": "managed", "action": action})  # holds, invalidations: states recounted
+    session.events.emit(Managed(action=action))  # holds, invalidations: states recounted
     return result
 
 
@@ -223,7 +224,7 @@ def prune_orphans(session: Session, dry_run: bool) -> dict[str, Any]:
     session.unstamp()
     pruned = prune(session.index, session.store, dry_run=dry_run, save=False)
     if pruned and not dry_run:
-        session.emit({"kind": "pruned", "states": len(pruned)})
+        session.events.emit(Pruned(states=len(pruned)))
     return {"pruned": pruned, "dry_run": dry_run}
 
 
@@ -243,18 +244,19 @@ async def run_selection(
     counts: Counter[str] = Counter()
     report = RunReport(mode="server")
 
-    def tally(event: dict[str, Any]) -> None:
-        kind = event.get("kind")
-        if kind in ("started", "succeeded", "failed"):
-            counts[str(kind)] += 1
-        if kind == "failed":
-            report.failures.append({k: event.get(k) for k in ("stage", "entity", "error")})
+    def tally(event: Event) -> None:
+        if isinstance(event, Started | Succeeded | Failed):
+            counts[str(event.kind)] += 1
+        if isinstance(event, Failed):
+            report.failures.append(
+                {"stage": event.stage, "entity": event.entity, "error": event.error}
+            )
 
     selected = [(q, e) for q in stages for e in idx.stage_entity_ids(q) if entity in (None, e)]
     if entity is not None and not selected:
         raise UnknownName(f"no selected stage has entity {entity!r}")
     blocked: set[tuple[str, str]] = set()
-    session.listeners.append(tally)
+    session.events.subscribe(tally)
     try:
         # Like a local run: files the watcher has not delivered (or no watcher) count too.
         removed = [t for t in await session.rescan() if t[0] in stages]
@@ -268,7 +270,7 @@ async def run_selection(
         report.skipped = len(blocked)
         await _idle_or_stopping(engine, stopping)
     finally:
-        session.listeners.remove(tally)
+        session.events.unsubscribe(tally)
     if stopping is not None and stopping.is_set():
         raise ShuttingDown(
             f"the server is shutting down; the run was cut short after {counts['started']} "

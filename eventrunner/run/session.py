@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from eventrunner.core.errors import UnknownName
 from eventrunner.core.patterns import trusted_entity_id as entity_id
-from eventrunner.run.engine import Engine, Listener
+from eventrunner.run.engine import Engine
+from eventrunner.run.events import Changed, EventBus, Listener
 from eventrunner.run.planner import Target
 from eventrunner.state import fastpath, recovery
 from eventrunner.state import stamp as stamping
@@ -58,6 +59,7 @@ class Session:
         entity: str | None = None,
         jobs: int | None = None,
         listener: Listener | None = None,
+        events: EventBus | None = None,
         look: fastpath.Look | None = _UNSET,
     ) -> None:
         self.ws = ws
@@ -67,7 +69,10 @@ class Session:
         self.stages, self.entity = stages, entity
         self.whole = stages is None and entity is None
         self.jobs = jobs or ws.settings.runtime.concurrency
-        self.listeners: list[Listener] = [listener] if listener else []
+        # One bus for the session's engines and its own events (serve shares the runtime's).
+        self.events = events if events is not None else EventBus()
+        if listener is not None:
+            self.events.subscribe(listener)
         self.index: Index | None = None
         self.engine: Engine | None = None
         self.mode = ""  # once started with an engine: "incremental" (from a stamp) or "full"
@@ -162,7 +167,7 @@ class Session:
             self.store,
             jobs=self.jobs,
             allow=allow,
-            listener=self.emit,
+            events=self.events,
             retry_in_run=self.live,
         )
 
@@ -187,11 +192,6 @@ class Session:
             engine.forget_verdicts()  # now, not during the next event's handling
 
     # -- while held ------------------------------------------------------------------------------
-    def emit(self, event: dict[str, Any]) -> None:
-        """Tell listeners (progress bar, serve's sinks, a run request's tally) what happened."""
-        for fn in list(self.listeners):
-            fn(event)
-
     def vouch(self, skipped: int = 0) -> None:
         """The work is accounted for: at a clean close, record a stamp (with the count of states
         that needed work and stay blocked) so the next start or run needs only stats."""
@@ -238,16 +238,12 @@ class Session:
                     values = inst.values(eid)
                     idx.source_vanished(key, values, relpath)
                     targets.extend(engine.removed_targets(key, values))
-                    self.emit(
-                        {"kind": "changed", "path": relpath, "change": "deleted", "by": "rescan"}
-                    )
+                    self.events.emit(Changed(path=relpath, change="deleted", by="rescan"))
             for eid in now.keys() - inst.items.keys():
                 relpath = inst.pattern.join(now[eid])
                 if os.path.lexists(root / relpath):
                     idx.source_appeared(key, now[eid])  # its targets: every run of a pass has them
-                    self.emit(
-                        {"kind": "changed", "path": relpath, "change": "added", "by": "rescan"}
-                    )
+                    self.events.emit(Changed(path=relpath, change="added", by="rescan"))
         return targets
 
     # -- close -----------------------------------------------------------------------------------

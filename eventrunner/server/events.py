@@ -3,28 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from typing import Any
 
 from aiohttp import web
 
+from eventrunner.run.events import Dropped, Event
 from eventrunner.server.keys import RUNTIME
 
 HEARTBEAT_S = 15.0
 QUEUE_MAX = 1000
 
 
+def sse_frame(event: Event) -> bytes:
+    """One event as the stream sends it: `event: KIND` and `data: JSON` (see run/events.py)."""
+    return f"event: {event.kind.value}\ndata: {json.dumps(event.data(), default=str)}\n\n".encode()
+
+
 async def events_stream(request: web.Request) -> web.StreamResponse:
     """Stream every runtime event as `event: KIND` / `data: JSON` until the client or server goes."""
     rt = request.app[RUNTIME]
     kinds = set(filter(None, request.query.get("kinds", "").split(",")))
-    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(QUEUE_MAX)
+    queue: asyncio.Queue[Event | None] = asyncio.Queue(QUEUE_MAX)
     dropped = 0
 
-    def sink(event: dict[str, Any]) -> None:
+    def sink(event: Event) -> None:
         nonlocal dropped
-        if kinds and event.get("kind") not in kinds:
+        if kinds and event.kind not in kinds:
             return
         try:
             queue.put_nowait(event)
@@ -39,7 +43,7 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
         }
     )
     await resp.prepare(request)
-    rt.sinks.append(sink)
+    rt.events.subscribe(sink)
     stop = asyncio.ensure_future(rt.stop_event.wait())
     try:
         await resp.write(b": connected\n\n")
@@ -58,16 +62,12 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
             if event is None:
                 break
             if dropped:
-                await resp.write(
-                    f"event: dropped\ndata: {json.dumps({'count': dropped})}\n\n".encode()
-                )
+                await resp.write(sse_frame(Dropped(count=dropped)))
                 dropped = 0
-            data = json.dumps(event, default=str)
-            await resp.write(f"event: {event.get('kind', 'message')}\ndata: {data}\n\n".encode())
+            await resp.write(sse_frame(event))
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
-        with contextlib.suppress(ValueError):
-            rt.sinks.remove(sink)
+        rt.events.unsubscribe(sink)
         stop.cancel()
     return resp

@@ -18,6 +18,7 @@ from eventrunner.core.errors import PatternError, SignatureError, StorageError, 
 from eventrunner.core.graph import Source
 from eventrunner.core.patterns import entity_id
 from eventrunner.core.redact import SECRETS
+from eventrunner.run.events import Webhook
 from eventrunner.server.keys import METRICS, RUNTIME, SPOOL
 from eventrunner.server.signatures import Verified, check_request
 from eventrunner.server.spool import Spool, SpoolRecord
@@ -187,14 +188,7 @@ def setup_hooks(app: web.Application, runtime: Runtime) -> None:
             # We wrote this content: record its hash so that planning it costs one stat, not
             # a read and hash of the file on the event loop (as the engine does for outputs).
             runtime.index.file_written(record.relpath, hash_bytes(record.body))
-            runtime.emit(
-                {
-                    "kind": "webhook",
-                    "path": record.relpath,
-                    "event_id": event_id,
-                    **dict(record.meta),
-                }
-            )
+            runtime.events.emit(Webhook.of(record.relpath, event_id, record.meta))
             runtime.on_change(FileChange("modified", record.relpath))
 
     async def spool_ctx(app: web.Application) -> AsyncIterator[None]:

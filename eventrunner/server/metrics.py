@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import (
@@ -16,6 +16,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
+from eventrunner.run.events import Event, Failed, Succeeded
 from eventrunner.server.keys import METRICS, RUNTIME, SPOOL, STATES
 from eventrunner.server.states import StateTable
 
@@ -123,15 +124,14 @@ class Metrics:
         )
         r.register(_StateCollector(runtime, app[STATES]))
         r.register(_SpoolCollector(app, runtime.settings.server.intake_fsync))
-        runtime.sinks.append(self.on_event)
+        runtime.events.subscribe(self.on_event)
 
-    def on_event(self, event: dict[str, Any]) -> None:
-        kind = str(event.get("kind"))
-        self.events.labels(kind).inc()
-        if kind in ("succeeded", "failed"):
-            self.executions.labels(str(event.get("stage")), kind).inc()
-        if kind == "succeeded" and "duration_s" in event:
-            self.duration.labels(str(event.get("stage"))).observe(float(event["duration_s"]))
+    def on_event(self, event: Event) -> None:
+        self.events.labels(event.kind.value).inc()
+        if isinstance(event, Succeeded | Failed):
+            self.executions.labels(event.stage, event.kind.value).inc()
+        if isinstance(event, Succeeded):
+            self.duration.labels(event.stage).observe(event.duration_s)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

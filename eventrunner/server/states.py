@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from eventrunner.core.errors import PatternError
 from eventrunner.core.staleness import STATES
 from eventrunner.run.evaluate import Evaluator
+from eventrunner.run.events import Changed, Event, EventKind, StateEvent
 from eventrunner.run.planner import Planner
 from eventrunner.run.queries import state_ids
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from eventrunner.service.runtime import Runtime
 
 # Events that change no state by themselves (the file a webhook writes is its own event).
-QUIET = frozenset({"webhook", "reload_failed"})
+QUIET = frozenset({EventKind.webhook, EventKind.reload_failed})
 
 
 class StateTable:
@@ -44,7 +45,7 @@ class StateTable:
         self._dirty: set[tuple[str, str]] = set()
         self._paths: list[str] = []
         self._inflight: asyncio.Task[None] | None = None
-        runtime.sinks.append(self._on_event)
+        runtime.events.subscribe(self._on_event)
 
     # -- reading ---------------------------------------------------------------------------------
     def counts(self, stages: list[str]) -> dict[str, dict[str, int]]:
@@ -65,13 +66,12 @@ class StateTable:
         return self
 
     # -- keeping up --------------------------------------------------------------------------------
-    def _on_event(self, event: dict[str, Any]) -> None:
-        stage, entity, path = event.get("stage"), event.get("entity"), event.get("path")
-        if isinstance(stage, str) and isinstance(entity, str):
-            self._dirty.add((stage, entity))
-        elif event.get("kind") == "changed" and isinstance(path, str):
-            self._paths.append(path)
-        elif event.get("kind") not in QUIET:
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, StateEvent):
+            self._dirty.add((event.stage, event.entity))
+        elif isinstance(event, Changed):
+            self._paths.append(event.path)
+        elif event.kind not in QUIET:
             self._all = True
 
     def _due(self) -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 from eventrunner.core.errors import ConfigError, StorageError
 from eventrunner.core.reserved import reserved_reason
 from eventrunner.run.engine import Engine
+from eventrunner.run.events import Changed, EventBus, Ready, Reloaded, ReloadFailed
 from eventrunner.run.planner import Target
 from eventrunner.run.session import Session
 from eventrunner.service.watch import FileChange, Rescan, watch_changes
@@ -29,8 +30,6 @@ from eventrunner.workspace.settings import Settings
 
 log = logging.getLogger("eventrunner.runtime")
 
-EventSink = Callable[[dict[str, Any]], None]
-
 
 class Runtime:
     """Owns a workspace while serving. Use as `async with Runtime(ws) as rt: ...`."""
@@ -38,13 +37,13 @@ class Runtime:
     def __init__(
         self, ws: Workspace, *, watch: bool = True, stop_event: asyncio.Event | None = None
     ) -> None:
-        self.session = Session(ws, "serve", live=True, listener=self.emit)
+        self.events = EventBus()  # the engine's events and the runtime's (SSE, metrics, ...)
+        self.session = Session(ws, "serve", live=True, events=self.events)
         self.settings: Settings = ws.settings
         self.store = self.session.store
         self.watch_enabled = watch
         self.stop_event = stop_event or asyncio.Event()
         self.ready = asyncio.Event()
-        self.sinks: list[EventSink] = []
         self.started_at = time.time()
         self.last_reload_error: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -104,7 +103,7 @@ class Runtime:
         await self._start_scheduler()
         self._tasks.append(asyncio.create_task(self._persist_loop()))
         self.ready.set()
-        self.emit({"kind": "ready"})
+        self.events.emit(Ready())
         # The start-up reconcile's own count: queue_depth here would miss what already started.
         log.info("ready: %d stages, %d queued", len(self.ws.graph.stages), self.session.caught_up)
 
@@ -152,23 +151,12 @@ class Runtime:
         await self.session.close()
 
     # -- events ------------------------------------------------------------------------------------
-    def emit(self, event: dict[str, Any]) -> None:
-        """Fan an event out to subscribers (SSE, metrics)."""
-        event.setdefault("time", time.time())
-        for sink in list(self.sinks):
-            try:
-                sink(event)
-            except Exception:
-                log.exception("event sink failed")
-
     def on_change(self, change: FileChange) -> int:
         """One file changed under the data root: queue what it affects; returns how many were queued."""
         assert self.engine is not None
         queued, source_hit = self.engine.report_change(change.kind, change.relpath)
         if queued or source_hit:
-            self.emit(
-                {"kind": "changed", "path": change.relpath, "change": change.kind, "queued": queued}
-            )
+            self.events.emit(Changed(path=change.relpath, change=change.kind, queued=queued))
         return queued
 
     async def reconcile_async(self) -> int:
@@ -321,7 +309,7 @@ class Runtime:
             except ConfigError as exc:
                 self.last_reload_error = str(exc)
                 log.error("reload refused, keeping the running version:\n%s", exc)
-                self.emit({"kind": "reload_failed", "problems": [str(p) for p in exc.problems]})
+                self.events.emit(ReloadFailed(problems=[str(p) for p in exc.problems]))
                 return False
             changed = sorted(
                 q
@@ -337,7 +325,7 @@ class Runtime:
                         self._scheduler.remove(job)
                 self._add_crons(self._scheduler)
             self.last_reload_error = None
-            self.emit({"kind": "reloaded", "changed_stages": changed})
+            self.events.emit(Reloaded(changed_stages=changed))
             log.info("reloaded; stages with new code or params: %s", ", ".join(changed) or "none")
             self.engine.consider(self.engine.targets(), fresh_pass=True)
             if self.watch_enabled and self._watch_targets() != self._watched:

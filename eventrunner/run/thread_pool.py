@@ -1,0 +1,234 @@
+"""The thread executor: sync handlers run in worker threads, never on the event loop.
+
+A thread cannot be stopped from outside, so a handler still running at its timeout (or at a
+cancel) keeps its thread: the thread is abandoned, the call fails with `HandlerTimeout`, and a
+new thread takes the abandoned one's place, so a hung handler costs one thread, not a slot.
+At most `max_abandoned` threads are replaced; past that, each further hung handler lowers
+`capacity` by one (with an error in the log) until one of them returns. An abandoned thread
+whose handler returns throws its result away (temps removed) and exits, or takes its slot
+back if it had not been replaced. Threads are daemons: an abandoned one never holds up exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import queue
+import threading
+import time
+
+from eventrunner.run.executors import Call, Executor, as_failure, run_coroutine
+from eventrunner.run.invoke import Written, prepare_and_call
+
+log = logging.getLogger("eventrunner.executor")
+
+MAX_ABANDONED = 16  # hung handler threads replaced before capacity starts to shrink
+
+
+class _State(enum.Enum):
+    QUEUED = 1
+    RUNNING = 2
+    DONE = 3  # returned (result on its way to the loop) or dropped before it started
+    ABANDONED = 4  # timed out or cancelled while running; its thread is no longer ours
+
+
+class _Job:
+    """One sync call in flight; `state` changes under the executor's lock only."""
+
+    __slots__ = ("began", "call", "future", "loop", "replaced", "state", "timer")
+
+    def __init__(
+        self, call: Call, future: asyncio.Future[Written], loop: asyncio.AbstractEventLoop
+    ):
+        self.call = call
+        self.future = future
+        self.loop = loop
+        self.state = _State.QUEUED
+        self.timer: asyncio.TimerHandle | None = None
+        self.replaced = False  # abandoned and a new thread started in its place
+        self.began = 0.0
+
+
+class ThreadExecutor(Executor):
+    """`size` worker threads; hung handlers' threads are abandoned and replaced (see module)."""
+
+    def __init__(self, size: int, *, max_abandoned: int = MAX_ABANDONED) -> None:
+        super().__init__()
+        self.size = max(1, size)
+        self.max_abandoned = max_abandoned
+        self.abandoned = 0  # ever abandoned (timeouts and cancels)
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._serving = 0  # threads taking jobs (not abandoned)
+        self._hung = 0  # abandoned threads whose handler has not returned
+        self._unreplaced = 0  # of those, the ones no new thread stands in for
+        self._closed = False
+        self._names = 0
+        self._started = False
+
+    @property
+    def capacity(self) -> int:
+        return self.size - self._unreplaced
+
+    def submit(self, call: Call) -> asyncio.Future[Written]:
+        if call.is_async:
+            return run_coroutine(call)
+        if self._closed:
+            raise RuntimeError("executor is closed")
+        loop = asyncio.get_running_loop()
+        job = _Job(call, loop.create_future(), loop)
+        job.future.add_done_callback(lambda _f: self._resolved(job))
+        if not self._started:
+            self._started = True
+            with self._lock:
+                self._serving += self.size
+            for _ in range(self.size):
+                self._start_thread()
+        self._queue.put(job)
+        return job.future
+
+    async def close(self) -> None:
+        """Ask idle threads to exit; running handlers are abandoned (their threads are daemons)."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            serving = self._serving
+        for _ in range(serving):
+            self._queue.put(None)
+
+    # -- on the worker threads --------------------------------------------------------------
+    def _start_thread(self) -> None:
+        self._names += 1
+        name = f"eventrunner-handler-{self._names}"
+        threading.Thread(target=self._work, name=name, daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            with self._lock:
+                if job.state is not _State.QUEUED:  # cancelled while it waited
+                    continue
+                job.state = _State.RUNNING
+                job.began = time.monotonic()
+            if job.call.timeout is not None and not _to_loop(job.loop, self._arm, job):
+                continue
+            written, error = self._call(job.call)
+            with self._lock:
+                abandoned = job.state is _State.ABANDONED
+                job.state = _State.DONE
+                rejoin = abandoned and not job.replaced and not self._closed
+                if abandoned:
+                    self._hung -= 1
+                    if rejoin:
+                        self._unreplaced -= 1
+                        self._serving += 1
+            if not abandoned:
+                if not _to_loop(job.loop, self._deliver, job, written, error) and written:
+                    written.discard()
+                continue
+            if written is not None:
+                written.discard()
+            log.warning(
+                "%s: abandoned handler returned after %.1fs; its result was discarded",
+                job.call,
+                time.monotonic() - job.began,
+            )
+            if not rejoin:
+                return  # a replacement serves in its place
+            _to_loop(job.loop, self._capacity_changed)
+
+    @staticmethod
+    def _call(call: Call) -> tuple[Written | None, Exception | None]:
+        try:
+            written = prepare_and_call(
+                call.stage, call.func, call.files, call.values, call.attempt, call.root
+            )
+        except BaseException as exc:  # the handler's error is the call's result
+            return None, as_failure(exc)
+        return written, None
+
+    # -- on the loop ---------------------------------------------------------------------------
+    def _arm(self, job: _Job) -> None:
+        """The call started in a worker: its timeout runs from then (not from submit)."""
+        if job.state is _State.RUNNING and not job.future.done():
+            assert job.call.timeout is not None
+            left = job.call.timeout - (time.monotonic() - job.began)
+            job.timer = job.loop.call_later(max(0.0, left), self._expire, job)
+
+    def _expire(self, job: _Job) -> None:
+        if not job.future.done() and self._abandon(job, "still running at its timeout"):
+            job.future.set_exception(job.call.timed_out())
+
+    def _deliver(self, job: _Job, written: Written | None, error: Exception | None) -> None:
+        if job.timer is not None:
+            job.timer.cancel()
+        if job.future.done():  # cancelled after the handler returned: nothing of it is kept
+            if written is not None:
+                written.discard()
+        elif error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(written)  # type: ignore[arg-type]
+
+    def _resolved(self, job: _Job) -> None:
+        """The future is done; if it was cancelled, drop or abandon the call behind it."""
+        if job.timer is not None:
+            job.timer.cancel()
+        if job.future.cancelled():
+            with self._lock:
+                if job.state is _State.QUEUED:
+                    job.state = _State.DONE
+                    return
+            self._abandon(job, "cancelled")
+
+    def _abandon(self, job: _Job, why: str) -> bool:
+        """Give up the running call's thread and stand a new one in for it (up to the cap).
+        False when the call had already returned (its result is on the way)."""
+        with self._lock:
+            if job.state is not _State.RUNNING:
+                return False
+            job.state = _State.ABANDONED
+            self.abandoned += 1
+            self._hung += 1
+            job.replaced = self._hung <= self.max_abandoned and not self._closed
+            if not job.replaced:
+                self._serving -= 1
+                self._unreplaced += 1
+            hung, unreplaced = self._hung, self._unreplaced
+        if job.replaced:
+            self._start_thread()
+            log.warning(
+                "%s: sync handler %s; its thread is abandoned and replaced "
+                "(%d abandoned thread(s) running, at most %d replaced)",
+                job.call,
+                why,
+                hung,
+                self.max_abandoned,
+            )
+        elif not self._closed:
+            log.error(
+                "%s: sync handler %s; %d abandoned handler threads are running, more than the "
+                "%d replaced, so %d of %d slots are lost until they return. Fix the handler or "
+                'use executor = "process", where a hung handler is killed',
+                job.call,
+                why,
+                hung,
+                self.max_abandoned,
+                unreplaced,
+                self.size,
+            )
+            self._capacity_changed()
+        return True
+
+
+def _to_loop(loop: asyncio.AbstractEventLoop, fn: object, *args: object) -> bool:
+    """call_soon_threadsafe, False when the loop is closed (a run that ended meanwhile)."""
+    try:
+        loop.call_soon_threadsafe(fn, *args)  # type: ignore[arg-type]
+    except RuntimeError:
+        return False
+    return True
