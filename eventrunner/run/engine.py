@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eventrunner.core.errors import HandlerTimeout, PermanentError, RetryLater
-from eventrunner.core.staleness import after_failure
+from eventrunner.core.staleness import Reason, after_failure
 from eventrunner.run.commit import Commit, Committer
 from eventrunner.run.evaluate import Evaluator
 from eventrunner.run.invoke import (
@@ -148,7 +148,7 @@ class Engine:
                 continue
             verdict = self.evaluator.verdict(q, eid, values)
             if verdict.state == "stale":
-                self._push(q, eid, values)
+                self._push(q, eid, values, verdict.reasons)
                 n += 1
             elif verdict.state in ("failed", "dead", "held"):
                 self.blocked_seen += 1
@@ -177,11 +177,14 @@ class Engine:
         self.evaluator.reset()  # the pass's memo: a verdict per state
         return n
 
-    def _push(self, q: str, eid: str, values: dict[str, str]) -> None:
+    def _push(
+        self, q: str, eid: str, values: dict[str, str], reasons: tuple[Reason, ...] = ()
+    ) -> None:
         stage = self.ws.graph.stages[q]
         heapq.heappush(self._heap, (-stage.priority, stage.depth, next(self._seq), q, eid))
         self._queued[(q, eid)] = values
-        self.emit("queued", stage=q, entity=eid)
+        # The reason codes are what triggered the run (the execution history shows them).
+        self.emit("queued", stage=q, entity=eid, reasons=[r.code for r in reasons])
         self._wake.set()
 
     @property

@@ -53,6 +53,7 @@ class Runtime:
         self.sinks: list[EventSink] = []
         self.started_at = time.time()
         self.last_reload_error: str | None = None
+        self.last_reconcile: float | None = None  # when a whole comparison last finished
         self._tasks: list[asyncio.Task[None]] = []
         self._watchers: list[asyncio.Task[None]] = []
         self._watched: tuple[list[Path], list[Path]] = ([], [])
@@ -111,6 +112,7 @@ class Runtime:
             self.start_mode = "full"
         del look  # its packed paths: 10s of MB at 100,000 entities
         self._stamp_ok = self.engine.blocked_seen == 0
+        self.last_reconcile = time.time()
         await self._start_scheduler()
         self._tasks.append(asyncio.create_task(self._persist_loop()))
         self.ready.set()
@@ -240,7 +242,13 @@ class Runtime:
         planner = self.engine.planner
         n = await self.engine.consider_async(itertools.chain(removed, planner.iter_targets()))
         log.info("reconcile queued %d state(s)", n)
+        self.last_reconcile = time.time()
         return n
+
+    @property
+    def watching(self) -> bool:
+        """True while every file watcher is running (False with --no-watch)."""
+        return bool(self._watchers) and not any(t.done() for t in self._watchers)
 
     def unstamp(self) -> None:
         """State changed in a way a stamp cannot vouch for: the next start evaluates fully."""
