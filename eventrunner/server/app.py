@@ -27,12 +27,19 @@ from eventrunner.run.evaluate import Evaluator
 from eventrunner.server import models
 from eventrunner.server.states import StateTable
 from eventrunner.service import steering
+from eventrunner.service.history import FILE as HISTORY_FILE
+from eventrunner.service.history import History
 
 if TYPE_CHECKING:
     from eventrunner.service.runtime import Runtime
 
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
 STATES: web.AppKey[StateTable] = web.AppKey("states")
+HISTORY: web.AppKey[History] = web.AppKey("history")
+# Set by the dashboard's guard when it has authorised a request itself: its own pages (public
+# ones, or with a signed-in session cookie), and API reads by a signed-in browser (EventSource
+# cannot send a Bearer token). Never set for a POST to the API.
+SESSION_OK: web.RequestKey[bool] = web.RequestKey("session_ok")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Status by error class, walked along the class hierarchy (most specific first).
@@ -115,7 +122,7 @@ def auth_middleware(token_env: str | None) -> Any:
         token = os.environ.get(token_env) if token_env else None
         path = request.path
         public = path in ("/healthz", "/readyz") or path.startswith("/hooks/")
-        if token and not public:
+        if token and not public and not request.get(SESSION_OK):
             given = request.headers.get("Authorization", "")
             expected = f"Bearer {token}"
             if not hmac.compare_digest(given.encode(), expected.encode()):
@@ -321,18 +328,25 @@ async def prune(request: web.Request) -> web.Response:
 
 def create_app(runtime: Runtime) -> web.Application:
     """The application for one runtime (tests use it with aiohttp_client)."""
+    from eventrunner.server.dashboard import setup_dashboard
+    from eventrunner.server.dashboard.security import guard
     from eventrunner.server.events import events_stream
+    from eventrunner.server.history import history_route
     from eventrunner.server.hooks import setup_hooks
     from eventrunner.server.metrics import setup_metrics
     from eventrunner.server.openapi import openapi_document
 
     settings = runtime.settings
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware(settings.server.token_env)],
+        middlewares=[errors_middleware, guard, auth_middleware(settings.server.token_env)],
         client_max_size=settings.server.body_limit,
     )
     app[RUNTIME] = runtime
     app[STATES] = StateTable(runtime)
+    history = History(settings.state_dir / HISTORY_FILE, index=lambda: runtime.index)
+    runtime.sinks.append(history.on_event)
+    app[HISTORY] = history
+    app.cleanup_ctx.append(history.lifespan)
     r = app.router
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)
@@ -349,7 +363,9 @@ def create_app(runtime: Runtime) -> web.Application:
     r.add_post("/api/pipelines/{pipeline}/run", run)
     r.add_post("/api/pipelines/{pipeline}/prune", prune)
     r.add_get("/api/events", events_stream)
+    r.add_get("/api/history", history_route)
     r.add_get("/api/openapi.json", openapi_document)
     setup_metrics(app, runtime)
     setup_hooks(app, runtime)
+    setup_dashboard(app, runtime)
     return app

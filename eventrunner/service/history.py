@@ -178,9 +178,16 @@ class History:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return
+        if raw and not raw.endswith(b"\n"):
+            # A line torn by a crash: cut it off, or the next append would extend it.
+            raw = raw[: raw.rfind(b"\n") + 1]
+            os.truncate(self.path, len(raw))
         lines = raw.splitlines()
         self._lines_on_disk = len(lines)
         fields = Execution.__dataclass_fields__
+        recorded_meanwhile = list(self.entries)  # events that came before the file was read
+        self.entries.clear()
+        self._seq = 0
         for line in lines[-self.limit :]:
             try:
                 data = json.loads(line)
@@ -189,6 +196,10 @@ class History:
                 continue
             self.entries.append(entry)
             self._seq = max(self._seq, entry.seq)
+        for entry in recorded_meanwhile:
+            self._seq += 1
+            entry.seq = self._seq
+            self.entries.append(entry)
 
     def flush(self) -> None:
         """Append what was recorded since the last flush (compacting when the file grew too long)."""
