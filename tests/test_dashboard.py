@@ -422,12 +422,67 @@ async def test_the_live_stream_sends_changed_counts_at_most_once_a_second(dash: 
 async def test_the_events_stream_resumes_after_the_last_event_shown(dash: Dash) -> None:
     html = await dash.html("/events")
     assert "failed" in html and "flaky" in html  # the last events, without JavaScript
-    seq = int(html.split('data-seq="', 1)[1].split('"', 1)[0])
+    seq = int(html.split('data-since="', 1)[1].split('"', 1)[0])
     csrf = await dash.csrf()
     await dash.post("/actions/rerun", {"stage": "p.upper", "entity": "e000", "csrf": csrf}, 200)
     await dash.idle()
-    async with dash.client.get(f"/live?view=events&after={seq}") as resp:
+    async with dash.client.get(f"/live?view=events&since={seq}") as resp:
         frames = await _frames(resp, lambda f: any(k == "events" for k, _, _ in f))
     shown = next(d for k, d, _ in frames if k == "events")["events"]
     assert [e["kind"] for e in shown if e["entity"] == "e000"][:2] == ["queued", "started"]
     assert all(e["seq"] > seq for e in shown)
+
+
+# -- graph, failure groups -------------------------------------------------------------------------
+
+
+def _overlap(a: Any, b: Any) -> bool:
+    return a.x < b.x + b.w and b.x < a.x + a.w and a.y < b.y + b.h and b.y < a.y + a.h
+
+
+@pytest.mark.parametrize("engine", ["grandalf", "dot"])
+async def test_the_graph_is_laid_out_by_a_library_without_overlaps(
+    dash: Dash, engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from eventrunner.server.dashboard import graph
+
+    if engine == "dot" and shutil.which("dot") is None:
+        pytest.skip("Graphviz dot is not installed (apt-get install graphviz)")
+    if engine == "grandalf":
+        monkeypatch.setattr(graph.shutil, "which", lambda name: None)  # as without Graphviz
+    graph._CACHE.clear()
+    layout = graph.layout(dash.rt.ws.graph)
+    assert layout.engine == engine
+    labels = [n.label for n in layout.nodes]
+    assert labels == ["inbox/{name}.txt", "p.upper", "p.count"]
+    source, upper, count = layout.nodes
+    assert source.y < upper.y < count.y  # upstream above downstream
+    assert not any(_overlap(a, b) for a in layout.nodes for b in layout.nodes if a is not b)
+    assert len(layout.edges) == 2
+    assert all(n.x >= 0 and n.x + n.w <= layout.width + 1 for n in layout.nodes)
+    html = await dash.html("/graph")
+    assert f"laid out by {engine}" in html
+    assert 'href="/stages/p.upper"' in html and 'data-bar="p.count"' in html
+
+
+async def test_failures_group_by_stage_and_error_with_the_entity_and_numbers_blurred(
+    tmp_path: Path, aiohttp_client: AiohttpClient
+) -> None:
+    extra = {"inbox/other.txt": "boom again\n", "inbox/gone2.txt": "fatal too\n"}
+    async for dash in _dash(dashboard_workspace(tmp_path / "ws", n=1, extra=extra), aiohttp_client):
+        html = await dash.html("/failures", **{"HX-Request": "true", "HX-Target": "groups"})
+        groups = html.split('<section class="card group"')[1:]
+        texts = sorted(g.split('class="error-line">', 1)[1].split("<", 1)[0] for g in groups)
+        assert texts == [
+            "PermanentError: fatal input in …: code #",
+            "ValueError: boom in &#39;…&#39;",
+        ]
+        boom = next(g for g in groups if "ValueError" in g)
+        assert "failed</span> 3" in boom  # flaky, other and the hostile one
+        key = boom.split("error=", 1)[1].split("&", 1)[0].split('"', 1)[0]
+        listed = await dash.html(
+            f"/stages/p.upper?error={key}", **{"HX-Request": "true", "HX-Target": "entities"}
+        )
+        assert sorted(entity_links(listed)) == sorted([HOSTILE, "flaky", "other"])

@@ -22,11 +22,12 @@ from aiohttp import web
 
 from eventrunner.server.app import RUNTIME, STATES
 from eventrunner.server.dashboard.queries import stage_counts, table
+from eventrunner.server.dashboard.render import RECENT
 
 HEARTBEAT_S = 15.0
 MIN_INTERVAL_S = 1.0
 EVENTS_PER_UPDATE = 200
-RECENT = 500
+RECENT_SIZE = 500
 WORK = frozenset({"queued", "started", "succeeded", "failed"})
 BROAD = frozenset({"managed", "reloaded", "pruned", "ready"})
 
@@ -73,7 +74,7 @@ class Shown:
 class Recent:
     """The last events, for the events page without JavaScript and for resuming a stream."""
 
-    def __init__(self, size: int = RECENT) -> None:
+    def __init__(self, size: int = RECENT_SIZE) -> None:
         self.items: deque[Shown] = deque(maxlen=size)
         self.seq = 0
 
@@ -95,7 +96,7 @@ class Recent:
         return [s for s in self.items if s.seq > seq]
 
 
-RECENT_KEY: web.AppKey[Recent] = web.AppKey("dashboard_recent")
+RECENT_KEY = RECENT  # the app key (declared in render, which every page imports)
 
 
 class _View:
@@ -109,9 +110,10 @@ class _View:
         self.counts: dict[str, dict[str, int]] = {}
         self.status: dict[str, Any] = {}
         self.touched = False  # an event concerning this view's rows arrived
-        # Where the events page's tail resumes: the browser's reconnect header, or what the
-        # page already shows (a stream reopened after the tab was hidden).
-        self.last_seq = _int(request.headers.get("Last-Event-ID") or q.get("after"))
+        # The last event the page had seen when it was rendered (or, reconnecting, the last
+        # one the stream sent): what came after it is caught up at once, not lost to the gap
+        # between rendering the page and opening its stream.
+        self.last_seq = _int(request.headers.get("Last-Event-ID") or q.get("since"))
 
     def wants_counts(self) -> bool:
         return self.kind in ("overview", "graph", "stage")
@@ -201,6 +203,8 @@ async def live(request: web.Request) -> web.StreamResponse:
     )
     await resp.prepare(request)
     rt.sinks.append(sink)
+    for shown in request.app[RECENT_KEY].after(view.last_seq):
+        view.notice(shown)
     stop = asyncio.ensure_future(rt.stop_event.wait())
     try:
         await resp.write(b"retry: 2000\n: connected\n\n")

@@ -208,7 +208,6 @@ async def events(request: web.Request) -> web.StreamResponse:
         "kinds": kinds,
         "stages": list(rt.ws.graph.order),
         "live": "events",
-        "last_seq": request.app[RECENT_KEY].seq,
     }
     return render(request, "events.html", context)
 

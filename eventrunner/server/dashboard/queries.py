@@ -265,8 +265,8 @@ class Fingerprints:
         if memo is not None and memo[0] == f.error:
             return memo[1], memo[2]
         text = (f.error.splitlines() or [""])[0]
-        if len(f.entity) >= 3:
-            text = text.replace(f.entity, "…")
+        if len(f.entity) >= 3:  # the entity's own id (as text or as its repr) does not count
+            text = text.replace(repr(f.entity), "'…'").replace(f.entity, "…")
         for pattern, repl in _NORMALISE:
             text = pattern.sub(repl, text)
         text = text[:200]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -115,7 +116,13 @@ def environment(static: Static) -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters.update(
-        time=fmt_time, iso=iso, ago=relative, duration=duration, part=url_part, short=_short
+        reason=reason_text,
+        time=fmt_time,
+        iso=iso,
+        ago=relative,
+        duration=duration,
+        part=url_part,
+        short=_short,
     )
     env.globals.update(static=static.url, query=query, STATES=STATES, csrf_field=CSRF_FIELD)
     return env
@@ -125,7 +132,16 @@ def _short(value: str | None, n: int = 12) -> str:
     return (value or "")[:n]
 
 
+_EPOCH_RETRY = re.compile(r"; retry at \d+(\.\d+)?$")
+
+
+def reason_text(message: str) -> str:
+    """A reason's message without an epoch-seconds retry time (the page shows it as a time)."""
+    return _EPOCH_RETRY.sub("", message)
+
+
 ENV: web.AppKey[jinja2.Environment] = web.AppKey("dashboard_env")
+RECENT: web.AppKey[Any] = web.AppKey("dashboard_recent")  # live.Recent: the last events seen
 
 
 def render(
@@ -140,8 +156,7 @@ def render(
         "signed_in": bool(session and session.auth and sessions.token()),
         "path": request.path,
         "now": time.time(),
-        "fragment": request.headers.get("HX-Request") == "true"
-        and request.headers.get("HX-Target") is not None,
+        "since": request.app[RECENT].seq if RECENT in request.app else 0,
     }
     html = env.get_template(template).render({**base, **context})
     return web.Response(

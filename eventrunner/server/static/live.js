@@ -20,10 +20,9 @@
     var params = new URLSearchParams({ view: view });
     if (body.dataset.stage) params.set("stage", body.dataset.stage);
     if (body.dataset.entity) params.set("entity", body.dataset.entity);
-    var rows = document.getElementById("event-rows");
-    if (rows && !lastEventId) lastEventId = rows.dataset.seq || "";
-    // EventSource sends Last-Event-ID only on its own reconnects; a reopened one says it here.
-    if (lastEventId) params.set("after", lastEventId);
+    // What the page had seen when rendered; later, the last event the stream sent. (EventSource
+    // sends Last-Event-ID only on its own reconnects: a stream reopened says it here.)
+    params.set("since", lastEventId || body.dataset.since || "0");
     return "/live?" + params.toString();
   }
 
@@ -61,6 +60,8 @@
         document.querySelectorAll('[data-count="' + CSS.escape(stage + "|" + state) + '"]').forEach(function (el) {
           el.textContent = String(n);
           el.classList.toggle("zero", n === 0);
+          var chip = el.closest(".mchip");
+          if (chip) chip.classList.toggle("zero", n === 0);
           if (el.hasAttribute("aria-label")) el.setAttribute("aria-label", n + " " + state + " in " + stage);
         });
         document.querySelectorAll('[data-bar="' + CSS.escape(stage) + '"] rect[data-seg="' + state + '"]').forEach(function (r) {
