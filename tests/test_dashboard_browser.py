@@ -132,7 +132,7 @@ async def shoot(page: Page, base: str, pages: dict[str, str]) -> None:
 
 
 async def count_text(page: Page, stage: str, state: str) -> str:
-    return await page.locator(f'[data-count="{stage}|{state}"]').first.inner_text()
+    return await page.locator(f'a[data-count="{stage}|{state}"]').first.inner_text()
 
 
 # -- every page ------------------------------------------------------------------------------------
@@ -167,6 +167,11 @@ async def test_overview_counts_equal_status_and_every_page_loads_cleanly(
             "preview": "/actions/preview?action=rerun_down&stage=p.upper&id=e00",
         }
         await shoot(page, server.url, pages)
+        # The keyboard reaches the skip link first, and it leads to the content.
+        await page.goto(server.url + "/")
+        await page.keyboard.press("Tab")
+        focused = await page.evaluate("document.activeElement.textContent")
+        assert focused == "Skip to content"
         # The hostile id is text on the page, not markup that ran.
         await page.goto(server.url + "/entities/" + quote(HOSTILE, safe=""))
         await expect(page.locator("h1 code")).to_have_text(HOSTILE)
@@ -189,18 +194,27 @@ async def test_a_dropped_file_turns_the_stage_running_then_fresh_without_a_reloa
         await page.goto(server.url + "/")
         await expect(page.locator("#live-status")).to_have_text("live")
         await page.evaluate("window.notReloaded = true")
-        fresh = page.locator('[data-count="p.upper|fresh"]')
+        fresh = page.locator('a[data-count="p.upper|fresh"]')
         await expect(fresh).to_have_text("2")
         # When a file drops whose handler waits for a release file
         (root / "inbox/slow.txt").write_text("please wait\n")
         # Then the stage shows it running, and fresh once it finishes
-        await expect(page.locator('[data-count="p.upper|running"]')).to_have_text("1")
+        await expect(page.locator('a[data-count="p.upper|running"]')).to_have_text("1")
         await expect(page.locator("#running-list")).to_contain_text("slow")
         (root / "release").write_text("go\n")
         await expect(fresh).to_have_text("3")
-        await expect(page.locator('[data-count="p.upper|running"]')).to_have_text("0")
-        await expect(page.locator('[data-count="p.count|fresh"]')).to_have_text("3")
+        await expect(page.locator('a[data-count="p.upper|running"]')).to_have_text("0")
+        await expect(page.locator('a[data-count="p.count|fresh"]')).to_have_text("3")
         assert await page.evaluate("window.notReloaded") is True
+        # The events page follows live too, and holds what arrives while paused
+        await page.goto(server.url + "/events")
+        await expect(page.locator("#live-status")).to_have_text("live")
+        await page.get_by_role("button", name="Pause").click()
+        (root / "inbox/quick.txt").write_text("quick one\n")
+        await expect(page.locator("#ev-buffered")).to_contain_text("new while paused")
+        assert await page.locator("#event-rows tr", has_text="quick").count() == 0
+        await page.get_by_role("button", name="Resume").click()
+        await expect(page.locator("#event-rows tr", has_text="quick").first).to_be_visible()
         await page.close()
         watch.check()
 

@@ -50,7 +50,7 @@ def nodes_and_edges(g: Graph) -> tuple[list[Node], list[tuple[int, int]]]:
     where: dict[str, int] = {}
     for key, src in sorted(g.sources.items()):
         where[key] = len(nodes)
-        nodes.append(Node(f"n{len(nodes)}", src.pattern.text, "source", None, h=SOURCE_H))
+        nodes.append(Node(f"n{len(nodes)}", src.pattern.key, "source", None, h=SOURCE_H))
     for q in g.order:
         st = g.stages[q]
         where[q] = len(nodes)
@@ -118,9 +118,10 @@ def _grandalf(nodes: list[Node], edges: list[tuple[int, int]]) -> Layout:
         sug.init_all()
         sug.draw()
         members = list(core.sV)
-        left = min(v.view.xy[0] - v.view.w / 2 for v in members)
+        bends = [p for e in core.sE for p in e.view.pts]  # long edges bend beside the boxes
+        left = min([v.view.xy[0] - v.view.w / 2 for v in members] + [x - 8 for x, _ in bends])
         top = min(v.view.xy[1] - v.view.h / 2 for v in members)
-        right = max(v.view.xy[0] + v.view.w / 2 for v in members)
+        right = max([v.view.xy[0] + v.view.w / 2 for v in members] + [x + 8 for x, _ in bends])
         dx, dy = offset - left, MARGIN - top
         for v in members:
             n = nodes[v.data]
