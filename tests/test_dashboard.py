@@ -486,3 +486,22 @@ async def test_failures_group_by_stage_and_error_with_the_entity_and_numbers_blu
             f"/stages/p.upper?error={key}", **{"HX-Request": "true", "HX-Target": "entities"}
         )
         assert sorted(entity_links(listed)) == sorted([HOSTILE, "flaky", "other"])
+
+
+async def test_a_reason_filter_looks_at_a_bounded_number_of_states_per_page(
+    dash: Dash, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eventrunner.server.dashboard import queries
+
+    monkeypatch.setattr(queries, "SCAN_BUDGET", 2)
+    csrf = await dash.csrf()
+    await dash.post("/actions/hold", {"stage": "p.upper", "entity": "e001", "csrf": csrf}, 200)
+    frag = {"HX-Request": "true", "HX-Target": "entities"}
+    # Sorted, the non-fresh states are: the hostile id, e001 (held: no MISSING), flaky, gone.
+    first = await dash.html("/stages/p.upper?reason=MISSING", **frag)
+    assert entity_links(first) == [HOSTILE]
+    assert "1 shown of 2 looked at" in first
+    assert 'rel="next" href="/stages/p.upper?after=e001' in first  # goes on after e001
+    second = await dash.html("/stages/p.upper?reason=MISSING&after=e001", **frag)
+    assert entity_links(second) == ["flaky", "gone"]
+    assert 'rel="next"' not in second and 'rel="prev"' in second

@@ -155,11 +155,11 @@ class Page:
 
     rows: list[Row]
     total: int | None  # None when a reason filter left it unknown
-    first: str | None = None
-    last: str | None = None
+    scanned: int = 0
     more_after: bool = False
     more_before: bool = False
-    scanned: int = 0
+    next_after: str | None = None  # where the next page starts (the last id looked at)
+    prev_before: str | None = None  # where the previous page ends
 
 
 def page_of(
@@ -179,49 +179,50 @@ def page_of(
     ev = Evaluator(index)
     backwards = before is not None and after is None
 
-    def verdict(eid: str) -> Row | None:
+    def row(eid: str) -> Row | None:
         values = index.values_or_none(sel.stage, eid)
         if values is None:
             return None
         v = ev.verdict(sel.stage, eid, values)
         return Row(eid, v.state, v.reasons, index.failures[sel.stage].get(eid))
 
-    if sel.reason is None:
-        if backwards:
-            picked = sorted(heapq.nlargest(size + 1, (e for e in ids if e < before)))  # type: ignore[operator]
-            extra, picked = len(picked) > size, picked[-size:]
-        else:
-            picked = heapq.nsmallest(size + 1, (e for e in ids if after is None or e > after))
-            extra, picked = len(picked) > size, picked[:size]
-        rows = [r for r in map(verdict, picked) if r is not None]
-        result = Page(rows, len(ids))
-        result.scanned = len(picked)
+    if backwards:
+        window: Iterable[str] = (e for e in ids if e < before)  # type: ignore[operator]
     else:
-        ordered = sorted(
-            (e for e in ids if (e < before if backwards else after is None or e > after)),  # type: ignore[operator]
-            reverse=backwards,
-        )
-        rows, scanned = [], 0
-        for eid in ordered:
-            if len(rows) > size or scanned >= SCAN_BUDGET:
+        window = (e for e in ids if after is None or e > after)
+    if sel.reason is None:
+        pick = heapq.nlargest if backwards else heapq.nsmallest
+        looked = sorted(pick(size + 1, window))
+        extra = len(looked) > size
+        looked = looked[-size:] if backwards else looked[:size]
+        result = Page([r for r in map(row, looked) if r is not None], len(ids), len(looked))
+    else:
+        looked, rows = [], []
+        for eid in sorted(window, reverse=backwards):
+            if len(rows) == size or len(looked) >= SCAN_BUDGET:
                 break
-            scanned += 1
-            row = verdict(eid)
-            if row is not None and any(r.code == sel.reason for r in row.reasons):
-                rows.append(row)
-        extra = len(rows) > size or scanned < len(ordered)
-        rows = rows[:size]
-        if backwards:
-            rows.reverse()
-        result = Page(rows, None)
-        result.scanned = scanned
-    if result.rows:
-        result.first, result.last = result.rows[0].entity, result.rows[-1].entity
+            looked.append(eid)
+            found = row(eid)
+            if found is not None and any(r.code == sel.reason for r in found.reasons):
+                rows.append(found)
+        extra = _more(ids, looked, backwards)
+        looked.sort()
+        result = Page(sorted(rows, key=lambda r: r.entity), None, len(looked))
+    if looked:
+        result.prev_before, result.next_after = looked[0], looked[-1]
     if backwards:
         result.more_before, result.more_after = extra, True
     else:
         result.more_after, result.more_before = extra, after is not None
     return result
+
+
+def _more(ids: list[str], looked: list[str], backwards: bool) -> bool:
+    """True when ids lie beyond the last one looked at (in the direction of paging)."""
+    if not looked:
+        return False
+    edge = min(looked) if backwards else max(looked)
+    return any((e < edge) if backwards else (e > edge) for e in ids)
 
 
 async def resolve(rt: Runtime, table: StateTable, sel: Selection) -> list[str]:
