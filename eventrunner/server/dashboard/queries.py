@@ -197,7 +197,8 @@ def page_of(
         looked = looked[-size:] if backwards else looked[:size]
         result = Page([r for r in map(row, looked) if r is not None], len(ids), len(looked))
     else:
-        looked, rows = [], []
+        looked = []
+        rows: list[Row] = []
         for eid in sorted(window, reverse=backwards):
             if len(rows) == size or len(looked) >= SCAN_BUDGET:
                 break
