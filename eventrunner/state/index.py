@@ -11,6 +11,7 @@ import asyncio
 import copy
 import os
 import pickle
+import stat
 import struct
 import sys
 import time
@@ -319,7 +320,14 @@ class Index:
             self.forget_file(relpath)
             return None
         entry = self.files.get(relpath)
-        if entry is not None and entry[:24] == _KEY.pack(st.st_size, st.st_mtime_ns, st.st_ino):
+        # A folder's own stat does not change when a file inside it is edited in place: only
+        # plain files are taken from the cache; a folder output's tree is hashed every time.
+        folder = stat.S_ISDIR(st.st_mode)
+        if (
+            entry is not None
+            and not folder
+            and entry[:24] == _KEY.pack(st.st_size, st.st_mtime_ns, st.st_ino)
+        ):
             return entry[24:].hex()
         self.touched.add(relpath)
         try:
