@@ -24,7 +24,8 @@ demo: install
 	BLOG_HOOK_SECRET=$(DEMO_SECRET) $(ER) -w $(DEMO) run || true
 	$(ER) -w $(DEMO) status
 	@echo
-	@echo "Now serving $(DEMO)/ (a copy of examples/auto-blog) on http://127.0.0.1:$(PORT). In another terminal:"
+	@echo "Now serving $(DEMO)/ (a copy of examples/auto-blog) on http://127.0.0.1:$(PORT)."
+	@echo "Open http://127.0.0.1:$(PORT)/ in a browser for the dashboard. In another terminal:"
 	@echo "  cp $(DEMO)/logs/2026-11-25.md $(DEMO)/logs/2026-11-27.md   # drop a log: html, podcast, audio, index follow"
 	@echo "  ls $(DEMO)/blog $(DEMO)/podcast $(DEMO)/audio"
 	@echo "  $(ER) -w $(DEMO) status"

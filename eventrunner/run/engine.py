@@ -20,7 +20,7 @@ from typing import Any
 from eventrunner.core.errors import PermanentError, RetryLater, StorageError
 from eventrunner.core.records import Failure, Manifest
 from eventrunner.core.redact import redact
-from eventrunner.core.staleness import Verdict, after_failure
+from eventrunner.core.staleness import Reason, Verdict, after_failure
 from eventrunner.run.commit import Commit, Committer
 from eventrunner.run.evaluate import Evaluator
 from eventrunner.run.events import EventBus, Failed, Queued, Started, Succeeded
@@ -152,7 +152,7 @@ class Engine:
                 continue  # an aggregate: checked once its members settle
             verdict = self.evaluator.verdict(q, eid, values)
             if verdict.state == "stale":
-                self._push(q, eid, values)
+                self._push(q, eid, values, verdict.reasons)
                 n += 1
             elif verdict.state in ("failed", "dead", "held"):
                 self.blocked_seen += 1
@@ -181,12 +181,15 @@ class Engine:
         self.evaluator.reset()  # the pass's memo: a verdict per state
         return n
 
-    def _push(self, q: str, eid: str, values: dict[str, str]) -> None:
+    def _push(
+        self, q: str, eid: str, values: dict[str, str], reasons: tuple[Reason, ...] = ()
+    ) -> None:
         stage = self.ws.graph.stages[q]
         heapq.heappush(self._heap, (-stage.priority, stage.depth, next(self._seq), q, eid))
         self._queued[(q, eid)] = values
         self.settling.started(q)
-        self.events.emit(Queued(stage=q, entity=eid))
+        # The reason codes are what triggered the run (the execution history shows them).
+        self.events.emit(Queued(stage=q, entity=eid, reasons=tuple(r.code for r in reasons)))
         self._wake.set()
 
     @property

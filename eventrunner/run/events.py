@@ -92,7 +92,19 @@ class StateEvent(Event):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Queued(StateEvent):
+    """`reasons`: the reason codes that made the state stale (the history's trigger); sent only
+    when known."""
+
     kind = EventKind.queued
+    reasons: tuple[str, ...] = ()
+
+    def data(self) -> dict[str, Any]:
+        out = StateEvent.data(self)
+        if not self.reasons:
+            del out["reasons"]
+        else:
+            out["reasons"] = list(self.reasons)
+        return out
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -29,8 +29,10 @@ from eventrunner.run import management, queries
 from eventrunner.run.evaluate import Evaluator
 from eventrunner.server import models
 from eventrunner.server.guard import GUARD, ConnectionGuard
-from eventrunner.server.keys import RUNTIME, STATES
+from eventrunner.server.keys import HISTORY, RUNTIME, SESSION_OK, STATES
 from eventrunner.server.states import StateTable
+from eventrunner.service.history import FILE as HISTORY_FILE
+from eventrunner.service.history import History
 
 if TYPE_CHECKING:
     from eventrunner.service.runtime import Runtime
@@ -126,7 +128,7 @@ def auth_middleware(token_env: str | None) -> Any:
             remember_secret(token)
         path = request.path
         public = path in ("/healthz", "/readyz") or path.startswith("/hooks/")
-        if token and not public:
+        if token and not public and not request.get(SESSION_OK):
             given = request.headers.get("Authorization", "")
             expected = f"Bearer {token}"
             if not hmac.compare_digest(given.encode(), expected.encode()):
@@ -249,7 +251,8 @@ async def pipeline_status(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-def _int(request: web.Request, name: str, default: int | None) -> int | None:
+def int_param(request: web.Request, name: str, default: int | None) -> int | None:
+    """A whole-number query parameter, or `default` when absent; 400 when not a number."""
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
@@ -267,8 +270,8 @@ async def entities(request: web.Request) -> web.Response:
     _ready(rt)
     p = _pipeline(request)
     assert rt.index is not None
-    limit = _int(request, "limit", 100) or 100
-    offset = _int(request, "offset", 0) or 0
+    limit = int_param(request, "limit", 100) or 100
+    offset = int_param(request, "offset", 0) or 0
     stage = request.query.get("stage") or None
     state = request.query.get("state") or None
     if state is not None and state not in STATE_NAMES:
@@ -350,26 +353,34 @@ async def prune(request: web.Request) -> web.Response:
 
 def create_app(runtime: Runtime) -> web.Application:
     """The application for one runtime (tests use it with aiohttp_client)."""
+    from eventrunner.server.dashboard import setup_dashboard
+    from eventrunner.server.dashboard.security import guard as dashboard_guard
     from eventrunner.server.events import events_stream
+    from eventrunner.server.history import history_route
     from eventrunner.server.hooks import setup_hooks
     from eventrunner.server.metrics import setup_metrics
     from eventrunner.server.openapi import openapi_document
 
     settings = runtime.settings
-    guard = ConnectionGuard(settings.server)
+    connections = ConnectionGuard(settings.server)
     app = web.Application(
         middlewares=[
-            guard.middleware,
+            connections.middleware,
             errors_middleware,
+            dashboard_guard,
             auth_middleware(settings.server.token_env),
         ],
         client_max_size=settings.server.body_limit,
     )
-    app[GUARD] = guard
+    app[GUARD] = connections
     app[RUNTIME] = runtime
     app[STATES] = StateTable(runtime)
     if token := (os.environ.get(settings.server.token_env) if settings.server.token_env else None):
         remember_secret(token)
+    history = History(settings.state_dir / HISTORY_FILE, index=lambda: runtime.index)
+    runtime.events.subscribe(history.on_event)
+    app[HISTORY] = history
+    app.cleanup_ctx.append(history.lifespan)
     r = app.router
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)
@@ -386,7 +397,9 @@ def create_app(runtime: Runtime) -> web.Application:
     r.add_post("/api/pipelines/{pipeline}/run", run)
     r.add_post("/api/pipelines/{pipeline}/prune", prune)
     r.add_get("/api/events", events_stream)
+    r.add_get("/api/history", history_route)
     r.add_get("/api/openapi.json", openapi_document)
     setup_metrics(app, runtime)
     setup_hooks(app, runtime)
+    setup_dashboard(app, runtime)
     return app

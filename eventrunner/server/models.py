@@ -146,3 +146,28 @@ class Health(BaseModel):
     ready: bool | None = None
     unwritten_webhooks: int | None = None  # with status "degraded"
     reason: str | None = None
+
+
+class ExecutionRow(BaseModel):
+    """One finished execution from the history journal."""
+
+    seq: int
+    stage: str
+    entity: str
+    trigger: str
+    attempt: int
+    started: float
+    duration_s: float
+    outcome: str
+    error: str | None = None
+    output_hash: str | None = None
+    outputs: int = 0
+
+
+class HistoryResponse(BaseModel):
+    """Recent executions, newest first; `next_before` pages on (None on the last page)."""
+
+    executions: list[ExecutionRow]
+    kept: int
+    limit: int
+    next_before: int | None = None

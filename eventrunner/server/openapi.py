@@ -81,6 +81,7 @@ def build_document() -> dict[str, Any]:
         models.WebhookDuplicate,
         models.WebhookChallenge,
         models.Health,
+        models.HistoryResponse,
     ]
     pairs: list[tuple[type[BaseModel], Literal["validation"]]] = [
         (m, "validation") for m in all_models
@@ -194,6 +195,25 @@ def build_document() -> dict[str, Any]:
                 {"200": _json(models.RunReport, "what ran meanwhile")},
                 params=[PIPELINE],
                 body=models.RunRequest,
+            )
+        },
+        "/api/history": {
+            "get": _op(
+                "recent executions from the history journal, newest first",
+                {"200": _json(models.HistoryResponse, "executions")},
+                params=[
+                    q("pipeline", {"type": "string"}, "only this pipeline's stages"),
+                    q("stage", {"type": "string"}, "stage name or pipeline.stage"),
+                    q("entity", {"type": "string"}, "entity id"),
+                    q(
+                        "outcome",
+                        {"type": "string", "enum": ["succeeded", "failed", "dead"]},
+                        "outcome",
+                    ),
+                    q("limit", {"type": "integer", "minimum": 0}, "at most this many (max 1000)"),
+                    q("before", {"type": "integer", "minimum": 0}, "only entries below this seq"),
+                ],
+                errors={"400": ERR["400"], "401": ERR["401"], "404": ERR["404"]},
             )
         },
         "/api/events": {

@@ -46,6 +46,7 @@ class Runtime:
         self.ready = asyncio.Event()
         self.started_at = time.time()
         self.last_reload_error: str | None = None
+        self.last_reconcile: float | None = None  # when a whole comparison last finished
         self._tasks: list[asyncio.Task[None]] = []
         self._watchers: list[asyncio.Task[None]] = []
         self._watched: tuple[list[Path], list[Path]] = ([], [])
@@ -100,6 +101,7 @@ class Runtime:
         assert self.engine is not None
         if self.engine.blocked_seen == 0:
             self.session.vouch()  # unless something a stamp cannot vouch for happens meanwhile
+        self.last_reconcile = time.time()
         await self._start_scheduler()
         self._tasks.append(asyncio.create_task(self._persist_loop()))
         self.ready.set()
@@ -166,7 +168,13 @@ class Runtime:
         removed = await self.rescan()
         n = await self.engine.consider_async(itertools.chain(removed, self.engine.targets()))
         log.info("reconcile queued %d state(s)", n)
+        self.last_reconcile = time.time()
         return n
+
+    @property
+    def watching(self) -> bool:
+        """True while every file watcher is running (False with --no-watch)."""
+        return bool(self._watchers) and not any(t.done() for t in self._watchers)
 
     def unstamp(self) -> None:
         """State changed in a way a stamp cannot vouch for: the next start evaluates fully."""

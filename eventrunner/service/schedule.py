@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -17,6 +18,15 @@ logger = logging.getLogger("eventrunner.schedule")
 
 JobFunc = Callable[[], Awaitable[None]]
 _CLOSE_GRACE = 5.0  # seconds close() waits for cancelled jobs to unwind
+
+
+def next_fire(cron: str, after: datetime | None = None) -> datetime | None:
+    """When a 5-field crontab expression fires next after `after` (default: now), in UTC."""
+    now = after or datetime.now(UTC)
+    fire: datetime | None = CronTrigger.from_crontab(cron, timezone="UTC").get_next_fire_time(
+        None, now
+    )
+    return fire
 
 
 @dataclass

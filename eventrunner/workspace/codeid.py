@@ -89,6 +89,18 @@ def code_identity(module_path: Path, function: str, handlers_root: Path) -> str:
     Raises HandlerError when the module cannot be read or parsed, or defines no `function`.
     Params and the stage's `version` are not included: the caller combines them.
     """
+    parts = [_VERSION]
+    for (mod, nm), text in sorted(_walk(module_path, function, handlers_root).texts.items()):
+        parts += [mod, nm, text]
+    return combine(*parts)
+
+
+def covered(module_path: Path, function: str, handlers_root: Path) -> list[str]:
+    """What the code identity of `function` counts, as "module.name" (the dashboard shows it)."""
+    return sorted(f"{mod}.{nm}" for mod, nm in _walk(module_path, function, handlers_root).texts)
+
+
+def _walk(module_path: Path, function: str, handlers_root: Path) -> _Walker:
     walker = _Walker(handlers_root)
     name = _module_name(module_path, walker.root)
     module = walker.load_file(Path(module_path), name, module_path.name == "__init__.py")
@@ -96,10 +108,7 @@ def code_identity(module_path: Path, function: str, handlers_root: Path) -> str:
         raise HandlerError(f"{walker.display(Path(module_path))}: no function {function!r}")
     walker.visit(module, (function,))
     walker.run()
-    parts = [_VERSION]
-    for (mod, nm), text in sorted(walker.texts.items()):
-        parts += [mod, nm, text]
-    return combine(*parts)
+    return walker
 
 
 class _Walker:
