@@ -81,14 +81,19 @@ def arrow_problems(path: Path, text: str | None = None) -> list[str]:
     me = module_name(path)
     mine = part_of(me)
     problems = []
+    runtime = {(line, mod) for line, mod, _ in imports_of(path, text, typing_too=False)}
     for line, mod, names in imports_of(path, text):
+        # An import under TYPE_CHECKING names a type for an annotation and loads nothing: it
+        # is no arrow between parts at run time (a lower part may annotate with a higher
+        # part's type, e.g. the index with the loaded Workspace). Forbidden libraries count.
+        typing_only = (line, mod) not in runtime
         where = f"{path.relative_to(PACKAGE.parent)}:{line}"
         top = mod.split(".")[0]
         if mine == "core" and top in CORE_FORBIDDEN:
             problems.append(f"{where}: core imports {mod} (core is standard library only)")
         if mine in NO_LOOP and top in NO_LOOP[mine]:
             problems.append(f"{where}: {mine} imports {mod} ({mine} knows no event loop)")
-        if top != "eventrunner":
+        if top != "eventrunner" or typing_only:
             continue
         targets = [mod] + [f"{mod}.{n}" for n in names if mod.count(".") < 1]
         for target in targets:

@@ -12,34 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from eventrunner.cli.common import print_json, print_report, workspace_path
-from eventrunner.core.errors import (
-    ConfigError,
-    EventRunnerError,
-    LockHeld,
-    ServerUnavailable,
-    UnknownName,
-    UsageError,
-    WorkspaceNotFound,
-)
-
-# Exit codes by error class, most specific first (walked along the class hierarchy).
-EXIT_CODES: dict[type[BaseException], int] = {
-    ConfigError: 2,
-    UsageError: 2,
-    WorkspaceNotFound: 2,
-    UnknownName: 2,
-    LockHeld: 3,
-    ServerUnavailable: 3,
-    EventRunnerError: 1,
-}
-
-
-def exit_code_for(exc: BaseException) -> int:
-    """Map an error to an exit code by walking its class hierarchy."""
-    for cls in type(exc).__mro__:
-        if cls in EXIT_CODES:
-            return EXIT_CODES[cls]
-    return 1
+from eventrunner.core.errors import ConfigError, EventRunnerError, exit_code_for
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -96,3 +96,44 @@ class ShuttingDown(EventRunnerError):
 
 class ServerUnavailable(EventRunnerError):
     """Raised when a running server was expected but could not be reached."""
+
+
+# What the CLI and the HTTP layer answer for each error, beside the tree itself: one lookup
+# walks an error's class hierarchy, most specific class first (starlette's handler lookup).
+EXIT_CODES: dict[type[BaseException], int] = {
+    ConfigError: 2,
+    UsageError: 2,
+    WorkspaceNotFound: 2,
+    UnknownName: 2,
+    LockHeld: 3,
+    ServerUnavailable: 3,
+    ShuttingDown: 3,
+    EventRunnerError: 1,
+}
+HTTP_STATUS: dict[type[BaseException], int] = {
+    SignatureError: 401,
+    UnknownName: 404,
+    PatternError: 400,
+    UsageError: 400,
+    IntakeFull: 503,
+    StorageError: 503,
+    ShuttingDown: 503,
+    EventRunnerError: 500,
+}
+
+
+def _lookup(table: dict[type[BaseException], int], exc: BaseException, default: int) -> int:
+    for cls in type(exc).__mro__:
+        if cls in table:
+            return table[cls]
+    return default
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The CLI's exit code for an error."""
+    return _lookup(EXIT_CODES, exc, 1)
+
+
+def http_status_for(exc: BaseException) -> int:
+    """The HTTP status for an error."""
+    return _lookup(HTTP_STATUS, exc, 500)

@@ -7,7 +7,6 @@ import hmac
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -15,13 +14,10 @@ from pydantic import BaseModel, ValidationError
 
 from eventrunner.core.errors import (
     EventRunnerError,
-    IntakeFull,
-    PatternError,
     ShuttingDown,
-    SignatureError,
-    StorageError,
     UnknownName,
     UsageError,
+    http_status_for,
 )
 from eventrunner.core.redact import remember_secret
 from eventrunner.core.staleness import STATES as STATE_NAMES
@@ -29,6 +25,7 @@ from eventrunner.run import management, queries
 from eventrunner.run.evaluate import Evaluator
 from eventrunner.server import models
 from eventrunner.server.guard import GUARD, ConnectionGuard
+from eventrunner.server.http import Handler, error_response, int_param
 from eventrunner.server.keys import HISTORY, RUNTIME, SESSION_OK, STATES
 from eventrunner.server.states import StateTable
 from eventrunner.service.history import FILE as HISTORY_FILE
@@ -38,49 +35,6 @@ if TYPE_CHECKING:
     from eventrunner.service.runtime import Runtime
 
 log = logging.getLogger("eventrunner.server")
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-# Status by error class, walked along the class hierarchy (most specific first).
-STATUS: dict[type[BaseException], int] = {
-    SignatureError: 401,
-    UnknownName: 404,
-    PatternError: 400,
-    UsageError: 400,
-    IntakeFull: 503,
-    StorageError: 503,
-    ShuttingDown: 503,
-    EventRunnerError: 500,
-}
-CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    408: "request_timeout",
-    409: "conflict",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    422: "invalid_body",
-    500: "internal",
-    503: "unavailable",
-}
-
-
-def error_response(
-    status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None
-) -> web.Response:
-    """The one error shape: {"error": {"code", "message"}}."""
-    body = {"error": {"code": code or CODES.get(status, "error"), "message": message}}
-    return web.json_response(body, status=status, headers=headers)
-
-
-def status_for(exc: BaseException) -> int:
-    """HTTP status for an error, by walking its class hierarchy."""
-    for cls in type(exc).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
-    return 500
 
 
 @web.middleware
@@ -104,7 +58,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             ),
         )
     except EventRunnerError as exc:
-        status = status_for(exc)
+        status = http_status_for(exc)
         headers = {"Retry-After": "1"} if status == 503 else None
         code = "shutting_down" if isinstance(exc, ShuttingDown) else None
         return error_response(status, str(exc), code, headers=headers)
@@ -249,20 +203,6 @@ async def pipeline_status(request: web.Request) -> web.Response:
         "queue_depth": rt.engine.queue_depth,
     }
     return web.json_response(body)
-
-
-def int_param(request: web.Request, name: str, default: int | None) -> int | None:
-    """A whole-number query parameter, or `default` when absent; 400 when not a number."""
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise UsageError(f"{name} must be an integer") from None
-    if value < 0:
-        raise UsageError(f"{name} must not be negative")
-    return value
 
 
 async def entities(request: web.Request) -> web.Response:

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from eventrunner.core.errors import UsageError
 from eventrunner.run.queries import resolve_stages
-from eventrunner.server.app import int_param
+from eventrunner.server.http import int_param
 from eventrunner.server.keys import HISTORY, RUNTIME
 from eventrunner.service.history import OUTCOMES
 

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from eventrunner.core.errors import PatternError, SignatureError, StorageError, UnknownName
+from eventrunner.core.errors import (
+    PatternError,
+    SignatureError,
+    StorageError,
+    UnknownName,
+    http_status_for,
+)
 from eventrunner.core.graph import Source
 from eventrunner.core.patterns import entity_id
 from eventrunner.core.redact import SECRETS
@@ -108,7 +114,7 @@ async def hook(request: web.Request) -> web.Response:
         status = 499  # the sender went away mid-body (nginx's "client closed request")
         raise
     except (SignatureError, UnknownName, PatternError, StorageError) as exc:
-        status = {SignatureError: 401, UnknownName: 404, PatternError: 400}.get(type(exc), 503)
+        status = http_status_for(exc)
         raise
     except Exception:
         status = 503

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from eventrunner.run import management
 from eventrunner.run.planner import Planner
-from eventrunner.server.dashboard.pages import _runtime
+from eventrunner.server.dashboard.pages import runtime_of
 from eventrunner.server.dashboard.queries import Selection, resolve, table
 from eventrunner.server.dashboard.render import page, render, url_part
 from eventrunner.server.dashboard.security import SESSIONS, safe_next, set_cookie
@@ -64,7 +64,7 @@ def _describe(rt: Any, sel: Selection, ids: list[str], down: bool) -> dict[str, 
 @page
 async def preview(request: web.Request) -> web.StreamResponse:
     """GET /actions/preview?action=&stage=&state=&...: what confirming would act on."""
-    rt = _runtime(request)
+    rt = runtime_of(request)
     name = request.query.get("action", "")
     _, down, label = _action(name)
     sel = Selection.parse(rt, request.query)
@@ -85,7 +85,7 @@ async def preview(request: web.Request) -> web.StreamResponse:
 @page
 async def perform(request: web.Request) -> web.StreamResponse:
     """POST /actions/{action}: resolve the selection again here, then act on it."""
-    rt = _runtime(request)
+    rt = runtime_of(request)
     name = request.match_info["action"]
     op, down, label = _action(name)
     form = await request.post()

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 BAR_STATES = ("fresh", "running", "stale", "waiting", "failed", "dead", "held", "orphaned")
 
 
-def _runtime(request: web.Request) -> Runtime:
+def runtime_of(request: web.Request) -> Runtime:
     rt = request.app[RUNTIME]
     if not rt.ready.is_set() or rt.index is None or rt.engine is None:
         raise web.HTTPServiceUnavailable(reason="starting up")
@@ -67,7 +67,7 @@ def _health(rt: Runtime) -> dict[str, Any]:
 @page
 async def overview(request: web.Request) -> web.StreamResponse:
     """GET /: every pipeline's stages with counts, queue, running, failures, health."""
-    rt = _runtime(request)
+    rt = runtime_of(request)
     assert rt.index is not None and rt.engine is not None
     g = rt.ws.graph
     t = await table(request.app[STATES])
@@ -90,7 +90,7 @@ async def overview(request: web.Request) -> web.StreamResponse:
 @page
 async def graph(request: web.Request) -> web.StreamResponse:
     """GET /graph: the stage graph as SVG, a state bar per stage, linked to its stage."""
-    rt = _runtime(request)
+    rt = runtime_of(request)
     g = rt.ws.graph
     t = await table(request.app[STATES])
     context = {
@@ -107,7 +107,7 @@ async def graph(request: web.Request) -> web.StreamResponse:
 @page
 async def stage(request: web.Request) -> web.StreamResponse:
     """GET /stages/{stage}: the definition, counts, and a keyset page of its states."""
-    rt = _runtime(request)
+    rt = runtime_of(request)
     sel = Selection.parse(rt, request.query, stage=request.match_info["stage"])
     t = await table(request.app[STATES])
     after, before = request.query.get("after") or None, request.query.get("before") or None
@@ -158,7 +158,7 @@ def _definition(rt: Runtime, q: str) -> dict[str, Any]:
 @page
 async def entity(request: web.Request) -> web.StreamResponse:
     """GET /entities/{entity}: the entity in every stage that has it."""
-    rt = _runtime(request)
+    rt = runtime_of(request)
     eid = request.match_info["entity"]
     only = request.query.get("stage") or None
     if only is not None and only not in rt.ws.graph.stages:
@@ -181,7 +181,7 @@ async def entity(request: web.Request) -> web.StreamResponse:
 @page
 async def failures(request: web.Request) -> web.StreamResponse:
     """GET /failures: failed, dead and held states grouped by stage and error."""
-    rt = _runtime(request)
+    rt = runtime_of(request)
     t = await table(request.app[STATES])
     context = {"groups": failure_groups(rt, t), "live": "failures"}
     if _htmx_target(request) == "groups":

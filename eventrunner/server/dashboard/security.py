@@ -25,7 +25,7 @@ from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
 
-from eventrunner.server.app import Handler, error_response
+from eventrunner.server.http import Handler, error_response
 from eventrunner.server.keys import SESSION_OK
 
 COOKIE = "er_session"
