@@ -6,11 +6,12 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any
 
 from eventrunner.core.errors import PatternError
 from eventrunner.core.names import STATE_DIR as _STATE_DIR
 from eventrunner.core.names import TMP_PREFIX
+from eventrunner.core.pattern_text import Part, Var, split_pattern
 
 NO_VARS_ID = "_"
 _MAX_BYTES = 255
@@ -21,13 +22,6 @@ _ID_ESCAPE = re.compile(r"%(.{0,2})")
 _ID_DECODE = {"25": "%", "2C": ",", "3D": "="}
 
 
-class _Var(NamedTuple):
-    """A `{name}` occurrence inside a pattern segment."""
-
-    name: str
-
-
-_Part = str | _Var
 _Group = tuple[str, str, "re.Pattern[str] | None"]  # (regex group, variable, constraint)
 
 
@@ -35,7 +29,7 @@ _Group = tuple[str, str, "re.Pattern[str] | None"]  # (regex group, variable, co
 class _Segment:
     """One compiled pattern segment: a literal name, or a regex binding variables."""
 
-    parts: tuple[_Part, ...]
+    parts: tuple[Part, ...]
     regex: re.Pattern[str]
     groups: tuple[_Group, ...]
     literal: str | None
@@ -73,17 +67,17 @@ class Pattern:
     def __post_init__(self) -> None:
         try:
             checks = {name: re.compile(regex) for name, regex in self.constraints.items()}
-            segments = tuple(self._segment(parts, checks) for parts in _parse(self.key)[0])
+            segments = tuple(self._segment(parts, checks) for parts in split_pattern(self.key)[0])
         except re.error as e:
             raise PatternError(f"pattern {self.text!r}: bad regex {e.pattern!r}: {e}") from None
         object.__setattr__(self, "constraints", MappingProxyType(dict(self.constraints)))
         object.__setattr__(self, "_checks", MappingProxyType(checks))
         object.__setattr__(self, "segments", segments)
-        flat: list[_Part] = []
+        flat: list[Part] = []
         for i, seg in enumerate(segments):
             flat.extend(["/"] if i else [])
             flat.extend(seg.parts)
-        occurrences = [part for part in flat if isinstance(part, _Var)]
+        occurrences = [part for part in flat if isinstance(part, Var)]
         affix = None
         if len(occurrences) == 1:
             i = flat.index(occurrences[0])
@@ -91,7 +85,7 @@ class Pattern:
             affix = ("".join(text[:i]), occurrences[0].name, "".join(text[i + 1 :]))
         object.__setattr__(self, "_affix", affix)
 
-    def _segment(self, parts: list[_Part], checks: Mapping[str, re.Pattern[str]]) -> _Segment:
+    def _segment(self, parts: list[Part], checks: Mapping[str, re.Pattern[str]]) -> _Segment:
         """Compile one segment to a regex; a repeated variable becomes a backreference."""
         regex: list[str] = []
         groups: list[_Group] = []
@@ -214,7 +208,7 @@ def parse_pattern(text: str) -> Pattern:
     if text.startswith("/"):
         raise PatternError(f"pattern {text!r} is absolute; patterns are relative to the data root")
     try:
-        segments, constraints = _parse(text)
+        segments, constraints = split_pattern(text)
         for index, parts in enumerate(segments, 1):
             seg = _render(parts)
             if not parts:
@@ -227,7 +221,7 @@ def parse_pattern(text: str) -> Pattern:
                 raise PatternError(f"segment {index} contains a control character")
     except PatternError as e:
         raise PatternError(f"pattern {text!r}: {e}") from None
-    variables = tuple(dict.fromkeys(p.name for s in segments for p in s if isinstance(p, _Var)))
+    variables = tuple(dict.fromkeys(p.name for s in segments for p in s if isinstance(p, Var)))
     return Pattern(text, "/".join(_render(s) for s in segments), variables, constraints)
 
 
@@ -341,77 +335,6 @@ def _decode(where: str, name: str, raw: str) -> str:
     return value
 
 
-def _render(parts: Sequence[_Part]) -> str:
+def _render(parts: Sequence[Part]) -> str:
     """Segment text with constraints removed."""
     return "".join(p if isinstance(p, str) else f"{{{p.name}}}" for p in parts)
-
-
-def _parse(text: str) -> tuple[list[list[_Part]], dict[str, str]]:
-    """Split pattern text into segments of literal text and variables, plus declared constraints."""
-    segments: list[list[_Part]] = [[]]
-    constraints: dict[str, str] = {}
-    i, literal = 0, ""
-    while i < len(text):
-        char = text[i]
-        if char in "{/" and literal:
-            segments[-1].append(literal)
-            literal = ""
-        if char == "{":
-            name, regex, i = _read_variable(text, i)
-            if regex is not None and constraints.setdefault(name, regex) != regex:
-                raise PatternError(f"variable {name!r} has two different constraints")
-            segments[-1].append(_Var(name))
-            continue
-        if char == "}":
-            raise PatternError(f"unbalanced '}}' at position {i}")
-        if char == "\\":
-            raise PatternError("backslashes are only allowed inside a {name:REGEX} constraint")
-        if char == "/":
-            segments.append([])
-        else:
-            literal += char
-        i += 1
-    if literal:
-        segments[-1].append(literal)
-    return segments, constraints
-
-
-def _read_variable(text: str, start: int) -> tuple[str, str | None, int]:
-    """Read `{name}` or `{name:REGEX}` (braces balanced) at start: name, regex, index past it."""
-    i = start + 1
-    while i < len(text) and text[i] not in ":}":
-        i += 1
-    name = text[start + 1 : i]
-    if i == len(text):
-        raise PatternError(f"unbalanced '{{' at position {start}")
-    if not name:
-        raise PatternError(f"empty variable name at position {start}")
-    if not name.isidentifier():
-        raise PatternError(f"variable name {name!r} at position {start} is not an identifier")
-    if text[i] == "}":
-        return name, None, i + 1
-    j, depth = i + 1, 1
-    while j < len(text):
-        if text[j] == "\\":
-            j += 2
-            continue
-        if text[j] == "[":  # braces inside a character class are literal
-            j = _class_end(text, j)
-            continue
-        depth += (text[j] == "{") - (text[j] == "}")
-        if depth == 0:
-            if j == i + 1:
-                raise PatternError(f"empty constraint for variable {name!r}")
-            return name, text[i + 1 : j], j + 1
-        j += 1
-    raise PatternError(f"unbalanced '{{' at position {start}")
-
-
-def _class_end(text: str, start: int) -> int:
-    """Index just past the regex character class opening at start (or past the end of text)."""
-    j = start + 1
-    j += text.startswith("^", j)
-    j += text.startswith("]", j)  # a "]" first in a class is literal
-    while j < len(text) and text[j] != "]":
-        j += 2 if text[j] == "\\" else 1
-    return j + 1

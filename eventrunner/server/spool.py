@@ -13,40 +13,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import functools
 import json
 import logging
 import os
-import struct
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
-
-import xxhash
 
 from eventrunner.core.errors import IntakeFull, PatternError, StorageError
 from eventrunner.core.reserved import Reserved
+from eventrunner.server.journal import (
+    check_free,
+    check_relpath,
+    encode,
+    read_journal,
+    sync_files,
+    write_all,
+)
 from eventrunner.server.written import WrittenLog
 from eventrunner.state.contain import DataRoot
-from eventrunner.state.files import atomic_write, fsync_dir, syncfs
+from eventrunner.state.files import atomic_write, fsync_dir
 
 log = logging.getLogger("eventrunner.spool")
 
-# A record: magic, meta length, body length | xxh3-64 of (head + meta + body) | meta | body.
-_HEAD = struct.Struct("<4sIQ")
-_SUM = struct.Struct("<Q")
-_MAGIC = b"ERJ1"
-_MAX_META = 1 << 20
 JOURNAL_MAX_BYTES = 32 << 20
-# A batch is refused unless the journal's filesystem keeps this much free beyond twice the
-# batch (journal and file): on a full filesystem a write into the journal's last page still
-# succeeded, so a body was acknowledged that could never reach its file (issue 14.6).
-MIN_FREE_BYTES = 1 << 20
 RETRY_DELAYS = (0.2, 10.0)  # retrying unwritten records: first delay, cap (doubling between)
 STATS = (  # noqa: SIM905
     "committed duplicates batches fsync_seconds_total storage_errors intake_full"
@@ -80,69 +75,6 @@ class _Entry:
     ts: float
     seq: int = 0  # journal and offset of the record, set when it is written
     offset: int = 0
-
-
-def _encode(meta: Mapping[str, Any], body: bytes) -> list[bytes]:
-    meta_bytes = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
-    head = _HEAD.pack(_MAGIC, len(meta_bytes), len(body))
-    return [head, _checksum(head, meta_bytes, body), meta_bytes, body]
-
-
-def _read_journal(path: Path, end: int | None) -> Iterator[tuple[int, Any, bytes]]:
-    """Yield (offset, meta, body) of intact records; stop at a torn tail or at `end`."""
-    with path.open("rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        limit = size if end is None else min(size, end)
-        offset, fixed = 0, _HEAD.size + _SUM.size
-        while offset + fixed <= limit:
-            head, checksum = f.read(_HEAD.size), f.read(_SUM.size)
-            magic, meta_len, body_len = _HEAD.unpack(head)
-            total = fixed + meta_len + body_len
-            if magic != _MAGIC or meta_len > _MAX_META or offset + total > limit:
-                break
-            meta_bytes, body = f.read(meta_len), f.read(body_len)
-            if _checksum(head, meta_bytes, body) != checksum:
-                break
-            yield offset, json.loads(meta_bytes), body
-            offset += total
-    if offset < limit:
-        log.warning("spool: dropping %d torn bytes at the end of %s", limit - offset, path.name)
-
-
-def _checksum(head: bytes, meta_bytes: bytes, body: bytes) -> bytes:
-    digest = xxhash.xxh3_64(head)
-    digest.update(meta_bytes)
-    digest.update(body)
-    return _SUM.pack(digest.intdigest())
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _sync_files(files: Iterable[Path], root: Path) -> None:
-    """Make written files and their folders durable: one syncfs per filesystem on Linux."""
-    folders = {folder for path in files for folder in path.parents if folder.is_relative_to(root)}
-    devices = {os.stat(folder).st_dev: folder for folder in folders if folder.exists()}
-    for folder in devices.values():
-        syncfs(folder)  # one call where fsync per file would cost thousands; raises on failure
-
-
-def _check_free(fd: int, size: int) -> None:
-    """OSError(ENOSPC) unless the filesystem of `fd` has room for `size` bytes twice, and then
-    some: the journal record, its file, and the checkpoint."""
-    st = os.fstatvfs(fd)
-    free = st.f_frsize * (st.f_bfree if os.geteuid() == 0 else st.f_bavail)
-    if free < 2 * size + MIN_FREE_BYTES:
-        raise OSError(errno.ENOSPC, f"storage is full ({free} bytes free)")
-
-
-def _check_relpath(relpath: str) -> None:
-    parts = PurePosixPath(relpath).parts
-    if not parts or relpath.startswith("/") or ".." in parts or "\\" in relpath or "\0" in relpath:
-        raise ValueError(f"spool target {relpath!r} is not a plain relative path")
 
 
 class Spool:
@@ -233,7 +165,7 @@ class Spool:
         """Store a record durably, or answer duplicate for a message id seen within the TTL."""
         if self._writer is None or self._writer.done() or self._closed:
             raise StorageError("webhook spool is not running")
-        _check_relpath(record.relpath)
+        check_relpath(record.relpath)
         mid = record.message_id
         if mid:
             seen = self._seen.get(mid)
@@ -401,14 +333,14 @@ class Spool:
         for entry in entries:
             rec = entry.record
             meta = dict(k="rec", id=entry.event_id, ts=entry.ts, path=rec.relpath)
-            encoded = _encode(meta | {"mid": rec.message_id, "meta": dict(rec.meta)}, rec.body)
+            encoded = encode(meta | {"mid": rec.message_id, "meta": dict(rec.meta)}, rec.body)
             entry.seq, entry.offset = self._seq, pos
             pos += sum(map(len, encoded))
             parts += encoded
         blob = b"".join(parts)
-        _check_free(self._fd, len(blob))
+        check_free(self._fd, len(blob))
         try:
-            _write_all(self._fd, blob)
+            write_all(self._fd, blob)
             if self._fsync:
                 began = time.perf_counter()
                 os.fdatasync(self._fd)
@@ -441,8 +373,8 @@ class Spool:
         fd = os.open(self._journal(seq), flags, 0o600)
         try:
             seals = {str(s): end for s, end in self._seals.items() if s != seq}
-            blob = b"".join(_encode({"k": "seal", "seals": seals}, b"")) if seals else b""
-            _write_all(fd, blob)
+            blob = b"".join(encode({"k": "seal", "seals": seals}, b"")) if seals else b""
+            write_all(fd, blob)
             if self._fsync:
                 os.fsync(fd)
                 fsync_dir(self._dir)
@@ -501,7 +433,7 @@ class Spool:
     def _checkpoint(self, upto: int, seen: Seen) -> None:
         """Make written files durable, record where replay starts, drop older journals."""
         if self._fsync:
-            _sync_files(self._dirty, self._root)
+            sync_files(self._dirty, self._root)
         self._dirty.clear()
         seq, offset = min(((e.seq, e.offset) for e in self._unwritten.values()), default=(upto, 0))
         self._write_json("dedup.json", {"ids": {mid: list(hit) for mid, hit in seen.items()}})
@@ -534,13 +466,13 @@ class Spool:
         journals = self._journals()
         seals: dict[int, int] = {}
         for _, path in journals:  # a seal opens the journal after the one it bounds
-            for _, meta, _ in _read_journal(path, None):
+            for _, meta, _ in read_journal(path, None):
                 if meta.get("k") == "seal":
                     seals.update({int(s): int(end) for s, end in meta["seals"].items()})
                 break
         after: list[_Entry] = []
         for seq, path in journals:
-            for offset, meta, body in _read_journal(path, seals.get(seq)):
+            for offset, meta, body in read_journal(path, seals.get(seq)):
                 if meta.get("k") != "rec":
                     continue
                 if meta["mid"] and meta["ts"] >= horizon:
