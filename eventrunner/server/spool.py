@@ -27,7 +27,7 @@ from typing import Any
 
 from eventrunner.core.errors import IntakeFull, PatternError, StorageError
 from eventrunner.core.reserved import Reserved
-from eventrunner.server.journal import (
+from eventrunner.server.spool_format import (
     check_free,
     check_relpath,
     encode,
