@@ -19,7 +19,7 @@ from typing import Any
 from eventrunner.core.errors import ConfigError
 from eventrunner.run.engine import Engine
 from eventrunner.run.planner import Target
-from eventrunner.run.session import Session
+from eventrunner.run.session import Session, save_in_thread
 from eventrunner.service.watch import FileChange, Rescan, watch_changes
 from eventrunner.state.index import Index
 from eventrunner.workspace import loader
@@ -208,7 +208,7 @@ class Runtime:
             if self.index is not None and self.index.changed:
                 try:
                     # A snapshot pickled in a thread: events go on being handled meanwhile.
-                    await self.index.save_async()
+                    await save_in_thread(self.index)
                 except OSError as exc:
                     log.error("could not save the index cache (will retry): %s", exc)
 
