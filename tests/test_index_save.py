@@ -8,6 +8,7 @@ import asyncio
 import pytest
 from conftest import ECHO_PIPELINE, LOGGED_ECHO_HANDLERS, MakeWorkspace, Workspace
 
+from eventrunner.run.session import save_in_thread
 from eventrunner.state.index import Index
 from eventrunner.state.store import Store
 from eventrunner.workspace.load import load_workspace
@@ -37,7 +38,7 @@ def _hold(index: Index, stage: str, eid: str) -> None:
 def test_a_quiet_save_clears_the_dirty_marker(index: Index) -> None:
     _hold(index, "echo.shout", "hello")
     assert index.dirty_path.exists()
-    asyncio.run(index.save_async())
+    asyncio.run(save_in_thread(index))
     assert not index.dirty_path.exists()
     assert index.cache_path.exists()
 
@@ -69,8 +70,33 @@ def test_a_snapshot_taken_while_a_state_runs_never_clears_the_marker(index: Inde
 
 
 def test_the_snapshot_is_a_copy(index: Index) -> None:
+    # A whole snapshot (the one after a rebuild)
+    index._full_next = True
     _, data = index.snapshot()
     index.forget_state("echo.shout", "hello")
     _hold(index, "echo.count", "*")
+    assert data["kind"] == "whole"
     assert "hello" in data["manifests"]["echo.shout"]
     assert "echo.count" not in data["control"].holds
+
+
+def test_a_save_after_a_clean_load_holds_only_what_changed(index: Index) -> None:
+    # Given an index loaded from a clean cache, and one state forgotten and one hold set
+    index.forget_state("echo.shout", "hello")
+    _hold(index, "echo.count", "hello")
+    generation, data = index.snapshot()
+
+    # Then the snapshot is a journal frame of just those changes
+    assert data["kind"] == "changes"
+    assert data["manifests"] == {("echo.shout", "hello"): None}
+    assert data["control"].holds == {"echo.count": ["hello"]}
+    index.write_snapshot(data)
+    index.saved(generation)
+    assert not index.dirty_path.exists()
+
+    # And a load replays it over the whole snapshot
+    again = Index.load(index.ws, index.store)
+    assert not again.recovered
+    assert "hello" not in again.manifests["echo.shout"]
+    assert "hello" in again.manifests["echo.count"]
+    assert again.control.holds == {"echo.count": ["hello"]}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -309,6 +310,7 @@ class Session:
             or (engine is not None and engine.outcome.executed > 0)
             or idx.dirty_path.exists()  # a crash was recovered from: the rebuilt index is true
             or not idx.cache_path.exists()  # first use: the next load reads one file
+            or not idx.journal_path.exists()
         ):
             await self._call_save(idx)
 
@@ -358,7 +360,7 @@ class Session:
 
     async def _call_save(self, idx: Index) -> None:
         if self.live:
-            await idx.save_async()  # pickled in a thread while events go on
+            await save_in_thread(idx)  # pickled in a thread while events go on
         else:
             idx.save()
 
@@ -368,3 +370,19 @@ def _sync(fn: Callable[[], object]) -> Callable[[], Awaitable[None]]:
         fn()
 
     return call
+
+
+_save_locks: weakref.WeakKeyDictionary[Index, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+async def save_in_thread(idx: Index) -> None:
+    """Index.save with the pickling and writing in a thread (the loop goes on changing state);
+    one at a time per index, so that journal frames reach the disk in the order taken."""
+    async with _save_locks.setdefault(idx, asyncio.Lock()):
+        generation, data = idx.snapshot()
+        try:
+            await asyncio.to_thread(idx.write_snapshot, data)
+        except BaseException:
+            idx.failed_save()
+            raise
+        idx.saved(generation)

@@ -21,7 +21,7 @@ from eventrunner.core.reserved import reserved_reason
 from eventrunner.run.engine import Engine
 from eventrunner.run.events import Changed, EventBus, Ready, Reloaded, ReloadFailed
 from eventrunner.run.planner import Target
-from eventrunner.run.session import Session
+from eventrunner.run.session import Session, save_in_thread
 from eventrunner.service.watch import FileChange, Rescan, watch_changes
 from eventrunner.state.index import Index
 from eventrunner.workspace import loader
@@ -221,7 +221,7 @@ class Runtime:
             if self.index is not None and self.index.changed:
                 try:
                     # A snapshot pickled in a thread: events go on being handled meanwhile.
-                    await self.index.save_async()
+                    await save_in_thread(self.index)
                 except OSError as exc:
                     log.error("could not save the index cache (will retry): %s", exc)
 

@@ -1,6 +1,6 @@
 """The stat/hash cache: a file's content hash for the price of one stat while it is unchanged.
 
-Kept in the index cache (`.eventrunner/index.pickle`). An entry is trusted only while the
+Kept in the index cache (`.eventrunner/index.pickle` and its journal). An entry is trusted only while the
 file's size, mtime and inode are those it was hashed with, and never for a file modified so
 recently that it could change again within the same mtime tick (git's "racily clean" files).
 """
@@ -59,6 +59,7 @@ class FileCache:
         self.touched: set[str] = set()
         self.written: set[str] = set()  # outputs this process wrote (trusted: see remember)
         self.changed = False  # learned something the saved cache lacks
+        self._delta: set[str] = set()  # relpaths whose entry changed since the last save
 
     def hash(self, relpath: str) -> str | None:
         """Content hash through the stat fast path; None when the file is missing."""
@@ -80,8 +81,9 @@ class FileCache:
         if entry is not None and time.time_ns() - st.st_mtime_ns > RACY_NS:
             self.entries[sys.intern(relpath)] = entry
             self.changed = True
-        else:
-            self.entries.pop(relpath, None)
+        elif self.entries.pop(relpath, None) is not None:
+            self.changed = True
+        self._delta.add(relpath)
         return digest
 
     def remember(self, relpath: str, digest: str) -> None:
@@ -98,6 +100,7 @@ class FileCache:
             return
         relpath = sys.intern(relpath)
         self.entries[relpath] = entry
+        self._delta.add(relpath)
         self._racy.add(relpath)
         self.written.add(relpath)
         self.touched.add(relpath)
@@ -105,12 +108,28 @@ class FileCache:
 
     def forget(self, relpath: str) -> None:
         """Drop a file's entry (it is gone, or about to be)."""
-        self.entries.pop(relpath, None)
+        if self.entries.pop(relpath, None) is not None:
+            self._delta.add(relpath)
+            self.changed = True
         self.touched.add(relpath)
 
     def snapshot(self) -> dict[str, bytes]:
         """A copy to persist. Entries of our own writes still inside the racy window are demoted
         first (in memory too), so the next check of such a file hashes it once more."""
+        self._demote_racy()
+        self.changed = False
+        return dict(self.entries)
+
+    def delta(self) -> dict[str, bytes | None]:
+        """The entries changed since the last call (None: dropped), racy ones demoted first:
+        what a journal frame holds. O(changed)."""
+        self._demote_racy()
+        out = {rel: self.entries.get(rel) for rel in self._delta}
+        self._delta = set()
+        self.changed = False
+        return out
+
+    def _demote_racy(self) -> None:
         racy = time.time_ns() - RACY_NS
         for rel in self._racy:
             entry = self.entries.get(rel)
@@ -119,5 +138,3 @@ class FileCache:
                 if mtime_ns > racy:  # may change again within its mtime tick
                     self.entries[rel] = _STAT.pack(size, -1, ino, raw)
         self._racy.clear()
-        self.changed = False
-        return dict(self.entries)

@@ -1,8 +1,10 @@
 """In-memory view of every state: known pattern instances, manifests, failures, a stat/hash cache.
 
-Persisted as a rebuildable cache (`.eventrunner/index.pickle`) so that a no-change run reads one
-file plus stats. A `dirty` marker is written before any change to state and removed once the
-cache is saved again; a cache found dirty (a crash mid-run) is ignored and rebuilt from manifests.
+Persisted as a rebuildable cache (`.eventrunner/index.pickle` plus `index.journal`, state/journal.py)
+so that a no-change run reads one file plus stats, and a save appends only what changed since
+the previous one. A `dirty` marker is written before any change to state and removed once the
+cache is saved again; a cache found dirty (a crash mid-run), torn or of another snapshot is
+ignored and rebuilt from manifests.
 
 The index owns its maps: they change only through methods named for what happened (below
 "what happened"), which mark it dirty themselves and have the store write a change first.
@@ -10,9 +12,6 @@ The index owns its maps: they change only through methods named for what happene
 
 from __future__ import annotations
 
-import asyncio
-import copy
-import pickle
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from eventrunner.core.errors import PatternError
 from eventrunner.core.patterns import parse_entity_id
 from eventrunner.core.patterns import trusted_entity_id as entity_id
 from eventrunner.core.records import Control, Failure, Manifest
+from eventrunner.state import journal
 from eventrunner.state.filecache import FileCache
 from eventrunner.state.files import atomic_write
 from eventrunner.state.instances import Instances, Key
@@ -31,7 +31,7 @@ from eventrunner.state.store import Store
 if TYPE_CHECKING:
     from eventrunner.workspace.load import Workspace
 
-CACHE_VERSION = 11
+CACHE_VERSION = journal.CACHE_VERSION
 
 
 class Index:
@@ -53,6 +53,11 @@ class Index:
         self.generation = 0  # bumped by every change: a save knows if state moved on since
         self._changed = False  # manifests, failures or control differ from the saved cache
         self.recovered = False  # loaded by rebuilding from manifests (see load)
+        # What changed since the last save (the journal's next frame): (stage, entity) keys.
+        self.delta_m: set[tuple[str, str]] = set()
+        self.delta_f: set[tuple[str, str]] = set()
+        self.delta_control = False
+        self._full_next = True  # the next save writes a whole snapshot (no trusted pair yet)
 
     @property
     def changed(self) -> bool:
@@ -63,6 +68,10 @@ class Index:
     @property
     def cache_path(self) -> Path:
         return self.store.root / "index.pickle"
+
+    @property
+    def journal_path(self) -> Path:
+        return self.store.root / "index.journal"
 
     @property
     def dirty_path(self) -> Path:
@@ -95,9 +104,8 @@ class Index:
         if self.dirty_path.exists():
             return False
         try:
-            with open(self.cache_path, "rb") as fh:
-                data = pickle.load(fh)
-        except (OSError, pickle.PickleError, EOFError, AttributeError, ValueError, TypeError):
+            data, frames = journal.read(self.cache_path, self.journal_path)
+        except journal.UNREADABLE:
             return False
         if data.get("version") != CACHE_VERSION:
             return False
@@ -105,6 +113,11 @@ class Index:
         self.manifests.update((s, ms) for s, ms in data["manifests"].items() if s in self.manifests)
         self.failures.update((s, fs) for s, fs in data["failures"].items() if s in self.failures)
         self.control = data["control"]
+        for frame in frames:
+            self.control = journal.replay(
+                frame, self.files.entries, self.manifests, self.failures, self.control
+            )
+        self._full_next = False
         return True
 
     def _rebuild(self) -> None:
@@ -126,48 +139,44 @@ class Index:
             self._dirty_marked = True
 
     def save(self) -> None:
-        """Write the cache, then clear the dirty marker."""
+        """Write what changed (or a whole snapshot), then clear the dirty marker."""
         generation, data = self.snapshot()
         try:
             self.write_snapshot(data)
         except BaseException:
-            self._changed = True
+            self.failed_save()
             raise
         self.saved(generation)
 
-    async def save_async(self) -> None:
-        """save() with the pickling and writing in a thread: the loop may go on changing state."""
-        generation, data = self.snapshot()
-        try:
-            await asyncio.to_thread(self.write_snapshot, data)
-        except BaseException:
-            self._changed = True
-            raise
-        self.saved(generation)
+    def failed_save(self) -> None:
+        """A snapshot taken was not written (a frame may be torn): the next save is whole."""
+        self._changed = True
+        self._full_next = True
 
     def snapshot(self) -> tuple[int, dict[str, Any]]:
-        """What the cache holds, copied (shallowly: entries are never changed in place) so that
-        it can be pickled while the index moves on; with the generation it was taken at."""
-        data = {
-            "version": CACHE_VERSION,
-            "files": self.files.snapshot(),
-            "manifests": {s: dict(ms) for s, ms in self.manifests.items()},
-            "failures": {
-                s: {e: copy.copy(f) for e, f in fs.items()} for s, fs in self.failures.items()
-            },
-            "control": copy.deepcopy(self.control),
-        }
+        """What the next save writes, copied so that it can be pickled while the index moves on
+        (entries are never changed in place): the changes since the last save, or everything
+        when there is no trusted pair on disk or the journal is due for compaction; with the
+        generation it was taken at."""
+        if self._full_next or journal.needs_compaction(self.cache_path, self.journal_path):
+            data = journal.whole(self)
+        else:
+            data = journal.changes(self)
+        self.delta_m, self.delta_f, self.delta_control = set(), set(), False
+        self._full_next = False
         self._changed = False
         # A state running now commits without bumping the generation before its store write:
         # a snapshot taken meanwhile must never clear the marker (-1 matches no generation).
         return (-1 if self.running else self.generation), data
 
     def write_snapshot(self, data: dict[str, Any]) -> None:
-        """Pickle a snapshot to the cache file (touches nothing else: safe in a thread)."""
+        """Write a snapshot: a journal frame, or a whole cache (touches nothing else: safe in a
+        thread)."""
         self.store.root.mkdir(parents=True, exist_ok=True)
-        atomic_write(
-            self.cache_path, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL), durable=True
-        )
+        if data["kind"] == "changes":
+            journal.append(self.journal_path, data)
+        else:
+            journal.write_full(self.cache_path, self.journal_path, data)
 
     def saved(self, generation: int) -> None:
         """The snapshot of `generation` is on disk: clear the dirty marker, unless state changed
@@ -200,6 +209,7 @@ class Index:
             self.files.remember(relpath, digest)
         old = self.manifests[m.stage].get(m.entity)
         self.manifests[m.stage][m.entity] = m
+        self.delta_m.add((m.stage, m.entity))
         stage = self.ws.graph.stages[m.stage]
         if stage.fanout_vars:
             key = stage.output.key
@@ -213,7 +223,8 @@ class Index:
                 values = pattern.match(relpath)
                 if values is not None:
                     self._add_instance(key, values, relpath)
-        self.failures[m.stage].pop(m.entity, None)
+        if self.failures[m.stage].pop(m.entity, None) is not None:
+            self.delta_f.add((m.stage, m.entity))
         return old
 
     def record_failure(self, failure: Failure, *, write: bool = False) -> None:
@@ -223,6 +234,7 @@ class Index:
         if write:
             self.store.write_failure(failure)
         self.failures[failure.stage][failure.entity] = failure
+        self.delta_f.add((failure.stage, failure.entity))
 
     def clear_failure(self, q: str, eid: str) -> bool:
         """Forget a state's failure (a manual retry, prune); False when it had none."""
@@ -231,6 +243,7 @@ class Index:
         self._mark_dirty()
         self.store.delete_failure(q, eid)
         del self.failures[q][eid]
+        self.delta_f.add((q, eid))
         return True
 
     def set_control(self, control: Control) -> None:
@@ -238,6 +251,7 @@ class Index:
         self._mark_dirty()
         self.store.write_control(control)
         self.control = control
+        self.delta_control = True
 
     def forget_state(self, q: str, eid: str) -> None:
         """A state is gone (prune, its outputs deleted): drop its manifest and failure."""
@@ -246,6 +260,8 @@ class Index:
         self.store.delete_failure(q, eid)
         self.manifests[q].pop(eid, None)
         self.failures[q].pop(eid, None)
+        self.delta_m.add((q, eid))
+        self.delta_f.add((q, eid))
 
     def outputs_pruned(self, q: str, eid: str) -> None:
         """The fan-out outputs a state no longer produces were deleted: its manifest says so."""
@@ -253,6 +269,7 @@ class Index:
         self._mark_dirty()
         self.store.write_manifest(m)
         self.manifests[q][eid] = m
+        self.delta_m.add((q, eid))
 
     def source_appeared(self, key: str, values: dict[str, str], relpath: str | None = None) -> None:
         """A source file came (or changed): its instance and the entities it binds exist."""

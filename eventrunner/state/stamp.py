@@ -57,7 +57,8 @@ def write_stamp(
     root = str(ws.settings.data_root)
     defs = fastpath.definition_files(ws.root)
     defs += sorted({str(ref.path) for ref in ws.handlers.values() if ref.stock})
-    defs.append(str(index.cache_path))  # rewritten by every change of state (invalidate, hold, ...)
+    # Every change of state (invalidate, hold, ...) rewrites the cache or grows its journal.
+    defs += [str(index.cache_path), str(index.journal_path)]
     dirs = list(dirs_before) if dirs_before else scan_dirs(ws)
     # Cache entries of files gone since (an orphan's input) played no part in the evaluation.
     paths = dirs + sorted(
@@ -74,7 +75,12 @@ def write_stamp(
         if not f.dead and f.next_retry
     ]
     # Our own outputs are replaced by rename (a new inode): the racy window does not concern them.
-    replaced = [str(index.cache_path), *(os.path.join(root, rel) for rel in index.files.written)]
+    # The journal only grows between compactions (which replace it): its size always moves.
+    replaced = [
+        str(index.cache_path),
+        str(index.journal_path),
+        *(os.path.join(root, rel) for rel in index.files.written),
+    ]
     # What the evaluation hashed; a file whose stats moved since changed mid-run (only the
     # paths read again need it).
     prefix = os.path.join(root, "")
