@@ -13,19 +13,16 @@ import heapq
 import itertools
 import logging
 import time
-import traceback
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from eventrunner.core.errors import PermanentError, RetryLater, StorageError
-from eventrunner.core.records import Failure, Manifest
-from eventrunner.core.redact import redact
-from eventrunner.core.staleness import Reason, Verdict, after_failure
-from eventrunner.run.commit import Commit, Committer
+from eventrunner.core.records import Manifest
+from eventrunner.core.staleness import Reason, Verdict
+from eventrunner.run.commit import Committer
 from eventrunner.run.evaluate import Evaluator
-from eventrunner.run.events import EventBus, Failed, Queued, Started, Succeeded
+from eventrunner.run.events import EventBus, Queued, Started
 from eventrunner.run.executors import Call, Executor, make_executor
-from eventrunner.run.invoke import Written
+from eventrunner.run.finish import Finishing
 from eventrunner.run.planner import Planner, Target
 from eventrunner.run.report import RunReport
 from eventrunner.run.settle import Settling
@@ -36,7 +33,7 @@ from eventrunner.workspace import loader
 log = logging.getLogger("eventrunner.engine")
 
 
-class Engine:
+class Engine(Finishing):
     """Runs stale states, upstream first and by priority, and follows their effects downstream."""
 
     def __init__(
@@ -368,117 +365,3 @@ class Engine:
                 self.index.attempt_ended(q, eid)
                 self._settled(q)
             self._release(q)
-
-    def _settled(self, q: str) -> None:
-        """A state of q is out of flight: consider the aggregates that were waiting on it."""
-        if released := self.settling.done(q):
-            self.consider(released)
-
-    async def _commit_success(
-        self, manifest: Manifest, written: Written, key: str, prev: Failure | None
-    ) -> None:
-        try:
-            await self._commit_and_follow(manifest, written, key, prev)
-        finally:
-            self._settled(manifest.stage)
-
-    async def _commit_and_follow(
-        self, manifest: Manifest, written: Written, key: str, prev: Failure | None
-    ) -> None:
-        q, eid = manifest.stage, manifest.entity
-        try:
-            await self.committer.submit(
-                Commit(manifest=manifest, temps=written.temps, clear_failure=prev is not None)
-            )
-        except Exception as exc:
-            # Recorded and retried like a handler failure (disk full, I/O error): the retry runs
-            # the handler again and writes everything anew, never re-syncing the same data.
-            written.discard()
-            error = StorageError(redact(f"commit failed: {exc}"))
-            try:
-                await self._fail(q, eid, key, prev, error, manifest.started)
-            finally:
-                self.index.attempt_ended(q, eid)
-            return
-        old = self.index.record_success(manifest, written.hashes)
-        self.outcome.succeeded += 1
-        self.events.emit(Succeeded(stage=q, entity=eid, duration_s=manifest.duration_s))
-        self._after_commit(q, eid, manifest, old)
-
-    def _commit_done(self, task: asyncio.Task[None]) -> None:
-        self._commits.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("internal error in a commit", exc_info=task.exception())
-        self._wake.set()
-
-    async def _fail(
-        self,
-        q: str,
-        eid: str,
-        key: str,
-        prev: Failure | None,
-        exc: BaseException,
-        started: float,
-    ) -> None:
-        stage = self.ws.graph.stages[q]
-        now = time.time()
-        failure = after_failure(
-            stage.retry,
-            prev,
-            stage=q,
-            entity=eid,
-            key=key,
-            # Secrets the handler read are masked where the failure is recorded: the record,
-            # the index cache, events, status and logs all come from here (issue 14.3).
-            error=redact(f"{type(exc).__name__}: {exc}"),
-            traceback=redact("".join(traceback.format_exception(exc)))[-8000:],
-            now=now,
-            permanent=isinstance(exc, PermanentError),
-            retry_after=exc.retry_after if isinstance(exc, RetryLater) else None,
-        )
-        try:
-            await self.committer.submit(Commit(failure=failure))
-        except Exception as exc:
-            # Kept in memory: the retry sweep still finds it; a restart just finds it stale.
-            log.error("%s %s: could not record its failure on disk: %s", q, eid, exc)
-        self.index.record_failure(failure)
-        self._failed_now.add((q, eid))
-        self.outcome.failed += 1
-        self.outcome.failures.append({"stage": q, "entity": eid, "error": failure.error})
-        log.warning(
-            "%s %s failed (attempt %d%s): %s",
-            q,
-            eid,
-            failure.attempts,
-            ", dead" if failure.dead else "",
-            (failure.error.splitlines() or [""])[0],  # one line per event; the rest is in explain
-        )
-        self.events.emit(
-            Failed(
-                stage=q,
-                entity=eid,
-                error=failure.error,
-                attempts=failure.attempts,
-                dead=failure.dead,
-                retry_at=failure.next_retry,
-            )
-        )
-
-    def _after_commit(self, q: str, eid: str, manifest: Manifest, old: Manifest | None) -> None:
-        """A committed output is an event for the stages that read it (and read what it dropped)."""
-        stage = self.ws.graph.stages[q]
-        self.index.attempt_ended(q, eid)
-        targets: list[Target] = []
-        pattern = self.index.instances[stage.output.key].pattern
-        for relpath in manifest.outputs:
-            values = pattern.match(relpath)
-            if values is not None:
-                targets.extend(self.planner.downstream_of(stage.output.key, values))
-        for relpath in old.outputs if old else ():
-            values = pattern.match(relpath)
-            if relpath not in manifest.outputs and values is not None:
-                targets.extend(self.planner.removed_targets(stage.output.key, values))
-        if (q, eid) in self._rerun:
-            self._rerun.discard((q, eid))
-            targets.append((q, eid, manifest.values))
-        self.consider(targets)
