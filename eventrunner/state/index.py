@@ -13,18 +13,16 @@ The index owns its maps: they change only through methods named for what happene
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eventrunner.core.errors import PatternError
-from eventrunner.core.patterns import parse_entity_id
 from eventrunner.core.patterns import trusted_entity_id as entity_id
 from eventrunner.core.records import Control, Failure, Manifest
 from eventrunner.state import journal
+from eventrunner.state.entities import EntityQueries
 from eventrunner.state.filecache import FileCache
 from eventrunner.state.files import atomic_write
-from eventrunner.state.instances import Instances, Key
+from eventrunner.state.instances import Instances
 from eventrunner.state.scan import scan
 from eventrunner.state.store import Store
 
@@ -34,7 +32,7 @@ if TYPE_CHECKING:
 CACHE_VERSION = journal.CACHE_VERSION
 
 
-class Index:
+class Index(EntityQueries):
     """Everything needed to decide staleness without reading manifests one by one."""
 
     def __init__(self, ws: Workspace, store: Store) -> None:
@@ -323,57 +321,6 @@ class Index:
                 for _eid, values in self.stage_entities(q):
                     inst.add(values)
             self.instances[stage.output.key] = inst
-
-    def stage_entities(self, qualname: str) -> Iterator[tuple[str, dict[str, str]]]:
-        """(entity id, values) of every entity a stage has now, from its driver inputs."""
-        stage = self.ws.graph.stages[qualname]
-        if not stage.inputs:
-            yield entity_id((), {}), {}
-            return
-        seen: set[Key] = set()
-        ev = stage.entity_vars
-        for name in stage.drivers:
-            inp = stage.input(name)
-            single = len(stage.drivers) == 1  # keys of one driver are distinct already
-            for key in self.instances[inp.pattern.key].keys(ev):
-                if single or key not in seen:
-                    if not single:
-                        seen.add(key)
-                    values = dict(zip(ev, key, strict=True))
-                    yield entity_id(ev, values), values
-
-    def entity_values(self, qualname: str, eid: str) -> dict[str, str]:
-        """The values of an entity id of a stage (PatternError if it is not one)."""
-        names = self.ws.graph.stages[qualname].entity_vars
-        if len(names) == 1 and "%" not in eid and "," not in eid and "=" not in eid:
-            return {names[0]: eid}
-        return parse_entity_id(names, eid)
-
-    def values_or_none(self, qualname: str, eid: str) -> dict[str, str] | None:
-        """entity_values, or None for text that is not an entity id of the stage."""
-        try:
-            return self.entity_values(qualname, eid)
-        except PatternError:
-            return None
-
-    def stage_entity_ids(self, qualname: str) -> list[str]:
-        """The ids stage_entities() gives, without building values (one list copy, usually)."""
-        stage = self.ws.graph.stages[qualname]
-        if len(stage.drivers) == 1:
-            inst = self.instances[stage.input(stage.drivers[0]).pattern.key]
-            if tuple(stage.entity_vars) == inst.pattern.variables:
-                return list(inst.items)  # same variables in the same order: the same ids
-        return [eid for eid, _ in self.stage_entities(qualname)]
-
-    def has_entity(self, qualname: str, values: dict[str, str]) -> bool:
-        """True when some driver input still binds this entity."""
-        stage = self.ws.graph.stages[qualname]
-        if not stage.inputs:
-            return True
-        return any(
-            self.instances[stage.input(d).pattern.key].binds(stage.entity_vars, values)
-            for d in stage.drivers
-        )
 
     def _add_instance(self, key: str, values: dict[str, str], relpath: str | None = None) -> None:
         """A pattern instance appeared: entities it binds downstream appear too (cascading)."""
