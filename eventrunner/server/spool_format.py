@@ -1,5 +1,5 @@
-"""The spool's journal format: length-prefixed, checksummed records, and the file helpers the
-spool's writer and recovery share (no event loop here: they run in the spool's threads)."""
+"""The spool's records and journal format (length-prefixed, checksummed), and the file helpers
+the spool's writer and recovery share (no event loop here: they run in the spool's threads)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import logging
 import os
 import struct
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -90,3 +91,33 @@ def check_relpath(relpath: str) -> None:
     parts = PurePosixPath(relpath).parts
     if not parts or relpath.startswith("/") or ".." in parts or "\\" in relpath or "\0" in relpath:
         raise ValueError(f"spool target {relpath!r} is not a plain relative path")
+
+
+Seen = dict[str, tuple[float, str]]  # message id -> (accepted at, event id)
+
+
+@dataclass(frozen=True)
+class SpoolRecord:
+    """One webhook body and where it goes, relative to the data root."""
+
+    relpath: str
+    body: bytes
+    message_id: str | None = None
+    meta: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PutResult:
+    """The answer to `Spool.put`: the record's event id, or the original's for a duplicate."""
+
+    event_id: str
+    duplicate: bool
+
+
+@dataclass
+class Entry:
+    record: SpoolRecord
+    event_id: str
+    ts: float
+    seq: int = 0  # journal and offset of the record, set when it is written
+    offset: int = 0
