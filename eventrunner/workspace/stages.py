@@ -39,6 +39,11 @@ def _merge_constraints(
     return merged
 
 
+Found = list[tuple[Pattern, str, str]]  # every parsed pattern with its file and field
+StagePatterns = dict[str, tuple[dict[str, Pattern], Pattern | None]]
+SourcePatterns = dict[tuple[str, str], Pattern]
+
+
 def build_graph(
     specs: dict[str, tuple[str, PipelineSpec]],
     default_retry: RetryPolicy,
@@ -47,9 +52,34 @@ def build_graph(
     """Build and check the graph; problems name file, field and reason. `reserved`: the
     workspace's own paths relative to the data root, which no pattern may be able to name."""
     problems: list[Problem] = []
-    raw: list[tuple[Pattern, str, str]] = []
-    stage_pats: dict[str, tuple[dict[str, Pattern], Pattern | None]] = {}
-    source_pats: dict[tuple[str, str], Pattern] = {}
+    raw, stage_pats, source_pats = _parse_all(specs, problems)
+    merged = _merge_constraints(raw, problems)
+    _check_reserved(raw, merged, reserved, problems)
+    stages, producer = _stages(specs, stage_pats, merged, default_retry, problems)
+    sources = _sources(specs, source_pats, merged, producer, problems)
+    consumers: dict[str, list[tuple[str, str]]] = {}
+    for qual, stage in stages.items():
+        for inp in stage.inputs:
+            consumers.setdefault(inp.pattern.key, []).append((qual, inp.name))
+            if inp.pattern.key not in producer and inp.pattern.key not in sources:
+                sources[inp.pattern.key] = Source(stage.pipeline, "", inp.pattern)
+    problems += _overlaps(stages, sources)
+    order, depth = _topo(stages, producer, problems)
+    stages = {q: _with_depth(s, depth.get(q, 0)) for q, s in stages.items()}
+    pipelines: dict[str, list[str]] = {p: [] for p in specs}
+    for q in order or list(stages):
+        pipelines[stages[q].pipeline].append(q)
+    graph = Graph(stages, sources, merged, producer, consumers, order or list(stages), pipelines)
+    return graph, problems
+
+
+def _parse_all(
+    specs: dict[str, tuple[str, PipelineSpec]], problems: list[Problem]
+) -> tuple[Found, StagePatterns, SourcePatterns]:
+    """Every pattern of every source and stage, parsed (a bad one is a problem, left out)."""
+    raw: Found = []
+    stage_pats: StagePatterns = {}
+    source_pats: SourcePatterns = {}
     for pname, (file, spec) in specs.items():
         for sname, src in spec.sources.items():
             pat = _parse(src.pattern, file, f"sources.{sname}.pattern", problems)
@@ -67,9 +97,17 @@ def build_graph(
             if out:
                 raw.append((out, file, f"stages.{sname}.output"))
             stage_pats[f"{pname}.{sname}"] = (ins, out)
-    merged = _merge_constraints(raw, problems)
-    _check_reserved(raw, merged, reserved, problems)
+    return raw, stage_pats, source_pats
 
+
+def _stages(
+    specs: dict[str, tuple[str, PipelineSpec]],
+    stage_pats: StagePatterns,
+    merged: dict[str, Pattern],
+    default_retry: RetryPolicy,
+    problems: list[Problem],
+) -> tuple[dict[str, Stage], dict[str, str]]:
+    """The stages whose patterns parsed, and which stage produces each output pattern."""
     stages: dict[str, Stage] = {}
     producer: dict[str, str] = {}
     for pname, (file, spec) in specs.items():
@@ -79,30 +117,32 @@ def build_graph(
             if out is None or len(ins) != len(st.inputs):
                 continue
             out = merged[out.key]
-            where = f"stages.{sname}"
             if out.key in producer:
                 other = stages[producer[out.key]]
                 problems.append(
                     Problem(
                         file,
-                        f"{where}.output",
+                        f"stages.{sname}.output",
                         f"pattern {out.key!r} is also produced by stage {other.qualname} ({other.file})",
                     )
                 )
                 continue
-            stage = _make_stage(
-                pname,
-                sname,
-                st,
-                file,
-                {k: merged[p.key] for k, p in ins.items()},
-                out,
-                default_retry,
-                problems,
-            )
+            patterns = {k: merged[p.key] for k, p in ins.items()}
+            stage = _make_stage(pname, sname, st, file, patterns, out, default_retry, problems)
             if stage:
                 stages[qual] = stage
                 producer[out.key] = qual
+    return stages, producer
+
+
+def _sources(
+    specs: dict[str, tuple[str, PipelineSpec]],
+    source_pats: SourcePatterns,
+    merged: dict[str, Pattern],
+    producer: dict[str, str],
+    problems: list[Problem],
+) -> dict[str, Source]:
+    """The declared sources; a pattern a stage produces cannot be one."""
     sources: dict[str, Source] = {}
     for (pname, sname), pat in source_pats.items():
         file = specs[pname][0]
@@ -120,20 +160,7 @@ def build_graph(
         sources[pat.key] = Source(
             pname, sname, merged[pat.key], specs[pname][1].sources[sname].webhook
         )
-    consumers: dict[str, list[tuple[str, str]]] = {}
-    for qual, stage in stages.items():
-        for inp in stage.inputs:
-            consumers.setdefault(inp.pattern.key, []).append((qual, inp.name))
-            if inp.pattern.key not in producer and inp.pattern.key not in sources:
-                sources[inp.pattern.key] = Source(stage.pipeline, "", inp.pattern)
-    problems += _overlaps(stages, sources)
-    order, depth = _topo(stages, producer, problems)
-    stages = {q: _with_depth(s, depth.get(q, 0)) for q, s in stages.items()}
-    pipelines: dict[str, list[str]] = {p: [] for p in specs}
-    for q in order or list(stages):
-        pipelines[stages[q].pipeline].append(q)
-    graph = Graph(stages, sources, merged, producer, consumers, order or list(stages), pipelines)
-    return graph, problems
+    return sources
 
 
 def _check_reserved(
