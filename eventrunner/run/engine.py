@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from eventrunner.core.records import Manifest
 from eventrunner.core.staleness import Reason, Verdict
 from eventrunner.run.commit import Committer
 from eventrunner.run.evaluate import Evaluator
@@ -333,27 +332,7 @@ class Engine(Finishing):
         except Exception as exc:
             await self._fail(q, eid, key, prev, exc, started)
         else:
-            finished = time.time()
-            before = self.index.manifests[q].get(eid)
-            dropped = (
-                sorted((set(before.outputs) | set(before.dropped)) - set(written.hashes))
-                if before
-                else []
-            )
-            manifest = Manifest(
-                stage=q,
-                entity=eid,
-                values=dict(values),
-                code=self.ws.code[q],
-                params=self.ws.params[q],
-                inputs=gathered.hashes(),
-                outputs=written.hashes,
-                started=started,
-                finished_ns=time.time_ns(),
-                duration_s=round(finished - started, 6),
-                attempt=attempt,
-                dropped=dropped,
-            )
+            manifest = self._manifest(q, eid, values, gathered.hashes(), written, started, attempt)
             # The slot is freed now; the commit joins the next group (one sync for many runs).
             task = asyncio.ensure_future(self._commit_success(manifest, written, key, prev))
             self._commits.add(task)

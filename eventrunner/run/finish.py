@@ -55,6 +55,40 @@ class Finishing:
         """Check targets and queue the stale ones (the Engine's)."""
         raise NotImplementedError
 
+    def _manifest(
+        self,
+        q: str,
+        eid: str,
+        values: dict[str, str],
+        inputs: dict[str, dict[str, str]],
+        written: Written,
+        started: float,
+        attempt: int,
+    ) -> Manifest:
+        """The manifest of a successful attempt; outputs the previous one had and this one did
+        not write (fan-out keys gone) are recorded as dropped, for `prune`."""
+        finished = time.time()
+        before = self.index.manifests[q].get(eid)
+        dropped = (
+            sorted((set(before.outputs) | set(before.dropped)) - set(written.hashes))
+            if before
+            else []
+        )
+        return Manifest(
+            stage=q,
+            entity=eid,
+            values=dict(values),
+            code=self.ws.code[q],
+            params=self.ws.params[q],
+            inputs=inputs,
+            outputs=written.hashes,
+            started=started,
+            finished_ns=time.time_ns(),
+            duration_s=round(finished - started, 6),
+            attempt=attempt,
+            dropped=dropped,
+        )
+
     def _settled(self, q: str) -> None:
         """A state of q is out of flight: consider the aggregates that were waiting on it."""
         if released := self.settling.done(q):
