@@ -108,33 +108,7 @@ def staleness_reasons(f: Facts) -> list[Reason]:
     if m.params != f.params:
         out.append(Reason("PARAMS_CHANGED", "params changed", {"old": m.params, "new": f.params}))
     recorded_inputs, recorded_outputs = m.inputs, m.outputs  # built on access: once here
-    for name in sorted(set(recorded_inputs) | set(f.inputs)):
-        old, new = recorded_inputs.get(name, {}), f.inputs.get(name, {})
-        for path in sorted(set(old) | set(new)):
-            if path not in old:
-                out.append(
-                    Reason(
-                        "INPUT_ADDED",
-                        f"input {name}: {path} added",
-                        {"input": name, "path": path, "new": new[path]},
-                    )
-                )
-            elif path not in new:
-                out.append(
-                    Reason(
-                        "INPUT_REMOVED",
-                        f"input {name}: {path} removed",
-                        {"input": name, "path": path, "old": old[path]},
-                    )
-                )
-            elif old[path] != new[path]:
-                out.append(
-                    Reason(
-                        "INPUT_CHANGED",
-                        f"input {name}: {path} changed",
-                        {"input": name, "path": path, "old": old[path], "new": new[path]},
-                    )
-                )
+    out += _input_reasons(recorded_inputs, f.inputs)
     for path, h in sorted(f.outputs_now.items()):
         if h is not None and recorded_outputs.get(path) != h:
             out.append(
@@ -146,6 +120,26 @@ def staleness_reasons(f: Facts) -> list[Reason]:
             )
     if f.invalidated_ns and f.invalidated_ns > m.finished_ns:
         out.append(Reason("INVALIDATED", "invalidated by request"))
+    return out
+
+
+def _input_reasons(
+    recorded: dict[str, dict[str, str]], now: dict[str, dict[str, str]]
+) -> list[Reason]:
+    """INPUT_ADDED / INPUT_REMOVED / INPUT_CHANGED for each input file that differs."""
+    out: list[Reason] = []
+    for name in sorted(set(recorded) | set(now)):
+        old, new = recorded.get(name, {}), now.get(name, {})
+        for path in sorted(set(old) | set(new)):
+            if path not in old:
+                detail = {"input": name, "path": path, "new": new[path]}
+                out.append(Reason("INPUT_ADDED", f"input {name}: {path} added", detail))
+            elif path not in new:
+                detail = {"input": name, "path": path, "old": old[path]}
+                out.append(Reason("INPUT_REMOVED", f"input {name}: {path} removed", detail))
+            elif old[path] != new[path]:
+                detail = {"input": name, "path": path, "old": old[path], "new": new[path]}
+                out.append(Reason("INPUT_CHANGED", f"input {name}: {path} changed", detail))
     return out
 
 
@@ -188,33 +182,40 @@ def decide(f: Facts) -> Verdict:
         return Verdict("waiting", tuple(waiting))
     if not reasons:
         return FRESH
+    failed = _failure_verdict(f, reasons)
+    return failed if failed is not None else Verdict("stale", tuple(reasons))
+
+
+def _failure_verdict(f: Facts, reasons: list[Reason]) -> Verdict | None:
+    """dead, or failed while backing off, when a failure of this very attempt is on record."""
     fail = f.failure
-    if fail is not None and fail.key == f.attempt_key:
-        if fail.dead:
-            return Verdict(
-                "dead",
-                (
-                    Reason(
-                        "DEAD",
-                        f"failed {fail.attempts} times, last: {fail.error}; waiting for a manual retry",
-                        {"attempts": fail.attempts},
-                    ),
-                    *reasons,
+    if fail is None or fail.key != f.attempt_key:
+        return None
+    if fail.dead:
+        return Verdict(
+            "dead",
+            (
+                Reason(
+                    "DEAD",
+                    f"failed {fail.attempts} times, last: {fail.error}; waiting for a manual retry",
+                    {"attempts": fail.attempts},
                 ),
-            )
-        if fail.next_retry is not None and fail.next_retry > f.now:
-            return Verdict(
-                "failed",
-                (
-                    Reason(
-                        "BACKOFF",
-                        f"attempt {fail.attempts} failed: {fail.error}; retry at {fail.next_retry:.0f}",
-                        {"attempts": fail.attempts, "retry_at": fail.next_retry},
-                    ),
-                    *reasons,
+                *reasons,
+            ),
+        )
+    if fail.next_retry is not None and fail.next_retry > f.now:
+        return Verdict(
+            "failed",
+            (
+                Reason(
+                    "BACKOFF",
+                    f"attempt {fail.attempts} failed: {fail.error}; retry at {fail.next_retry:.0f}",
+                    {"attempts": fail.attempts, "retry_at": fail.next_retry},
                 ),
-            )
-    return Verdict("stale", tuple(reasons))
+                *reasons,
+            ),
+        )
+    return None
 
 
 def backoff_delay(policy: RetryRule, attempts: int, rng: random.Random | None = None) -> float:
