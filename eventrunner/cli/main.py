@@ -14,6 +14,7 @@ from typing import Any
 from eventrunner.core.errors import (
     ConfigError,
     EventRunnerError,
+    ExecutorUnavailable,
     LockHeld,
     ServerUnavailable,
     UnknownName,
@@ -28,6 +29,7 @@ EXIT_CODES: dict[type[BaseException], int] = {
     UsageError: 2,
     WorkspaceNotFound: 2,
     UnknownName: 2,
+    ExecutorUnavailable: 2,
     LockHeld: 3,
     ServerUnavailable: 3,
     EventRunnerError: 1,

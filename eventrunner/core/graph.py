@@ -54,6 +54,7 @@ class Stage:
     file: str
     depth: int = 0
     drivers: tuple[str, ...] = field(default=())  # inputs whose variables cover entity_vars
+    resources: dict[str, float] = field(default_factory=dict)  # Dask worker resources per call
 
     @property
     def qualname(self) -> str:
@@ -295,6 +296,7 @@ def _make_stage(
         version=st.version,
         file=file,
         drivers=drivers,
+        resources=dict(st.resources),
     )
 
 

@@ -83,7 +83,9 @@ class Engine:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._owns_executor = executor is None
-        self.executor = executor or make_executor(self.ws.settings.runtime.executor, self.jobs)
+        self.executor = executor or make_executor(
+            self.ws.settings.runtime.executor, self.jobs, self.ws.settings.runtime
+        )
         self.executor.on_capacity_change(self._wake.set)
         self.committer = Committer(store, index.root)
         self._funcs: dict[str, Callable[..., Any]] = {}
@@ -179,7 +181,8 @@ class Engine:
         return self.outcome
 
     async def start(self) -> None:
-        """Start the committer and the dispatcher (long-running use: `serve`)."""
+        """Start the executor, the committer and the dispatcher (long-running use: `serve`)."""
+        await self.executor.start()  # ExecutorUnavailable before anything runs
         await self.committer.__aenter__()
         self._dispatcher = asyncio.create_task(self._dispatch_loop())
 
@@ -291,6 +294,7 @@ class Engine:
                 values=values,
                 attempt=attempt,
                 root=self.index.root,
+                code=self.ws.code[q],
             )
             # The executor bounds the handler's own run time (stage.timeout) and raises
             # HandlerTimeout or WorkerLost; a cancel of this task cancels the call.

@@ -3,8 +3,9 @@
 The engine keeps the queue, priorities, per-stage concurrency, retries and commits; an executor
 only runs one handler call (read the inputs, call the handler, write its outputs to temp files)
 and hands back the `Written` result or the error. `thread_pool.ThreadExecutor` (the default)
-and `process_pool.ProcessExecutor` (`executor = "process"`) implement it; a distributed one
-plugs in the same way, through `make_executor` or `Engine(executor=...)`.
+and `process_pool.ProcessExecutor` (`executor = "process"`) implement it, and so does the
+distributed `dask_pool.DaskExecutor` (`executor = "dask"`), through `make_executor` or
+`Engine(executor=...)`.
 
 The contract, for every implementation:
 
@@ -28,6 +29,11 @@ The contract, for every implementation:
 - Late results: a call that finishes after its future was resolved (timed out, cancelled) has
   its result thrown away: its temp files are removed and nothing of it reaches the commit.
   A retry of the same (stage, entity) may meanwhile run elsewhere; both write distinct temps.
+- `start()` (awaited by the engine before its first call) connects or spawns what the executor
+  needs, raising `ExecutorUnavailable` when it cannot; the local executors need nothing.
+- Code identity: `call.code` is the identity the coordinator records for the call's output;
+  an executor that loads the handler from another copy of its code (a remote worker) refuses
+  the call with `CodeChanged` when that copy's identity differs.
 - `close()` cancels what is still running or queued and releases workers; it is idempotent.
   `abandoned` counts calls whose thread could not be stopped (the CLI then exits without
   waiting for them).
@@ -49,6 +55,7 @@ from eventrunner.core.graph import Stage
 from eventrunner.run.evaluate import InputFile
 from eventrunner.run.invoke import Written, build_kwargs, make_context, store_result, wants_ctx
 from eventrunner.workspace.loader import HandlerRef
+from eventrunner.workspace.settings import RuntimeSettings
 
 log = logging.getLogger("eventrunner.executor")
 
@@ -69,6 +76,7 @@ class Call:
     values: dict[str, str]
     attempt: int
     root: Path
+    code: str = ""  # the code identity the coordinator records for the output ("": unchecked)
 
     @property
     def timeout(self) -> float | None:
@@ -104,6 +112,10 @@ class Executor(ABC):
     @abstractmethod
     def submit(self, call: Call) -> asyncio.Future[Written]:
         """Start `call` (on the loop's thread); the future holds its result or its error."""
+
+    async def start(self) -> None:
+        """Connect or spawn what calls need (before the first submit); safe to call twice."""
+        return  # the local executors start their workers on demand
 
     def cancel(self, future: asyncio.Future[Written]) -> None:
         """Stop the call behind `future`; the same as `future.cancel()`."""
@@ -150,8 +162,13 @@ def _discard_temp(path: Path | None) -> None:
         Written([(path, path)], {}).discard()
 
 
-def make_executor(kind: str, size: int) -> Executor:
-    """The executor named by `[runtime] executor`, sized for `size` calls at once."""
+def make_executor(kind: str, size: int, runtime: RuntimeSettings | None = None) -> Executor:
+    """The executor named by `[runtime] executor`, sized for `size` calls at once (the local
+    ones; a Dask cluster sizes itself). ExecutorUnavailable when its package is missing."""
+    if kind == "dask":
+        from eventrunner.run.dask_pool import DaskExecutor  # imports distributed: only here
+
+        return DaskExecutor.from_settings(runtime or RuntimeSettings())
     if kind == "process":
         from eventrunner.run.process_pool import ProcessExecutor
 
