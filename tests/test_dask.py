@@ -11,6 +11,8 @@ import os
 import secrets
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 
 import pytest
 from conftest import MakeWorkspace, Workspace
-from dask_helpers import Cluster, cluster, marked_processes
+from dask_helpers import MARK, Cluster, cluster, free_port, marked_processes
 
 from eventrunner.core.errors import HandlerTimeout
 from eventrunner.run.engine import Engine, Outcome
@@ -68,11 +70,7 @@ def dask_toml(address: str, retry: str = 'backoff = "1d", max_backoff = "1d"') -
 
 async def drain(root: Path) -> Outcome:
     """What `eventrunner run` does, on this loop: every stale state, once."""
-    ws = load_workspace(root)
-    store = Store(ws.settings.state_dir)
-    index = Index.load(ws, store)
-    engine = Engine(index, store, jobs=2)
-    engine.consider(engine.planner.all_targets(), fresh_pass=True)
+    engine, index = make_engine(root)
     outcome = await engine.drain()
     index.save()
     return outcome
@@ -303,3 +301,312 @@ async def test_a_timeout_is_enforced_by_the_coordinator_and_the_late_result_igno
     finally:
         (tmp_path / "release").write_text("")
         await pool.close()
+
+
+async def test_a_lost_scheduler_connection_resubmits_instead_of_counting_a_failure(
+    make_workspace: MakeWorkspace, tmp_path: Path, no_process_left: None
+) -> None:
+    pytest.importorskip("distributed", reason="needs distributed: pip install 'eventrunner[dask]'")
+    with cluster(tmp_path / "cluster", TOKEN, {"w1": ()}) as c:
+        # Given a call running on the only worker of a scheduler
+        ws = blocking_workspace(make_workspace, dask_toml(c.address), tmp_path)
+        engine, index = make_engine(ws.root)
+        run = asyncio.ensure_future(engine.drain())
+        await until(lambda: (tmp_path / "pids/a-1").exists(), "the call to start")
+        first_pid = int((tmp_path / "pids/a-1").read_text())
+        # When the scheduler dies (its worker leaves with it) and another comes up in its place
+        c.kill_scheduler()
+        (tmp_path / "release").write_text("")  # the call, sent again, need not block
+        c.start_scheduler()
+        c.start_worker("w2")
+        outcome = await run
+        index.save()
+        # Then the call was sent again and committed as its first attempt: nothing failed
+        assert (outcome.failed, outcome.succeeded) == (0, 1), outcome.failures
+        assert engine.executor.resubmitted == 1  # type: ignore[attr-defined]
+        assert int((tmp_path / "pids/a-1").read_text()) != first_pid
+        assert ws.read("out/a.txt") == "v1:A"
+        assert manifests(ws.root)[".eventrunner/state/p.s/a.json"]["attempt"] == 1
+        assert failures(ws.root) == {}
+
+
+async def test_shutdown_drops_calls_not_started_and_lets_running_ones_finish(
+    make_workspace: MakeWorkspace, dask: Cluster, tmp_path: Path
+) -> None:
+    from eventrunner.run.dask_pool import DaskExecutor
+
+    # Given four calls on two worker threads: two running (blocked), two sent but waiting
+    ws = blocking_workspace(make_workspace, dask_toml(dask.address), tmp_path)
+    for n in "bcd":
+        ws.write(f"in/{n}.txt", n)
+    pool = DaskExecutor(scheduler=dask.address, workers=1, shared_fs=False)
+    engine, index = make_engine(ws.root, executor=pool)
+    try:
+        await engine.start()
+        await until(
+            lambda: (
+                sum(b.started for b in pool._inflight.values()) == 2
+                and sum(b.dask is not None for b in pool._inflight.values()) == 4
+            ),
+            "two calls running and two waiting on the workers",
+        )
+        waiting = {b.key for b in pool._inflight.values() if not b.started}
+        running = {b.jobs[0].call.entity for b in pool._inflight.values() if b.started}
+        # When shutdown begins
+        stopping = asyncio.ensure_future(engine.stop(grace=30))
+
+        async def dropped() -> bool:
+            """True once no worker holds any of the waiting calls' tasks any more."""
+            held = await pool.client.run(lambda dask_worker: list(dask_worker.state.tasks))
+            return not waiting & {k for keys in held.values() for k in keys}
+
+        deadline = time.monotonic() + DEADLINE
+        while not await dropped():  # the workers forgot the waiting calls
+            assert time.monotonic() < deadline, "waiting calls still on the workers"
+            await asyncio.sleep(0.02)
+        (tmp_path / "release").write_text("")
+        await stopping
+        # Then the running calls finished within the grace period and were committed ...
+        assert engine.outcome.succeeded == 2
+        assert {p.stem for p in (ws.root / "out").iterdir()} == running
+        # ... the waiting ones never started, and the stop is not clean: they stay stale
+        assert {p.name.split("-")[0] for p in (tmp_path / "pids").glob("?-1")} == running
+        assert engine.stopped_clean is False
+        assert index.running == set()
+    finally:
+        (tmp_path / "release").write_text("")
+        await pool.close()
+
+
+def make_engine(root: Path, **kwargs: Any) -> tuple[Engine, Index]:
+    """An engine over a freshly loaded workspace, every stale state queued."""
+    ws = load_workspace(root)
+    store = Store(ws.settings.state_dir)
+    index = Index.load(ws, store)
+    engine = Engine(index, store, jobs=2, **kwargs)
+    engine.consider(engine.planner.all_targets(), fresh_pass=True)
+    return engine, index
+
+
+# -- what Dask adds ------------------------------------------------------------------------------
+WHERE = """\
+import asyncio
+import threading
+
+
+def where(t: str) -> str:
+    from distributed import get_worker
+
+    return f"{get_worker().name}:{t}"
+
+
+async def looped(t: str) -> str:
+    from distributed import get_worker
+
+    await asyncio.sleep(0.01)
+    own_loop = asyncio.get_running_loop() is not get_worker().loop.asyncio_loop
+    main = threading.current_thread() is threading.main_thread()
+    return f"own loop {own_loop}, main thread {main}: {t}"
+
+
+def plain(t: str) -> str:
+    return t + "!"
+"""
+
+
+def where_workspace(make_workspace: MakeWorkspace, toml: str, stages: str, n: int) -> Workspace:
+    files: dict[str, str | bytes] = {"eventrunner.toml": toml, "handlers/h.py": WHERE}
+    files["pipelines/p.toml"] = stages
+    files.update({f"in/{i}.txt": str(i) for i in range(n)})
+    return make_workspace(files)
+
+
+async def test_stage_resources_are_dask_worker_resources(
+    make_workspace: MakeWorkspace, dask: Cluster
+) -> None:
+    # Given a stage that needs one GPU, and one of the two workers offering one
+    stages = """\
+[stages.gpu]
+handler = "h:where"
+inputs = { t = "in/{n}.txt" }
+output = "gpu/{n}.txt"
+resources = { GPU = 1 }
+"""
+    ws = where_workspace(make_workspace, dask_toml(dask.address), stages, 6)
+    # When it runs
+    outcome = await drain(ws.root)
+    # Then every call ran on the worker with the GPU
+    assert outcome.succeeded == 6
+    assert {ws.read(f"gpu/{i}.txt") for i in range(6)} == {f"gpu:{i}" for i in range(6)}
+
+
+async def test_async_handlers_run_in_a_loop_of_their_own_on_the_worker(
+    make_workspace: MakeWorkspace, dask: Cluster
+) -> None:
+    # Given an async handler
+    stages = (
+        '[stages.a]\nhandler = "h:looped"\ninputs = { t = "in/{n}.txt" }\noutput = "a/{n}.txt"\n'
+    )
+    ws = where_workspace(make_workspace, dask_toml(dask.address), stages, 2)
+    # When it runs on Dask
+    outcome = await drain(ws.root)
+    # Then it ran on a worker thread in its own event loop, not on the worker's loop
+    assert outcome.succeeded == 2
+    assert ws.read("a/1.txt") == "own loop True, main thread False: 1"
+
+
+async def test_many_small_calls_share_tasks_and_futures_in_flight_stay_bounded(
+    make_workspace: MakeWorkspace, dask: Cluster
+) -> None:
+    from eventrunner.run.dask_pool import PER_THREAD, DaskExecutor
+
+    # Given 300 calls of a trivial handler
+    stages = (
+        '[stages.p]\nhandler = "h:plain"\ninputs = { t = "in/{n}.txt" }\noutput = "p/{n}.txt"\n'
+    )
+    ws = where_workspace(make_workspace, dask_toml(dask.address), stages, 300)
+    pool = DaskExecutor(scheduler=dask.address, workers=1, shared_fs=False)
+    most: list[int] = []
+    real_pump = pool._pump
+
+    def pump() -> None:
+        real_pump()
+        most.append(len(pool._inflight))
+
+    pool._pump = pump  # type: ignore[method-assign]
+    engine, _ = make_engine(ws.root, executor=pool)
+    try:
+        # When they run
+        outcome = await engine.drain()
+    finally:
+        await pool.close()
+    # Then all succeeded, in far fewer Dask tasks than calls ...
+    assert outcome.succeeded == 300
+    assert [ws.read(f"p/{i}.txt") for i in range(0, 300, 37)] == [
+        f"{i}!" for i in range(0, 300, 37)
+    ]
+    assert pool.batches <= 300 / 4, pool.batches
+    # ... and never more futures in flight than two per worker thread
+    assert max(most) <= PER_THREAD * 2
+
+
+# -- configuration and errors --------------------------------------------------------------------
+def test_dask_settings_come_from_the_environment_too(tmp_path: Path) -> None:
+    from eventrunner.workspace.settings import load_settings
+
+    env = {
+        "EVENTRUNNER_RUNTIME_EXECUTOR": "dask",
+        "EVENTRUNNER_RUNTIME_DASK_SCHEDULER": "tcp://scheduler:8786",
+        "EVENTRUNNER_RUNTIME_DASK_WORKERS": "3",
+        "EVENTRUNNER_RUNTIME_SHARED_FS": "true",
+    }
+    rt = load_settings(tmp_path, env=env).runtime
+    assert (rt.executor, rt.dask_scheduler, rt.dask_workers, rt.shared_fs) == (
+        "dask",
+        "tcp://scheduler:8786",
+        3,
+        True,
+    )
+    default = load_settings(tmp_path, env={}).runtime
+    assert (default.dask_scheduler, default.dask_workers, default.shared_fs) == (
+        None,
+        os.cpu_count() or 1,
+        False,
+    )
+
+
+def test_a_resource_amount_must_be_positive(make_workspace: MakeWorkspace) -> None:
+    stages = """\
+[stages.gpu]
+handler = "h:where"
+inputs = { t = "in/{n}.txt" }
+output = "gpu/{n}.txt"
+resources = { GPU = 0 }
+"""
+    ws = where_workspace(make_workspace, "", stages, 1)
+    res = ws.cli("validate")
+    assert res.code == 2
+    assert "pipelines/p.toml: stages.gpu.resources.GPU: Input should be greater than 0" in res.err
+
+
+DASK_RUN = '[runtime]\nexecutor = "dask"\n'
+
+
+def test_without_distributed_a_dask_run_is_a_one_line_error_with_exit_2(
+    make_workspace: MakeWorkspace,
+) -> None:
+    # Given a workspace set to run on Dask, in a CLI process that cannot import distributed
+    # (a None entry in sys.modules is how Python reports a module as not installed)
+    ws = where_workspace(
+        make_workspace,
+        DASK_RUN,
+        '[stages.p]\nhandler = "h:plain"\ninputs = { t = "in/{n}.txt" }\noutput = "p/{n}.txt"\n',
+        1,
+    )
+    code = (
+        "import sys; sys.modules['distributed'] = None; "
+        "from eventrunner.cli.main import console; "
+        "sys.argv = ['eventrunner', '-w', sys.argv[1], 'run']; console()"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(ws.root)], capture_output=True, text=True, timeout=60
+    )
+    # Then it exits 2 with one line naming the setting and the fix
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        'eventrunner: [runtime] executor = "dask" needs the distributed package: '
+        "pip install 'eventrunner[dask]'"
+    ]
+    assert not ws.exists("p/0.txt")
+
+
+PLAIN_STAGE = (
+    '[stages.p]\nhandler = "h:plain"\ninputs = { t = "in/{n}.txt" }\noutput = "p/{n}.txt"\n'
+)
+
+
+@pytest.mark.parametrize("command", ["run", "serve"])
+def test_an_unreachable_scheduler_is_a_one_line_error_with_exit_2(
+    make_workspace: MakeWorkspace, command: str
+) -> None:
+    pytest.importorskip("distributed", reason="needs distributed: pip install 'eventrunner[dask]'")
+    # Given a scheduler address (from the environment) where nothing listens
+    ws = where_workspace(make_workspace, "", PLAIN_STAGE, 1)
+    address = f"tcp://127.0.0.1:{free_port()}"
+    env = {
+        "EVENTRUNNER_RUNTIME_EXECUTOR": "dask",
+        "EVENTRUNNER_RUNTIME_DASK_SCHEDULER": address,
+        "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "1s",  # Dask's own connect timeout
+    }
+    # When `run` or `serve` starts
+    args = ("run",) if command == "run" else ("serve", "--port", "0", "--no-watch")
+    res = ws.sub(*args, env=env)
+    # Then it exits 2, its last line naming the setting (and `run` prints nothing else)
+    assert res.code == 2, res.err
+    error = res.err.splitlines()[-1]
+    assert error.startswith(f"eventrunner: [runtime] dask_scheduler = '{address}': cannot reach")
+    if command == "run":
+        assert res.err.splitlines() == [error]
+    assert not ws.exists("p/0.txt")
+
+
+def test_without_a_scheduler_run_starts_and_stops_a_local_cluster(
+    make_workspace: MakeWorkspace,
+) -> None:
+    pytest.importorskip("distributed", reason="needs distributed: pip install 'eventrunner[dask]'")
+    # Given a workspace on Dask with no scheduler address: a local cluster of one worker
+    ws = where_workspace(make_workspace, DASK_RUN + "dask_workers = 1\n", WHERE_STAGE, 3)
+    token = secrets.token_hex(4)
+    # When `run` runs
+    res = ws.sub("run", "--json", env={MARK: token})
+    # Then the handlers ran in a worker process of the local cluster ...
+    assert res.code == 0, res.err
+    assert res.json["succeeded"] == 3
+    assert {ws.read(f"w/{i}.txt").split(":")[1] for i in range(3)} == {"0", "1", "2"}
+    # ... and none of its processes outlived it
+    assert marked_processes(token) == []
+
+
+WHERE_STAGE = (
+    '[stages.w]\nhandler = "h:where"\ninputs = { t = "in/{n}.txt" }\noutput = "w/{n}.txt"\n'
+)

@@ -74,6 +74,7 @@ class _Batch:
     key: str
     jobs: list[_Job]
     dask: Any = None  # its distributed Future, once submitted
+    started: bool = False  # a worker said it started it
 
 
 class _Pace:
@@ -216,6 +217,24 @@ class DaskExecutor(Executor):
             raise
         return client
 
+    def drop_queued(self) -> int:
+        """Shutdown began: cancel the calls no worker has started (waiting here, or sent but
+        not begun); how many. A call that starts meanwhile is abandoned like a cancel."""
+        dropped = 0
+        for dq in self._waiting.values():
+            while dq:
+                job = dq.popleft()
+                dropped += not job.future.done()
+                job.future.cancel()
+        for batch in list(self._inflight.values()):
+            if not batch.started:
+                for job in batch.jobs:
+                    dropped += not job.future.done()
+                    job.future.cancel()
+        if dropped:
+            log.info("dask: shutdown: %d call(s) not started are cancelled", dropped)
+        return dropped
+
     async def close(self) -> None:
         """Cancel queued and running calls, disconnect, stop the local cluster. Idempotent."""
         if self._closed:
@@ -331,6 +350,8 @@ class DaskExecutor(Executor):
         stage = first.stage
         batch.dask = client.submit(
             run_batch,
+            batch.key,
+            self._topic,
             live,
             {digest: bundle},
             scattered,
@@ -385,7 +406,6 @@ class DaskExecutor(Executor):
                     values=c.values,
                     attempt=c.attempt,
                     shared_root=str(c.root) if self.shared_fs else None,
-                    topic=self._topic if c.timeout is not None else None,
                 )
             )
         return wires, blobs
@@ -477,11 +497,12 @@ class DaskExecutor(Executor):
 
     # -- timeouts and cancels -------------------------------------------------------------------
     def _on_started(self, event: tuple[float, Any]) -> None:
-        """A worker started a call with a timeout: its clock starts now."""
+        """A worker started a task: the timeouts of its calls count from now."""
         key = str(event[1])
         batch = self._inflight.get(key)
         if batch is None:
             return
+        batch.started = True
         loop = asyncio.get_running_loop()
         for job in batch.jobs:
             if job.call.timeout is not None and job.timer is None and not job.future.done():

@@ -57,9 +57,15 @@ _lock = threading.Lock()
 
 
 def run_batch(
-    calls: list[WireCall], bundles: dict[str, bytes], blobs: dict[str, bytes]
+    key: str,
+    topic: str,
+    calls: list[WireCall],
+    bundles: dict[str, bytes],
+    blobs: dict[str, bytes],
 ) -> list[WireResult]:
-    """The Dask task: run each call in turn; one result per call, errors included."""
+    """The Dask task `key`: say it started (on `topic`: timeouts count from now, and a
+    shutdown no longer drops it), then run each call in turn; one result per call."""
+    _log_start(topic, key)
     where, pid = _worker_address(), os.getpid()
     results = []
     for call in calls:
@@ -72,8 +78,6 @@ def run_batch(
 def run_call(call: WireCall, bundles: dict[str, bytes], blobs: dict[str, bytes]) -> WireResult:
     """One call in a scratch folder of its own, removed afterwards."""
     t0 = time.perf_counter()
-    if call.topic:
-        _log_start(call.topic, call.key)
     scratch = Path(tempfile.gettempdir()) / f"eventrunner-scratch-{os.getpid()}" / call.key
     try:
         func = _load(call, _bundle_root(call.bundle, bundles[call.bundle]))
@@ -218,7 +222,7 @@ def _worker_address() -> str:
 
 
 def _log_start(topic: str, key: str) -> None:
-    """Tell the coordinator the call started: its timeout counts from now."""
+    """Tell the coordinator the task started."""
     try:
         from distributed import get_worker
 

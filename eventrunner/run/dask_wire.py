@@ -60,7 +60,6 @@ class WireCall:
     values: dict[str, str]
     attempt: int
     shared_root: str | None  # the data root as workers see it (shared_fs), for SHARED blobs
-    topic: str | None  # log the start on this topic (calls with a timeout)
 
 
 @dataclass(slots=True)

@@ -213,6 +213,7 @@ class Engine:
     async def stop(self, grace: float | None = None) -> None:
         """Stop starting work; let running handlers finish (within `grace` s), commit, stop. Idempotent."""
         self._accepting = False
+        dropped = self.executor.drop_queued()  # not started: they need not use the grace
         pending: set[asyncio.Task[None]] = set()
         if self._tasks:
             _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
@@ -220,7 +221,9 @@ class Engine:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
-        self.stopped_clean = not pending and not self._heap and not any(self._deferred.values())
+        self.stopped_clean = (
+            not dropped and not pending and not self._heap and not any(self._deferred.values())
+        )
         if self._commits:
             await asyncio.wait(set(self._commits))
         if self._dispatcher is not None:

@@ -34,7 +34,9 @@ The contract, for every implementation:
 - Code identity: `call.code` is the identity the coordinator records for the call's output;
   an executor that loads the handler from another copy of its code (a remote worker) refuses
   the call with `CodeChanged` when that copy's identity differs.
-- `close()` cancels what is still running or queued and releases workers; it is idempotent.
+- Shutdown: `drop_queued()` cancels calls accepted but not started (the engine then counts
+  the stop as not clean: their states stay stale); `close()` cancels what is still running
+  or queued and releases workers; it is idempotent.
   `abandoned` counts calls whose thread could not be stopped (the CLI then exits without
   waiting for them).
 """
@@ -120,6 +122,12 @@ class Executor(ABC):
     def cancel(self, future: asyncio.Future[Written]) -> None:
         """Stop the call behind `future`; the same as `future.cancel()`."""
         future.cancel()
+
+    def drop_queued(self) -> int:
+        """Shutdown began: cancel the calls that have not started (their futures), so only
+        running ones use the grace period; how many were dropped. The local executors start
+        what they accept at once: nothing to drop."""
+        return 0
 
     @abstractmethod
     async def close(self) -> None:
