@@ -1,8 +1,8 @@
 """What runs on a Dask worker: one task runs a batch of handler calls, one after the other.
 
-Each call runs in a scratch folder laid out like the data root: its input files (and its
-previous output, for ctx.final_path) written at their paths, or linked to the shared workspace
-(`shared_fs`). The handler is loaded from the code bundle the coordinator sent, with the
+Each call runs in a scratch folder laid out like the data root (one per worker thread): its
+input files (and its previous output, for ctx.final_path) written at their paths, or linked
+to the shared workspace (`shared_fs`), and removed after the call. The handler is loaded from the code bundle the coordinator sent, with the
 project's own loader, and refused (`CodeChanged`) when that code's identity is not the one the
 coordinator will record for the output. Outputs go back as bytes; nothing here writes to the
 workspace. Errors go back as data, never as a Dask task error, so only the coordinator decides
@@ -50,6 +50,7 @@ from eventrunner.state.store import read_file, write_file
 from eventrunner.workspace import codeid, loader
 
 KEEP_BUNDLES = 8  # bundles whose modules stay imported in a worker (older ones are forgotten)
+WIPE_EVERY = 500  # calls between two wipes of a worker thread's scratch folder
 
 _identities: dict[tuple[str, str, str, str], str] = {}
 _loaded: OrderedDict[str, Path] = OrderedDict()
@@ -76,21 +77,46 @@ def run_batch(
 
 
 def run_call(call: WireCall, bundles: dict[str, bytes], blobs: dict[str, bytes]) -> WireResult:
-    """One call in a scratch folder of its own, removed afterwards."""
+    """One call in this thread's scratch folder; what it put there is removed afterwards."""
     t0 = time.perf_counter()
-    scratch = Path(tempfile.gettempdir()) / f"eventrunner-scratch-{os.getpid()}" / call.key
+    scratch = _scratch()
+    placed: list[Path] = []
     try:
         func = _load(call, _bundle_root(call.bundle, bundles[call.bundle]))
-        _materialise(call, scratch, blobs)
+        _materialise(call, scratch, blobs, placed)
         outputs = _call(call, func, scratch)
         return WireResult(call.key, outputs, seconds=time.perf_counter() - t0)
     except BaseException as exc:  # the call's result, as data
         return _failure(call.key, exc, time.perf_counter() - t0)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        # output_path() remembers folders it created; these are gone now.
-        gone = [p for p in list(invoke._ready_dirs) if p == scratch or scratch in p.parents]
-        invoke._ready_dirs.difference_update(gone)
+        for path in placed:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+_local = threading.local()
+
+
+def _scratch() -> Path:
+    """This worker thread's scratch root. Its folders are kept from call to call (creating and
+    removing folders costs milliseconds on some disks, more than a small call itself); every
+    WIPE_EVERY calls it is removed whole, with anything a handler left behind."""
+    calls = getattr(_local, "calls", 0)
+    root = (
+        Path(tempfile.gettempdir()) / f"eventrunner-scratch-{os.getpid()}-{threading.get_ident()}"
+    )
+    if calls % WIPE_EVERY == 0:
+        shutil.rmtree(root, ignore_errors=True)
+        # output_path() remembers folders it made; these are gone now.
+        invoke._ready_dirs.difference_update(
+            [p for p in list(invoke._ready_dirs) if root in p.parents]
+        )
+        _local.dirs = set()
+        root.mkdir(parents=True)
+    _local.calls = calls + 1
+    return root
 
 
 def _bundle_root(digest: str, data: bytes) -> Path:
@@ -126,12 +152,17 @@ def _load(call: WireCall, root: Path) -> Callable[..., Any]:
     return loader.load(ref)
 
 
-def _materialise(call: WireCall, scratch: Path, blobs: dict[str, bytes]) -> None:
+def _materialise(
+    call: WireCall, scratch: Path, blobs: dict[str, bytes], placed: list[Path]
+) -> None:
     """Put every input (and the previous output) at its path under the scratch folder."""
-    scratch.mkdir(parents=True)
+    dirs: set[Path] = _local.dirs
     for blob in call.payload:
         dest = scratch / blob.relpath
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.parent not in dirs:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dirs.add(dest.parent)
+        placed.append(dest)
         if blob.kind == FILE:
             write_file(dest, blob.data)
         elif blob.kind == TREE:
@@ -162,10 +193,13 @@ def _call(call: WireCall, func: Callable[..., Any], root: Path) -> list[Blob]:
         if ctx.output_path is not None and os.path.lexists(ctx.output_path):
             invoke.Written([(ctx.output_path, ctx.output_path)], {}).discard()
         raise
-    return [
-        _blob(tmp, final.relative_to(root).as_posix(), own=tmp == ctx.output_path)
-        for tmp, final in written.temps
-    ]
+    try:
+        return [
+            _blob(tmp, final.relative_to(root).as_posix(), own=tmp == ctx.output_path)
+            for tmp, final in written.temps
+        ]
+    finally:
+        written.discard()
 
 
 async def _awaited(
