@@ -458,12 +458,12 @@ async def test_async_handlers_run_in_a_loop_of_their_own_on_the_worker(
 async def test_many_small_calls_share_tasks_and_futures_in_flight_stay_bounded(
     make_workspace: MakeWorkspace, dask: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from eventrunner.run import dask_pool
+    from eventrunner.run import dask_batch
     from eventrunner.run.dask_pool import PER_THREAD, DaskExecutor
 
     # Given 300 calls of a trivial handler, every call counted as small (on a busy machine a
     # trivial call may measure over the real threshold: this test is about the grouping)
-    monkeypatch.setattr(dask_pool, "SMALL_S", 1.0)
+    monkeypatch.setattr(dask_batch, "SMALL_S", 1.0)
     stages = (
         '[stages.p]\nhandler = "h:plain"\ninputs = { t = "in/{n}.txt" }\noutput = "p/{n}.txt"\n'
     )

@@ -12,9 +12,8 @@ wherever Dask puts it); a lost connection to the scheduler resubmits what was in
 counting nothing; a stage's timeout runs from the worker's "started" event and is enforced
 here: the call fails with `HandlerTimeout` and its late result is dropped (a Dask worker
 cannot stop a thread, so the handler runs on there until it returns). Small calls of one
-stage (no timeout, measured under ~10 ms) are grouped into one task, up to a batch that runs
-~50 ms, so the scheduler's ~1 ms per task does not cap throughput; futures in flight stay
-at two per worker thread.
+stage share a task (dask_batch); futures in flight stay at two per worker thread. The
+connection and the cluster's size are dask_link's.
 """
 
 from __future__ import annotations
@@ -25,14 +24,22 @@ import itertools
 import logging
 import secrets
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eventrunner.core.errors import CodeChanged, ExecutorUnavailable, HandlerError, WorkerLost
+from eventrunner.core.errors import CodeChanged, HandlerError, WorkerLost
 from eventrunner.run.bundle import build_bundle
+from eventrunner.run.dask_batch import Batch, Job, Pace, batch_size
+from eventrunner.run.dask_link import DaskLink
 from eventrunner.run.dask_task import run_batch
-from eventrunner.run.dask_wire import WireCall, WireResult, error_of, pack_inputs, write_outputs
+from eventrunner.run.dask_wire import (
+    WireCall,
+    WireResult,
+    error_of,
+    pack_inputs,
+    wire_call,
+    write_all,
+)
 from eventrunner.run.executors import Call, Executor
 from eventrunner.run.invoke import Written
 from eventrunner.workspace.settings import RuntimeSettings
@@ -40,59 +47,7 @@ from eventrunner.workspace.settings import RuntimeSettings
 log = logging.getLogger("eventrunner.executor")
 
 PER_THREAD = 2  # futures in flight per worker thread: one runs, one waits its turn
-BATCH_MAX = 64  # calls in one task at most
-SMALL_S = 0.01  # calls shorter than this (on average, once measured) are batched ...
-BATCH_S = 0.05  # ... into tasks running about this long
-WARMUP = 4  # calls of a stage measured before it is batched
-WATCH_S = 1.0  # how often the cluster's workers and the connection are checked
 LOST = "scheduler-connection-lost"
-
-
-def require_distributed() -> None:
-    """ExecutorUnavailable (exit 2) when the distributed package is not installed."""
-    try:
-        import distributed  # noqa: F401
-    except ImportError:
-        raise ExecutorUnavailable(
-            '[runtime] executor = "dask" needs the distributed package: '
-            "pip install 'eventrunner[dask]'"
-        ) from None
-
-
-@dataclass(eq=False)
-class _Job:
-    call: Call
-    future: asyncio.Future[Written]
-    seq: int
-    solo: bool = False  # a lost batch's call: sent alone from now on
-    timer: asyncio.TimerHandle | None = None
-    batch: _Batch | None = None
-
-
-@dataclass(eq=False)
-class _Batch:
-    key: str
-    jobs: list[_Job]
-    dask: Any = None  # its distributed Future, once submitted
-    started: bool = False  # a worker said it started it
-
-
-class _Pace:
-    """A stage's measured call time on the workers (moving average)."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.mean = 0.0
-
-    def add(self, seconds: float) -> None:
-        self.n += 1
-        self.mean = seconds if self.n == 1 else 0.8 * self.mean + 0.2 * seconds
-
-    def batch(self) -> int:
-        """Calls per task for this stage (1: not batched)."""
-        if self.n < WARMUP or self.mean >= SMALL_S:
-            return 1
-        return max(1, min(BATCH_MAX, int(BATCH_S / max(self.mean, 1e-5))))
 
 
 class DaskExecutor(Executor):
@@ -101,32 +56,31 @@ class DaskExecutor(Executor):
 
     def __init__(self, *, scheduler: str | None, workers: int, shared_fs: bool) -> None:
         super().__init__()
-        require_distributed()
-        self.scheduler = scheduler
-        self.workers = max(1, workers)
         self.shared_fs = shared_fs
-        self.client: Any = None
-        self.cluster: Any = None
-        self.batches = 0  # tasks submitted (a batch of one is a task too)
-        self.resubmitted = 0  # calls sent again after a lost scheduler or a lost batch
         self._token = secrets.token_hex(4)
         self._topic = f"eventrunner-started-{self._token}"
+        self.link = DaskLink(
+            scheduler=scheduler,
+            workers=workers,
+            topic=self._topic,
+            on_started=self._on_started,
+            on_change=self._link_changed,
+            on_back=self._link_back,
+        )
+        self.batches = 0  # tasks submitted (a batch of one is a task too)
+        self.resubmitted = 0  # calls sent again after a lost scheduler or a lost batch
         self._keys = itertools.count()
         self._seq = itertools.count()
-        self._waiting: dict[str, deque[_Job]] = {}
-        self._inflight: dict[str, _Batch] = {}
-        self._paces: dict[str, _Pace] = {}
+        self._waiting: dict[str, deque[Job]] = {}
+        self._inflight: dict[str, Batch] = {}
+        self._paces: dict[str, Pace] = {}
         self._bundles: dict[Path, tuple[str, Any]] = {}
         self._bundle_lock = asyncio.Lock()
         self._codes: dict[str, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._slots = 0
-        self._offered: set[str] = set()
         self._warned: set[tuple[str, str]] = set()
-        self._ready = False
         self._kicked = False
         self._closed = False
-        self._watcher: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(cls, runtime: RuntimeSettings) -> DaskExecutor:
@@ -144,78 +98,26 @@ class DaskExecutor(Executor):
 
     @property
     def _futures_limit(self) -> int:
-        return max(1, PER_THREAD * self._slots)
+        return max(1, PER_THREAD * self.link.slots)
 
     # -- lifecycle ----------------------------------------------------------------------------
+    @property
+    def client(self) -> Any:
+        """The distributed client (None before start)."""
+        return self.link.client
+
     async def start(self) -> None:
         """Start the local cluster (no `dask_scheduler`) and connect; ExecutorUnavailable when
         the scheduler cannot be reached or the cluster does not start."""
-        if self.client is not None:
-            return
-        _quiet_distributed()
-        address = self.scheduler
-        if address is None:
-            address = await self._start_cluster()
-        try:
-            self.client = await self._connect(address)
-        except Exception as exc:
-            await self._close_cluster()
-            setting = (
-                f"[runtime] dask_scheduler = {address!r}"
-                if self.scheduler
-                else f"[runtime] dask_workers = {self.workers} (a local cluster)"
-            )
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ExecutorUnavailable(
-                f"{setting}: cannot reach the Dask scheduler: {reason}"
-            ) from None
-        await self._refresh()
-        self._ready = True
-        self._watcher = asyncio.create_task(self._watch())
-        log.info("dask: connected to %s (%d worker threads)", address, self._slots)
+        await self.link.start()
 
-    async def _start_cluster(self) -> str:
-        from distributed import LocalCluster
+    def _link_changed(self) -> None:
+        self._capacity_changed()
+        self._kick()
 
-        try:
-            self.cluster = await LocalCluster(  # type: ignore[no-untyped-call]
-                n_workers=self.workers,
-                threads_per_worker=1,  # handlers are Python: one per process, past the GIL
-                processes=True,
-                host="127.0.0.1",
-                scheduler_port=0,
-                dashboard_address=":0",
-                asynchronous=True,
-            )
-        except Exception as exc:
-            raise ExecutorUnavailable(
-                f"[runtime] dask_workers = {self.workers}: the local Dask cluster did not "
-                f"start: {type(exc).__name__}: {exc}"
-            ) from None
-        return str(self.cluster.scheduler_address)
-
-    async def _connect(self, address: str) -> Any:
-        """A client on this loop, subscribed to start events, on a scheduler that retries
-        nothing (the engine counts attempts)."""
-        from distributed import Client
-
-        client = await Client(  # type: ignore[no-untyped-call]
-            address, asynchronous=True, set_as_default=False
-        )
-        try:
-            before = await client.run_on_scheduler(_no_retries())
-            if before and self.cluster is None:
-                log.warning(
-                    "dask: the scheduler at %s retried tasks on other workers "
-                    "(allowed-failures %s); set to 0, as eventrunner counts attempts itself",
-                    address,
-                    before,
-                )
-            client.subscribe_topic(self._topic, self._on_started)
-        except BaseException:
-            await client.close()
-            raise
-        return client
+    def _link_back(self) -> None:
+        self._bundles.clear()  # scattered data did not survive the scheduler
+        self._kick()
 
     def drop_queued(self) -> int:
         """Shutdown began: cancel the calls no worker has started (waiting here, or sent but
@@ -247,27 +149,19 @@ class DaskExecutor(Executor):
         for batch in list(self._inflight.values()):
             for job in batch.jobs:
                 job.future.cancel()
-        for task in [*self._tasks, *([self._watcher] if self._watcher else [])]:
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        for task in [*self._tasks, *([self._watcher] if self._watcher else [])]:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self.client is not None:
-            with contextlib.suppress(Exception):
-                await self.client.close()
-        await self._close_cluster()
-
-    async def _close_cluster(self) -> None:
-        if self.cluster is not None:
-            cluster, self.cluster = self.cluster, None
-            with contextlib.suppress(Exception):
-                await cluster.close()
+        await self.link.close()
 
     # -- calls --------------------------------------------------------------------------------
     def submit(self, call: Call) -> asyncio.Future[Written]:
         if self._closed:
             raise RuntimeError("executor is closed")
-        job = _Job(call, asyncio.get_running_loop().create_future(), next(self._seq))
+        job = Job(call, asyncio.get_running_loop().create_future(), next(self._seq))
         job.future.add_done_callback(lambda _f: self._resolved(job))
         self._waiting.setdefault(call.stage.qualname, deque()).append(job)
         self._kick()
@@ -282,15 +176,15 @@ class DaskExecutor(Executor):
     def _pump(self) -> None:
         """Send waiting calls, best first, while futures in flight stay under the limit."""
         self._kicked = False
-        while self._ready and not self._closed and len(self._inflight) < self._futures_limit:
+        while self.link.ready and not self._closed and len(self._inflight) < self._futures_limit:
             q = self._best_stage()
             if q is None:
                 return
             dq = self._waiting[q]
             free = self._futures_limit - len(self._inflight)
-            size = 1 if dq[0].solo else self._batch_size(dq[0].call, len(dq), free)
+            size = 1 if dq[0].solo else batch_size(dq[0].call, self._paces, len(dq), free)
             jobs = [dq.popleft() for _ in range(min(size, len(dq)))]
-            batch = _Batch(f"eventrunner-{q}-{self._token}-{next(self._keys)}", jobs)
+            batch = Batch(f"eventrunner-{q}-{self._token}-{next(self._keys)}", jobs)
             for job in jobs:
                 job.batch = batch
             self._inflight[batch.key] = batch
@@ -312,14 +206,7 @@ class DaskExecutor(Executor):
                     best, found = rank, q
         return found
 
-    def _batch_size(self, call: Call, waiting: int, free: int) -> int:
-        if call.timeout is not None:
-            return 1  # a timeout is per call: its task must start with it
-        pace = self._paces.get(call.stage.qualname)
-        want = pace.batch() if pace is not None else 1
-        return max(1, min(want, -(-waiting // max(1, free))))  # idle futures first
-
-    async def _run(self, batch: _Batch) -> None:
+    async def _run(self, batch: Batch) -> None:
         """Pack, submit, await and deliver one task's calls."""
         try:
             results = await self._submit(batch)
@@ -335,7 +222,7 @@ class DaskExecutor(Executor):
             if not self._closed:
                 self._kick()
 
-    async def _submit(self, batch: _Batch) -> list[WireResult] | None:
+    async def _submit(self, batch: Batch) -> list[WireResult] | None:
         from distributed.client import FutureCancelledError
         from distributed.scheduler import KilledWorker
 
@@ -374,7 +261,7 @@ class DaskExecutor(Executor):
             return None
         return results
 
-    def _pack(self, batch: _Batch, digest: str) -> tuple[list[WireCall | None], dict[str, bytes]]:
+    def _pack(self, batch: Batch, digest: str) -> tuple[list[WireCall | None], dict[str, bytes]]:
         """(In a thread.) Each live call's wire form; a call whose inputs cannot be read fails."""
         wires: list[WireCall | None] = []
         blobs: dict[str, bytes] = {}
@@ -382,31 +269,13 @@ class DaskExecutor(Executor):
             c = job.call
             key = batch.key if len(batch.jobs) == 1 else f"{batch.key}-{i}"
             try:
-                payload = pack_inputs(
-                    c.stage, c.files, c.values, c.root, self.shared_fs, blobs, f"{key}:"
-                )
+                payload = pack_inputs(c, self.shared_fs, blobs, f"{key}:")
             except OSError as exc:
                 wires.append(None)
                 _threadsafe(job.future, exc)
                 continue
             wires.append(
-                None
-                if job.future.done()
-                else WireCall(
-                    key=key,
-                    stage=c.stage,
-                    spec=c.handler.spec,
-                    bundle=digest,
-                    module=c.handler.path.relative_to(c.handler.root).as_posix(),
-                    dotted=c.handler.module,
-                    function=c.handler.function,
-                    code=c.code,
-                    files=c.files,
-                    payload=payload,
-                    values=c.values,
-                    attempt=c.attempt,
-                    shared_root=str(c.root) if self.shared_fs else None,
-                )
+                None if job.future.done() else wire_call(c, key, digest, payload, self.shared_fs)
             )
         return wires, blobs
 
@@ -429,7 +298,7 @@ class DaskExecutor(Executor):
                 )
         return entry
 
-    async def _deliver(self, batch: _Batch, results: list[WireResult]) -> None:
+    async def _deliver(self, batch: Batch, results: list[WireResult]) -> None:
         """Write the outputs of calls still wanted to temps (in a thread), resolve each call."""
         by_key = {r.key: r for r in results}
         keyed = [
@@ -437,11 +306,11 @@ class DaskExecutor(Executor):
             for i, job in enumerate(batch.jobs)
         ]
         wanted = [(j, r) for j, r in keyed if r is not None and r.ok and not j.future.done()]
-        written = await asyncio.to_thread(_write_all, wanted)
+        written = await asyncio.to_thread(write_all, wanted)
         for job, result in keyed:
             if result is None:
                 continue
-            self._paces.setdefault(job.call.stage.qualname, _Pace()).add(result.seconds)
+            self._paces.setdefault(job.call.stage.qualname, Pace()).add(result.seconds)
             if result.ok:
                 out = written.get(id(job))
                 if isinstance(out, Written):
@@ -458,7 +327,7 @@ class DaskExecutor(Executor):
                 job.future.set_exception(error)
 
     # -- failures -----------------------------------------------------------------------------
-    def _requeue(self, batch: _Batch, why: str) -> None:
+    def _requeue(self, batch: Batch, why: str) -> None:
         """Put a batch's unresolved calls back at the head of their queue, counting nothing."""
         jobs = [j for j in batch.jobs if not j.future.done()]
         if not jobs:
@@ -472,10 +341,10 @@ class DaskExecutor(Executor):
             job.batch = None
             self._waiting.setdefault(job.call.stage.qualname, deque()).appendleft(job)
         if why.startswith("the connection"):
-            self._ready = False  # the watcher resumes once the client is back
+            self.link.lost()  # it resumes sending once the client is back
             self._bundles.clear()  # scattered data did not survive
 
-    def _worker_lost(self, batch: _Batch, exc: Exception) -> None:
+    def _worker_lost(self, batch: Batch, exc: Exception) -> None:
         worker = getattr(getattr(exc, "last_worker", None), "address", "?")
         if len(batch.jobs) > 1:
             for job in batch.jobs:
@@ -489,7 +358,7 @@ class DaskExecutor(Executor):
                 WorkerLost(f"the Dask worker {worker} running the handler died")
             )
 
-    def _fail_dask(self, batch: _Batch, exc: Exception) -> None:
+    def _fail_dask(self, batch: Batch, exc: Exception) -> None:
         log.error("dask: task %s failed: %s: %s", batch.key, type(exc).__name__, exc)
         for job in batch.jobs:
             if not job.future.done():
@@ -508,7 +377,7 @@ class DaskExecutor(Executor):
             if job.call.timeout is not None and job.timer is None and not job.future.done():
                 job.timer = loop.call_later(job.call.timeout, self._expire, job)
 
-    def _expire(self, job: _Job) -> None:
+    def _expire(self, job: Job) -> None:
         if not job.future.done():
             log.warning(
                 "%s: over its %ss timeout; its result will be ignored (the Dask worker's "
@@ -518,7 +387,7 @@ class DaskExecutor(Executor):
             )
             job.future.set_exception(job.call.timed_out())
 
-    def _resolved(self, job: _Job) -> None:
+    def _resolved(self, job: Job) -> None:
         """A call's future is done: once no call of its task is wanted, cancel the task."""
         if job.timer is not None:
             job.timer.cancel()
@@ -532,65 +401,9 @@ class DaskExecutor(Executor):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    # -- the cluster ----------------------------------------------------------------------------
-    async def _watch(self) -> None:
-        """Follow the cluster's size, and come back after a lost scheduler connection."""
-        while not self._closed:
-            await asyncio.sleep(WATCH_S)
-            status = self.client.status
-            if status in ("closing", "closed"):
-                await self._reconnect()
-            elif status == "running":
-                if not self._ready:
-                    await self._resume()
-                await self._refresh()
-
-    async def _resume(self) -> None:
-        try:
-            await self.client.run_on_scheduler(_no_retries())
-            self.client.subscribe_topic(self._topic, self._on_started)
-        except Exception as exc:
-            log.warning("dask: reconnected but could not set the scheduler up: %s", exc)
-            return
-        log.warning("dask: connection to the scheduler is back; sending calls again")
-        self._ready = True
-        self._kick()
-
-    async def _reconnect(self) -> None:
-        """The client gave up reconnecting: a new one, as soon as the scheduler answers."""
-        self._ready = False
-        address = str(self.cluster.scheduler_address if self.cluster else self.scheduler)
-        try:
-            client = await self._connect(address)
-        except Exception as exc:
-            log.error("dask: cannot reach the scheduler at %s (%s); retrying", address, exc)
-            return
-        old, self.client = self.client, client
-        with contextlib.suppress(Exception):
-            await old.close()
-        self._bundles.clear()
-        self._ready = True
-        self._kick()
-
-    async def _refresh(self) -> None:
-        """Worker threads and resources from the scheduler; the engine hears of a change."""
-        try:
-            info = await self.client.scheduler.identity(n_workers=-1)
-        except Exception:
-            return  # not connected at the moment: the watcher tries again
-        workers = info.get("workers", {}).values()
-        slots = sum(int(w.get("nthreads", 0)) for w in workers)
-        self._offered = {r for w in workers for r, n in (w.get("resources") or {}).items() if n}
-        if slots != self._slots:
-            before, self._slots = self._slots, slots
-            if before:
-                log.info("dask: worker threads %d -> %d", before, slots)
-            self._capacity_changed()
-            self._kick()
-
     def _warn_resources(self, call: Call) -> None:
         for name in call.stage.resources:
-            if name not in self._offered and (call.stage.qualname, name) not in self._warned:
+            if name not in self.link.offered and (call.stage.qualname, name) not in self._warned:
                 self._warned.add((call.stage.qualname, name))
                 log.warning(
                     "%s needs Dask resource %s, which no worker offers now: its calls wait "
@@ -598,37 +411,6 @@ class DaskExecutor(Executor):
                     call.stage.qualname,
                     name,
                 )
-
-
-def _quiet_distributed() -> None:
-    """distributed sets its loggers to INFO when imported; its per-task chatter is not ours to
-    print unless eventrunner itself logs at DEBUG (-vv)."""
-    if logging.getLogger("eventrunner").getEffectiveLevel() > logging.DEBUG:
-        logging.getLogger("distributed").setLevel(logging.WARNING)
-
-
-def _no_retries() -> Any:
-    """A function for run_on_scheduler that makes a worker lost mid-task err its task instead
-    of rerunning it elsewhere, returning the setting it replaced. Nested, so it is pickled by
-    value: the scheduler need not have eventrunner installed."""
-
-    def set_allowed_failures(dask_scheduler: Any) -> int:
-        before = int(dask_scheduler.allowed_failures)
-        dask_scheduler.allowed_failures = 0
-        return before
-
-    return set_allowed_failures
-
-
-def _write_all(pairs: list[tuple[_Job, WireResult]]) -> dict[int, Written | Exception]:
-    """(In a thread.) Each result's outputs as temps under its call's data root."""
-    out: dict[int, Written | Exception] = {}
-    for job, result in pairs:
-        try:
-            out[id(job)] = write_outputs(result, job.call.root)
-        except Exception as exc:
-            out[id(job)] = exc
-    return out
 
 
 def _threadsafe(future: asyncio.Future[Written], exc: BaseException) -> None:

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from eventrunner.core.errors import HandlerError, PermanentError, RetryLater
 from eventrunner.core.graph import Stage
 from eventrunner.run.bundle import pack_tree, unpack_tree
 from eventrunner.run.evaluate import InputFile
+from eventrunner.run.executors import Call
 from eventrunner.run.invoke import Written, output_path
 from eventrunner.run.process_pool import RemoteTraceback
 from eventrunner.state.hashing import hash_bytes, hash_path
@@ -103,28 +106,41 @@ def pack_file(
     return Blob(relpath, FILE, read_file(path))
 
 
-def pack_inputs(
-    stage: Stage,
-    files: list[InputFile],
-    values: dict[str, str],
-    root: Path,
-    shared: bool,
-    blobs: dict[str, bytes],
-    prefix: str,
-) -> list[Blob]:
+def pack_inputs(call: Call, shared: bool, blobs: dict[str, bytes], prefix: str) -> list[Blob]:
     """The blobs of a call's input files and of its previous output (a handler may read it
     through ctx.final_path); large files go into `blobs`, to be scattered on their own."""
     payload: list[Blob] = []
-    for f in files:
-        blob = pack_file(root, f.relpath, shared, blobs, prefix)
+    for f in call.files:
+        blob = pack_file(call.root, f.relpath, shared, blobs, prefix)
         if blob is None:
             raise FileNotFoundError(f"input {f.name}: {f.relpath} vanished before it was sent")
         payload.append(blob)
+    stage = call.stage
     if not stage.fanout_vars:
-        previous = pack_file(root, stage.output.format(values), shared, blobs, prefix)
+        previous = pack_file(call.root, stage.output.format(call.values), shared, blobs, prefix)
         if previous is not None:
             payload.append(previous)
     return payload
+
+
+def wire_call(call: Call, key: str, bundle: str, payload: list[Blob], shared: bool) -> WireCall:
+    """The call as a worker receives it, its handler found in `bundle`."""
+    ref = call.handler
+    return WireCall(
+        key=key,
+        stage=call.stage,
+        spec=ref.spec,
+        bundle=bundle,
+        module=ref.path.relative_to(ref.root).as_posix(),
+        dotted=ref.module,
+        function=ref.function,
+        code=call.code,
+        files=call.files,
+        payload=payload,
+        values=call.values,
+        attempt=call.attempt,
+        shared_root=str(call.root) if shared else None,
+    )
 
 
 def write_outputs(result: WireResult, root: Path) -> Written:
@@ -151,6 +167,18 @@ def write_outputs(result: WireResult, root: Path) -> Written:
         Written(temps, {}).discard()
         raise
     return Written(temps, hashes)
+
+
+def write_all(items: Sequence[tuple[Any, WireResult]]) -> dict[int, Written | Exception]:
+    """(In a thread.) write_outputs for each (call holder, result) whose holder has a `call`;
+    by id() of the holder, the Written or the error."""
+    out: dict[int, Written | Exception] = {}
+    for holder, result in items:
+        try:
+            out[id(holder)] = write_outputs(result, holder.call.root)
+        except Exception as exc:
+            out[id(holder)] = exc
+    return out
 
 
 def error_of(result: WireResult) -> Exception:
