@@ -152,6 +152,101 @@ def test_outputs_and_manifests_are_those_of_the_thread_executor(
     assert len(manifests(remote.root)) == a.json["succeeded"]
 
 
+FORMS_HANDLERS = """\
+import hashlib
+import os
+from pathlib import Path
+
+
+def folder(ctx, t: str) -> None:
+    out = ctx.output_path
+    (out / "sub").mkdir(parents=True)
+    (out / "a.txt").write_text(t)
+    (out / "sub" / "b.txt").write_text(t * 2)
+    (out / "empty").mkdir()
+    os.symlink("a.txt", out / "link")
+
+
+def script(ctx, t: str) -> None:
+    ctx.output_path.write_text("#!/bin/sh\\necho " + t)
+    ctx.output_path.chmod(0o750)
+
+
+def summary(ctx, d: Path, big: bytes) -> str:
+    files = sorted(str(p.relative_to(d)) for p in d.rglob("*"))
+    again = ctx.final_path.read_text() if ctx.final_path.exists() else ""
+    return f"{files} {len(big)} {hashlib.sha256(big).hexdigest()} previous={len(again)}\\n"
+"""
+
+FORMS_PIPELINE = """\
+[stages.folder]
+handler = "h:folder"
+inputs = { t = "in/{n}.txt" }
+output = "dirs/{n}"
+
+[stages.script]
+handler = "h:script"
+inputs = { t = "in/{n}.txt" }
+output = "bin/{n}.sh"
+
+[stages.summary]
+handler = "h:summary"
+inputs = { d = "dirs/{n}", big = "big/{n}.bin" }
+output = "sum/{n}.txt"
+"""
+
+
+def modes(root: Path) -> dict[str, int]:
+    return {
+        p.relative_to(root).as_posix(): p.lstat().st_mode
+        for p in sorted(root.rglob("*"))
+        if not p.relative_to(root).as_posix().startswith((".eventrunner", "eventrunner.toml"))
+        and "__pycache__" not in p.parts
+    }
+
+
+@pytest.mark.parametrize("shared_fs", [False, True])
+def test_folders_large_files_links_and_modes_travel_as_with_the_thread_executor(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], dask: Cluster, shared_fs: bool
+) -> None:
+    from eventrunner.run.dask_wire import INLINE_LIMIT
+
+    # Given folder outputs (with a link and an empty folder), an executable output, and
+    # inputs that are a folder and a file over the inline limit
+    big = secrets.token_bytes(INLINE_LIMIT + 1000)
+    roots = []
+    for name in ("thread", "dask"):
+        root = tmp_path / name
+        for rel, content in {
+            "pipelines/p.toml": FORMS_PIPELINE,
+            "handlers/h.py": FORMS_HANDLERS,
+            "in/a.txt": "a",
+            "in/b.txt": "b",
+        }.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(content)
+        (root / "big").mkdir()
+        (root / "big/a.bin").write_bytes(big)
+        (root / "big/b.bin").write_bytes(big[::-1])
+        roots.append(root)
+    local, remote = (Workspace(r, capsys) for r in roots)
+    remote.write(
+        "eventrunner.toml", dask_toml(dask.address) + f"shared_fs = {str(shared_fs).lower()}\n"
+    )
+    # When each runs twice (the second time after the summaries' inputs changed)
+    for _ in range(2):
+        a, b = local.cli("run", "--json"), remote.cli("run", "--json")
+        assert (a.code, b.code) == (0, 0), (a.err, b.err)
+        for ws in (local, remote):
+            ws.write("in/a.txt", ws.read("in/a.txt") + "+")
+    # Then outputs, permission bits, links and manifests are the same
+    assert tree(local.root) == tree(remote.root)
+    assert modes(local.root) == modes(remote.root)
+    assert manifests(local.root) == manifests(remote.root)
+    assert "previous=" in remote.read("sum/a.txt") and "previous=0" not in remote.read("sum/a.txt")
+    assert os.readlink(remote.root / "dirs/a/link") == "a.txt"
+
+
 # -- failures ------------------------------------------------------------------------------------
 BLOCKING = """\
 import os
