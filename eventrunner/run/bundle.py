@@ -4,7 +4,8 @@ The Dask executor sends each worker the handler code the coordinator loaded, as 
 folder's files in a deterministic tar (sorted, no times or owners), named by the hash of those
 bytes. A worker unpacks a bundle once into a cache folder named by that hash and loads
 handlers from there, so an edit on the coordinator is a new bundle, never a change under a
-running worker. Output and input folders travel as tars too (`pack_tree` / `unpack_tree`).
+running worker (the cache lives in the Dask worker's own local directory, which Dask
+removes with the worker). Output and input folders travel as tars too (`pack_tree` / `unpack_tree`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import io
 import os
 import shutil
 import tarfile
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,20 +89,15 @@ _unpacked: dict[str, Path] = {}
 _lock = threading.Lock()
 
 
-def cache_root() -> Path:
-    """Where a worker keeps unpacked bundles: one folder per bundle hash, private to the user."""
-    root = Path(tempfile.gettempdir()) / f"eventrunner-bundles-{os.getuid()}"
-    root.mkdir(mode=0o700, exist_ok=True)
-    return root
-
-
-def unpacked(digest: str, data: bytes) -> Path:
-    """The folder holding bundle `digest`, unpacked on first use (atomically, by rename)."""
+def unpacked(digest: str, data: bytes, cache: Path) -> Path:
+    """The folder holding bundle `digest` under `cache`, unpacked on first use (atomically,
+    by rename, so processes sharing `cache` never see half a bundle)."""
     found = _unpacked.get(digest)
     if found is not None:
         return found
     with _lock:
-        final = cache_root() / digest
+        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+        final = cache / digest
         if not final.is_dir():
             if hash_bytes(data) != digest:
                 raise ValueError(f"bundle {digest} arrived damaged")

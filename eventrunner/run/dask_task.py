@@ -104,9 +104,7 @@ def _scratch() -> Path:
     removing folders costs milliseconds on some disks, more than a small call itself); every
     WIPE_EVERY calls it is removed whole, with anything a handler left behind."""
     calls = getattr(_local, "calls", 0)
-    root = (
-        Path(tempfile.gettempdir()) / f"eventrunner-scratch-{os.getpid()}-{threading.get_ident()}"
-    )
+    root = _worker_dir() / f"eventrunner-scratch-{threading.get_ident()}"
     if calls % WIPE_EVERY == 0:
         shutil.rmtree(root, ignore_errors=True)
         # output_path() remembers folders it made; these are gone now.
@@ -121,7 +119,7 @@ def _scratch() -> Path:
 
 def _bundle_root(digest: str, data: bytes) -> Path:
     """The unpacked bundle; modules of bundles long unused are dropped from sys.modules."""
-    root = unpacked(digest, data)
+    root = unpacked(digest, data, _worker_dir() / "eventrunner-bundles")
     with _lock:
         _loaded[digest] = root
         _loaded.move_to_end(digest)
@@ -244,6 +242,17 @@ def _failure(key: str, exc: BaseException, seconds: float) -> WireResult:
         traceback="".join(traceback.format_exception(exc))[-8000:],
         seconds=seconds,
     )
+
+
+def _worker_dir() -> Path:
+    """The Dask worker's local directory (removed with the worker; a later worker on the
+    machine purges one left by a killed worker); a private temp folder outside a worker."""
+    try:
+        from distributed import get_worker
+
+        return Path(get_worker().local_directory)
+    except (ImportError, ValueError):
+        return Path(tempfile.gettempdir()) / f"eventrunner-worker-{os.getpid()}"
 
 
 def _worker_address() -> str:
