@@ -216,7 +216,10 @@ class DaskExecutor(Executor):
             if not self._closed:
                 raise
         except Exception as exc:
-            self._fail_dask(batch, exc)
+            if self.client is not None and self.client.status == "running":
+                self._fail_dask(batch, exc)
+            else:  # it failed because the scheduler went away: not the calls' fault
+                self._requeue(batch, f"the connection to the scheduler was lost ({exc})")
         finally:
             self._inflight.pop(batch.key, None)
             if not self._closed:
