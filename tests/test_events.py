@@ -61,7 +61,9 @@ PINNED: list[tuple[ev.Event, str]] = [
         ' "time": 1700000000.25}',
     ),
     (
-        ev.Webhook(path="logs/a.md", event_id="e1", pipeline="p", source="s", entity="a", time=T),
+        ev.Webhook(
+            path="logs/a.md", event_id="e1", pipeline="p", source="s", entity="a", time=T
+        ),
         '{"kind": "webhook", "path": "logs/a.md", "event_id": "e1", "pipeline": "p",'
         ' "source": "s", "entity": "a", "time": 1700000000.25}',
     ),
