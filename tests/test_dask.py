@@ -556,9 +556,11 @@ async def test_many_small_calls_share_tasks_and_futures_in_flight_stay_bounded(
     from eventrunner.run import dask_batch
     from eventrunner.run.dask_pool import PER_THREAD, DaskExecutor
 
-    # Given 300 calls of a trivial handler, every call counted as small (on a busy machine a
-    # trivial call may measure over the real threshold: this test is about the grouping)
+    # Given 300 calls of a trivial handler, every call counted as small and worth batches of
+    # BATCH_MAX (on a busy machine a trivial call may measure slow: this is about the grouping;
+    # test_batch_size_follows_the_measured_call_time covers the measuring)
     monkeypatch.setattr(dask_batch, "SMALL_S", 1.0)
+    monkeypatch.setattr(dask_batch, "BATCH_S", 100.0)
     stages = (
         '[stages.p]\nhandler = "h:plain"\ninputs = { t = "in/{n}.txt" }\noutput = "p/{n}.txt"\n'
     )
@@ -586,6 +588,25 @@ async def test_many_small_calls_share_tasks_and_futures_in_flight_stay_bounded(
     assert pool.batches <= 300 / 4, pool.batches
     # ... and never more futures in flight than two per worker thread
     assert max(most) <= PER_THREAD * 2
+
+
+def test_batch_size_follows_the_measured_call_time() -> None:
+    from eventrunner.run.dask_batch import BATCH_MAX, Pace
+
+    # Given stages timed on the workers
+    quick, slow, new = Pace(), Pace(), Pace()
+    for _ in range(3):
+        quick.add(0.001)
+    # Then a stage is batched only once measured (4 calls) and small, into ~50 ms tasks
+    assert quick.batch() == 1
+    quick.add(0.001)
+    assert quick.batch() == 50
+    for _ in range(10):
+        slow.add(0.05)
+    assert (slow.batch(), new.batch()) == (1, 1)
+    for _ in range(10):
+        new.add(0.00001)
+    assert new.batch() == BATCH_MAX
 
 
 # -- configuration and errors --------------------------------------------------------------------
