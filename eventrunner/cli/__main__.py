@@ -2,4 +2,6 @@
 
 from eventrunner.cli.main import console
 
-console()
+# Guarded: Dask starts local workers with spawn, which imports the main module again.
+if __name__ == "__main__":
+    console()

@@ -66,6 +66,16 @@ class WorkerLost(EventRunnerError):
     """Raised when the worker running a handler died (os._exit, a signal, out of memory)."""
 
 
+class ExecutorUnavailable(EventRunnerError):
+    """Raised when the configured executor cannot start: its package is missing or its
+    scheduler cannot be reached."""
+
+
+class CodeChanged(EventRunnerError):
+    """Raised when a worker's copy of a handler has another code identity than the one the
+    coordinator would record for its output (the handler was edited meanwhile)."""
+
+
 class PermanentError(EventRunnerError):
     """Raised by a handler for bad input that no retry will fix: the state goes straight to dead."""
 
@@ -105,6 +115,7 @@ EXIT_CODES: dict[type[BaseException], int] = {
     UsageError: 2,
     WorkspaceNotFound: 2,
     UnknownName: 2,
+    ExecutorUnavailable: 2,
     LockHeld: 3,
     ServerUnavailable: 3,
     ShuttingDown: 3,

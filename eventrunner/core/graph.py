@@ -52,6 +52,7 @@ class Stage:
     file: str
     depth: int = 0
     drivers: tuple[str, ...] = field(default=())  # inputs whose variables cover entity_vars
+    resources: dict[str, float] = field(default_factory=dict)  # Dask worker resources per call
 
     @property
     def qualname(self) -> str:

@@ -20,9 +20,10 @@ from eventrunner.core.staleness import Reason, Verdict
 from eventrunner.run.commit import Committer
 from eventrunner.run.evaluate import Evaluator
 from eventrunner.run.events import EventBus, Queued, Started
-from eventrunner.run.executors import Call, Executor, make_executor
+from eventrunner.run.executors import Call, Executor
 from eventrunner.run.finish import Finishing
 from eventrunner.run.planner import Planner, Target
+from eventrunner.run.pools import make_executor
 from eventrunner.run.report import RunReport
 from eventrunner.run.settle import Settling
 from eventrunner.state.index import Index
@@ -71,7 +72,9 @@ class Engine(Finishing):
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._owns_executor = executor is None
-        self.executor = executor or make_executor(self.ws.settings.runtime, self.jobs)
+        self.executor = executor or make_executor(
+            self.ws.settings.runtime.executor, self.jobs, self.ws.settings.runtime
+        )
         self.executor.on_capacity_change(self._wake.set)
         self.committer = Committer(store, index.root)
         self._funcs: dict[str, Callable[..., Any]] = {}
@@ -204,7 +207,8 @@ class Engine(Finishing):
         return self.outcome
 
     async def start(self) -> None:
-        """Start the committer and the dispatcher (long-running use: `serve`)."""
+        """Start the executor, the committer and the dispatcher (long-running use: `serve`)."""
+        await self.executor.start()  # ExecutorUnavailable before anything runs
         await self.committer.__aenter__()
         self._dispatcher = asyncio.create_task(self._dispatch_loop())
 
@@ -238,6 +242,7 @@ class Engine(Finishing):
     async def stop(self, grace: float | None = None) -> None:
         """Stop starting work; let running handlers finish (within `grace` s), commit, stop. Idempotent."""
         self._accepting = False
+        dropped = self.executor.drop_queued()  # not started: they need not use the grace
         pending: set[asyncio.Task[None]] = set()
         if self._tasks:
             _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
@@ -246,7 +251,8 @@ class Engine(Finishing):
             if pending:
                 await asyncio.wait(pending)
         self.stopped_clean = (
-            not pending
+            not dropped
+            and not pending
             and not self._heap
             and not any(self._deferred.values())
             and not self.settling.waiting
@@ -325,6 +331,7 @@ class Engine(Finishing):
                 values=values,
                 attempt=attempt,
                 root=self.index.root,
+                code=self.ws.code[q],
             )
             # The executor bounds the handler's own run time (stage.timeout) and raises
             # HandlerTimeout or WorkerLost; a cancel of this task cancels the call.

@@ -3,8 +3,9 @@
 The engine keeps the queue, priorities, per-stage concurrency, retries and commits; an executor
 only runs one handler call (read the inputs, call the handler, write its outputs to temp files)
 and hands back the `Written` result or the error. `thread_pool.ThreadExecutor` (the default)
-and `process_pool.ProcessExecutor` (`executor = "process"`) implement it; a distributed one
-plugs in the same way, through `make_executor` or `Engine(executor=...)`.
+and `process_pool.ProcessExecutor` (`executor = "process"`) implement it, and so does the
+distributed `dask_pool.DaskExecutor` (`executor = "dask"`), through `pools.make_executor` or
+`Engine(executor=...)`.
 
 The contract, for every implementation:
 
@@ -30,7 +31,14 @@ The contract, for every implementation:
 - Late results: a call that finishes after its future was resolved (timed out, cancelled) has
   its result thrown away: its temp files are removed and nothing of it reaches the commit.
   A retry of the same (stage, entity) may meanwhile run elsewhere; both write distinct temps.
-- `close()` cancels what is still running or queued and releases workers; it is idempotent.
+- `start()` (awaited by the engine before its first call) connects or spawns what the executor
+  needs, raising `ExecutorUnavailable` when it cannot; the local executors need nothing.
+- Code identity: `call.code` is the identity the coordinator records for the call's output;
+  an executor that loads the handler from another copy of its code (a remote worker) refuses
+  the call with `CodeChanged` when that copy's identity differs.
+- Shutdown: `drop_queued()` cancels calls accepted but not started (the engine then counts
+  the stop as not clean: their states stay stale); `close()` cancels what is still running
+  or queued and releases workers; it is idempotent.
   `abandoned` counts calls whose thread could not be stopped (the CLI then exits without
   waiting for them).
 
@@ -59,7 +67,7 @@ from eventrunner.run.invoke import Written, build_kwargs, make_context, store_re
 from eventrunner.workspace.loader import HandlerRef
 
 if TYPE_CHECKING:
-    from eventrunner.workspace.settings import RuntimeSettings
+    pass
 
 log = logging.getLogger("eventrunner.executor")
 
@@ -80,6 +88,7 @@ class Call:
     values: dict[str, str]
     attempt: int
     root: Path
+    code: str = ""  # the code identity the coordinator records for the output ("": unchecked)
 
     @property
     def timeout(self) -> float | None:
@@ -116,9 +125,19 @@ class Executor(ABC):
     def submit(self, call: Call) -> asyncio.Future[Written]:
         """Start `call` (on the loop's thread); the future holds its result or its error."""
 
+    async def start(self) -> None:
+        """Connect or spawn what calls need (before the first submit); safe to call twice."""
+        return  # the local executors start their workers on demand
+
     def cancel(self, future: asyncio.Future[Written]) -> None:
         """Stop the call behind `future`; the same as `future.cancel()`."""
         future.cancel()
+
+    def drop_queued(self) -> int:
+        """Shutdown began: cancel the calls that have not started (their futures), so only
+        running ones use the grace period; how many were dropped. The local executors start
+        what they accept at once: nothing to drop."""
+        return 0
 
     @abstractmethod
     async def close(self) -> None:
@@ -170,17 +189,3 @@ def _discard_temp(path: Path | None) -> None:
     """Remove what a failed async handler left at ctx.output_path (a temp never renamed)."""
     if path is not None and (path.exists() or path.is_symlink()):
         Written([(path, path)], {}).discard()
-
-
-def make_executor(runtime: RuntimeSettings, size: int) -> Executor:
-    """The executor `[runtime] executor` names, sized for `size` calls at once (`run -j`, or
-    `concurrency`); the rest of `runtime` is there for executors with settings of their own."""
-    if runtime.executor == "process":
-        from eventrunner.run.process_pool import ProcessExecutor
-
-        return ProcessExecutor(size)
-    if runtime.executor == "thread":
-        from eventrunner.run.thread_pool import ThreadExecutor
-
-        return ThreadExecutor(size)
-    raise ValueError(f"unknown executor {runtime.executor!r}")

@@ -37,6 +37,11 @@ def _duration(value: Any) -> Any:
 Duration = Annotated[float, BeforeValidator(_duration)]
 
 
+def _blank_is_none(value: Any) -> Any:
+    """An empty setting (EVENTRUNNER_RUNTIME_DASK_SCHEDULER="") means "not set"."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -96,6 +101,10 @@ class StageSpec(_Model):
     concurrency: int | None = Field(None, ge=1)
     schedule: str | None = None
     version: str | None = None
+    # Dask worker resources each call holds while it runs (executor = "dask"), e.g. { GPU = 1 }.
+    resources: dict[Annotated[str, Field(min_length=1)], Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict
+    )
 
 
 class PipelineSpec(_Model):
@@ -129,7 +138,12 @@ class RuntimeSettings(_Model):
     """[runtime] of eventrunner.toml."""
 
     concurrency: int = Field(default_factory=lambda: max(2, os.cpu_count() or 2), ge=1)
-    executor: Literal["thread", "process"] = "thread"
+    executor: Literal["thread", "process", "dask"] = "thread"
+    # executor = "dask": the scheduler to use ("tcp://host:8786"); none starts a local cluster
+    # of `dask_workers` worker processes. `shared_fs`: workers see the workspace at its path.
+    dask_scheduler: Annotated[str | None, BeforeValidator(_blank_is_none)] = None
+    dask_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    shared_fs: bool = False
     debounce: Duration = 0.05
     settle: Duration = 0.05
     retry_sweep_interval: Duration = 30.0

@@ -262,6 +262,7 @@ def _make_stage(
         version=st.version,
         file=file,
         drivers=drivers,
+        resources=dict(st.resources),
     )
 
 

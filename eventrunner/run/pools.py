@@ -1,0 +1,25 @@
+"""Choosing the executor `[runtime] executor` names (apart from the interface, so that the
+executors' modules import the interface and nothing imports them back but this)."""
+
+from __future__ import annotations
+
+from eventrunner.run.executors import Executor
+from eventrunner.workspace.settings import RuntimeSettings
+
+
+def make_executor(kind: str, size: int, runtime: RuntimeSettings | None = None) -> Executor:
+    """The executor named by `[runtime] executor`, sized for `size` calls at once (the local
+    ones; a Dask cluster sizes itself). ExecutorUnavailable when its package is missing."""
+    if kind == "dask":
+        from eventrunner.run.dask_pool import DaskExecutor  # imports distributed: only here
+
+        return DaskExecutor.from_settings(runtime or RuntimeSettings())
+    if kind == "process":
+        from eventrunner.run.process_pool import ProcessExecutor
+
+        return ProcessExecutor(size)
+    if kind == "thread":
+        from eventrunner.run.thread_pool import ThreadExecutor
+
+        return ThreadExecutor(size)
+    raise ValueError(f"unknown executor {kind!r}")
