@@ -192,6 +192,19 @@ async def _intake(request: web.Request, rt: Runtime, pipeline: str, source: str)
     )
 
 
+def _known_source(runtime: Runtime, relpath: str) -> bool:
+    """True when the index already has this source file: a delivery then modifies it, else it
+    creates it (the `changed` event says "added"). The index, not a stat: the file is on disk
+    by now, and the index knows every source file from the start-up scan and the events since."""
+    index = runtime.index
+    assert index is not None
+    for key, src in runtime.ws.graph.sources.items():
+        values = src.pattern.match(relpath)
+        if values is not None:
+            return entity_id(src.pattern.variables, values) in index.instances[key].items
+    return False
+
+
 def setup_hooks(app: web.Application, runtime: Runtime) -> None:
     """Route and spool lifecycle (opened with the app, drained and closed with it)."""
     app.router.add_post("/hooks/{pipeline}/{source}", hook)
@@ -200,6 +213,7 @@ def setup_hooks(app: web.Application, runtime: Runtime) -> None:
 
     def materialised(record: SpoolRecord, event_id: str) -> None:
         if runtime.engine is not None and runtime.index is not None:
+            kind = "modified" if _known_source(runtime, record.relpath) else "added"
             # We wrote this content: record its hash so that planning it costs one stat, not
             # a read and hash of the file on the event loop (as the engine does for outputs).
             runtime.index.remember_file(record.relpath, hash_bytes(record.body))
@@ -211,7 +225,7 @@ def setup_hooks(app: web.Application, runtime: Runtime) -> None:
                     **dict(record.meta),
                 }
             )
-            runtime.on_change(FileChange("modified", record.relpath))
+            runtime.on_change(FileChange(kind, record.relpath))
 
     async def spool_ctx(app: web.Application) -> AsyncIterator[None]:
         spool = Spool(
