@@ -203,11 +203,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
-    from eventrunner.cli.graphviz import render
+    from eventrunner.cli.graphviz import as_json, render
     from eventrunner.workspace.load import load_workspace
 
     ws = load_workspace(workspace_path(args))
-    print(render(ws.graph, args.format))
+    if args.json:
+        print_json(as_json(ws.graph))
+    else:
+        print(render(ws.graph, args.format))
     return 0
 
 

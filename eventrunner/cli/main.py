@@ -8,10 +8,9 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
 
 from eventrunner.cli.common import print_json, print_report, workspace_path
+from eventrunner.cli.parser import build_parser
 from eventrunner.core.errors import (
     ConfigError,
     EventRunnerError,
@@ -40,75 +39,6 @@ def exit_code_for(exc: BaseException) -> int:
         if cls in EXIT_CODES:
             return EXIT_CODES[cls]
     return 1
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """All commands and flags."""
-    p = argparse.ArgumentParser(
-        prog="eventrunner", description="Keep derived files fresh, per entity."
-    )
-    p.add_argument(
-        "-w",
-        "--workspace",
-        type=Path,
-        help="workspace folder (default: nearest with eventrunner.toml or pipelines/)",
-    )
-    p.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)"
-    )
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def cmd(name: str, help_: str, reads: bool = False) -> argparse.ArgumentParser:
-        return _subcommand(sub, name, help_, reads)
-
-    sp = cmd("init", "scaffold a working workspace (pipeline, handler, sample data)")
-    sp.add_argument("dir", nargs="?", type=Path, default=Path("."))
-    cmd("validate", "check pipeline files and handlers; exit 2 when invalid", reads=True)
-    sp = cmd("run", "bring everything (or the selection) up to date once", reads=True)
-    sp.add_argument("--pipeline")
-    sp.add_argument("--stage")
-    sp.add_argument("--entity")
-    sp.add_argument("--dry-run", action="store_true", help="show what would run")
-    sp.add_argument("-j", "--jobs", type=int, default=None, help="handlers running at once")
-    sp = cmd("status", "per-stage counts by state", reads=True)
-    sp.add_argument("--pipeline")
-    sp = cmd("entities", "list states with their reasons", reads=True)
-    sp.add_argument("--pipeline")
-    sp.add_argument("--stage")
-    sp.add_argument("--state")
-    sp.add_argument("--limit", type=int)
-    sp = cmd("explain", "why each stage of an entity is or is not stale", reads=True)
-    sp.add_argument("entity")
-    sp.add_argument("--stage")
-    sp.add_argument("--pipeline")
-    sp = cmd("invalidate", "force re-runs", reads=True)
-    sp.add_argument("stage")
-    sp.add_argument("entities", nargs="*")
-    sp.add_argument("--downstream", action="store_true")
-    sp = cmd("retry", "clear backoff and dead states", reads=True)
-    sp.add_argument("stage", nargs="?")
-    sp.add_argument("entities", nargs="*")
-    for name in ("hold", "release"):
-        sp = cmd(name, f"{name} states (manual hold)", reads=True)
-        sp.add_argument("stage")
-        sp.add_argument("entities", nargs="*")
-    sp = cmd("prune", "delete orphaned outputs and their manifests", reads=True)
-    sp.add_argument("--dry-run", action="store_true")
-    sp = cmd("graph", "the dependency graph across pipelines")
-    sp.add_argument("--format", choices=("text", "mermaid", "dot"), default="text")
-    sp = cmd("serve", "run the event-driven service (watch, webhooks, API)")
-    sp.add_argument("--host")
-    sp.add_argument("--port", type=int)
-    sp.add_argument("--no-watch", action="store_true")
-    return p
-
-
-def _subcommand(sub: Any, name: str, help_: str, reads: bool) -> argparse.ArgumentParser:
-    """One command's parser (`sub` is what add_subparsers returned); --json for reading ones."""
-    sp: argparse.ArgumentParser = sub.add_parser(name, help=help_, description=help_)
-    if reads:
-        sp.add_argument("--json", action="store_true", help="machine-readable output")
-    return sp
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -191,6 +121,10 @@ def _command(name: str) -> Callable[[argparse.Namespace], int]:
         from eventrunner.cli.run import cmd_run
 
         return cmd_run
+    if name == "completion":
+        from eventrunner.cli.completion import cmd_completion
+
+        return cmd_completion
     from eventrunner.cli.commands import COMMANDS_REST
 
     return COMMANDS_REST[name]

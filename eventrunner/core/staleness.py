@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from eventrunner.core.durations import format_time
 from eventrunner.state.store import Failure, Manifest
 from eventrunner.workspace.settings import RetryPolicy
 
@@ -199,7 +200,8 @@ def decide(f: Facts) -> Verdict:
                 (
                     Reason(
                         "BACKOFF",
-                        f"attempt {fail.attempts} failed: {fail.error}; retry at {fail.next_retry:.0f}",
+                        f"attempt {fail.attempts} failed: {fail.error}; "
+                        f"retry at {format_time(fail.next_retry)}",
                         {"attempts": fail.attempts, "retry_at": fail.next_retry},
                     ),
                     *reasons,
