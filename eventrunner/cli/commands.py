@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from eventrunner.cli import show
 from eventrunner.cli.common import hold_workspace, print_json, read_index, workspace_path
 from eventrunner.core.errors import UnknownName, UsageError
 from eventrunner.run import queries
@@ -126,13 +126,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"entity": args.entity, "stages": data})
         return 0
-    for row in data:
-        print(f"{row['stage']} {row['entity']}: {row['state']}")
-        for r in row["reasons"]:
-            print(f"  {r['code']}: {r['message']}")
-        if row["failure"]:
-            f = row["failure"]
-            print(f"  last failure (attempt {f['attempts']}): {f['error']}")
+    print("\n".join(show.explained(data)))
     return 0
 
 
@@ -152,7 +146,7 @@ def _mutate(args: argparse.Namespace, action: str, body: dict[str, Any]) -> int:
     if args.json:
         print_json(result)
     else:
-        print(f"{action}: {json.dumps(result, default=str)}")
+        print("\n".join(show.managed(action, result, served=addr is not None)))
     return 0
 
 
