@@ -90,9 +90,13 @@ def as_json(graph: Graph) -> dict[str, Any]:
         for key, src in sorted(graph.sources.items())
     ]
     edges = [
-        {"from": inp["from"] or f"source:{inp['pattern']}", "to": st["stage"],
-         "input": inp["name"], "aggregated": inp["aggregated"]}
-        for st in stages
-        for inp in st["inputs"]
-    ]  # fmt: skip
+        {
+            "from": graph.producer.get(inp.pattern.key, f"source:{inp.pattern.key}"),
+            "to": q,
+            "input": inp.name,
+            "aggregated": bool(inp.aggregated),
+        }
+        for q in graph.order
+        for inp in graph.stages[q].inputs
+    ]
     return {"stages": stages, "sources": sources, "edges": edges}

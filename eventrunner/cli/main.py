@@ -45,8 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "run" and _noop_fast_path(args):
-            return 0  # it logs nothing: logging (~9 ms to import) is set up only past it
+        if args.command == "run" and (code := _noop_fast_path(args)) is not None:
+            return code  # it logs nothing: logging (~9 ms to import) is set up only past it
         _setup_logging(args.verbose)
         code = _command(args.command)(args)
         global _ABANDONED
@@ -79,37 +79,74 @@ def _setup_logging(verbose: int) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """Exit 0 when valid (with warnings about what would silently do nothing), 2 otherwise."""
+    from eventrunner.cli.common import print_warnings
+    from eventrunner.run import noops
+    from eventrunner.state.index import Index
+    from eventrunner.state.store import Store
     from eventrunner.workspace.load import load_workspace
 
     ws = load_workspace(workspace_path(args), import_handlers=True)
+    index = Index.load(ws, Store(ws.settings.state_dir))  # reads only: no lock taken
+    warnings = noops.source_warnings(index) + list(noops.stray_outputs(index).values())
     if args.json:
         print_json(
-            {"valid": True, "stages": sorted(ws.graph.stages), "sources": sorted(ws.graph.sources)}
+            {
+                "valid": True,
+                "stages": sorted(ws.graph.stages),
+                "sources": sorted(ws.graph.sources),
+                "warnings": warnings,
+            }
         )
-    else:
-        print(
-            f"valid: {len(ws.graph.pipelines)} pipeline(s), {len(ws.graph.stages)} stage(s), {len(ws.graph.sources)} source pattern(s)"
-        )
+        return 0
+    print_warnings(warnings)
+    print(
+        f"valid: {len(ws.graph.pipelines)} pipeline(s), {len(ws.graph.stages)} stage(s), "
+        f"{len(ws.graph.sources)} source pattern(s)"
+        + (f", {len(warnings)} warning(s)" if warnings else "")
+    )
     return 0
 
 
-def _noop_fast_path(args: argparse.Namespace) -> bool:
-    """Answer a no-change `run` from stats alone (see fastpath.py); False to take the full path."""
+def _noop_fast_path(args: argparse.Namespace) -> int | None:
+    """Answer a no-change `run` from stats alone (see fastpath.py): the exit code, or None to
+    take the full path."""
     t0 = time.perf_counter()
     if args.pipeline or args.stage or args.entity or args.dry_run:
-        return False
+        return None
     from eventrunner.state import fastpath
     from eventrunner.workspace.find import STATE_DIR
 
     args.look = fastpath.look(workspace_path(args) / STATE_DIR)  # the full path follows it
     if args.look is None or not args.look.unchanged:
-        return False
+        return None
     from eventrunner.run.report import RunReport
 
-    skipped = args.look.result["skipped"]
-    print_report(
-        args, RunReport(skipped=skipped, duration_s=round(time.perf_counter() - t0, 3), mode="stat")
+    recorded = args.look.result  # what the run that wrote the stamp found
+    if not _unchanged(recorded.get("outdirs", {})):
+        return None  # a file came into an output folder: the full path looks (run/noops.py)
+    report = RunReport(
+        skipped=recorded["skipped"],
+        duration_s=round(time.perf_counter() - t0, 3),
+        mode="stat",
+        not_fresh=list(recorded.get("not_fresh", [])),
+        warnings=[*recorded.get("warnings", []), *recorded.get("strays", {}).values()],
     )
+    print_report(args, report)
+    return report.exit_code()
+
+
+def _unchanged(stats: dict[str, tuple[int, int, int] | None]) -> bool:
+    """True when every folder has the stats recorded for it (None: it was not there)."""
+    for path, recorded in stats.items():
+        try:
+            st = os.stat(path)
+        except OSError:
+            if recorded is not None:
+                return False
+            continue
+        if recorded != (st.st_size, st.st_mtime_ns, st.st_ino):
+            return False
     return True
 
 

@@ -47,7 +47,8 @@ COMMANDS: dict[str, tuple[str, list[str], bool, list[Arg]]] = {
         [],
     ),
     "run": (
-        "bring everything (or the selection) up to date once; exit 1 unless it is all fresh after",
+        "bring everything (or the selection) up to date once; exit 1 unless it is fresh after "
+        "(held states excepted)",
         ["eventrunner run", "eventrunner run --stage shout --entity hello",
          "eventrunner run && ./deploy.sh    # a gate: deploys only when everything is fresh"],
         True,
@@ -55,8 +56,7 @@ COMMANDS: dict[str, tuple[str, list[str], bool, list[Arg]]] = {
          _a("--entity", metavar="ID", help="only this entity id of the selected stages"),
          _a("--dry-run", action="store_true", help="list what would run now, run nothing"),
          _a("-j", "--jobs", type=int, default=None, metavar="N",
-            help="handlers running at once (default: [runtime] concurrency)"),
-         _ALLOW_HELD],
+            help="handlers running at once (default: [runtime] concurrency)")],
     ),
     "status": (
         "per-stage counts by state; with --check, exit 1 unless everything is fresh",

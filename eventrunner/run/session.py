@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from eventrunner.core.errors import UnknownName
 from eventrunner.core.patterns import trusted_entity_id as entity_id
+from eventrunner.run import noops
 from eventrunner.run.engine import Engine, Listener
 from eventrunner.run.planner import Target
 from eventrunner.state import fastpath
@@ -80,6 +81,7 @@ class Session:
         self._changed: list[str] = []  # what changed while down (its stats are read again)
         self._dirs_before: dict[str, tuple[int, int, int]] | None = None
         self._vouch: int | None = None  # skipped count to stamp with; None: no stamp
+        self._recorded: dict[str, Any] = {}  # more of the result the stamp records (vouch)
         self._locked = self._started = self._closed = False
 
     # -- start -----------------------------------------------------------------------------------
@@ -193,10 +195,12 @@ class Session:
         for fn in list(self.listeners):
             fn(event)
 
-    def vouch(self, skipped: int = 0) -> None:
+    def vouch(self, skipped: int = 0, **recorded: Any) -> None:
         """The work is accounted for: at a clean close, record a stamp (with the count of states
-        that needed work and stay blocked) so the next start or run needs only stats."""
+        that needed work and stay blocked, and what else the no-change run is to report again:
+        `recorded`, e.g. not_fresh and warnings) so the next start or run needs only stats."""
         self._vouch = skipped
+        self._recorded = recorded
 
     def unstamp(self) -> None:
         """State changed in a way a stamp cannot vouch for: the next start evaluates fully."""
@@ -349,9 +353,24 @@ class Session:
             if carried is None:
                 return False
         stamping.write_stamp(
-            ws, idx, skipped, carried=carried, dirs_before=dirs_before, changed=self._changed
+            ws,
+            idx,
+            skipped,
+            carried=carried,
+            dirs_before=dirs_before,
+            changed=self._changed,
+            recorded=self._result_recorded(),
         )
         return (state_dir / fastpath.STAMP).exists()
+
+    def _result_recorded(self) -> dict[str, Any]:
+        """What the no-change run reports again: what the holder vouched with, the source
+        warnings unless given, and the output folders' stats (a file dropped into one makes
+        the next run look; see noops.py). Empty lists are left out."""
+        assert self.index is not None
+        recorded = {"warnings": noops.source_warnings(self.index), **self._recorded}
+        recorded["outdirs"] = noops.output_dirs(self.ws.graph, str(self.ws.settings.data_root))
+        return {k: v for k, v in recorded.items() if v not in ([], {})}
 
     # -- helpers ---------------------------------------------------------------------------------
     def _grace(self) -> float | None:

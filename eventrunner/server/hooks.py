@@ -22,7 +22,7 @@ from eventrunner.core.patterns import entity_id
 from eventrunner.server.keys import METRICS, RUNTIME, SPOOL
 from eventrunner.server.signatures import Verified, check_request
 from eventrunner.server.spool import Spool, SpoolRecord
-from eventrunner.service.watch import FileChange
+from eventrunner.service.watch import ChangeKind, FileChange
 from eventrunner.state.hashing import hash_bytes
 
 if TYPE_CHECKING:
@@ -213,7 +213,7 @@ def setup_hooks(app: web.Application, runtime: Runtime) -> None:
 
     def materialised(record: SpoolRecord, event_id: str) -> None:
         if runtime.engine is not None and runtime.index is not None:
-            kind = "modified" if _known_source(runtime, record.relpath) else "added"
+            kind: ChangeKind = "modified" if _known_source(runtime, record.relpath) else "added"
             # We wrote this content: record its hash so that planning it costs one stat, not
             # a read and hash of the file on the event loop (as the engine does for outputs).
             runtime.index.remember_file(record.relpath, hash_bytes(record.body))
