@@ -12,7 +12,6 @@ from serve_helpers import serving
 from eventrunner.core.patterns import parse_pattern
 from eventrunner.run.noops import unproduced
 
-
 NO_INBOX = (
     "eventrunner: warning: source inbox/{name}.txt (read by echo.shout (text)): its folder "
     "inbox/ does not exist, so nothing runs from it"

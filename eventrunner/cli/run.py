@@ -81,11 +81,15 @@ async def _run(
         if session.read_only:
             would = [{"stage": q, "entity": e} for q, e in engine.queued()]
             return RunReport(skipped=len(blocked), mode="dry-run", would_run=would), None
-        left = await _drain(engine, progress)
+        undone = await _drain(engine, progress)
         report = engine.outcome
         report.mode = session.mode
-        gate = _not_fresh(session, blocked)
+        gate = _not_fresh(session, blocked, [p for pairs in (undone or {}).values() for p in pairs])
         report.not_fresh = gate.entries()
+        # Left undone at Ctrl-C: what was queued, and what was running and did not commit.
+        left = (
+            {k: sum(1 for p in v if p in gate.found) for k, v in undone.items()} if undone else None
+        )
         # Skipped: states that needed work, were not run, and still are not fresh (held, dead...)
         report.skipped = sum(1 for k in blocked if k not in report.ran and k in gate.found)
         strays = _strays(session, stamped)
@@ -124,15 +128,20 @@ def _vouch(session: Session, report: RunReport, strays: dict[str, str]) -> None:
         session.vouch(report.skipped, not_fresh=report.not_fresh, strays=strays)
 
 
-def _not_fresh(session: Session, blocked: dict[tuple[str, str], dict[str, str]]) -> Gate:
+def _not_fresh(
+    session: Session,
+    blocked: dict[tuple[str, str], dict[str, str]],
+    undone: list[tuple[str, str]],
+) -> Gate:
     """Which selected states are not fresh after the run: those the catch-up found blocked,
-    those that ran, and everything below the ones still not fresh (O(what is not fresh))."""
+    those that ran (or were left `undone` at Ctrl-C), and everything below the ones still not
+    fresh (O(what is not fresh))."""
     index, engine = session.index, session.engine
     assert index is not None and engine is not None
     gate = Gate(index)  # a fresh evaluator: the run changed state since the catch-up
     ran = [
         (q, e, v)
-        for q, e in sorted(engine.outcome.ran)
+        for q, e in sorted({*engine.outcome.ran, *undone})
         if (v := index.values_or_none(q, e)) is not None
     ]
     gate.check([*((q, e, v) for (q, e), v in blocked.items()), *ran])
@@ -141,9 +150,11 @@ def _not_fresh(session: Session, blocked: dict[tuple[str, str], dict[str, str]])
     return gate
 
 
-async def _drain(engine: Engine, progress: _Progress | None) -> dict[str, int] | None:
+async def _drain(
+    engine: Engine, progress: _Progress | None
+) -> dict[str, list[tuple[str, str]]] | None:
     """Wait until the engine is idle; at Ctrl-C stop it at once (running handlers are
-    cancelled, their states stay stale) and return what was left: queued and running."""
+    cancelled, their states stay stale) and return what was queued and running then."""
     loop = asyncio.get_running_loop()
     interrupted = asyncio.Event()
     loop.add_signal_handler(signal.SIGINT, interrupted.set)
@@ -155,9 +166,9 @@ async def _drain(engine: Engine, progress: _Progress | None) -> dict[str, int] |
         await asyncio.wait({idle, stop}, return_when=asyncio.FIRST_COMPLETED)
         if idle.done():
             return None
-        left = {"queued": engine.queue_depth, "running": len(engine.index.running)}
+        undone = {"queued": engine.queued(), "running": sorted(engine.index.running)}
         await engine.stop(0)
-        return left
+        return undone
     finally:
         for task in (idle, stop):
             task.cancel()
