@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from eventrunner.cli.common import print_json, print_report, workspace_path
 from eventrunner.cli.parser import build_parser
@@ -20,6 +21,9 @@ from eventrunner.core.errors import (
     UsageError,
     WorkspaceNotFound,
 )
+
+if TYPE_CHECKING:
+    from logging import LogRecord
 
 # Exit codes by error class, most specific first (walked along the class hierarchy).
 EXIT_CODES: dict[type[BaseException], int] = {
@@ -47,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run" and (code := _noop_fast_path(args)) is not None:
             return code  # it logs nothing: logging (~9 ms to import) is set up only past it
-        _setup_logging(args.verbose)
+        _setup_logging(args.verbose, args.command)
         code = _command(args.command)(args)
         global _ABANDONED
         _ABANDONED += getattr(args, "abandoned", 0)
@@ -71,11 +75,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _setup_logging(verbose: int) -> None:
+def _setup_logging(verbose: int, command: str) -> None:
     import logging
 
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    root = logging.getLogger()
+    before = list(root.handlers)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if command == "run" and verbose == 0:
+        # Each failure is printed once, in run's summary; -v logs them as they happen too.
+        # Only on the handler made here: whoever configured logging before keeps every record.
+        for handler in root.handlers:
+            if handler not in before:
+                handler.addFilter(_not_failure_lines)
+
+
+def _not_failure_lines(record: LogRecord) -> bool:
+    """False for the engine's one warning line per failed state."""
+    return not (record.name == "eventrunner.engine" and record.levelno == 30)  # WARNING
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

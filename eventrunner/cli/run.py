@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 import time
@@ -28,9 +27,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Exit 0 when nothing failed and every selected state is fresh afterwards (held ones
     excepted), 1 otherwise, 130 when interrupted (Ctrl-C)."""
     t0 = time.perf_counter()
-    if not args.verbose:
-        # Each failure is printed once, in the summary; -v logs them as they happen too.
-        logging.getLogger("eventrunner.engine").setLevel(logging.ERROR)
     if not args.dry_run and (served := _run_through_server(args)) is not None:
         print_report(args, served)
         return served.exit_code()

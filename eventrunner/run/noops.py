@@ -109,15 +109,22 @@ def unproduced(pattern: Pattern, root: str, produced: set[str]) -> list[str]:
 def output_dirs(graph: Graph, root: str) -> dict[str, Stat]:
     """Stats of the folder each output pattern starts in (None: not there): a file dropped
     into one changes it, which sends a no-change run to look (main.py compares them)."""
-    return {(path := _folder(root, s.output)): _stat(path) for s in graph.stages.values()}
+    return {
+        (path := _folder(root, s.output)): _stat(path)
+        for s in graph.stages.values()
+        if not s.output.is_literal
+    }
 
 
 def changed_output_dirs(graph: Graph, root: str, recorded: dict[str, Stat]) -> list[str]:
-    """Stages whose output folder changed since `recorded` (or was not recorded)."""
+    """Stages whose output folder changed since `recorded` (or was not recorded). A literal
+    output (`summary.md`) names one file, its own: its folder (often the workspace itself,
+    where other files come and go) is not followed."""
     return [
         q
         for q, stage in graph.stages.items()
-        if (path := _folder(root, stage.output)) not in recorded or recorded[path] != _stat(path)
+        if not stage.output.is_literal
+        and ((path := _folder(root, stage.output)) not in recorded or recorded[path] != _stat(path))
     ]
 
 
