@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import MakeWorkspace, Workspace
-from serve_helpers import wait_until
+from serve_helpers import serving, wait_until
 
 from eventrunner import __version__
 from eventrunner.cli.parser import COMMANDS, build_parser
@@ -257,3 +257,47 @@ def test_zsh_completion_registers_the_same_function(echo: Workspace) -> None:
     registered, stages = proc.stdout.splitlines()[:2]
     assert registered == "_bash_complete -F _eventrunner"
     assert {"shout", "echo.shout"} <= set(stages.split())
+
+
+def _has_socket(pid: int) -> bool:
+    fds = Path(f"/proc/{pid}/fd")
+    try:
+        return any(os.readlink(fd).startswith("socket:") for fd in fds.iterdir())
+    except OSError:  # gone, or an fd closed while looking
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to see the socket")
+def test_ctrl_c_on_run_through_a_server_leaves_the_work_to_the_server(
+    make_workspace: MakeWorkspace, tmp_path: Path
+) -> None:
+    ws = make_workspace(
+        {
+            "pipelines/p.toml": '[stages.s]\nhandler = "h:work"\ninputs = { t = "in/{n}.txt" }\n'
+            'output = "out/{n}.txt"\n',
+            "handlers/h.py": SLOW,
+            "in/a.txt": "a",
+            "in/b.txt": "b",
+        }
+    )
+    with serving(ws.root, tmp_path / "logs") as server:
+        wait_until(lambda: ws.exists("started-b"), "the server to start the slow handler")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "eventrunner.cli", "-w", str(ws.root), "run"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            # Once the run has asked the server (its socket is open) and waits for it to be
+            # idle, which the slow handler prevents
+            wait_until(lambda: _has_socket(proc.pid), "the run to connect to the server", 60)
+            proc.send_signal(signal.SIGINT)
+            _out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode == 130
+        assert "interrupted: the server at http://127.0.0.1:" in err and "Traceback" not in err
+        assert server.proc is not None and server.proc.poll() is None  # it goes on

@@ -210,7 +210,16 @@ def _run_through_server(args: argparse.Namespace) -> RunReport | None:
     if addr is None:
         return None
     body = {"pipeline": args.pipeline, "stage": args.stage, "entity": args.entity}
-    return RunReport.from_json(call_server(settings, addr, "run", body, timeout=None))
+    try:
+        return RunReport.from_json(call_server(settings, addr, "run", body, timeout=None))
+    except KeyboardInterrupt:
+        # The work is the server's: it goes on; only our wait for it ends.
+        print(
+            f"interrupted: the server at {addr} goes on with what it has queued "
+            "(`eventrunner status` shows how far it is)",
+            file=sys.stderr,
+        )
+        raise
 
 
 class _Progress:
