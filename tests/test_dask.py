@@ -453,7 +453,7 @@ async def test_shutdown_drops_calls_not_started_and_lets_running_ones_finish(
 
         async def dropped() -> bool:
             """True once no worker holds any of the waiting calls' tasks any more."""
-            held = await pool.client.run(lambda dask_worker: list(dask_worker.state.tasks))
+            held = await pool.link.client.run(lambda dask_worker: list(dask_worker.state.tasks))
             return not waiting & {k for keys in held.values() for k in keys}
 
         deadline = time.monotonic() + DEADLINE

@@ -208,12 +208,14 @@ def stamp_of(ws: Workspace) -> dict[str, Any]:
     def rel(packed: tuple[str, bytes]) -> set[str]:
         return {p.removeprefix(root) for p in fastpath.recorded_stats(packed)}
 
+    result = dict(stamp["result"])
+    result["outdirs"] = {p.removeprefix(root) for p in result.get("outdirs", {})}
     return {
         "defs": rel(stamp["defs"]),
         "paths": rel(stamp["paths"]),
         "sources": stamp["sources"],
         "source_ids": stamp["source_ids"],
-        "result": stamp["result"],
+        "result": result,
     }
 
 

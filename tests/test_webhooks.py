@@ -31,6 +31,7 @@ from standardwebhooks.webhooks import Webhook
 from yarl import URL
 
 from eventrunner.core.errors import ConfigError
+from eventrunner.run.events import Changed, Event
 from eventrunner.server.app import create_app
 from eventrunner.server.keys import SPOOL
 from eventrunner.service.runtime import Runtime
@@ -619,3 +620,50 @@ async def test_a_workspace_whose_data_folder_does_not_exist_yet_starts_and_takes
         assert (await server.post("signed", body, sign(body), item="first")).status == 202
         await eventually(lambda: (server.data / "out/first.txt").exists())
         await client.close()
+
+
+async def test_a_delivery_that_creates_its_file_is_reported_added_and_a_second_modified(
+    server: Server,
+) -> None:
+    # Given a subscriber to the runtime's events
+    events: list[Event] = []
+    server.rt.events.subscribe(events.append)
+
+    def changed() -> list[str]:
+        return [e.change for e in events if isinstance(e, Changed)]
+
+    # When a delivery creates inbox/new1.json, Then its `changed` event says "added"
+    body = b'{"v": 1}'
+    assert (await server.post("signed", body, sign(body), item="new1")).status == 202
+    await eventually(lambda: len(changed()) == 1)
+    assert changed() == ["added"]
+    # When a second delivery replaces it, Then that one says "modified"
+    await eventually(lambda: (server.data / "out/new1.txt").exists())
+    body = b'{"v": 2}'
+    assert (await server.post("signed", body, sign(body), item="new1")).status == 202
+    await eventually(lambda: len(changed()) == 2)
+    assert changed() == ["added", "modified"]
+
+
+async def test_a_value_failing_the_constraint_is_refused_with_the_regex_as_written(
+    tmp_path: Path, aiohttp_client: AiohttpClient
+) -> None:
+    pipeline = """\
+        name = "hooks"
+
+        [sources.daily]
+        pattern = "logs/{date:\\\\d{4}-\\\\d{2}-\\\\d{2}}.md"
+        webhook = { allow_unsigned = true }
+        """
+    ws = make_ws(tmp_path / "ws", pipeline=pipeline)
+    async with Runtime(load_workspace(ws), watch=False) as rt:
+        await rt.start()
+        client = await aiohttp_client(create_app(rt))
+        try:
+            resp = await client.post("/hooks/hooks/daily", data=b"x", params={"date": "tuesday"})
+            assert resp.status == 400
+            message = (await resp.json())["error"]["message"]
+        finally:
+            await client.close()
+    assert r"\d{4}-\d{2}-\d{2}" in message, message
+    assert "\\\\" not in message, message

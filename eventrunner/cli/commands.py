@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from eventrunner.cli.common import hold_workspace, print_json, read_index, workspace_path
-from eventrunner.core.errors import UnknownName, UsageError
+from eventrunner.cli import show
+from eventrunner.cli.common import (
+    hold_workspace,
+    print_json,
+    print_warnings,
+    read_index,
+    workspace_path,
+)
+from eventrunner.core.errors import UnknownName, UsageError, did_you_mean
 from eventrunner.run import queries
 
 
@@ -40,33 +46,76 @@ _STYLE = {
 
 def _status_from_server(args: argparse.Namespace) -> dict[str, Any] | None:
     """The counts a running server keeps (milliseconds, where evaluating every state here
-    takes seconds at 100,000 entities); None when no server answers."""
+    takes seconds at 100,000 entities), with --check its not-fresh states; None when no
+    server answers."""
     data: dict[str, Any] | None = _from_server(args, "/api/pipelines")
     if data is None:
         return None
     if args.pipeline is not None:
         if args.pipeline not in data["pipelines"]:
             have = ", ".join(sorted(data["pipelines"])) or "none"
-            raise UnknownName(f"no pipeline {args.pipeline!r} (have: {have})")
+            hint = did_you_mean(args.pipeline, data["pipelines"])
+            raise UnknownName(f"no pipeline {args.pipeline!r}{hint} (have: {have})")
         data = {"pipelines": {args.pipeline: data["pipelines"][args.pipeline]}}
+    from urllib.parse import quote
+
+    path = f"/api/pipelines/{quote(args.pipeline or '_', safe='')}/status"
+    detail = _from_server(args, path + ("?check=1" if args.check else ""))
+    if detail is None:
+        return None  # gone meanwhile: ask the disk
+    data["warnings"] = detail.get("warnings", [])
+    if args.check:
+        data["not_fresh"] = detail["not_fresh"]
+    return data
+
+
+def _status_on_disk(args: argparse.Namespace) -> dict[str, Any]:
+    """Counts by state from the state on disk (every state evaluated once); with --check the
+    ones that are not fresh, from the same evaluation."""
+    from collections import Counter
+
+    from eventrunner.run import noops
+    from eventrunner.run.evaluate import Evaluator
+    from eventrunner.run.gate import IGNORED, Gate
+
+    _, index = read_index(args)
+    ev = Evaluator(index)
+    gate = Gate(index, ev)
+    stages = queries.resolve_stages(index.ws.graph, None, args.pipeline)
+    tally: dict[str, Counter[str]] = {q: Counter() for q in stages}
+    for row in queries.iter_rows(index, stages, ev):
+        tally[row.stage][row.verdict.state] += 1
+        if args.check and row.verdict.state not in IGNORED:
+            gate.check([(row.stage, row.entity, row.values)])
+    data = queries.status(index, args.pipeline, counts={q: dict(c) for q, c in tally.items()})
+    data["warnings"] = noops.source_warnings(index) + list(noops.stray_outputs(index).values())
+    if args.check:
+        data["not_fresh"] = gate.entries()
     return data
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    data = _status_from_server(args)
-    if data is None:
-        _, index = read_index(args)
-        data = queries.status(index, args.pipeline)
+    """Counts by state; with --check exit 1 when a state is not fresh (held ones allowed with
+    --allow-held)."""
+    from eventrunner.run.gate import blocking
+    from eventrunner.run.report import not_fresh_lines
+
+    data = _status_from_server(args) or _status_on_disk(args)
+    print_warnings(data.pop("warnings"))  # on stderr: the --json shape stays as documented
+    code = 1 if args.check and blocking(data["not_fresh"], args.allow_held) else 0
     if args.json:
         print_json(data)
-        return 0
+        return code
     for p, pdata in data["pipelines"].items():
         rows = []
         for s, counts in pdata["stages"].items():
             shown = [f"[{_STYLE[k]}]{k} {n}[/]" for k, n in counts.items() if n]
             rows.append([s, ", ".join(shown) or "no entities yet"])
         _table(f"pipeline {p}", ["stage", "states"], rows)
-    return 0
+    if args.check:
+        lines = not_fresh_lines(data["not_fresh"], args.allow_held)
+        print("\n".join(lines or ["every state is fresh"]))
+    return code
 
 
 def cmd_entities(args: argparse.Namespace) -> int:
@@ -126,13 +175,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"entity": args.entity, "stages": data})
         return 0
-    for row in data:
-        print(f"{row['stage']} {row['entity']}: {row['state']}")
-        for r in row["reasons"]:
-            print(f"  {r['code']}: {r['message']}")
-        if row["failure"]:
-            f = row["failure"]
-            print(f"  last failure (attempt {f['attempts']}): {f['error']}")
+    print("\n".join(show.explained(data)))
     return 0
 
 
@@ -152,7 +195,7 @@ def _mutate(args: argparse.Namespace, action: str, body: dict[str, Any]) -> int:
     if args.json:
         print_json(result)
     else:
-        print(f"{action}: {json.dumps(result, default=str)}")
+        print("\n".join(show.managed(action, result, served=addr is not None)))
     return 0
 
 
@@ -203,11 +246,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
-    from eventrunner.cli.graphviz import render
+    from eventrunner.cli.graphviz import as_json, render
     from eventrunner.workspace.load import load_workspace
 
     ws = load_workspace(workspace_path(args))
-    print(render(ws.graph, args.format))
+    if args.json:
+        print_json(as_json(ws.graph))
+    else:
+        print(render(ws.graph, args.format))
     return 0
 
 

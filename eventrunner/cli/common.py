@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -32,11 +33,18 @@ def print_json(value: Any) -> None:
 
 
 def print_report(args: argparse.Namespace, report: RunReport) -> None:
-    """A run's report as JSON (--json) or its summary lines."""
+    """A run's report as JSON (--json) or its summary lines; warnings go to stderr."""
+    print_warnings(report.warnings)
     if args.json:
         print_json(report.to_json())
     else:
         print("\n".join(report.lines()))
+
+
+def print_warnings(warnings: list[str]) -> None:
+    """Silent no-ops worth knowing about (run/noops.py), one line each on stderr."""
+    for w in warnings:
+        print(f"eventrunner: warning: {w}", file=sys.stderr)
 
 
 def read_index(args: argparse.Namespace) -> tuple[Workspace, Index]:

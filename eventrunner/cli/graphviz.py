@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from eventrunner.core.graph import Graph
 
 
@@ -50,3 +52,51 @@ def render(graph: Graph, fmt: str) -> str:
                 f"  <- {inp.name}: {inp.pattern.key} (from {src}{', all' if inp.aggregated else ''})"
             )
     return "\n".join(lines) if lines else "(no stages)"
+
+
+def as_json(graph: Graph) -> dict[str, Any]:
+    """The graph as plain data (`graph --json`): stages upstream first, sources, and edges."""
+    stages = []
+    for q in graph.order:
+        st = graph.stages[q]
+        stages.append(
+            {
+                "stage": q,
+                "pipeline": st.pipeline,
+                "name": st.name,
+                "kind": st.kind,
+                "handler": st.handler,
+                "inputs": [
+                    {
+                        "name": inp.name,
+                        "pattern": inp.pattern.key,
+                        "from": graph.producer.get(inp.pattern.key),  # None: a source
+                        "aggregated": bool(inp.aggregated),
+                    }
+                    for inp in st.inputs
+                ],
+                "output": st.output.key,
+                "schedule": st.schedule,
+            }
+        )
+    sources = [
+        {
+            "pattern": key,
+            "text": src.pattern.text,
+            "pipeline": src.pipeline,
+            "name": src.name,
+            "webhook": src.webhook is not None,
+        }
+        for key, src in sorted(graph.sources.items())
+    ]
+    edges = [
+        {
+            "from": graph.producer.get(inp.pattern.key, f"source:{inp.pattern.key}"),
+            "to": q,
+            "input": inp.name,
+            "aggregated": bool(inp.aggregated),
+        }
+        for q in graph.order
+        for inp in graph.stages[q].inputs
+    ]
+    return {"stages": stages, "sources": sources, "edges": edges}

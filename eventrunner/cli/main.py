@@ -8,89 +8,23 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from eventrunner.cli.common import print_json, print_report, workspace_path
+from eventrunner.cli.parser import build_parser
 from eventrunner.core.errors import ConfigError, EventRunnerError, exit_code_for
 
-
-def build_parser() -> argparse.ArgumentParser:
-    """All commands and flags."""
-    p = argparse.ArgumentParser(
-        prog="eventrunner", description="Keep derived files fresh, per entity."
-    )
-    p.add_argument(
-        "-w",
-        "--workspace",
-        type=Path,
-        help="workspace folder (default: nearest with eventrunner.toml or pipelines/)",
-    )
-    p.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)"
-    )
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def cmd(name: str, help_: str, reads: bool = False) -> argparse.ArgumentParser:
-        return _subcommand(sub, name, help_, reads)
-
-    sp = cmd("init", "scaffold a working workspace (pipeline, handler, sample data)")
-    sp.add_argument("dir", nargs="?", type=Path, default=Path("."))
-    cmd("validate", "check pipeline files and handlers; exit 2 when invalid", reads=True)
-    sp = cmd("run", "bring everything (or the selection) up to date once", reads=True)
-    sp.add_argument("--pipeline")
-    sp.add_argument("--stage")
-    sp.add_argument("--entity")
-    sp.add_argument("--dry-run", action="store_true", help="show what would run")
-    sp.add_argument("-j", "--jobs", type=int, default=None, help="handlers running at once")
-    sp = cmd("status", "per-stage counts by state", reads=True)
-    sp.add_argument("--pipeline")
-    sp = cmd("entities", "list states with their reasons", reads=True)
-    sp.add_argument("--pipeline")
-    sp.add_argument("--stage")
-    sp.add_argument("--state")
-    sp.add_argument("--limit", type=int)
-    sp = cmd("explain", "why each stage of an entity is or is not stale", reads=True)
-    sp.add_argument("entity")
-    sp.add_argument("--stage")
-    sp.add_argument("--pipeline")
-    sp = cmd("invalidate", "force re-runs", reads=True)
-    sp.add_argument("stage")
-    sp.add_argument("entities", nargs="*")
-    sp.add_argument("--downstream", action="store_true")
-    sp = cmd("retry", "clear backoff and dead states", reads=True)
-    sp.add_argument("stage", nargs="?")
-    sp.add_argument("entities", nargs="*")
-    for name in ("hold", "release"):
-        sp = cmd(name, f"{name} states (manual hold)", reads=True)
-        sp.add_argument("stage")
-        sp.add_argument("entities", nargs="*")
-    sp = cmd("prune", "delete orphaned outputs and their manifests", reads=True)
-    sp.add_argument("--dry-run", action="store_true")
-    sp = cmd("graph", "the dependency graph across pipelines")
-    sp.add_argument("--format", choices=("text", "mermaid", "dot"), default="text")
-    sp = cmd("serve", "run the event-driven service (watch, webhooks, API)")
-    sp.add_argument("--host")
-    sp.add_argument("--port", type=int)
-    sp.add_argument("--no-watch", action="store_true")
-    return p
-
-
-def _subcommand(sub: Any, name: str, help_: str, reads: bool) -> argparse.ArgumentParser:
-    """One command's parser (`sub` is what add_subparsers returned); --json for reading ones."""
-    sp: argparse.ArgumentParser = sub.add_parser(name, help=help_, description=help_)
-    if reads:
-        sp.add_argument("--json", action="store_true", help="machine-readable output")
-    return sp
+if TYPE_CHECKING:
+    from logging import LogRecord
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "run" and _noop_fast_path(args):
-            return 0  # it logs nothing: logging (~9 ms to import) is set up only past it
-        _setup_logging(args.verbose)
+        if args.command == "run" and (code := _noop_fast_path(args)) is not None:
+            return code  # it logs nothing: logging (~9 ms to import) is set up only past it
+        _setup_logging(args.verbose, args.command)
         code = _command(args.command)(args)
         global _ABANDONED
         _ABANDONED += getattr(args, "abandoned", 0)
@@ -114,44 +48,96 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _setup_logging(verbose: int) -> None:
+def _setup_logging(verbose: int, command: str) -> None:
+    import logging
+
     from eventrunner.cli.logs import setup_logging
 
+    root = logging.getLogger()
+    before = list(root.handlers)
     setup_logging(verbose)
+    if command == "run" and verbose == 0:
+        # Each failure is printed once, in run's summary; -v logs them as they happen too.
+        # Only on the handler made here: whoever configured logging before keeps every record.
+        for handler in root.handlers:
+            if handler not in before:
+                handler.addFilter(_not_failure_lines)
+
+
+def _not_failure_lines(record: LogRecord) -> bool:
+    """False for the engine's one warning line per failed state."""
+    return not (record.name == "eventrunner.engine" and record.levelno == 30)  # WARNING
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """Exit 0 when valid (with warnings about what would silently do nothing), 2 otherwise."""
+    from eventrunner.cli.common import print_warnings
+    from eventrunner.run import noops
+    from eventrunner.state.index import Index
+    from eventrunner.state.store import Store
     from eventrunner.workspace.load import load_workspace
 
     ws = load_workspace(workspace_path(args), import_handlers=True)
+    index = Index.load(ws, Store(ws.settings.state_dir))  # reads only: no lock taken
+    warnings = noops.source_warnings(index) + list(noops.stray_outputs(index).values())
     if args.json:
         print_json(
-            {"valid": True, "stages": sorted(ws.graph.stages), "sources": sorted(ws.graph.sources)}
+            {
+                "valid": True,
+                "stages": sorted(ws.graph.stages),
+                "sources": sorted(ws.graph.sources),
+                "warnings": warnings,
+            }
         )
-    else:
-        print(
-            f"valid: {len(ws.graph.pipelines)} pipeline(s), {len(ws.graph.stages)} stage(s), {len(ws.graph.sources)} source pattern(s)"
-        )
+        return 0
+    print_warnings(warnings)
+    print(
+        f"valid: {len(ws.graph.pipelines)} pipeline(s), {len(ws.graph.stages)} stage(s), "
+        f"{len(ws.graph.sources)} source pattern(s)"
+        + (f", {len(warnings)} warning(s)" if warnings else "")
+    )
     return 0
 
 
-def _noop_fast_path(args: argparse.Namespace) -> bool:
-    """Answer a no-change `run` from stats alone (see fastpath.py); False to take the full path."""
+def _noop_fast_path(args: argparse.Namespace) -> int | None:
+    """Answer a no-change `run` from stats alone (see fastpath.py): the exit code, or None to
+    take the full path."""
     t0 = time.perf_counter()
     if args.pipeline or args.stage or args.entity or args.dry_run:
-        return False
+        return None
     from eventrunner.state import fastpath
     from eventrunner.workspace.find import STATE_DIR
 
     args.look = fastpath.look(workspace_path(args) / STATE_DIR)  # the full path follows it
     if args.look is None or not args.look.unchanged:
-        return False
+        return None
     from eventrunner.run.report import RunReport
 
-    skipped = args.look.result["skipped"]
-    print_report(
-        args, RunReport(skipped=skipped, duration_s=round(time.perf_counter() - t0, 3), mode="stat")
+    recorded = args.look.result  # what the run that wrote the stamp found
+    if not _unchanged(recorded.get("outdirs", {})):
+        return None  # a file came into an output folder: the full path looks (run/noops.py)
+    report = RunReport(
+        skipped=recorded["skipped"],
+        duration_s=round(time.perf_counter() - t0, 3),
+        mode="stat",
+        not_fresh=list(recorded.get("not_fresh", [])),
+        warnings=[*recorded.get("warnings", []), *recorded.get("strays", {}).values()],
     )
+    print_report(args, report)
+    return report.exit_code()
+
+
+def _unchanged(stats: dict[str, tuple[int, int, int] | None]) -> bool:
+    """True when every folder has the stats recorded for it (None: it was not there)."""
+    for path, recorded in stats.items():
+        try:
+            st = os.stat(path)
+        except OSError:
+            if recorded is not None:
+                return False
+            continue
+        if recorded != (st.st_size, st.st_mtime_ns, st.st_ino):
+            return False
     return True
 
 
@@ -163,6 +149,10 @@ def _command(name: str) -> Callable[[argparse.Namespace], int]:
         from eventrunner.cli.run import cmd_run
 
         return cmd_run
+    if name == "completion":
+        from eventrunner.cli.completion import cmd_completion
+
+        return cmd_completion
     from eventrunner.cli.commands import COMMANDS_REST
 
     return COMMANDS_REST[name]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import gc
 import ipaddress
 import json
@@ -47,6 +48,20 @@ def check_bind(ws: Workspace) -> None:
             )
 
 
+def _bind_problem(host: str, port: int, exc: OSError) -> str:
+    """One line for a failed bind: which address, why, and how to choose another port."""
+    where = f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"port {port} on {host} is already in use (another eventrunner serve, or another "
+            f"program): choose another with --port N, [server] port or EVENTRUNNER_SERVER_PORT "
+            f"(make demo PORT=N)"
+        )
+    if exc.errno == errno.EACCES:
+        return f"not allowed to listen on {where} (ports below 1024 need privileges): use --port N"
+    return f"cannot listen on {where}: {exc.strerror or exc}"
+
+
 async def serve(
     ws: Workspace,
     *,
@@ -77,7 +92,10 @@ async def serve(
         try:
             server = ws.settings.server
             site = GuardedSite(runner, app[GUARD], host=server.host, port=server.port)
-            await site.start()
+            try:
+                await site.start()
+            except OSError as exc:
+                raise UsageError(_bind_problem(server.host, server.port, exc)) from None
             # The bound address (port 0 picks a free one), through aiohttp's public API.
             bound = runner.addresses
             host, port = (

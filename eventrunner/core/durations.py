@@ -42,3 +42,11 @@ def format_duration(seconds: float) -> str:
             out.append(f"{rest // size}{unit}")
             rest %= size
     return "".join(out) or "0s"
+
+
+def format_time(epoch: float) -> str:
+    """A moment as people read it: local ISO 8601 time to the second, with its UTC offset
+    (2026-11-25T10:00:00+01:00), never epoch seconds."""
+    from datetime import datetime
+
+    return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")

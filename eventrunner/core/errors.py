@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -148,3 +149,14 @@ def exit_code_for(exc: BaseException) -> int:
 def http_status_for(exc: BaseException) -> int:
     """The HTTP status for an error."""
     return _lookup(HTTP_STATUS, exc, 500)
+
+
+def did_you_mean(name: str, candidates: Iterable[str], prefix: str = "") -> str:
+    """ " (did you mean 'x'?)" naming the closest candidates to a mistyped name (each shown with
+    `prefix`, e.g. its pipeline), or ""."""
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(set(candidates)), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return f" (did you mean {' or '.join(repr(prefix + c) for c in close)}?)"

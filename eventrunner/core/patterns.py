@@ -162,7 +162,8 @@ class Pattern:
             value, check = values[name], self._checks.get(name)
             problem = _value_problem(value)
             if problem is None and check is not None and check.fullmatch(value) is None:
-                problem = f"does not match {check.pattern!r}"
+                # The regex as written (`\d{4}`), not its repr with every backslash doubled.
+                problem = f"does not match the pattern {check.pattern}"
             if problem:
                 raise PatternError(f"{where}: variable {name!r}: {value!r:.60} {problem}")
         names = []

@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from eventrunner.core.durations import format_time
 from eventrunner.core.records import Failure, Manifest
 
 State = Literal["fresh", "stale", "running", "failed", "dead", "held", "waiting", "orphaned"]
@@ -209,7 +210,8 @@ def _failure_verdict(f: Facts, reasons: list[Reason]) -> Verdict | None:
             (
                 Reason(
                     "BACKOFF",
-                    f"attempt {fail.attempts} failed: {fail.error}; retry at {fail.next_retry:.0f}",
+                    f"attempt {fail.attempts} failed: {fail.error}; "
+                    f"retry at {format_time(fail.next_retry)}",
                     {"attempts": fail.attempts, "retry_at": fail.next_retry},
                 ),
                 *reasons,

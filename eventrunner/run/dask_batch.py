@@ -9,11 +9,15 @@ futures are used first: a few calls with free workers go one per task.
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 from eventrunner.run.executors import Call
 from eventrunner.run.invoke import Written
+
+log = logging.getLogger("eventrunner.executor")
 
 BATCH_MAX = 64  # calls in one task at most
 SMALL_S = 0.01  # calls shorter than this (on average, once measured) are batched ...
@@ -69,3 +73,28 @@ def batch_size(call: Call, paces: dict[str, Pace], waiting: int, free: int) -> i
     pace = paces.get(call.stage.qualname)
     want = pace.batch() if pace is not None else 1
     return max(1, min(want, -(-waiting // max(1, free))))  # idle futures first
+
+
+def fail_threadsafe(future: asyncio.Future[Written], exc: BaseException) -> None:
+    """Fail a call's future from a thread."""
+
+    def fail() -> None:
+        if not future.done():
+            future.set_exception(exc)
+
+    future.get_loop().call_soon_threadsafe(fail)
+
+
+def warn_missing_resources(
+    call: Call, offered: Collection[str], warned: set[tuple[str, str]]
+) -> None:
+    """Log once per stage and resource that no worker offers it now (its calls wait)."""
+    for name in call.stage.resources:
+        if name not in offered and (call.stage.qualname, name) not in warned:
+            warned.add((call.stage.qualname, name))
+            log.warning(
+                "%s needs Dask resource %s, which no worker offers now: its calls wait "
+                "until a worker with it joins",
+                call.stage.qualname,
+                name,
+            )

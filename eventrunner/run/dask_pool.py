@@ -29,7 +29,14 @@ from typing import Any
 
 from eventrunner.core.errors import CodeChanged, HandlerError, WorkerLost
 from eventrunner.run.bundle import build_bundle
-from eventrunner.run.dask_batch import Batch, Job, Pace, batch_size
+from eventrunner.run.dask_batch import (
+    Batch,
+    Job,
+    Pace,
+    batch_size,
+    fail_threadsafe,
+    warn_missing_resources,
+)
 from eventrunner.run.dask_link import DaskLink
 from eventrunner.run.dask_task import run_batch
 from eventrunner.run.dask_wire import (
@@ -42,7 +49,6 @@ from eventrunner.run.dask_wire import (
 )
 from eventrunner.run.executors import Call, Executor
 from eventrunner.run.invoke import Written
-from eventrunner.workspace.settings import RuntimeSettings
 
 log = logging.getLogger("eventrunner.executor")
 
@@ -82,15 +88,6 @@ class DaskExecutor(Executor):
         self._kicked = False
         self._closed = False
 
-    @classmethod
-    def from_settings(cls, runtime: RuntimeSettings) -> DaskExecutor:
-        """The executor `[runtime]` describes."""
-        return cls(
-            scheduler=runtime.dask_scheduler,
-            workers=runtime.dask_workers,
-            shared_fs=runtime.shared_fs,
-        )
-
     @property
     def capacity(self) -> int:
         batch = max((p.batch() for p in self._paces.values()), default=1)
@@ -101,11 +98,6 @@ class DaskExecutor(Executor):
         return max(1, PER_THREAD * self.link.slots)
 
     # -- lifecycle ----------------------------------------------------------------------------
-    @property
-    def client(self) -> Any:
-        """The distributed client (None before start)."""
-        return self.link.client
-
     async def start(self) -> None:
         """Start the local cluster (no `dask_scheduler`) and connect; ExecutorUnavailable when
         the scheduler cannot be reached or the cluster does not start."""
@@ -216,7 +208,7 @@ class DaskExecutor(Executor):
             if not self._closed:
                 raise
         except Exception as exc:
-            if self.client is not None and self.client.status == "running":
+            if self.link.client is not None and self.link.client.status == "running":
                 self._fail_dask(batch, exc)
             else:  # it failed because the scheduler went away: not the calls' fault
                 self._requeue(batch, f"the connection to the scheduler was lost ({exc})")
@@ -235,7 +227,7 @@ class DaskExecutor(Executor):
         live = [w for w in wires if w is not None]
         if not live:
             return None
-        client = self.client
+        client = self.link.client
         scattered = await client.scatter(blobs, hash=False) if blobs else {}
         stage = first.stage
         batch.dask = client.submit(
@@ -252,7 +244,7 @@ class DaskExecutor(Executor):
             priority=stage.priority,
         )
         self.batches += 1
-        self._warn_resources(first)
+        warn_missing_resources(first, self.link.offered, self._warned)
         try:
             results: list[WireResult] = await batch.dask
         except FutureCancelledError as exc:
@@ -275,7 +267,7 @@ class DaskExecutor(Executor):
                 payload = pack_inputs(c, self.shared_fs, blobs, f"{key}:")
             except OSError as exc:
                 wires.append(None)
-                _threadsafe(job.future, exc)
+                fail_threadsafe(job.future, exc)
                 continue
             wires.append(
                 None if job.future.done() else wire_call(c, key, digest, payload, self.shared_fs)
@@ -294,7 +286,7 @@ class DaskExecutor(Executor):
             entry = self._bundles.get(root)
             if entry is None:
                 bundle = await asyncio.to_thread(build_bundle, root)
-                data = await self.client.scatter(bundle.data, hash=False)
+                data = await self.link.client.scatter(bundle.data, hash=False)
                 entry = self._bundles[root] = (bundle.digest, data)
                 log.info(
                     "dask: code bundle %s of %s, %d files", bundle.digest[:12], root, bundle.files
@@ -399,28 +391,7 @@ class DaskExecutor(Executor):
             return
         if all(j.future.done() for j in batch.jobs) and not batch.dask.done():
             task = asyncio.ensure_future(
-                self.client.cancel([batch.dask], reason="eventrunner-gave-up", force=True)
+                self.link.client.cancel([batch.dask], reason="eventrunner-gave-up", force=True)
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-
-    def _warn_resources(self, call: Call) -> None:
-        for name in call.stage.resources:
-            if name not in self.link.offered and (call.stage.qualname, name) not in self._warned:
-                self._warned.add((call.stage.qualname, name))
-                log.warning(
-                    "%s needs Dask resource %s, which no worker offers now: its calls wait "
-                    "until a worker with it joins",
-                    call.stage.qualname,
-                    name,
-                )
-
-
-def _threadsafe(future: asyncio.Future[Written], exc: BaseException) -> None:
-    """Fail a call's future from a thread."""
-
-    def fail() -> None:
-        if not future.done():
-            future.set_exception(exc)
-
-    future.get_loop().call_soon_threadsafe(fail)

@@ -13,7 +13,12 @@ def make_executor(kind: str, size: int, runtime: RuntimeSettings | None = None) 
     if kind == "dask":
         from eventrunner.run.dask_pool import DaskExecutor  # imports distributed: only here
 
-        return DaskExecutor.from_settings(runtime or RuntimeSettings())
+        settings = runtime or RuntimeSettings()
+        return DaskExecutor(
+            scheduler=settings.dask_scheduler,
+            workers=settings.dask_workers,
+            shared_fs=settings.shared_fs,
+        )
     if kind == "process":
         from eventrunner.run.process_pool import ProcessExecutor
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from eventrunner.core.errors import UnknownName, UsageError
+from eventrunner.core.errors import UnknownName, UsageError, did_you_mean
 from eventrunner.core.graph import Graph
 from eventrunner.core.staleness import STATES, Verdict
 from eventrunner.run.evaluate import Evaluator
@@ -42,20 +42,34 @@ def resolve_stages(graph: Graph, stage: str | None, pipeline: str | None = None)
     g = graph
     if pipeline is not None and pipeline not in g.pipelines:
         raise UnknownName(
-            f"no pipeline {pipeline!r} (have: {', '.join(sorted(g.pipelines)) or 'none'})"
+            f"no pipeline {pipeline!r}{did_you_mean(pipeline, g.pipelines)} "
+            f"(have: {', '.join(sorted(g.pipelines)) or 'none'})"
         )
     if stage is None:
         return [q for q in g.order if pipeline is None or g.stages[q].pipeline == pipeline]
     found = g.find_stage(stage, pipeline)
     if not found:
         raise UnknownName(
-            f"no stage {stage!r}" + (f" in pipeline {pipeline!r}" if pipeline else "")
+            f"no stage {stage!r}"
+            + (f" in pipeline {pipeline!r}" if pipeline else "")
+            + _suggest_stage(g, stage, pipeline)
         )
     if len(found) > 1:
         raise UsageError(
             f"stage name {stage!r} is ambiguous: {', '.join(found)}; use pipeline.stage"
         )
     return found
+
+
+def _suggest_stage(g: Graph, stage: str, pipeline: str | None) -> str:
+    """Did you mean: bare names against bare names; `p.typo` against the stages of p."""
+    p, dot, name = stage.rpartition(".")
+    if dot and p in g.pipelines:
+        names = [g.stages[q].name for q in g.pipelines[p]]
+        return did_you_mean(name, names, prefix=f"{p}.")
+    return did_you_mean(
+        stage, [s.name for s in g.stages.values() if pipeline in (None, s.pipeline)]
+    )
 
 
 def state_ids(index: Index, qualname: str) -> list[str]:

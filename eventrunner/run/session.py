@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from eventrunner.core.errors import UnknownName
 from eventrunner.core.patterns import trusted_entity_id as entity_id
+from eventrunner.run import noops
 from eventrunner.run.engine import Engine
 from eventrunner.run.events import Changed, EventBus, Listener
 from eventrunner.run.planner import Target
@@ -86,6 +87,7 @@ class Session:
         self._changed: list[str] = []  # what changed while down (its stats are read again)
         self._dirs_before: dict[str, tuple[int, int, int]] | None = None
         self._vouch: int | None = None  # skipped count to stamp with; None: no stamp
+        self._recorded: dict[str, Any] = {}  # more of the result the stamp records (vouch)
         self._locked = self._started = self._closed = False
 
     # -- start -----------------------------------------------------------------------------------
@@ -189,14 +191,17 @@ class Session:
             if entity is not None and not self.initial:
                 raise UnknownName(f"no selected stage has entity {entity!r}")
         self.caught_up = engine.consider(targets, fresh_pass=True)
+        log.info("%s: %s check queued %d state(s)", self.purpose, self.mode, self.caught_up)
         if self.live:
             engine.forget_verdicts()  # now, not during the next event's handling
 
     # -- while held ------------------------------------------------------------------------------
-    def vouch(self, skipped: int = 0) -> None:
+    def vouch(self, skipped: int = 0, **recorded: Any) -> None:
         """The work is accounted for: at a clean close, record a stamp (with the count of states
-        that needed work and stay blocked) so the next start or run needs only stats."""
+        that needed work and stay blocked, and what else the no-change run is to report again:
+        `recorded`, e.g. not_fresh and warnings) so the next start or run needs only stats."""
         self._vouch = skipped
+        self._recorded = recorded
 
     def unstamp(self) -> None:
         """State changed in a way a stamp cannot vouch for: the next start evaluates fully."""
@@ -345,7 +350,13 @@ class Session:
             if carried is None:
                 return False
         stamping.write_stamp(
-            ws, idx, skipped, carried=carried, dirs_before=dirs_before, changed=self._changed
+            ws,
+            idx,
+            skipped,
+            carried=carried,
+            dirs_before=dirs_before,
+            changed=self._changed,
+            recorded=noops.stamp_recorded(idx, self._recorded),
         )
         return (state_dir / fastpath.STAMP).exists()
 

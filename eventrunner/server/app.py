@@ -21,8 +21,9 @@ from eventrunner.core.errors import (
 )
 from eventrunner.core.redact import remember_secret
 from eventrunner.core.staleness import STATES as STATE_NAMES
-from eventrunner.run import management, queries
+from eventrunner.run import management, noops, queries
 from eventrunner.run.evaluate import Evaluator
+from eventrunner.run.gate import IGNORED, Gate
 from eventrunner.server import models
 from eventrunner.server.guard import GUARD, ConnectionGuard
 from eventrunner.server.http import Handler, error_response, int_param
@@ -33,6 +34,7 @@ from eventrunner.service.history import History
 
 if TYPE_CHECKING:
     from eventrunner.service.runtime import Runtime
+    from eventrunner.state.index import Index
 
 log = logging.getLogger("eventrunner.server")
 
@@ -195,14 +197,43 @@ async def pipeline_status(request: web.Request) -> web.Response:
         for name, pdata in data["pipelines"].items()
         for s, counts in pdata["stages"].items()
     }
-    body = {
+    body: dict[str, Any] = {
         "pipeline": p or "_",
         "stages": stage_counts,
         "running": running,
         "recent_failures": failures,
         "queue_depth": rt.engine.queue_depth,
     }
+    body["warnings"] = noops.source_warnings(rt.index)  # cheap: strays are `run`'s to find
+    if request.query.get("check") not in (None, "", "0", "false"):
+        # `status --check`: every state that is not fresh, with why (O(those states)).
+        body["not_fresh"] = await _not_fresh(request, queries.resolve_stages(rt.ws.graph, None, p))
     return web.json_response(body)
+
+
+async def _not_fresh(
+    request: web.Request, stages: list[str], entity: str | None = None
+) -> list[dict[str, Any]]:
+    """The selected states that are not fresh: the state table names the candidates, each is
+    evaluated afresh (yielding to the loop every few hundred)."""
+    rt = _rt(request)
+    table = await request.app[STATES].get()
+    index = rt.index
+    assert index is not None
+    gate = Gate(index)
+    candidates = [
+        (q, e)
+        for q in stages
+        for e, state in list(table.states.get(q, {}).items())
+        if state not in IGNORED and entity in (None, e)
+    ]
+    for n, (stage, eid) in enumerate(candidates, 1):
+        values = index.values_or_none(stage, eid)
+        if values is not None:
+            gate.check([(stage, eid, values)])
+        if n % 500 == 0:
+            await asyncio.sleep(0)
+    return gate.entries()
 
 
 async def entities(request: web.Request) -> web.Response:
@@ -279,7 +310,21 @@ async def run(request: web.Request) -> web.Response:
     body = await _body(request, models.RunRequest)
     stages = queries.resolve_stages(rt.ws.graph, body.stage, p)
     report = await management.run_selection(rt.session, stages, body.entity, rt.stop_event)
+    report.not_fresh = await _not_fresh(request, stages, body.entity)
+    report.warnings = noops.source_warnings(rt.index) + await _strays(rt.index)
     return web.json_response(report.to_json(), dumps=_dumps)
+
+
+async def _strays(index: Index) -> list[str]:
+    """Files dropped where stages write (noops.stray_outputs): what each stage produced is
+    taken on the loop, the folders are listed in a thread."""
+    out = []
+    for q in index.ws.graph.order:
+        pattern, produced = noops.output_pattern(index, q), noops.produced(index, q)
+        found = await asyncio.to_thread(noops.unproduced, pattern, str(index.root), produced)
+        if found:
+            out.append(noops.stray_message(index.ws.graph, q, pattern, found))
+    return out
 
 
 async def prune(request: web.Request) -> web.Response:

@@ -28,7 +28,7 @@ from eventrunner.run.events import Webhook
 from eventrunner.server.keys import METRICS, RUNTIME, SPOOL
 from eventrunner.server.signatures import Verified, check_request
 from eventrunner.server.spool import Spool, SpoolRecord
-from eventrunner.service.watch import FileChange
+from eventrunner.service.watch import ChangeKind, FileChange
 from eventrunner.state.contain import DataRoot
 from eventrunner.state.hashing import hash_bytes
 
@@ -180,6 +180,19 @@ def intake_degraded(app: web.Application) -> dict[str, Any] | None:
     return {"unwritten_webhooks": spool.unwritten, "reason": spool.last_error}
 
 
+def _known_source(runtime: Runtime, relpath: str) -> bool:
+    """True when the index already has this source file: a delivery then modifies it, else it
+    creates it (the `changed` event says "added"). The index, not a stat: the file is on disk
+    by now, and the index knows every source file from the start-up scan and the events since."""
+    index = runtime.index
+    assert index is not None
+    for key, src in runtime.ws.graph.sources.items():
+        values = src.pattern.match(relpath)
+        if values is not None:
+            return entity_id(src.pattern.variables, values) in index.instances[key].items
+    return False
+
+
 def setup_hooks(app: web.Application, runtime: Runtime) -> None:
     """Route and spool lifecycle (opened with the app, drained and closed with it)."""
     app.router.add_post("/hooks/{pipeline}/{source}", hook)
@@ -191,11 +204,12 @@ def setup_hooks(app: web.Application, runtime: Runtime) -> None:
 
     def materialised(record: SpoolRecord, event_id: str) -> None:
         if runtime.engine is not None and runtime.index is not None:
+            kind: ChangeKind = "modified" if _known_source(runtime, record.relpath) else "added"
             # We wrote this content: record its hash so that planning it costs one stat, not
             # a read and hash of the file on the event loop (as the engine does for outputs).
             runtime.index.file_written(record.relpath, hash_bytes(record.body))
             runtime.events.emit(Webhook.of(record.relpath, event_id, record.meta))
-            runtime.on_change(FileChange("modified", record.relpath))
+            runtime.on_change(FileChange(kind, record.relpath))
 
     async def spool_ctx(app: web.Application) -> AsyncIterator[None]:
         spool = Spool(

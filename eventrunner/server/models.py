@@ -123,6 +123,9 @@ class PipelineStatus(BaseModel):
     running: list[dict[str, Any]]
     recent_failures: list[dict[str, Any]]
     queue_depth: int
+    warnings: list[str] = []  # sources with no folder or no file (see run/noops.py)
+    # ?check=1: {"stage", "entity", "state", "reason", "held"} of each state not fresh
+    not_fresh: list[dict[str, Any]] | None = None
 
 
 class WebhookAccepted(BaseModel):

@@ -147,7 +147,10 @@ def build_document() -> dict[str, Any]:
             "get": _op(
                 "one pipeline: counts, running work, recent failures",
                 {"200": _json(models.PipelineStatus, "status")},
-                params=[PIPELINE],
+                params=[
+                    PIPELINE,
+                    q("check", {"type": "boolean"}, "also list every state that is not fresh"),
+                ],
             )
         },
         "/api/pipelines/{pipeline}/entities": {

@@ -47,8 +47,10 @@ def write_stamp(
     carried: dict[str, tuple[int, int, int]] | None = None,
     dirs_before: dict[str, tuple[int, int, int]] | None = None,
     changed: list[str] | None = None,
+    recorded: dict[str, Any] | None = None,
 ) -> None:
-    """Record what an evaluation depended on (fastpath.py).
+    """Record what an evaluation depended on (fastpath.py), and its result: `skipped` and what
+    else the no-change run reports again (`recorded`: marshal-able plain data).
 
     After an incremental run (`carried`: the previous stamp's paths and stats, `changed`: what
     its look found changed) only the changed, the touched (hashed, written, gone) and the
@@ -104,7 +106,7 @@ def write_stamp(
         index.source_paths(),
         {key: index.instances[key].items for key in ws.graph.sources},
         min(retries, default=float(2**62)),
-        {"skipped": skipped},
+        {**(recorded or {}), "skipped": skipped},
         replaced=replaced,
         expected=expected,
         known=carried if restat is not None else None,

@@ -16,7 +16,7 @@ from typing import Any
 
 import xxhash
 
-from eventrunner.core.errors import HandlerError
+from eventrunner.core.errors import HandlerError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,14 @@ def resolve(spec: str, handlers_dir: Path) -> HandlerRef:
         if path.is_file():
             return HandlerRef(spec, module, function, path, root, stock)
     where = "stock handlers" if stock else f"{handlers_dir.name}/"
-    raise HandlerError(f"handler {spec!r}: no module {module!r} in {where}")
+    hint = did_you_mean(module, _module_names(root)) if root.is_dir() else ""
+    raise HandlerError(f"handler {spec!r}: no module {module!r} in {where}{hint}")
+
+
+def _module_names(root: Path) -> list[str]:
+    """Module names directly in a handlers folder (files and packages), for suggestions."""
+    names = [p.stem for p in root.glob("*.py") if p.stem != "__init__"]
+    return names + [p.name for p in root.iterdir() if (p / "__init__.py").is_file()]
 
 
 def check_signature(ref: HandlerRef, input_names: list[str]) -> str | None:
@@ -88,7 +95,12 @@ def check_signature(ref: HandlerRef, input_names: list[str]) -> str | None:
         None,
     )
     if func is None:
-        return f"no function {ref.function!r} in {ref.path.name}"
+        defined = [
+            n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+        ]
+        return (
+            f"no function {ref.function!r} in {ref.path.name}{did_you_mean(ref.function, defined)}"
+        )
     args = func.args
     positional = [a.arg for a in (*args.posonlyargs, *args.args)]
     names = positional + [a.arg for a in args.kwonlyargs]
