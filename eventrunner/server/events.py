@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from contextlib import aclosing
 
 from aiohttp import web
 
 from eventrunner.run.events import Dropped, Event
 from eventrunner.server.keys import RUNTIME
+from eventrunner.server.sse import arrivals, open_stream
 
-HEARTBEAT_S = 15.0
 QUEUE_MAX = 1000
 
 
@@ -35,39 +36,20 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
         except asyncio.QueueFull:
             dropped += 1  # a slow reader loses events rather than slowing the runtime
 
-    resp = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        }
-    )
-    await resp.prepare(request)
+    resp = await open_stream(request)
     rt.events.subscribe(sink)
-    stop = asyncio.ensure_future(rt.stop_event.wait())
     try:
         await resp.write(b": connected\n\n")
-        while not rt.stop_event.is_set():
-            getter = asyncio.ensure_future(queue.get())
-            done, _ = await asyncio.wait(
-                {getter, stop}, timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED
-            )
-            if getter not in done:
-                getter.cancel()
-                if stop in done:
+        async with aclosing(arrivals(resp, queue.get, rt.stop_event)) as events:
+            async for event in events:
+                if event is None:
                     break
-                await resp.write(b": heartbeat\n\n")
-                continue
-            event = getter.result()
-            if event is None:
-                break
-            if dropped:
-                await resp.write(sse_frame(Dropped(count=dropped)))
-                dropped = 0
-            await resp.write(sse_frame(event))
+                if dropped:
+                    await resp.write(sse_frame(Dropped(count=dropped)))
+                    dropped = 0
+                await resp.write(sse_frame(event))
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
         rt.events.unsubscribe(sink)
-        stop.cancel()
     return resp

@@ -15,6 +15,7 @@ import contextlib
 import json
 import time
 from collections import deque
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +24,8 @@ from aiohttp import web
 from eventrunner.server.dashboard.queries import stage_counts, table
 from eventrunner.server.dashboard.render import RECENT
 from eventrunner.server.keys import RUNTIME, STATES
+from eventrunner.server.sse import arrivals, open_stream
 
-HEARTBEAT_S = 15.0
 MIN_INTERVAL_S = 1.0
 EVENTS_PER_UPDATE = 200
 RECENT_SIZE = 500
@@ -194,44 +195,26 @@ async def live(request: web.Request) -> web.StreamResponse:
         view.notice(event)
         wake.set()
 
-    resp = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        }
-    )
-    await resp.prepare(request)
+    resp = await open_stream(request)
     rt.events.subscribe(sink)
     for shown in request.app[RECENT_KEY].after(view.last_seq):
         view.notice(shown)
-    stop = asyncio.ensure_future(rt.stop_event.wait())
     try:
         await resp.write(b"retry: 2000\n: connected\n\n")
         for frame in await _update(request, view):
             await resp.write(frame)
         sent = time.monotonic()
-        while not rt.stop_event.is_set():
-            waiter = asyncio.ensure_future(wake.wait())
-            done, _ = await asyncio.wait(
-                {waiter, stop}, timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED
-            )
-            if waiter not in done:
-                waiter.cancel()
-                if stop in done:
-                    break
-                await resp.write(b": heartbeat\n\n")
-                continue
-            # Coalesce: everything that arrives within the second goes out in one update.
-            await asyncio.sleep(max(0.0, sent + MIN_INTERVAL_S - time.monotonic()))
-            wake.clear()
-            for frame in await _update(request, view):
-                await resp.write(frame)
-            sent = time.monotonic()
+        async with aclosing(arrivals(resp, wake.wait, rt.stop_event)) as wakes:
+            async for _ in wakes:
+                # Coalesce: everything that arrives within the second goes out in one update.
+                await asyncio.sleep(max(0.0, sent + MIN_INTERVAL_S - time.monotonic()))
+                wake.clear()
+                for frame in await _update(request, view):
+                    await resp.write(frame)
+                sent = time.monotonic()
     except ConnectionResetError:
         pass  # the tab went away
     finally:
         with contextlib.suppress(ValueError):
             rt.events.unsubscribe(sink)
-        stop.cancel()
     return resp
