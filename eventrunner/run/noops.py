@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from eventrunner.state.scan import scan
 
 if TYPE_CHECKING:
     from eventrunner.core.graph import Graph
@@ -75,35 +78,8 @@ def stray_message(graph: Graph, q: str, pattern: Pattern, found: list[str]) -> s
 
 
 def unproduced(pattern: Pattern, root: str, produced: set[str]) -> list[str]:
-    """Relpaths under root that the pattern matches and that are not in `produced`, sorted.
-
-    Like a scan, but each folder is listed by name: a produced path costs a set lookup, and
-    only the others are matched against the pattern (a folder of 100,000 outputs: ~30 ms)."""
-    segments, prefix = pattern.segments, pattern.static_prefix
-    first = prefix.count("/") + 1 if prefix else 0
-    stack: list[tuple[int, str, str, dict[str, str]]] = [
-        (first, os.path.join(root, prefix) if prefix else root, prefix + "/" if prefix else "", {})
-    ]
-    found = []
-    while stack:
-        i, folder, rel, values = stack.pop()
-        last = i == len(segments) - 1
-        try:
-            names = os.listdir(folder)
-        except OSError:
-            continue
-        for name in names:
-            relpath = rel + name
-            if last and relpath in produced:
-                continue
-            bound = segments[i].bind(name)
-            if bound is None or any(values.get(k, v) != v for k, v in bound.items()):
-                continue
-            if last:
-                found.append(relpath)
-            elif os.path.isdir(os.path.join(folder, name)):
-                stack.append((i + 1, os.path.join(folder, name), relpath + "/", values | bound))
-    return sorted(found)
+    """Relpaths under root that the pattern matches and that are not in `produced`, sorted."""
+    return [relpath for relpath, _ in scan(pattern, Path(root), skip=produced)]
 
 
 def output_dirs(graph: Graph, root: str) -> dict[str, Stat]:
