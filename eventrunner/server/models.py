@@ -8,6 +8,7 @@ from typing import Any, get_type_hints
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from eventrunner.run import report
+from eventrunner.service.history import Execution
 
 
 class _Body(BaseModel):
@@ -151,26 +152,10 @@ class Health(BaseModel):
     reason: str | None = None
 
 
-class ExecutionRow(BaseModel):
-    """One finished execution from the history journal."""
-
-    seq: int
-    stage: str
-    entity: str
-    trigger: str
-    attempt: int
-    started: float
-    duration_s: float
-    outcome: str
-    error: str | None = None
-    output_hash: str | None = None
-    outputs: int = 0
-
-
 class HistoryResponse(BaseModel):
     """Recent executions, newest first; `next_before` pages on (None on the last page)."""
 
-    executions: list[ExecutionRow]
+    executions: list[Execution]  # the journal's own record type: pydantic reads dataclasses
     kept: int
     limit: int
     next_before: int | None = None

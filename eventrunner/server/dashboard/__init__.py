@@ -20,6 +20,24 @@ if TYPE_CHECKING:
     from eventrunner.service.runtime import Runtime
 
 
+# (method, path, handler, route name): the pages, the form posts, the live stream
+_ROUTES = (
+    ("GET", "/", pages.overview, "ui.overview"),
+    ("GET", "/graph", pages.graph, "ui.graph"),
+    ("GET", "/stages/{stage}", pages.stage, "ui.stage"),
+    ("GET", "/entities/{entity}", pages.entity, "ui.entity"),
+    ("GET", "/failures", pages.failures, "ui.failures"),
+    ("GET", "/events", pages.events, "ui.events"),
+    ("GET", "/activity", pages.activity, "ui.activity"),
+    ("GET", "/live", live, "ui.live"),
+    ("GET", "/actions/preview", actions.preview, "ui.preview"),
+    ("POST", "/actions/{action}", actions.perform, "ui.perform"),
+    ("GET", "/login", actions.login_form, "ui.login"),
+    ("POST", "/login", actions.login, "ui.login_post"),
+    ("POST", "/logout", actions.logout, "ui.logout"),
+)
+
+
 def setup_dashboard(app: web.Application, runtime: Runtime) -> None:
     """Register the pages, forms, stream and assets on the app."""
     settings = runtime.settings
@@ -29,18 +47,7 @@ def setup_dashboard(app: web.Application, runtime: Runtime) -> None:
     recent = Recent()
     runtime.events.subscribe(recent.on_event)
     app[RECENT_KEY] = recent
-    r = app.router
-    r.add_get("/", pages.overview, name="ui.overview")
-    r.add_get("/graph", pages.graph, name="ui.graph")
-    r.add_get("/stages/{stage}", pages.stage, name="ui.stage")
-    r.add_get("/entities/{entity}", pages.entity, name="ui.entity")
-    r.add_get("/failures", pages.failures, name="ui.failures")
-    r.add_get("/events", pages.events, name="ui.events")
-    r.add_get("/activity", pages.activity, name="ui.activity")
-    r.add_get("/live", live, name="ui.live")
-    r.add_get("/actions/preview", actions.preview, name="ui.preview")
-    r.add_post("/actions/{action}", actions.perform, name="ui.perform")
-    r.add_get("/login", actions.login_form, name="ui.login")
-    r.add_post("/login", actions.login, name="ui.login_post")
-    r.add_post("/logout", actions.logout, name="ui.logout")
-    r.add_get("/static/{name}", static.handle, name="ui.static")
+    for method, path, handler, name in _ROUTES:
+        add = app.router.add_get if method == "GET" else app.router.add_post  # GET: HEAD too
+        add(path, handler, name=name)
+    app.router.add_get("/static/{name}", static.handle, name="ui.static")
