@@ -258,7 +258,10 @@ from pathlib import Path
 def work(ctx, t: str) -> str:
     folder = Path(ctx.params["pids"])
     folder.mkdir(exist_ok=True)
-    (folder / f"{ctx.entity_id}-{ctx.attempt}").write_text(str(os.getpid()))
+    # Written whole, then renamed: a test that sees the file reads the pid, never ""
+    part = folder / f"{ctx.entity_id}-{ctx.attempt}.part"
+    part.write_text(str(os.getpid()))
+    os.replace(part, folder / f"{ctx.entity_id}-{ctx.attempt}")
     if ctx.attempt == 1 and ctx.params.get("block_first"):
         deadline = time.monotonic() + 20
         while not Path(ctx.params["release"]).exists() and time.monotonic() < deadline:

@@ -19,7 +19,6 @@ connection and the cluster's size are dask_link's.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import secrets
@@ -49,6 +48,7 @@ from eventrunner.run.dask_wire import (
 )
 from eventrunner.run.executors import Call, Executor
 from eventrunner.run.invoke import Written
+from eventrunner.run.tasks import cancel_all
 
 log = logging.getLogger("eventrunner.executor")
 
@@ -141,12 +141,7 @@ class DaskExecutor(Executor):
         for batch in list(self._inflight.values()):
             for job in batch.jobs:
                 job.future.cancel()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all(self._tasks)
         await self.link.close()
 
     # -- calls --------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from eventrunner.core.errors import PermanentError, RetryLater, StorageError
@@ -45,15 +45,7 @@ class Finishing:
     _rerun: set[tuple[str, str]]
     _wake: asyncio.Event
 
-    def consider(
-        self,
-        targets: Iterable[Target],
-        *,
-        fresh_pass: bool = False,
-        blocked: set[tuple[str, str]] | None = None,
-    ) -> int:
-        """Check targets and queue the stale ones (the Engine's)."""
-        raise NotImplementedError
+    consider: Callable[..., int]  # the Engine's: check targets and queue the stale ones
 
     def _manifest(
         self,

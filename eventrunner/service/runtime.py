@@ -8,7 +8,6 @@ the (stage, entity) pairs it affects; nothing on the event path scans the worksp
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -22,6 +21,7 @@ from eventrunner.run.engine import Engine
 from eventrunner.run.events import Changed, EventBus, Ready, Reloaded, ReloadFailed
 from eventrunner.run.planner import Target
 from eventrunner.run.session import Session, save_in_thread
+from eventrunner.run.tasks import cancel_all
 from eventrunner.service.watch import FileChange, Rescan, watch_changes
 from eventrunner.state.index import Index
 from eventrunner.workspace import loader
@@ -144,11 +144,7 @@ class Runtime:
             await self._scheduler.close()
             self._scheduler = None
         await self._stop_watchers()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all(self._tasks)
         self._tasks.clear()
         await self.session.close()
 
@@ -266,11 +262,7 @@ class Runtime:
                 raise StorageError(f"the file watcher on {where} did not start in 30 s") from None
 
     async def _stop_watchers(self) -> None:
-        for task in self._watchers:
-            task.cancel()
-        for task in self._watchers:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all(self._watchers)
         self._watchers.clear()
 
     async def _watch_loop(self, root: Path, paths: list[Path], watching: asyncio.Event) -> None:

@@ -9,7 +9,7 @@ import os
 import stat
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from itertools import takewhile
@@ -82,13 +82,7 @@ async def watch_changes(
     queue: asyncio.Queue[_Raw | Rescan] = asyncio.Queue(maxsize=_QUEUE_SIZE)
     # awatch sets its stop event when cancelled: never hand it the caller's.
     halt = asyncio.Event()
-    opts = _Options(
-        real_root,
-        max(1, round(debounce * 1000)),
-        force_polling,
-        round(poll_delay * 1000),
-        tuple(os.path.realpath(p) for p in paths) if paths else (real_root,),
-    )
+    opts = _Options.of(real_root, debounce, force_polling, poll_delay, paths)
     producer = asyncio.create_task(_produce(opts, queue, halt, ready), name="eventrunner-watch")
     stopped = asyncio.create_task(stop_event.wait())
     getter: asyncio.Task[_Raw | Rescan] | None = None
@@ -97,10 +91,10 @@ async def watch_changes(
         while True:
             if getter is None:
                 getter = asyncio.create_task(queue.get())
-            due = settler.next_due()
-            timeout = None if due is None else max(0.0, due - time.monotonic() + _SLACK)
             done, _ = await asyncio.wait(
-                {getter, stopped, producer}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                {getter, stopped, producer},
+                timeout=settler.wait_time(),
+                return_when=asyncio.FIRST_COMPLETED,
             )
             if stopped in done:
                 return
@@ -109,17 +103,10 @@ async def watch_changes(
                 return
             items: list[_Raw | Rescan] = []
             if getter in done:
-                items.append(getter.result())
-                getter = None
-                while not queue.empty():
-                    items.append(queue.get_nowait())
-            out: dict[str, ChangeKind] = {}
-            for item in items:
-                if isinstance(item, Rescan):
-                    yield item  # reconciling covers whatever else is in flight, so order is moot
-                else:
-                    out.update(await settler.arrive(item))
-            out.update(await settler.settle_due())
+                items, getter = [getter.result(), *_drain(queue)], None
+            rescans, out = await _settle(settler, items)
+            for rescan in rescans:  # reconciling covers all else in flight: order is moot
+                yield rescan
             if out:
                 yield [FileChange(kind, rel) for rel, kind in out.items()]
     finally:
@@ -131,6 +118,29 @@ async def watch_changes(
         await asyncio.wait({producer})
 
 
+def _drain(queue: asyncio.Queue[_Raw | Rescan]) -> list[_Raw | Rescan]:
+    """What else is queued already: one batch for the settler instead of one per item."""
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
+
+
+async def _settle(
+    settler: _Settler, items: list[_Raw | Rescan]
+) -> tuple[list[Rescan], dict[str, ChangeKind]]:
+    """The Rescans among `items`, and the changes that have settled (theirs and earlier ones)."""
+    rescans: list[Rescan] = []
+    out: dict[str, ChangeKind] = {}
+    for item in items:
+        if isinstance(item, Rescan):
+            rescans.append(item)
+        else:
+            out.update(await settler.arrive(item))
+    out.update(await settler.settle_due())
+    return rescans, out
+
+
 @dataclass(frozen=True)
 class _Options:
     root: str
@@ -138,6 +148,20 @@ class _Options:
     force_polling: bool | None
     poll_delay_ms: int
     paths: tuple[str, ...]
+
+    @classmethod
+    def of(
+        cls,
+        root: str,
+        debounce: float,
+        force_polling: bool | None,
+        poll_delay: float,
+        paths: Sequence[Path] | None,
+    ) -> _Options:
+        """From watch_changes' arguments (seconds) to awatch's (milliseconds, real paths)."""
+        watched = tuple(os.path.realpath(p) for p in paths) if paths else (root,)
+        ms = max(1, round(debounce * 1000))
+        return cls(root, ms, force_polling, round(poll_delay * 1000), watched)
 
 
 async def _produce(
@@ -157,17 +181,7 @@ async def _produce(
         return path.startswith(prefix) and not is_ignored(_rel(path, cut))
 
     while not halt.is_set():
-        changes = awatch(
-            *opts.paths,
-            watch_filter=keep,
-            debounce=opts.debounce_ms,
-            # watchfiles yields once nothing changed for `step` ms (default 50, on top of the
-            # debounce): a short step keeps drop-to-event latency near the write itself.
-            step=max(1, min(10, opts.debounce_ms)),
-            stop_event=halt,
-            force_polling=polling,
-            poll_delay_ms=opts.poll_delay_ms,
-        )
+        changes = _awatch(opts, keep, halt, polling)
         first: asyncio.Future[set[tuple[Change, str]]] | None = None
         try:
             first = asyncio.ensure_future(anext(changes))
@@ -188,13 +202,7 @@ async def _produce(
         except StopAsyncIteration:
             return  # halt was set
         except Exception as exc:  # cancellation is a BaseException and passes through
-            if _is_watch_limit(exc) and not polling:
-                polling = True
-                _warn_limit(opts, exc)
-            else:
-                logger.error(
-                    "file watcher on %s failed, restarting in %.1fs: %s", opts.root, backoff, exc
-                )
+            polling = _after_error(opts, exc, polling, backoff)
             if ever_live:
                 lost = f"file watcher restarted after an error: {exc}"
             with suppress(TimeoutError):
@@ -205,6 +213,33 @@ async def _produce(
                 first.cancel()
                 await asyncio.wait({first})
             await changes.aclose()
+
+
+def _awatch(
+    opts: _Options, keep: Callable[[Change, str], bool], halt: asyncio.Event, polling: bool | None
+) -> AsyncGenerator[set[tuple[Change, str]], None]:
+    return awatch(
+        *opts.paths,
+        watch_filter=keep,
+        debounce=opts.debounce_ms,
+        # watchfiles yields once nothing changed for `step` ms (default 50, on top of the
+        # debounce): a short step keeps drop-to-event latency near the write itself.
+        step=max(1, min(10, opts.debounce_ms)),
+        stop_event=halt,
+        force_polling=polling,
+        poll_delay_ms=opts.poll_delay_ms,
+    )
+
+
+def _after_error(
+    opts: _Options, exc: Exception, polling: bool | None, backoff: float
+) -> bool | None:
+    """Log a watcher error; returns whether to poll from now on (a watch limit was hit)."""
+    if _is_watch_limit(exc) and not polling:
+        _warn_limit(opts, exc)
+        return True
+    logger.error("file watcher on %s failed, restarting in %.1fs: %s", opts.root, backoff, exc)
+    return polling
 
 
 def _rel(path: str, cut: int) -> str:
@@ -259,6 +294,11 @@ class _Settler:
 
     def next_due(self) -> float | None:
         return next(iter(self._pending.values())).due if self._pending else None
+
+    def wait_time(self) -> float | None:
+        """Seconds until the earliest pending path is due to settle (None: nothing pending)."""
+        due = self.next_due()
+        return None if due is None else max(0.0, due - time.monotonic() + _SLACK)
 
     async def arrive(self, raw: _Raw) -> dict[str, ChangeKind]:
         """Probe freshly changed paths: deletions come back at once, files start settling."""
