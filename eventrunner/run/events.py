@@ -70,6 +70,8 @@ class Event:
     """Base of every event: a kind (per class) and the fields its subclass declares."""
 
     kind: ClassVar[EventKind]
+    # Fields sent only when set (not None): the stream never carried them otherwise.
+    optional: ClassVar[tuple[str, ...]] = ()
     _names: ClassVar[dict[type, tuple[str, ...]]] = {}
 
     def data(self) -> dict[str, Any]:
@@ -78,7 +80,11 @@ class Event:
         names = Event._names.get(cls)
         if names is None:
             names = Event._names[cls] = tuple(f.name for f in fields(self))
-        return {"kind": self.kind.value, **{n: getattr(self, n) for n in names}}
+        out = {"kind": self.kind.value, **{n: getattr(self, n) for n in names}}
+        for name in self.optional:
+            if out[name] is None:
+                del out[name]
+        return out
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -143,18 +149,12 @@ class Changed(Event):
     """`queued` is set by the watcher's path, `by` ("rescan") by a rescan; each is sent only when set."""
 
     kind = EventKind.changed
+    optional = ("queued", "by")
     path: str
     change: str  # "added", "modified" or "deleted"
     queued: int | None = None
     by: str | None = None
     time: float = field(default_factory=_now)
-
-    def data(self) -> dict[str, Any]:
-        out = Event.data(self)
-        for name in ("queued", "by"):
-            if out[name] is None:
-                del out[name]
-        return out
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
