@@ -128,7 +128,13 @@ class HandlerLog(logging.LoggerAdapter[logging.Logger]):
             except (TypeError, ValueError):
                 text = f"{msg} {args}"
             self.sink.write(f"{logging.getLevelName(level)}: {text}\n")
-        super().log(level, msg, *args, **kwargs)
+        # Logged as before, but not captured twice: a worker process's last-resort handler
+        # writes to sys.stderr, which would route the line into the capture again.
+        token = _current.set(None)
+        try:
+            super().log(level, msg, *args, **kwargs)
+        finally:
+            _current.reset(token)
 
 
 def attach(exc: BaseException, text: str) -> BaseException:

@@ -153,6 +153,11 @@ def explain(
     """For every stage that has this entity: state, reasons, manifest, last failure."""
     ev = Evaluator(index)
     out = []
+    handlers = f"{index.ws.settings.handlers_dir}/"
+
+    def mine(name: str) -> bool:
+        return name.startswith(handlers)
+
     for q in resolve_stages(index.ws.graph, stage, pipeline):
         values = entity_values(index, q, eid)
         if values is None:
@@ -163,8 +168,7 @@ def explain(
         row["manifest"] = m.to_json() if m else None
         row["failure"] = f.to_json() if f else None
         if f is not None:  # the traceback's lines in the user's own handler files
-            mine = f"{index.ws.settings.handlers_dir}/"
-            frames = handler_frames(f.traceback, lambda name: name.startswith(mine))
+            frames = handler_frames(f.traceback, mine)
             row["failure"]["handler_frames"] = [fr.to_json() for fr in frames]
         out.append(row)
     if not out:
