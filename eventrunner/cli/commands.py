@@ -257,6 +257,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         print(f"{verb} {len(pruned)} orphaned state(s)")
         for p in pruned:
             print(f"  {p['stage']} {p['entity']}: {', '.join(p['outputs']) or '(no outputs)'}")
+            for k in p.get("kept", []):
+                print(f"    kept {k['path']}: the output of {k['stage']} {k['entity']}")
     return 0
 
 
