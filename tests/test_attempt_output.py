@@ -4,11 +4,13 @@ subprocesses, on every local executor."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import MakeWorkspace, Workspace
@@ -294,3 +296,37 @@ def test_handler_first_reads_a_worker_traceback_chained_to_the_local_one() -> No
         "ValueError: no",
     ]
     assert json.dumps(frames[1].to_json())  # plain data
+
+
+async def test_the_api_answers_what_the_last_attempt_printed(
+    make_workspace: MakeWorkspace, aiohttp_client: Any
+) -> None:
+    from eventrunner.server.app import create_app
+    from eventrunner.service.runtime import Runtime
+    from eventrunner.workspace.load import load_workspace
+
+    # Given a server whose handler printed for one entity and failed for another
+    ws = _workspace(make_workspace, a="ok", b="bad")
+    async with Runtime(load_workspace(ws.root), watch=False) as rt:
+        await rt.start()
+        client = await aiohttp_client(create_app(rt))
+        url = "/api/pipelines/p/entities/{}/logs"
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(rt.index.manifests["p.s"]) + len(rt.index.failures["p.s"]) < 2:
+            assert asyncio.get_running_loop().time() < deadline, "the handlers never finished"
+            await asyncio.sleep(0.05)
+        # When the logs endpoint is asked
+        answers = {}
+        for eid in ("a", "b"):
+            resp = await client.get(url.format(eid), params={"stage": "s"})
+            assert resp.status == 200, await resp.text()
+            answers[eid] = await resp.json()
+        # Then it gives each one's output and outcome, and clear errors for bad requests
+        assert answers["a"]["output"] == _expected("a") and answers["a"]["outcome"] == "succeeded"
+        assert answers["b"]["output"] == _expected("b") and answers["b"]["outcome"] == "failed"
+        unknown = await client.get(url.format("zz"), params={"stage": "s"})
+        assert (
+            unknown.status == 404 and "has no entity" in (await unknown.json())["error"]["message"]
+        )
+        assert (await client.get(url.format("a"))).status == 400  # no stage given
+        await client.close()
