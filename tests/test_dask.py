@@ -733,3 +733,31 @@ def test_without_a_scheduler_run_starts_and_stops_a_local_cluster(
 WHERE_STAGE = (
     '[stages.w]\nhandler = "h:where"\ninputs = { t = "in/{n}.txt" }\noutput = "w/{n}.txt"\n'
 )
+
+
+async def test_what_a_handler_prints_on_a_worker_is_kept_with_its_record(
+    make_workspace: MakeWorkspace, dask: Cluster
+) -> None:
+    # Given a handler that prints and logs on a Dask worker, failing for one entity
+    handler = (
+        "def s(ctx, t: str) -> str:\n    print('printed on a worker', ctx.entity_id)\n"
+        "    ctx.log.info('logged %s', t)\n    if t == 'bad':\n        raise ValueError(t)\n"
+        "    return t\n"
+    )
+    stages = '[stages.s]\nhandler = "h:s"\ninputs = { t = "in/{n}.txt" }\noutput = "o/{n}.txt"\n'
+    ws = make_workspace(
+        {
+            "eventrunner.toml": dask_toml(dask.address),
+            "pipelines/p.toml": stages,
+            "handlers/h.py": handler,
+            "in/a.txt": "good",
+            "in/b.txt": "bad",
+        }
+    )
+    # When it runs there
+    outcome = await drain(ws.root)
+    assert (outcome.succeeded, outcome.failed) == (1, 1)
+    # Then `logs` shows each attempt's output, the success's and the failure's
+    for eid, t in (("a", "good"), ("b", "bad")):
+        shown = ws.sub("logs", "s", eid)
+        assert shown.out == f"printed on a worker {eid}\nINFO: logged {t}\n", shown.err

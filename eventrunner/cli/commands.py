@@ -139,6 +139,21 @@ def cmd_entities(args: argparse.Namespace) -> int:
             for r in rows
         ],
     )
+    failed = [(r, index.failures[r.stage].get(r.entity)) for r in rows]
+    lines = [
+        (
+            f"{r.stage} {r.entity}:",
+            show.traceback_lines(f.traceback, index.ws.settings.workspace, full=False),
+        )
+        for r, f in failed
+        if f is not None and f.traceback
+    ]
+    if lines:
+        print(
+            "failures, the handler's frames first (`eventrunner explain ID` for the whole traceback):"
+        )
+        for head, tb in lines[: show.LIMIT]:
+            print("\n".join([head, *(f"  {x}" for x in tb)]))
     return 0
 
 
@@ -175,7 +190,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"entity": args.entity, "stages": data})
         return 0
-    print("\n".join(show.explained(data)))
+    print("\n".join(show.explained(data, workspace_path(args))))
     return 0
 
 
@@ -242,6 +257,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         print(f"{verb} {len(pruned)} orphaned state(s)")
         for p in pruned:
             print(f"  {p['stage']} {p['entity']}: {', '.join(p['outputs']) or '(no outputs)'}")
+            for k in p.get("kept", []):
+                print(f"    kept {k['path']}: the output of {k['stage']} {k['entity']}")
     return 0
 
 

@@ -149,6 +149,10 @@ def _command(name: str) -> Callable[[argparse.Namespace], int]:
         from eventrunner.cli.run import cmd_run
 
         return cmd_run
+    if name == "logs":
+        from eventrunner.cli.outputs import cmd_logs
+
+        return cmd_logs
     if name == "completion":
         from eventrunner.cli.completion import cmd_completion
 

@@ -82,6 +82,14 @@ COMMANDS: dict[str, tuple[str, list[str], bool, list[Arg]]] = {
         [_a("entity", metavar="ENTITY_ID", help="the entity id, e.g. 2026-11-25 or source=hn,item=42"),
          _STAGE, _PIPELINE],
     ),
+    "logs": (
+        "what the last attempt of a state printed and logged (stdout, stderr, ctx.log)",
+        ["eventrunner logs shout hello", "eventrunner logs post 2026-11-25 | head -20"],
+        True,
+        [_STAGE_POS,
+         _a("entity", metavar="ENTITY_ID", help="the entity id, e.g. 2026-11-25 or source=hn,item=42"),
+         _PIPELINE],
+    ),
     "invalidate": (
         "force re-runs",
         ["eventrunner invalidate shout hello", "eventrunner invalidate shout --downstream"],

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from eventrunner.core.durations import format_duration, format_time
+from eventrunner.core.tracebacks import handler_first
 
 LIMIT = 20  # lines of a listing before "... and N more"
 
@@ -53,8 +55,21 @@ def managed(action: str, result: dict[str, Any], served: bool) -> list[str]:
     return [f"{verb} {what}; {later}"]
 
 
-def explained(rows: list[dict[str, Any]]) -> list[str]:
-    """`explain` for people: per stage its state, reasons, last run and last failure."""
+def traceback_lines(text: str, workspace: Path, *, full: bool = True) -> list[str]:
+    """A recorded traceback with the frames of the workspace's handler files first (paths
+    shown relative to the workspace); not `full`: those frames and the error line only."""
+    handlers = f"{workspace / 'handlers'}/"
+    top = f"{workspace}/"
+
+    def is_handler(name: str) -> bool:  # a Dask worker runs them from an unpacked bundle
+        return name.startswith(handlers) or "/eventrunner-bundles/" in name
+
+    return handler_first(text, is_handler, lambda name: name.removeprefix(top), others=full)
+
+
+def explained(rows: list[dict[str, Any]], workspace: Path | None = None) -> list[str]:
+    """`explain` for people: per stage its state, reasons, last run and last failure (with
+    its traceback, the handler's frames first, when the workspace folder is given)."""
     out = []
     for row in rows:
         out.append(f"{row['stage']} {row['entity']}: {row['state']}")
@@ -77,4 +92,6 @@ def explained(rows: list[dict[str, Any]]) -> list[str]:
                 )
             elif f.get("next_retry"):
                 out.append(f"  next retry at {format_time(f['next_retry'])}")
+            if workspace is not None and f.get("traceback"):
+                out += [f"  {line}" for line in traceback_lines(f["traceback"], workspace)]
     return out

@@ -230,6 +230,36 @@ class Failure:
 
 
 @dataclass
+class AttemptOutput:
+    """What one attempt of a state printed and logged (bounded, secrets masked). Written only
+    when there was some; it belongs to the state's last attempt only while `at` matches that
+    attempt's record (a later silent attempt leaves it behind unread instead of deleting it)."""
+
+    stage: str
+    entity: str
+    attempt: int
+    outcome: str  # "succeeded" or "failed"
+    at: float  # the success's manifest `started`, or the failure's `last_failed`
+    text: str
+
+    def belongs_to(self, manifest: Manifest | None, failure: Failure | None) -> bool:
+        """True when this is the output of the state's last attempt (its failure, if it has
+        one, else its manifest)."""
+        if failure is not None:
+            return self.outcome == "failed" and self.at == failure.last_failed
+        return manifest is not None and self.outcome == "succeeded" and self.at == manifest.started
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data for the output file."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AttemptOutput:
+        """Parse an output file's data; KeyError/TypeError on a damaged file."""
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+@dataclass
 class Control:
     """Manual holds and invalidations. "*" means every entity of the stage."""
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from eventrunner.core.records import Failure, Manifest
+from eventrunner.core.records import AttemptOutput, Failure, Manifest
 from eventrunner.state.files import replace_path, syncfs
 from eventrunner.state.store import Store
 
@@ -37,6 +37,7 @@ class Commit:
     temps: list[tuple[Path, Path]] = field(default_factory=list)
     failure: Failure | None = None
     clear_failure: bool = False
+    output: AttemptOutput | None = None  # what the attempt printed, when it printed anything
 
 
 class Committer:
@@ -127,7 +128,7 @@ class Committer:
     def _write_batch(self, batch: list[Commit]) -> None:
         """Write one batch in the order the module docstring gives. A failure at any step
         raises with the batch's record temps removed; nothing is retried on the same data."""
-        records = [r for c in batch for r in (c.manifest, c.failure) if r is not None]
+        records = [r for c in batch for r in (c.manifest, c.failure, c.output) if r is not None]
         staged = self.store.stage(records)  # 1. records beside their place
         try:
             self._barrier()  # 2. outputs' and records' contents (and the last renames) durable

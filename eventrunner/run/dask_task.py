@@ -35,6 +35,7 @@ from eventrunner.core.errors import (
 )
 from eventrunner.run import invoke
 from eventrunner.run.bundle import pack_tree, unpack_tree, unpacked
+from eventrunner.run.capture import Capture, capturing
 from eventrunner.run.dask_wire import (
     FILE,
     LARGE,
@@ -81,13 +82,18 @@ def run_call(call: WireCall, bundles: dict[str, bytes], blobs: dict[str, bytes])
     t0 = time.perf_counter()
     scratch = _scratch()
     placed: list[Path] = []
+    capture = None
     try:
         func = _load(call, _bundle_root(call.bundle, bundles[call.bundle]))
         _materialise(call, scratch, blobs, placed)
-        outputs = _call(call, func, scratch)
-        return WireResult(call.key, outputs, seconds=time.perf_counter() - t0)
+        with capturing() as capture:
+            outputs = _call(call, func, scratch, capture)
+        done = time.perf_counter() - t0
+        return WireResult(call.key, outputs, output=capture.text(), seconds=done)
     except BaseException as exc:  # the call's result, as data
-        return _failure(call.key, exc, time.perf_counter() - t0)
+        result = _failure(call.key, exc, time.perf_counter() - t0)
+        result.output = capture.text() if capture is not None else ""
+        return result
     finally:
         for path in placed:
             if path.is_dir() and not path.is_symlink():
@@ -175,11 +181,12 @@ def _materialise(
             raise HandlerError(f"{blob.relpath}: unknown blob kind {blob.kind!r}")
 
 
-def _call(call: WireCall, func: Callable[..., Any], root: Path) -> list[Blob]:
+def _call(call: WireCall, func: Callable[..., Any], root: Path, capture: Capture) -> list[Blob]:
     """The handler's call with `root` as its data root (invoke's path, with async handlers
     run to completion here); its outputs read back as blobs."""
     stage = call.stage
     ctx = invoke.make_context(stage, call.values, call.attempt, root)
+    ctx.log.sink = capture
     try:
         kwargs = invoke.build_kwargs(stage, func, call.files, root)
         if inspect.iscoroutinefunction(func):

@@ -20,6 +20,7 @@ from typing import Any
 from eventrunner.core.errors import HandlerError, PermanentError, RetryLater
 from eventrunner.core.graph import Stage
 from eventrunner.run.bundle import pack_tree, unpack_tree
+from eventrunner.run.capture import attach
 from eventrunner.run.evaluate import InputFile
 from eventrunner.run.executors import Call
 from eventrunner.run.invoke import Written, output_path
@@ -77,6 +78,7 @@ class WireResult:
     error: bytes | None = None  # the exception pickled, when it pickles
     retry_after: float | None = None
     traceback: str = ""
+    output: str = ""  # what the handler printed and logged (run/capture.py), masked
     seconds: float = 0.0  # the call's run time on the worker
     worker: str = ""  # the worker's address
     pid: int = 0
@@ -166,7 +168,7 @@ def write_outputs(result: WireResult, root: Path) -> Written:
     except BaseException:
         Written(temps, {}).discard()
         raise
-    return Written(temps, hashes)
+    return Written(temps, hashes, result.output)
 
 
 def write_all(items: Sequence[tuple[Any, WireResult]]) -> dict[int, Written | Exception]:
@@ -193,6 +195,7 @@ def error_of(result: WireResult) -> Exception:
     if not isinstance(exc, Exception):
         exc = _stand_in(result)
     exc.__cause__ = RemoteTraceback(result.traceback)
+    attach(exc, result.output)
     return exc
 
 

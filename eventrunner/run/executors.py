@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING, Any
 
 from eventrunner.core.errors import HandlerError, HandlerTimeout
 from eventrunner.core.graph import Stage
+from eventrunner.run.capture import attach, capturing
 from eventrunner.run.evaluate import InputFile
 from eventrunner.run.invoke import Written, build_kwargs, make_context, store_result, wants_ctx
 from eventrunner.workspace.loader import HandlerRef
@@ -172,17 +173,22 @@ def run_coroutine(call: Call) -> asyncio.Future[Written]:
 async def _run_coroutine(call: Call) -> Written:
     stage, func, root = call.stage, call.func, call.root
     ctx = make_context(stage, call.values, call.attempt, root)
-    try:
-        kwargs = await asyncio.to_thread(build_kwargs, stage, func, call.files, root)
-        coro = func(ctx, **kwargs) if wants_ctx(func) else func(**kwargs)
+    with capturing() as capture:  # this task's context only: other tasks print as before
+        ctx.log.sink = capture
         try:
-            result = await asyncio.wait_for(coro, stage.timeout)
-        except TimeoutError:
-            raise call.timed_out() from None
-        return await asyncio.to_thread(store_result, stage, call.values, result, ctx, root)
-    except BaseException:
-        _discard_temp(ctx.output_path)
-        raise
+            kwargs = await asyncio.to_thread(build_kwargs, stage, func, call.files, root)
+            coro = func(ctx, **kwargs) if wants_ctx(func) else func(**kwargs)
+            try:
+                result = await asyncio.wait_for(coro, stage.timeout)
+            except TimeoutError:
+                raise call.timed_out() from None
+            written = await asyncio.to_thread(store_result, stage, call.values, result, ctx, root)
+        except BaseException as exc:
+            _discard_temp(ctx.output_path)
+            attach(exc, capture.text())
+            raise
+    written.output = capture.text()
+    return written
 
 
 def _discard_temp(path: Path | None) -> None:

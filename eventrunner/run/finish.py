@@ -13,9 +13,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from eventrunner.core.errors import PermanentError, RetryLater, StorageError
-from eventrunner.core.records import Failure, Manifest
+from eventrunner.core.records import AttemptOutput, Failure, Manifest
 from eventrunner.core.redact import redact
 from eventrunner.core.staleness import after_failure
+from eventrunner.run.capture import attach, output_of
 from eventrunner.run.commit import Commit, Committer
 from eventrunner.run.events import EventBus, Failed, Succeeded
 from eventrunner.run.invoke import Written
@@ -100,13 +101,20 @@ class Finishing:
         q, eid = manifest.stage, manifest.entity
         try:
             await self.committer.submit(
-                Commit(manifest=manifest, temps=written.temps, clear_failure=prev is not None)
+                Commit(
+                    manifest=manifest,
+                    temps=written.temps,
+                    clear_failure=prev is not None,
+                    output=_output(
+                        manifest.stage, eid, manifest.attempt, manifest.started, written.output
+                    ),
+                )
             )
         except Exception as exc:
             # Recorded and retried like a handler failure (disk full, I/O error): the retry runs
             # the handler again and writes everything anew, never re-syncing the same data.
             written.discard()
-            error = StorageError(redact(f"commit failed: {exc}"))
+            error = attach(StorageError(redact(f"commit failed: {exc}")), written.output)
             try:
                 await self._fail(q, eid, key, prev, error, manifest.started)
             finally:
@@ -149,7 +157,10 @@ class Finishing:
             retry_after=exc.retry_after if isinstance(exc, RetryLater) else None,
         )
         try:
-            await self.committer.submit(Commit(failure=failure))
+            output = _output(
+                q, eid, failure.attempts, failure.last_failed, output_of(exc), failed=True
+            )
+            await self.committer.submit(Commit(failure=failure, output=output))
         except Exception as exc:
             # Kept in memory: the retry sweep still finds it; a restart just finds it stale.
             log.error("%s %s: could not record its failure on disk: %s", q, eid, exc)
@@ -194,3 +205,13 @@ class Finishing:
             self._rerun.discard((q, eid))
             targets.append((q, eid, manifest.values))
         self.consider(targets)
+
+
+def _output(
+    q: str, eid: str, attempt: int, at: float, text: str, *, failed: bool = False
+) -> AttemptOutput | None:
+    """The record of what an attempt printed; None (no file written) when it printed nothing."""
+    if not text:
+        return None
+    outcome = "failed" if failed else "succeeded"
+    return AttemptOutput(q, eid, attempt, outcome, at, redact(text))

@@ -22,6 +22,7 @@ from eventrunner.core.errors import HandlerError, PermanentError
 from eventrunner.core.graph import Stage
 from eventrunner.core.patterns import entity_id, parse_entity_id
 from eventrunner.core.redact import SECRETS, RedactingFilter, remember_secret
+from eventrunner.run.capture import HandlerLog, attach, capturing
 from eventrunner.run.evaluate import InputFile
 from eventrunner.state.contain import resolve_inside
 from eventrunner.state.files import read_file, remove_path, temp_path, write_file
@@ -63,7 +64,7 @@ class Context:
     final_path: Path | None
     attempt: int
     data_root: Path
-    log: logging.LoggerAdapter[logging.Logger]
+    log: HandlerLog
     timeout: float | None = None  # the stage's timeout, for handlers that start subprocesses
     secrets: Secrets = field(default_factory=Secrets)
 
@@ -78,6 +79,7 @@ class Written:
 
     temps: list[tuple[Path, Path]]  # (temp, final)
     hashes: dict[str, str]  # relpath -> hash
+    output: str = ""  # what the attempt printed and logged (run/capture.py), secrets masked
 
     def discard(self) -> None:
         """Remove the temps of an abandoned run."""
@@ -256,7 +258,7 @@ def make_context(stage: Stage, values: dict[str, str], attempt: int, root: Path)
     eid = entity_id(stage.entity_vars, values)
     final = None if stage.fanout_vars else output_path(root, stage.output.format(values))
     tmp = temp_path(final) if final is not None else None
-    adapter = logging.LoggerAdapter(
+    adapter = HandlerLog(
         logging.getLogger(f"eventrunner.handler.{stage.qualname}"), {"entity": eid}
     )
     return Context(
@@ -310,13 +312,19 @@ def prepare_and_call(
     attempt: int,
     root: Path,
 ) -> Written:
-    """Whole sync path, run in a worker thread: read inputs, call, write temps, hash."""
+    """Whole sync path, run in a worker thread: read inputs, call, write temps, hash; what
+    the handler prints and logs meanwhile goes with the result (or the error)."""
     ctx = make_context(stage, values, attempt, root)
-    try:
-        kwargs = build_kwargs(stage, func, files, root)
-        result = call_sync(func, ctx if wants_ctx(func) else None, kwargs)
-        return store_result(stage, values, result, ctx, root)
-    except BaseException:
-        if ctx.output_path is not None and ctx.output_path.exists():
-            Written([(ctx.output_path, ctx.output_path)], {}).discard()
-        raise
+    with capturing() as capture:
+        ctx.log.sink = capture
+        try:
+            kwargs = build_kwargs(stage, func, files, root)
+            result = call_sync(func, ctx if wants_ctx(func) else None, kwargs)
+            written = store_result(stage, values, result, ctx, root)
+        except BaseException as exc:
+            if ctx.output_path is not None and ctx.output_path.exists():
+                Written([(ctx.output_path, ctx.output_path)], {}).discard()
+            attach(exc, capture.text())
+            raise
+    written.output = capture.text()
+    return written

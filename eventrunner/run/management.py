@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from typing import Any
 
 from eventrunner.core.errors import ShuttingDown, UnknownName, UsageError
 from eventrunner.core.patterns import parse_entity_id
+from eventrunner.core.records import Manifest
 from eventrunner.run.engine import Engine
 from eventrunner.run.events import Event, Failed, Managed, Pruned, Started, Succeeded
 from eventrunner.run.planner import Planner, Target
@@ -28,6 +30,8 @@ from eventrunner.run.session import Session
 from eventrunner.state.files import remove_path
 from eventrunner.state.index import Index
 from eventrunner.state.store import Store
+
+log = logging.getLogger("eventrunner.management")
 
 
 def _targets(index: Index, q: str, eids: list[str] | None) -> list[str]:
@@ -136,17 +140,46 @@ def hold(
     return {"stage": q, "entities": targets, "held": on}
 
 
-def _delete_outputs(index: Index, relpaths: Sequence[str]) -> None:
+Owners = dict[str, tuple[str, str]]  # output relpath -> the live (stage, entity) producing it
+
+
+def _live_owners(index: Index, leaving: set[tuple[str, str]]) -> Owners:
+    """Which state's manifest lists each output, among the states that stay."""
+    return {
+        relpath: (q, eid)
+        for q, manifests in index.manifests.items()
+        for eid, m in manifests.items()
+        if (q, eid) not in leaving
+        for relpath in m.output_paths
+    }
+
+
+def _delete_outputs(
+    index: Index, relpaths: Sequence[str], owners: Owners, dry_run: bool
+) -> list[dict[str, str]]:
+    """Delete outputs no state that stays owns; the others are kept and returned. Validation
+    rejects overlapping outputs already: this is the defence when one slipped through (an
+    edited pipeline, a hand-made manifest), checked at the moment of deleting."""
+    kept = []
     for relpath in relpaths:
-        remove_path(index.root / relpath)
-        index.file_removed(relpath)
+        owner = owners.get(relpath)
+        if owner is not None:
+            kept.append({"path": relpath, "stage": owner[0], "entity": owner[1]})
+            log.warning("prune: kept %s, the output of %s %s", relpath, *owner)
+        elif not dry_run:
+            remove_path(index.root / relpath)
+            index.file_removed(relpath)
+    return kept
 
 
 def prune(
     index: Index, store: Store, dry_run: bool = False, *, save: bool = True
 ) -> list[dict[str, Any]]:
-    """Delete outputs and manifests of orphaned states, and fan-out outputs no longer produced."""
+    """Delete outputs and manifests of orphaned states, and fan-out outputs no longer produced;
+    never a file another state that stays lists as its output (that one is reported `kept`)."""
     out: list[dict[str, Any]] = []
+    orphans: list[tuple[str, str, Manifest]] = []
+    shrunk: list[tuple[str, str, Manifest]] = []
     for q in index.ws.graph.order:
         for eid, _f in list(index.failures[q].items()):
             if eid not in index.manifests[q] and not index.has_entity(
@@ -155,23 +188,30 @@ def prune(
                 out.append({"stage": q, "entity": eid, "outputs": []})
                 if not dry_run:
                     index.clear_failure(q, eid)
-        for eid, m in list(index.manifests[q].items()):
-            if index.has_entity(q, m.values):
-                if m.dropped:
-                    out.append({"stage": q, "entity": eid, "outputs": list(m.dropped)})
-                    if not dry_run:
-                        _delete_outputs(index, m.dropped)
-                        index.outputs_pruned(q, eid)
-                continue
-            out.append({"stage": q, "entity": eid, "outputs": sorted(m.outputs)})
-            if dry_run:
-                continue
-            _delete_outputs(index, [*m.outputs, *m.dropped])
+        for eid, m in index.manifests[q].items():
+            if not index.has_entity(q, m.values):
+                orphans.append((q, eid, m))
+            elif m.dropped:
+                shrunk.append((q, eid, m))
+    owners = _live_owners(index, {(q, eid) for q, eid, _m in orphans}) if orphans or shrunk else {}
+    for q, eid, m in shrunk:
+        kept = _delete_outputs(index, m.dropped, owners, dry_run)
+        out.append({"stage": q, "entity": eid, "outputs": list(m.dropped)} | _kept(kept))
+        if not dry_run:
+            index.outputs_pruned(q, eid)
+    for q, eid, m in orphans:
+        kept = _delete_outputs(index, [*m.outputs, *m.dropped], owners, dry_run)
+        out.append({"stage": q, "entity": eid, "outputs": sorted(m.outputs)} | _kept(kept))
+        if not dry_run:
             index.forget_state(q, eid)
     if out and not dry_run:
         index.derive()
         _save(index, save)
     return out
+
+
+def _kept(kept: list[dict[str, str]]) -> dict[str, Any]:
+    return {"kept": kept} if kept else {}
 
 
 # -- on a held workspace: what the CLI and the HTTP API call ---------------------------------------

@@ -25,6 +25,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from eventrunner.core.errors import WorkerLost
+from eventrunner.run.capture import attach, output_of
 from eventrunner.run.executors import Call, Executor, as_failure, run_coroutine
 from eventrunner.run.invoke import Written, call_by_ref
 
@@ -188,7 +189,7 @@ class ProcessExecutor(Executor):
         elif not job.future.done():
             error: BaseException = msg[1]
             error.__cause__ = RemoteTraceback(msg[2])
-            job.future.set_exception(as_failure(error))
+            job.future.set_exception(attach(as_failure(error), msg[3]))
         if not w.gone:
             self._idle.append(w)
         self._pump()
@@ -316,7 +317,8 @@ def _worker_main(conn: Connection) -> None:
         try:
             written = call_by_ref(stage, ref, files, values, attempt, root)
         except BaseException as exc:  # the handler's error, sent back as the call's result
-            conn.send(("error", _picklable(exc), "".join(traceback.format_exception(exc))))
+            text = "".join(traceback.format_exception(exc))
+            conn.send(("error", _picklable(exc), text, output_of(exc)))
         else:
             conn.send(("ok", written))
 

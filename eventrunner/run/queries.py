@@ -14,6 +14,7 @@ from typing import Any
 from eventrunner.core.errors import UnknownName, UsageError, did_you_mean
 from eventrunner.core.graph import Graph
 from eventrunner.core.staleness import STATES, Verdict
+from eventrunner.core.tracebacks import handler_frames
 from eventrunner.run.evaluate import Evaluator
 from eventrunner.state.index import Index
 
@@ -152,6 +153,11 @@ def explain(
     """For every stage that has this entity: state, reasons, manifest, last failure."""
     ev = Evaluator(index)
     out = []
+    handlers = f"{index.ws.settings.handlers_dir}/"
+
+    def mine(name: str) -> bool:
+        return name.startswith(handlers)
+
     for q in resolve_stages(index.ws.graph, stage, pipeline):
         values = entity_values(index, q, eid)
         if values is None:
@@ -161,7 +167,29 @@ def explain(
         row = Row(q, eid, values, ev.verdict(q, eid, values)).to_json()
         row["manifest"] = m.to_json() if m else None
         row["failure"] = f.to_json() if f else None
+        if f is not None:  # the traceback's lines in the user's own handler files
+            frames = handler_frames(f.traceback, mine)
+            row["failure"]["handler_frames"] = [fr.to_json() for fr in frames]
         out.append(row)
     if not out:
         raise UnknownName(f"no stage has entity {eid!r}")
+    return out
+
+
+def last_output(index: Index, stage: str, eid: str, pipeline: str | None = None) -> dict[str, Any]:
+    """What the last attempt of (stage, entity) printed and logged (`eventrunner logs`), read
+    from the store: `output` is "" when that attempt printed nothing or none has run yet."""
+    q = resolve_stages(index.ws.graph, stage, pipeline)[0]  # one, or UnknownName/UsageError
+    if entity_values(index, q, eid) is None and eid not in index.failures[q]:
+        hint = did_you_mean(eid, state_ids(index, q))
+        raise UnknownName(f"stage {q} has no entity {eid!r}{hint}")
+    store = index.store
+    manifest, failure = store.read_manifest(q, eid), store.read_failure(q, eid)
+    out: dict[str, Any] = {"stage": q, "entity": eid, "attempt": None, "outcome": None}
+    if failure is not None:
+        out.update(attempt=failure.attempts, outcome="failed", at=failure.last_failed)
+    elif manifest is not None:
+        out.update(attempt=manifest.attempt, outcome="succeeded", at=manifest.started)
+    found = store.read_output(q, eid)
+    out["output"] = found.text if found is not None and found.belongs_to(manifest, failure) else ""
     return out

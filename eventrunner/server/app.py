@@ -7,6 +7,7 @@ import hmac
 import json
 import logging
 import os
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -271,16 +272,18 @@ async def entities(request: web.Request) -> web.Response:
     )
 
 
-async def explain(request: web.Request) -> web.Response:
+async def explain(request: web.Request, *, logs: bool = False) -> web.Response:
     rt = _rt(request)
     _ready(rt)
     p = _pipeline(request)
     assert rt.index is not None
-    eid = request.match_info["entity"]
-    return web.json_response(
-        {"entity": eid, "stages": queries.explain(rt.index, eid, request.query.get("stage"), p)},
-        dumps=_dumps,
-    )
+    eid, stage = request.match_info["entity"], request.query.get("stage")
+    if logs:  # .../entities/{entity}/logs?stage=S: what its last attempt printed
+        if not stage:
+            raise UsageError("the stage query parameter is required")
+        return web.json_response(queries.last_output(rt.index, stage, eid, p), dumps=_dumps)
+    body = {"entity": eid, "stages": queries.explain(rt.index, eid, stage, p)}
+    return web.json_response(body, dumps=_dumps)
 
 
 def _dumps(value: Any) -> str:
@@ -373,6 +376,7 @@ def create_app(runtime: Runtime) -> web.Application:
     r.add_get("/api/pipelines/{pipeline}/status", pipeline_status)
     r.add_get("/api/pipelines/{pipeline}/entities", entities)
     r.add_get("/api/pipelines/{pipeline}/entities/{entity}", explain)
+    r.add_get("/api/pipelines/{pipeline}/entities/{entity}/logs", partial(explain, logs=True))
     r.add_post(
         "/api/pipelines/{pipeline}/invalidate", _manage("invalidate", models.InvalidateRequest)
     )

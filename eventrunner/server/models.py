@@ -110,6 +110,17 @@ class ExplainResponse(BaseModel):
     stages: list[ExplainRow]
 
 
+class LogsResponse(BaseModel):
+    """What the last attempt of a state printed and logged (`eventrunner logs`)."""
+
+    stage: str
+    entity: str
+    attempt: int | None  # None: it has not run yet
+    outcome: str | None  # "succeeded" or "failed"
+    at: float | None = None  # the attempt's manifest `started` or failure `last_failed`
+    output: str  # "" when it printed nothing; the last 64 KiB, secrets masked
+
+
 class StageCounts(BaseModel):
     stages: dict[str, dict[str, int]]
 

@@ -75,6 +75,7 @@ def build_document() -> dict[str, Any]:
         models.ErrorResponse,
         models.EntitiesResponse,
         models.ExplainResponse,
+        models.LogsResponse,
         models.PipelinesResponse,
         models.PipelineStatus,
         models.WebhookAccepted,
@@ -180,6 +181,23 @@ def build_document() -> dict[str, Any]:
                         "description": "entity id",
                     },
                     q("stage", {"type": "string"}, "only this stage"),
+                ],
+            )
+        },
+        "/api/pipelines/{pipeline}/entities/{entity}/logs": {
+            "get": _op(
+                "what the last attempt of (stage, entity) printed and logged",
+                {"200": _json(models.LogsResponse, "captured output")},
+                params=[
+                    PIPELINE,
+                    {
+                        "name": "entity",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "description": "entity id",
+                    },
+                    q("stage", {"type": "string"}, "the stage") | {"required": True},
                 ],
             )
         },

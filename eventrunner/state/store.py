@@ -17,7 +17,7 @@ from urllib.parse import quote, unquote
 import xxhash
 
 from eventrunner.core.names import TMP_PREFIX
-from eventrunner.core.records import Control, Failure, Manifest
+from eventrunner.core.records import AttemptOutput, Control, Failure, Manifest
 from eventrunner.state.attempts import AttemptLog
 from eventrunner.state.files import atomic_write, dumps, temp_path, write_file
 from eventrunner.state.lock import WorkspaceLock
@@ -34,6 +34,7 @@ def _fname(eid: str) -> str:
 
 
 Staged = tuple[Path, Path]  # (temp written, final place) of a record in a group commit
+Record = Manifest | Failure | AttemptOutput  # what a group commit stages
 
 
 class Store:
@@ -43,6 +44,7 @@ class Store:
         self.root = state_dir
         self.manifests = state_dir / "state"
         self.failures = state_dir / "failures"
+        self.outputs = state_dir / "output"  # what attempts printed (only those that did)
         self.control_path = state_dir / "control.json"
         self.lock_path = state_dir / "lock"
         self.attempts = AttemptLog(state_dir / "attempts.log")
@@ -62,10 +64,24 @@ class Store:
         """Where the failure record of (stage, entity) lives."""
         return self.failures / stage / _fname(eid)
 
+    def output_path(self, stage: str, eid: str) -> Path:
+        """Where the captured output of (stage, entity)'s last printing attempt lives."""
+        return self.outputs / stage / _fname(eid)
+
     # -- reading ------------------------------------------------------------------------------
     def read_manifest(self, stage: str, eid: str) -> Manifest | None:
         """The manifest, or None when absent or damaged (a damaged one means stale)."""
         found: Manifest | None = _read(self.manifest_path(stage, eid), Manifest)
+        return found
+
+    def read_failure(self, stage: str, eid: str) -> Failure | None:
+        """The failure record, or None when absent or damaged."""
+        found: Failure | None = _read(self.failure_path(stage, eid), Failure)
+        return found
+
+    def read_output(self, stage: str, eid: str) -> AttemptOutput | None:
+        """The last captured output of the state (check `belongs_to`), or None."""
+        found: AttemptOutput | None = _read(self.output_path(stage, eid), AttemptOutput)
         return found
 
     def iter_manifests(self) -> Iterator[Manifest]:
@@ -106,9 +122,11 @@ class Store:
         """The one deleter of record files."""
         path.unlink(missing_ok=True)
 
-    def _path_of(self, record: Manifest | Failure) -> Path:
+    def _path_of(self, record: Record) -> Path:
         if isinstance(record, Manifest):
             return self.manifest_path(record.stage, record.entity)
+        if isinstance(record, AttemptOutput):
+            return self.output_path(record.stage, record.entity)
         return self.failure_path(record.stage, record.entity)
 
     def write_manifest(self, manifest: Manifest) -> None:
@@ -116,8 +134,9 @@ class Store:
         self._write_record(self._path_of(manifest), dumps(manifest.to_json()))
 
     def delete_manifest(self, stage: str, eid: str) -> None:
-        """Forget a state (prune)."""
+        """Forget a state (prune), and the output its attempts printed."""
         self._delete_record(self.manifest_path(stage, eid))
+        self._delete_record(self.output_path(stage, eid))
 
     def write_failure(self, failure: Failure) -> None:
         """Record a failure durably."""
@@ -131,7 +150,7 @@ class Store:
         """Persist holds and invalidations durably."""
         self._write_record(self.control_path, dumps(control.to_json()))
 
-    def stage(self, records: Iterable[Manifest | Failure]) -> list[Staged]:
+    def stage(self, records: Iterable[Record]) -> list[Staged]:
         """Write records to temps beside their places, not yet durable nor in place (the first
         step of a group commit). On failure nothing is left behind and OSError is raised."""
         staged: list[Staged] = []
