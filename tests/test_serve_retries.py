@@ -4,14 +4,19 @@ and a failed state shown as `failed` with its retry time, never as "stale / neve
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+from aiohttp import web
 from serve_helpers import (
     LOG_HELPER,
     EventStream,
@@ -213,3 +218,71 @@ def test_a_state_whose_retry_is_due_or_running_shows_failed_never_never_produced
             "s fresh",
         )
         assert server.stop() == 0
+
+
+class RateLimited:
+    """A real HTTP server on 127.0.0.1 (in a thread) answering its first POST 429 with
+    `Retry-After: 2`, then 200; `times` holds each request's monotonic arrival time."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.url = ""
+        self._loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.times.append(time.monotonic())
+        if len(self.times) == 1:
+            return web.Response(status=429, text="slow down", headers={"Retry-After": "2"})
+        return web.json_response({"ok": True})
+
+    def __enter__(self) -> RateLimited:
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}/hook"
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        assert self._runner is not None
+        self._loop.run_until_complete(self._runner.cleanup())
+        self._loop.close()
+
+
+def test_the_stock_http_handler_answered_429_retry_after_2_is_retried_2s_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a server (sweep once an hour) posting each inbox file with the stock `http`
+    # handler to a receiver that answers the first request 429 with Retry-After: 2
+    pipeline = """\
+        name = "p"
+        [stages.notify]
+        handler = "http"
+        inputs  = { msg = "inbox/{name}.json" }
+        output  = "sent/{name}.json"
+        params  = { url_secret = "NOTIFY_URL" }
+    """
+    ws = make_workspace(
+        tmp_path / "ws", {"eventrunner.toml": SLOW_SWEEP, "pipelines/p.toml": pipeline}
+    )
+    with RateLimited() as receiver:
+        monkeypatch.setenv("NOTIFY_URL", receiver.url)  # the serve subprocess inherits it
+        with serving(ws, tmp_path / "logs") as server:
+            # When a message arrives
+            (ws / "inbox").mkdir()
+            (ws / "inbox/m.json").write_text('{"text": "hello"}\n')
+            # Then it is sent twice: the retry 2 s after the 429, not sooner, not at the sweep
+            wait_until(lambda: read(ws / "sent/m.json"), "the retry's output", timeout=40)
+            first, second = receiver.times
+            # (the sweep would have come after an hour: any bound far below that shows it)
+            assert 2.0 <= second - first < 40, second - first
+            assert server.stop() == 0
