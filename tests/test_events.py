@@ -51,6 +51,11 @@ PINNED: list[tuple[ev.Event, str]] = [
         ' "error": "commit failed: disk full"}',
     ),
     (
+        ev.Dead(stage="p.s", entity="a", attempts=3, error="ValueError: no", time=T),
+        '{"kind": "dead", "time": 1700000000.25, "stage": "p.s", "entity": "a", "attempts": 3,'
+        ' "error": "ValueError: no"}',
+    ),
+    (
         ev.Changed(path="in/a.txt", change="modified", queued=2, time=T),
         '{"kind": "changed", "path": "in/a.txt", "change": "modified", "queued": 2,'
         ' "time": 1700000000.25}',
@@ -139,3 +144,18 @@ def test_an_unsubscribed_listener_hears_nothing_more() -> None:
     bus.emit(ev.Ready())
 
     assert len(heard) == 1
+
+
+def test_events_emitted_while_holding_are_told_after_the_leading_event() -> None:
+    # Given a bus with a listener, and a block holding events back
+    heard: list[str] = []
+    bus = ev.EventBus(lambda event: heard.append(event.kind.value))
+    with bus.holding() as held:
+        # When an effect is emitted before its cause is known, and the cause leads
+        bus.emit(ev.Queued(stage="p.s", entity="a"))
+        assert heard == []
+        held.lead(ev.Changed(path="in/a.txt", change="added", queued=1))
+    # Then the cause is heard first, then the effect
+    assert heard == ["changed", "queued"]
+    bus.emit(ev.Ready())
+    assert heard == ["changed", "queued", "ready"]

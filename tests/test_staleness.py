@@ -229,11 +229,16 @@ def test_precedence_running_orphaned_held_waiting() -> None:
     )
 
 
-def test_failure_with_same_attempt_key_backs_off_then_becomes_stale_when_due() -> None:
+def test_failure_with_same_attempt_key_backs_off_then_is_failed_and_runnable_when_due() -> None:
     stale = {"code": "c2"}
-    assert codes(_facts(failure=_failure(), **stale))[0] == "failed"
+    waiting = decide(_facts(failure=_failure(), **stale))
+    assert (waiting.state, waiting.runnable) == ("failed", False)
     assert "BACKOFF" in codes(_facts(failure=_failure(), **stale))[1]
-    assert codes(_facts(failure=_failure(next_retry=50.0), **stale))[0] == "stale"
+    # Due: still shown as failed with its retry time (never "stale / never produced"), and run.
+    due = decide(_facts(failure=_failure(next_retry=50.0), **stale))
+    assert (due.state, due.runnable, due.retry_due) == ("failed", True, True)
+    assert due.reasons[0].code == "BACKOFF" and "retry due since" in due.reasons[0].message
+    assert due.reasons[0].detail["retry_at"] == 50.0
 
 
 def test_dead_failure_is_dead_until_the_attempt_key_changes() -> None:

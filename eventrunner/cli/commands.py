@@ -16,6 +16,7 @@ from eventrunner.cli.common import (
     read_index,
     workspace_path,
 )
+from eventrunner.core.durations import format_time
 from eventrunner.core.errors import UnknownName, UsageError, did_you_mean
 from eventrunner.run import queries
 
@@ -83,11 +84,15 @@ def _status_on_disk(args: argparse.Namespace) -> dict[str, Any]:
     gate = Gate(index, ev)
     stages = queries.resolve_stages(index.ws.graph, None, args.pipeline)
     tally: dict[str, Counter[str]] = {q: Counter() for q in stages}
+    failed: dict[str, list[str]] = {q: [] for q in stages}
     for row in queries.iter_rows(index, stages, ev):
         tally[row.stage][row.verdict.state] += 1
+        if row.verdict.state == "failed":
+            failed[row.stage].append(row.entity)
         if args.check and row.verdict.state not in IGNORED:
             gate.check([(row.stage, row.entity, row.values)])
-    data = queries.status(index, args.pipeline, counts={q: dict(c) for q, c in tally.items()})
+    counts = {q: dict(c) for q, c in tally.items()}
+    data = queries.status(index, args.pipeline, counts=counts, failed=failed)
     data["warnings"] = noops.source_warnings(index) + list(noops.stray_outputs(index).values())
     if args.check:
         data["not_fresh"] = gate.entries()
@@ -110,12 +115,23 @@ def cmd_status(args: argparse.Namespace) -> int:
         rows = []
         for s, counts in pdata["stages"].items():
             shown = [f"[{_STYLE[k]}]{k} {n}[/]" for k, n in counts.items() if n]
+            if (at := pdata.get("next_retry", {}).get(s)) is not None:
+                shown.append(f"next retry at {format_time(at)}")  # local time, never epoch
             rows.append([s, ", ".join(shown) or "no entities yet"])
         _table(f"pipeline {p}", ["stage", "states"], rows)
     if args.check:
         lines = not_fresh_lines(data["not_fresh"], args.allow_held)
         print("\n".join(lines or ["every state is fresh"]))
     return code
+
+
+def _reasons_line(row: queries.Row) -> str:
+    """The reasons column: a failed or dead state shows its failure and retry time only (why
+    it would run besides, e.g. "never produced", is for `explain`: issue 10.4)."""
+    reasons = row.verdict.reasons
+    if row.verdict.state in ("failed", "dead"):
+        reasons = reasons[:1]
+    return "; ".join(x.message for x in reasons)
 
 
 def cmd_entities(args: argparse.Namespace) -> int:
@@ -134,7 +150,7 @@ def cmd_entities(args: argparse.Namespace) -> int:
                 r.stage,
                 r.entity,
                 f"[{_STYLE[r.verdict.state]}]{r.verdict.state}[/]",
-                "; ".join(x.message for x in r.verdict.reasons),
+                _reasons_line(r),
             ]
             for r in rows
         ],

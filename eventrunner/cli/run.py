@@ -73,7 +73,7 @@ async def _run(
         blocked = {
             (q, e): v
             for q, e, v in session.initial
-            if engine.verdict(q, e, v).state not in ("fresh", "stale")
+            if (verdict := engine.verdict(q, e, v)).state != "fresh" and not verdict.runnable
         }
         if session.read_only:
             would = [{"stage": q, "entity": e} for q, e in engine.queued()]

@@ -55,11 +55,14 @@ class Verdict:
 
     state: State
     reasons: tuple[Reason, ...] = ()
+    # A failed state whose retry time has come: still shown as failed (with its retry time,
+    # never as "never produced"), and run like a stale one (issue 10.4).
+    retry_due: bool = False
 
     @property
     def runnable(self) -> bool:
         """True when the executor should run it now."""
-        return self.state == "stale"
+        return self.state == "stale" or self.retry_due
 
 
 @dataclass
@@ -188,7 +191,8 @@ def decide(f: Facts) -> Verdict:
 
 
 def _failure_verdict(f: Facts, reasons: list[Reason]) -> Verdict | None:
-    """dead, or failed while backing off, when a failure of this very attempt is on record."""
+    """dead, or failed (backing off, or its retry due), when a failure of this very attempt is
+    on record."""
     fail = f.failure
     if fail is None or fail.key != f.attempt_key:
         return None
@@ -204,20 +208,23 @@ def _failure_verdict(f: Facts, reasons: list[Reason]) -> Verdict | None:
                 *reasons,
             ),
         )
-    if fail.next_retry is not None and fail.next_retry > f.now:
-        return Verdict(
-            "failed",
-            (
-                Reason(
-                    "BACKOFF",
-                    f"attempt {fail.attempts} failed: {fail.error}; "
-                    f"retry at {format_time(fail.next_retry)}",
-                    {"attempts": fail.attempts, "retry_at": fail.next_retry},
-                ),
-                *reasons,
+    if fail.next_retry is None:
+        return None
+    due = fail.next_retry <= f.now
+    when = "retry due since" if due else "retry at"
+    return Verdict(
+        "failed",
+        (
+            Reason(
+                "BACKOFF",
+                f"attempt {fail.attempts} failed: {fail.error}; "
+                f"{when} {format_time(fail.next_retry)}",
+                {"attempts": fail.attempts, "retry_at": fail.next_retry},
             ),
-        )
-    return None
+            *reasons,
+        ),
+        retry_due=due,
+    )
 
 
 def backoff_delay(policy: RetryRule, attempts: int, rng: random.Random | None = None) -> float:

@@ -150,7 +150,7 @@ class Engine(Finishing):
             if self.settling.hold(q, eid, values):
                 continue  # an aggregate: checked once its members settle
             verdict = self.evaluator.verdict(q, eid, values)
-            if verdict.state == "stale":
+            if verdict.runnable:  # stale, or failed with its retry due
                 self._push(q, eid, values, verdict.reasons)
                 n += 1
             elif verdict.state in ("failed", "dead", "held"):

@@ -10,9 +10,10 @@ last, as the stream always has; tests/test_events.py pins the bytes of every kin
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, ClassVar, Protocol
@@ -41,6 +42,10 @@ class EventKind(StrEnum):
 
     failed = "failed"
     """An attempt failed (the handler raised, timed out or its worker died) or its commit did."""
+
+    dead = "dead"
+    """A state ran out of attempts (or raised PermanentError): it waits for a manual retry.
+    Follows the `failed` event (dead: true) of the same attempt; serve's alert listens for it."""
 
     ready = "ready"
     """The server finished starting: caught up with what changed while it was down."""
@@ -145,6 +150,15 @@ class Failed(StateEvent):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class Dead(StateEvent):
+    """`attempts` made, `error` the last one's (secrets masked, as in the failure record)."""
+
+    kind = EventKind.dead
+    attempts: int
+    error: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Changed(Event):
     """`queued` is set by the watcher's path, `by` ("rescan") by a rescan; each is sent only when set."""
 
@@ -230,11 +244,38 @@ class Listener(Protocol):
     def __call__(self, event: Event, /) -> None: ...
 
 
+class Held:
+    """Events held back by `EventBus.holding()`: told at the end of the block, `lead` first."""
+
+    def __init__(self) -> None:
+        self.leading: list[Event] = []
+        self.events: list[Event] = []
+
+    def lead(self, event: Event) -> None:
+        """Tell `event` before everything held back (the cause before its effects)."""
+        self.leading.append(event)
+
+
 class EventBus:
     """The one place events are emitted: fans each out to its listeners, in subscription order."""
 
     def __init__(self, *listeners: Listener) -> None:
         self._listeners: list[Listener] = list(listeners)
+        self._held: list[Held] = []
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[Held]:
+        """Hold back what is emitted inside the block and tell it when the block ends, after the
+        events given to `Held.lead`: a file change is reported before the `queued` events that
+        its handling emitted, though the count it reports is known only afterwards (issue 10.13)."""
+        held = Held()
+        self._held.append(held)
+        try:
+            yield held
+        finally:
+            self._held.remove(held)
+            for event in (*held.leading, *held.events):
+                self.emit(event)
 
     def subscribe(self, listener: Listener) -> None:
         """Call `listener` with every event from now on."""
@@ -249,6 +290,9 @@ class EventBus:
 
     def emit(self, event: Event) -> None:
         """Tell every listener; one that raises is logged and the others still hear it."""
+        if self._held:
+            self._held[-1].events.append(event)
+            return
         for listener in tuple(self._listeners):
             try:
                 listener(event)

@@ -18,7 +18,7 @@ from eventrunner.core.redact import redact
 from eventrunner.core.staleness import after_failure
 from eventrunner.run.capture import attach, output_of
 from eventrunner.run.commit import Commit, Committer
-from eventrunner.run.events import EventBus, Failed, Succeeded
+from eventrunner.run.events import Dead, EventBus, Failed, Succeeded
 from eventrunner.run.invoke import Written
 from eventrunner.run.planner import Planner, Target
 from eventrunner.run.report import RunReport
@@ -186,6 +186,10 @@ class Finishing:
                 retry_at=failure.next_retry,
             )
         )
+        if failure.dead:  # out of attempts: serve's alert (if configured) listens for this one
+            self.events.emit(
+                Dead(stage=q, entity=eid, attempts=failure.attempts, error=failure.error)
+            )
 
     def _after_commit(self, q: str, eid: str, manifest: Manifest, old: Manifest | None) -> None:
         """A committed output is an event for the stages that read it (and read what it dropped)."""

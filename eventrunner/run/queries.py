@@ -29,13 +29,18 @@ class Row:
     verdict: Verdict
 
     def to_json(self) -> dict[str, Any]:
-        """Plain data for --json and the API."""
-        return {
+        """Plain data for --json and the API; a failed state has its next retry time too
+        (`retry_at`, epoch seconds: passed while the retry is due or running)."""
+        out: dict[str, Any] = {
             "stage": self.stage,
             "entity": self.entity,
             "state": self.verdict.state,
             "reasons": [r.to_json() for r in self.verdict.reasons],
         }
+        first = self.verdict.reasons[0] if self.verdict.reasons else None
+        if self.verdict.state == "failed" and first is not None and "retry_at" in first.detail:
+            out["retry_at"] = first.detail["retry_at"]
+        return out
 
 
 def resolve_stages(graph: Graph, stage: str | None, pipeline: str | None = None) -> list[str]:
@@ -96,17 +101,26 @@ def iter_rows(index: Index, stages: list[str], evaluator: Evaluator | None = Non
 
 
 def status(
-    index: Index, pipeline: str | None = None, counts: dict[str, dict[str, int]] | None = None
+    index: Index,
+    pipeline: str | None = None,
+    counts: dict[str, dict[str, int]] | None = None,
+    failed: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
-    """Per-stage counts by state: {"pipelines": {P: {"stages": {S: {state: n}}}}}; evaluates
-    every state unless `counts` (stage -> state -> n) come from elsewhere (serve's StateTable)."""
+    """Per-stage counts by state: {"pipelines": {P: {"stages": {S: {state: n}}}}}, plus per
+    pipeline `next_retry` {S: epoch seconds}, the earliest retry of a stage's failed states
+    (only when there is one). Evaluates every state unless `counts` (stage -> state -> n) and
+    `failed` (stage -> entity ids of its failed states) come from elsewhere (serve's table)."""
     g = index.ws.graph
     stages = resolve_stages(g, None, pipeline)
     if counts is None:
         tally: dict[str, Counter[str]] = {q: Counter() for q in stages}
+        failed = {q: [] for q in stages}
         for row in iter_rows(index, stages):
             tally[row.stage][row.verdict.state] += 1
+            if row.verdict.state == "failed":
+                failed[row.stage].append(row.entity)
         counts = {q: dict(c) for q, c in tally.items()}
+    retries = next_retries(index, failed or {})
     out: dict[str, Any] = {"pipelines": {}}
     for p in sorted(g.pipelines):
         if pipeline is not None and p != pipeline:
@@ -116,6 +130,19 @@ def status(
                 g.stages[q].name: {s: counts[q].get(s, 0) for s in STATES} for q in g.pipelines[p]
             }
         }
+        if due := {g.stages[q].name: retries[q] for q in g.pipelines[p] if q in retries}:
+            out["pipelines"][p]["next_retry"] = due
+    return out
+
+
+def next_retries(index: Index, failed: dict[str, list[str]]) -> dict[str, float]:
+    """stage -> the earliest retry time among the given failed states (O(those states))."""
+    out: dict[str, float] = {}
+    for q, eids in failed.items():
+        fails = index.failures.get(q, {})
+        times = [f.next_retry for e in eids if (f := fails.get(e)) and f.next_retry is not None]
+        if times:
+            out[q] = min(times)
     return out
 
 

@@ -166,8 +166,9 @@ async def pipelines(request: web.Request) -> web.Response:
     rt = _rt(request)
     _ready(rt)
     assert rt.index is not None
-    counts = (await request.app[STATES].get()).counts(list(rt.ws.graph.order))
-    return web.json_response(queries.status(rt.index, counts=counts))
+    table = await request.app[STATES].get()
+    counts = table.counts(list(rt.ws.graph.order))
+    return web.json_response(queries.status(rt.index, counts=counts, failed=table.failed()))
 
 
 async def pipeline_status(request: web.Request) -> web.Response:
@@ -175,8 +176,9 @@ async def pipeline_status(request: web.Request) -> web.Response:
     _ready(rt)
     p = _pipeline(request)
     assert rt.index is not None and rt.engine is not None
-    counts = (await request.app[STATES].get()).counts(list(rt.ws.graph.order))
-    data = queries.status(rt.index, p, counts=counts)
+    table = await request.app[STATES].get()
+    counts = table.counts(list(rt.ws.graph.order))
+    data = queries.status(rt.index, p, counts=counts, failed=table.failed())
     stages = set(rt.ws.graph.pipelines.get(p or "", rt.ws.graph.stages))
     running = [
         {"stage": q, "entity": e} for q, e in sorted(rt.index.running) if p is None or q in stages

@@ -52,6 +52,10 @@ class StateTable:
         """stage -> {state: n} for every state name."""
         return {q: {s: self.tally.get(q, Counter())[s] for s in STATES} for q in stages}
 
+    def failed(self) -> dict[str, list[str]]:
+        """stage -> entity ids of its failed states (for their next retry times)."""
+        return {q: self.ids(q, "failed") for q, c in self.tally.items() if c["failed"]}
+
     def ids(self, stage: str, state: str) -> list[str]:
         """Entity ids of one stage's states in `state`, in listing order."""
         return [e for e, s in self.states.get(stage, {}).items() if s == state]

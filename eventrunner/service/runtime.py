@@ -22,6 +22,7 @@ from eventrunner.run.events import Changed, EventBus, Ready, Reloaded, ReloadFai
 from eventrunner.run.planner import Target
 from eventrunner.run.session import Session, save_in_thread
 from eventrunner.run.tasks import cancel_all
+from eventrunner.service.retries import RetryTimer, state_values, still_due
 from eventrunner.service.watch import FileChange, Rescan, watch_changes
 from eventrunner.state.index import Index
 from eventrunner.workspace import loader
@@ -51,9 +52,13 @@ class Runtime:
         self._watchers: list[asyncio.Task[None]] = []
         self._watched: tuple[list[Path], list[Path]] = ([], [])
         self._scheduler: Any = None
+        self.alerts: Any = None  # an Alerter (service/alerts.py) while [alert] is configured
         self._closed = False
         self._reload_lock = asyncio.Lock()
         self._engine_started = asyncio.Event()  # the watch loop holds its batches until then
+        # Each failed state's retry at its own time (the sweep is the safety net): issue 10.4.
+        self.retries = RetryTimer(self._retry_due)
+        self.events.subscribe(self.retries.on_event)
 
     # What the session holds (a reload replaces the index and the engine).
     @property
@@ -85,6 +90,10 @@ class Runtime:
     async def start(self) -> None:
         """Start watching, then the session (look, load, sweep, engine, catch-up), then the
         scheduler; then ready."""
+        from eventrunner.service.alerts import start_alerts
+
+        # First: an unset URL variable is a start-up error, before anything is watched or run.
+        self.alerts = await start_alerts(self.settings.alert, self.events, self.ws.root.name)
         if self.watch_enabled:
             # watchfiles cannot watch a folder that does not exist (it retried for 30 s, then
             # serve died: issue 14.13); an empty data root is a valid start.
@@ -98,6 +107,7 @@ class Runtime:
         # entities, and fragmented the heap more).
         await self.session.start()
         self._engine_started.set()
+        self._arm_retries()  # the schedule kept on disk survives a restart
         assert self.engine is not None
         if self.engine.blocked_seen == 0:
             self.session.vouch()  # unless something a stamp cannot vouch for happens meanwhile
@@ -140,6 +150,7 @@ class Runtime:
             return
         self._closed = True
         self.stop_event.set()
+        self.retries.close()
         if self._scheduler is not None:
             await self._scheduler.close()
             self._scheduler = None
@@ -147,14 +158,21 @@ class Runtime:
         await cancel_all(self._tasks)
         self._tasks.clear()
         await self.session.close()
+        if self.alerts is not None:
+            await self.alerts.close()
 
     # -- events ------------------------------------------------------------------------------------
     def on_change(self, change: FileChange) -> int:
         """One file changed under the data root: queue what it affects; returns how many were queued."""
         assert self.engine is not None
-        queued, source_hit = self.engine.report_change(change.kind, change.relpath)
-        if queued or source_hit:
-            self.events.emit(Changed(path=change.relpath, change=change.kind, queued=queued))
+        seen = time.time()
+        # The `changed` event goes first, then the `queued` events it caused (issue 10.13).
+        with self.events.holding() as held:
+            queued, source_hit = self.engine.report_change(change.kind, change.relpath)
+            if queued or source_hit:
+                held.lead(
+                    Changed(path=change.relpath, change=change.kind, queued=queued, time=seen)
+                )
         return queued
 
     async def reconcile_async(self) -> int:
@@ -184,18 +202,33 @@ class Runtime:
         await self.reconcile_async()
 
     async def _sweep(self) -> None:
-        """Re-queue failures whose backoff expired (O(failures), never a workspace scan)."""
+        """Re-queue failures whose backoff expired (O(failures), never a workspace scan): the
+        safety net under the retry timer."""
         assert self.engine is not None and self.index is not None
         now = time.time()
         targets: list[Target] = []
         for q, fails in self.index.failures.items():
             for eid, f in fails.items():
                 if not f.dead and f.next_retry is not None and f.next_retry <= now:
-                    m = self.index.manifests[q].get(eid)
-                    values = m.values if m else self.index.values_or_none(q, eid)
+                    values = self._values(q, eid)
                     if values is not None:
                         targets.append((q, eid, values))
         if targets:
+            self.engine.consider(targets)
+
+    def _values(self, q: str, eid: str) -> dict[str, str] | None:
+        assert self.index is not None
+        return state_values(self.index, q, eid)
+
+    def _arm_retries(self) -> None:
+        assert self.index is not None
+        self.retries.arm_from(self.index)
+
+    def _retry_due(self, due: list[tuple[str, str, float]]) -> None:
+        """The retry timer's call: queue what is still due (see retries.still_due)."""
+        if self.engine is None or self.index is None or self._closed:
+            return
+        if targets := still_due(self.index, due):
             self.engine.consider(targets)
 
     def _cron_job(self, qualname: str) -> Callable[[], Any]:
@@ -319,6 +352,7 @@ class Runtime:
             )
             await self.session.reload(new_ws)
             assert self.engine is not None
+            self._arm_retries()
             if self._scheduler is not None:
                 for job in self._scheduler.job_ids():
                     if job.startswith("cron:"):

@@ -152,6 +152,32 @@ class RuntimeSettings(_Model):
     retry: RetryPolicy = Field(default_factory=lambda: RetryPolicy())
 
 
+ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class AlertSettings(_Model):
+    """[alert] of eventrunner.toml: `serve` posts to a webhook when a state goes dead.
+
+    The URL is a secret (a Slack or Discord webhook URL is its own credential), so the file
+    names only the environment variable holding it; the URL is never logged or answered."""
+
+    url_env: str
+    max_attempts: int = Field(5, ge=1, le=20)  # per alert, the first try included
+    backoff: Duration = Field(1.0, gt=0)  # before the second try; doubling after each failure
+    max_backoff: Duration = Field(60.0, gt=0)
+    timeout: Duration = Field(10.0, gt=0)  # per request
+
+    @field_validator("url_env")
+    @classmethod
+    def _env_name(cls, value: str) -> str:
+        if not re.match(ENV_NAME_RE, value):
+            raise ValueError(
+                "must name the environment variable holding the webhook URL (letters, digits"
+                ' and _, e.g. "ALERT_WEBHOOK_URL"), not the URL itself'
+            )
+        return value
+
+
 class Settings(_Model):
     """Workspace settings, built once and passed down."""
 
@@ -159,6 +185,7 @@ class Settings(_Model):
     data_root: Path
     server: ServerSettings = Field(default_factory=lambda: ServerSettings())
     runtime: RuntimeSettings = Field(default_factory=lambda: RuntimeSettings())
+    alert: AlertSettings | None = None
 
     @property
     def state_dir(self) -> Path:
