@@ -151,11 +151,15 @@ def look(state_dir: Path) -> Look | None:
     )
 
 
+class _MovedMidRun(Exception):
+    """A path changed after the evaluation hashed it: no stamp may vouch for that evaluation."""
+
+
 def _vouch_stat(
     path: str, now: int, exempt: set[str], expected: dict[str, tuple[int, int, int]] | None
-) -> tuple[int, int, int] | None | bool:
-    """The stats a stamp records for one data path: None when it is gone (left out), False when
-    it changed after the evaluation hashed it (no stamp), mtime -1 when too recent to vouch for."""
+) -> tuple[int, int, int] | None:
+    """The stats a stamp records for one data path: None when it is gone (left out), mtime -1
+    when too recent to vouch for; _MovedMidRun when it changed after the evaluation hashed it."""
     ident = _stat(path)
     if ident is None:
         return None  # a file gone since (an orphan's old input) played no part in the answer
@@ -166,7 +170,7 @@ def _vouch_stat(
     if expected is not None and path not in exempt and expected.get(path, ident) != ident:
         # Changed after the evaluation hashed it (mid-run): recording its new stats would hide
         # that change from the next run.
-        return False
+        raise _MovedMidRun(path)
     return ident
 
 
@@ -240,19 +244,20 @@ def write_patched(
     where = _positions(names, restat)
     gone: set[int] = set()
     added: list[tuple[str, tuple[int, int, int]]] = []
-    for path in restat:
-        ident = _vouch_stat(path, now, exempt, expected)
-        if ident is False:
-            discard(state_dir)
-            return False
+    try:
+        fresh = [(path, _vouch_stat(path, now, exempt, expected)) for path in restat]
+    except _MovedMidRun:
+        discard(state_dir)
+        return False
+    for path, ident in fresh:
         i = where.get(path)
         if i is None:
             if ident is not None:
-                added.append((path, ident))  # type: ignore[arg-type]
+                added.append((path, ident))
         elif ident is None:
             gone.add(i)
         else:
-            stats[3 * i : 3 * i + 3] = array("q", ident)  # type: ignore[arg-type]
+            stats[3 * i : 3 * i + 3] = array("q", ident)
     if gone:  # rare (files deleted): rebuild the arrays without them
         kept = [(p, i) for i, p in enumerate(names.split("\0")) if i not in gone]
         names = "\0".join(p for p, _ in kept)
@@ -307,14 +312,12 @@ def write(
     if recorded_defs is None:
         discard(state_dir)
         return False
-    recorded: list[tuple[str, tuple[int, int, int]]] = []
-    for path in paths:
-        ident = _vouch_stat(path, now, exempt, expected)
-        if ident is False:
-            discard(state_dir)
-            return False
-        if ident is not None:
-            recorded.append((path, ident))  # type: ignore[arg-type]
+    try:
+        stated = [(path, _vouch_stat(path, now, exempt, expected)) for path in paths]
+    except _MovedMidRun:
+        discard(state_dir)
+        return False
+    recorded = [(path, ident) for path, ident in stated if ident is not None]
     _save(
         state_dir,
         {
