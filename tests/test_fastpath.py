@@ -301,3 +301,24 @@ def test_a_full_run_that_ran_states_leaves_a_stamp_for_the_next_change(echo: Wor
     assert sorted(echo.runs()) == ["count other", "shout other", "summary _"]
     (echo.root / ".eventrunner" / "stamp.bin").unlink()
     assert echo.run()["executed"] == 0
+
+
+def test_a_copied_workspace_does_not_trust_the_stamp_of_the_original(echo: Workspace) -> None:
+    # Given a settled workspace copied with its state folder (`cp -a`: the stats are kept)
+    import shutil
+
+    from conftest import Workspace as Ws
+
+    settled(echo)
+    copy = Ws(echo.root.parent / "copy", echo._capsys)
+    shutil.copytree(echo.root, copy.root, symlinks=True, copy_function=shutil.copy2)
+
+    # When an input of the copy changes
+    copy.write("inbox/hello.txt", "hello copied world\n")
+    age(copy)
+    report = copy.run()
+
+    # Then the copy's own files are looked at (its stamp named the original's paths)
+    assert report["mode"] != "stat"
+    assert report["executed"] > 0
+    assert copy.read("shouted/hello.txt") == "HELLO COPIED WORLD!\n"

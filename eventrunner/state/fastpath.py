@@ -53,6 +53,8 @@ def _load(state_dir: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(stamp, dict) or stamp.get("ident") != _ident() or stamp.get("env") != _env():
         return None
+    if stamp.get("at") != os.path.abspath(state_dir):
+        return None  # a copied workspace: its stamp holds the paths of the original's files
     if os.path.exists(state_dir / "index.dirty") or time.time() >= stamp.get("not_after", 0):
         return None
     return stamp
@@ -194,7 +196,7 @@ def _save(state_dir: Path, data: dict[str, Any]) -> None:
     # A cache: no fsync needed, a lost stamp means a full run.
     atomic_write(
         state_dir / STAMP,
-        marshal.dumps({"ident": _ident(), "env": _env(), **data}),
+        marshal.dumps({"ident": _ident(), "env": _env(), "at": os.path.abspath(state_dir), **data}),
         durable=False,
     )
 
