@@ -381,12 +381,14 @@ def scan_dirs(root: str, prefix: str, depth: int) -> list[str]:
         return [above] if os.path.isdir(above) else []
     out: list[str] = []
     level = [start]
-    for _ in range(depth + 1):
+    for remaining in range(depth, -1, -1):
         nxt: list[str] = []
         for d in level:
             if not os.path.isdir(d):
                 continue
             out.append(d)
+            if not remaining:
+                continue  # the last level: its subfolders are not walked (100,000s of entries)
             try:
                 with os.scandir(d) as it:
                     for e in it:
