@@ -86,7 +86,7 @@ class Session:
         self._look: fastpath.Look | None = None  # carried into the stamp (one-shot sessions)
         self._changed: list[str] = []  # what changed while down (its stats are read again)
         self._dirs_before: dict[str, tuple[int, int, int]] | None = None
-        self._same_sources = False  # the index holds the stamp's sources (a stamp reuses them)
+        self._same_sources = False  # the index holds the stamp's sources (the stamp reuses them)
         self._vouch: int | None = None  # skipped count to stamp with; None: no stamp
         self._recorded: dict[str, Any] = {}  # more of the result the stamp records (vouch)
         self._locked = self._started = self._closed = False
@@ -345,12 +345,10 @@ class Session:
             on_disk = {rel for s in ws.graph.sources.values() for rel, _ in scan(s.pattern, root)}
             if on_disk != idx.source_paths():
                 return False
-        base: fastpath.Look | None = None
-        if self.mode == "incremental":
-            # What the stamp we started from vouched for is vouched for again (carried forward).
-            base = self._look or fastpath.previous(state_dir)
-            if base is None:
-                return False
+        # Incremental: what the stamp we started from vouched for is vouched for again.
+        base = (self._look or fastpath.previous(state_dir)) if self.mode == "incremental" else None
+        if self.mode == "incremental" and base is None:
+            return False
         return stamping.write_stamp(
             ws,
             idx,

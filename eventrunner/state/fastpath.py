@@ -217,9 +217,8 @@ def _positions(names: str, paths: Iterable[str]) -> dict[str, int]:
     return out
 
 
-def write_patched(
+def write(
     state_dir: Path,
-    base: tuple[str, bytes],
     defs: Iterable[str],
     restat: Iterable[str],
     sources: str,
@@ -228,11 +227,18 @@ def write_patched(
     result: dict[str, Any],
     replaced: Iterable[str] = (),
     expected: dict[str, tuple[int, int, int]] | None = None,
+    base: tuple[str, bytes] = ("", b""),
 ) -> bool:
-    """A stamp that is `base` (the paths and stats of the stamp an incremental run started
-    from, which its look found unchanged) with only the `restat` paths read again: added,
-    updated, or left out when gone. O(changed) apart from copying the packed arrays. Refuses
-    (False) as `write` does. `sources`, `source_ids`: already packed (see pack_sources)."""
+    """Record the stats of `defs` and of the `restat` paths on top of `base`: the paths and
+    stats of the stamp an incremental run started from, which its look found unchanged (empty:
+    a full evaluation). Those paths keep their stats unread; the others are added, updated, or
+    left out when gone: O(changed) apart from copying the packed arrays.
+
+    Refused (False) when a definition is missing or too recent, or a path changed after the
+    evaluation hashed it (`expected`). `defs` changing means a full evaluation (definitions,
+    the index cache that every state change rewrites); paths changing, an incremental one.
+    `replaced`: files only ever replaced whole by rename (a new inode each time), which the
+    racy window does not concern. `sources`, `source_ids`: already packed (pack_sources)."""
     now = time.time_ns()
     exempt = set(replaced)
     recorded_defs = _defs(defs, now, exempt)
@@ -287,51 +293,6 @@ def pack_sources(
 ) -> tuple[str, dict[str, str]]:
     """The source relpaths and each pattern's entity ids as a stamp records them."""
     return "\0".join(sorted(sources)), {key: "\0".join(ids) for key, ids in source_ids.items()}
-
-
-def write(
-    state_dir: Path,
-    defs: Iterable[str],
-    paths: Iterable[str],
-    sources: str,
-    source_ids: dict[str, str],
-    not_after: float,
-    result: dict[str, Any],
-    replaced: Iterable[str] = (),
-    expected: dict[str, tuple[int, int, int]] | None = None,
-) -> bool:
-    """Record the stats of `paths`; refuses (False) if a definition is missing or too recent,
-    or a path changed after the evaluation hashed it (`expected`).
-
-    `defs` changing means a full evaluation (definitions, the index cache that every state
-    change rewrites); `paths` changing means an incremental one. `replaced` are files only ever
-    replaced whole by rename (a new inode each time), which the racy window does not concern.
-    `sources`, `source_ids`: already packed (see pack_sources).
-    """
-    now = time.time_ns()
-    exempt = set(replaced)
-    recorded_defs = _defs(defs, now, exempt)
-    if recorded_defs is None:
-        discard(state_dir)
-        return False
-    try:
-        stated = [(path, _vouch_stat(path, now, exempt, expected)) for path in paths]
-    except _MovedMidRun:
-        discard(state_dir)
-        return False
-    recorded = [(path, ident) for path, ident in stated if ident is not None]
-    _save(
-        state_dir,
-        {
-            "defs": _pack(recorded_defs),
-            "paths": _pack(recorded),
-            "sources": sources,
-            "source_ids": source_ids,
-            "not_after": not_after,
-            "result": result,
-        },
-    )
-    return True
 
 
 def set_aside(state_dir: Path) -> None:

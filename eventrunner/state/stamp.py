@@ -97,8 +97,15 @@ def write_stamp(
     restat = [*dirs, *(changed or ()), *(prefix + r for r in index.files.touched)]
     rels = [p[len(prefix) :] for p in restat if p.startswith(prefix)]
     expected = _expected(index, rels, prefix, dirs_before)
-    return fastpath.write_patched(
-        ws.settings.state_dir, base.packed_paths, defs, restat, *common, result, replaced, expected
+    return fastpath.write(
+        ws.settings.state_dir,
+        defs,
+        restat,
+        *common,
+        result,
+        replaced,
+        expected,
+        base=base.packed_paths,
     )
 
 
