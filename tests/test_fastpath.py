@@ -322,3 +322,18 @@ def test_a_copied_workspace_does_not_trust_the_stamp_of_the_original(echo: Works
     assert report["mode"] != "stat"
     assert report["executed"] > 0
     assert copy.read("shouted/hello.txt") == "HELLO COPIED WORLD!\n"
+
+
+def test_an_output_deleted_after_the_stamp_is_made_again(echo: Workspace) -> None:
+    # Given a settled workspace with a stamp
+    settled(echo)
+    echo.runs()
+
+    # When an output is deleted by hand
+    (echo.root / "shouted" / "hello.txt").unlink()
+    report = echo.run()
+
+    # Then its producer runs again (the stamp saw the file go: not a source, so an output)
+    assert report["mode"] != "stat"
+    assert "shout hello" in echo.runs()
+    assert echo.read("shouted/hello.txt") == "HELLO WORLD!\n"

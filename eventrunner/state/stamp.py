@@ -134,6 +134,7 @@ def changes_since(index: Any, ws: Any, look: Any) -> list[tuple[str, str]]:
     or removed: what a session catching up from the stamp reports to its engine."""
     root = str(ws.settings.data_root)
     modified: list[str] = []
+    gone: list[str] = []
     comings_and_goings = False
     for path in look.changed:
         rel = os.path.relpath(path, root)
@@ -141,6 +142,8 @@ def changes_since(index: Any, ws: Any, look: Any) -> list[tuple[str, str]]:
             modified.append(rel)
         else:
             comings_and_goings = True  # a folder (files came or went) or a file gone
+            if not rel.startswith("..") and not os.path.lexists(path):
+                gone.append(rel)
     events: list[tuple[str, str]] = []
     if comings_and_goings:
         # Only then can the set of source files differ (each folder a scan walks is stamped):
@@ -148,5 +151,7 @@ def changes_since(index: Any, ws: Any, look: Any) -> list[tuple[str, str]]:
         now, sources_then = index.source_paths(), look.sources
         events += [("deleted", rel) for rel in sources_then - now]
         events += [("added", rel) for rel in now - sources_then]
+        # A stamped file gone that was no source: an output deleted by hand (its producer decides).
+        events += [("deleted", rel) for rel in gone if rel not in sources_then]
     events += [("modified", rel) for rel in modified]
     return events
