@@ -251,3 +251,89 @@ def test_a_source_folder_created_after_the_stamp_is_seen(make_workspace: MakeWor
     assert report["mode"] != "stat"
     assert sorted(ws.runs()) == ["count hello", "shout hello", "summary _"]
     assert ws.read("shouted/hello.txt") == "HELLO WORLD!\n"
+
+
+def _stamped_paths(ws: Workspace) -> dict[str, tuple[int, int, int]]:
+    import marshal
+
+    from eventrunner.state import fastpath
+
+    with open(ws.root / ".eventrunner" / fastpath.STAMP, "rb") as fh:
+        return fastpath.recorded_stats(marshal.load(fh)["paths"])
+
+
+def test_a_stamp_carried_forward_records_what_a_full_evaluation_would(echo: Workspace) -> None:
+    # Given a settled workspace
+    settled(echo)
+    for step in ("modify", "add and delete"):
+        # When inputs change and an incremental run patches the stamp it started from
+        if step == "modify":
+            echo.write("inbox/hello.txt", "hello patched world\n")
+        else:
+            echo.write("inbox/third.txt", "a third one\n")
+            (echo.root / "inbox" / "other.txt").unlink()
+        age(echo)
+        assert echo.run()["mode"] == "incremental"
+        carried = _stamped_paths(echo)
+
+        # Then it holds the same paths and stats as the stamp a full evaluation writes now
+        (echo.root / ".eventrunner" / "stamp.bin").unlink()
+        assert echo.run()["mode"] == "full"
+        assert carried == _stamped_paths(echo), step
+        assert echo.run()["mode"] == "stat"
+
+
+def test_a_full_run_that_ran_states_leaves_a_stamp_for_the_next_change(echo: Workspace) -> None:
+    # Given a cold run that executes every state (definitions older than the racy window)
+    age(echo)
+    first = echo.run()
+    assert first["mode"] == "full" and first["executed"] > 0
+    assert (echo.root / ".eventrunner" / "stamp.bin").exists()
+    echo.runs()
+
+    # When one input changes
+    echo.write("inbox/other.txt", "four five six seven\n")
+    age(echo)
+    report = echo.run()
+
+    # Then the run follows that change only, and the result is what a full evaluation gives
+    assert report["mode"] == "incremental"
+    assert sorted(echo.runs()) == ["count other", "shout other", "summary _"]
+    (echo.root / ".eventrunner" / "stamp.bin").unlink()
+    assert echo.run()["executed"] == 0
+
+
+def test_a_copied_workspace_does_not_trust_the_stamp_of_the_original(echo: Workspace) -> None:
+    # Given a settled workspace copied with its state folder (`cp -a`: the stats are kept)
+    import shutil
+
+    from conftest import Workspace as Ws
+
+    settled(echo)
+    copy = Ws(echo.root.parent / "copy", echo._capsys)
+    shutil.copytree(echo.root, copy.root, symlinks=True, copy_function=shutil.copy2)
+
+    # When an input of the copy changes
+    copy.write("inbox/hello.txt", "hello copied world\n")
+    age(copy)
+    report = copy.run()
+
+    # Then the copy's own files are looked at (its stamp named the original's paths)
+    assert report["mode"] != "stat"
+    assert report["executed"] > 0
+    assert copy.read("shouted/hello.txt") == "HELLO COPIED WORLD!\n"
+
+
+def test_an_output_deleted_after_the_stamp_is_made_again(echo: Workspace) -> None:
+    # Given a settled workspace with a stamp
+    settled(echo)
+    echo.runs()
+
+    # When an output is deleted by hand
+    (echo.root / "shouted" / "hello.txt").unlink()
+    report = echo.run()
+
+    # Then its producer runs again (the stamp saw the file go: not a source, so an output)
+    assert report["mode"] != "stat"
+    assert "shout hello" in echo.runs()
+    assert echo.read("shouted/hello.txt") == "HELLO WORLD!\n"

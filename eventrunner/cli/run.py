@@ -113,7 +113,9 @@ def _strays(session: Session, stamped: dict[str, Any]) -> dict[str, str]:
 
 def _vouch(session: Session, report: RunReport, strays: dict[str, str]) -> None:
     """A stamp when the run accounted for everything, with what the no-change run reports."""
-    if session.mode == "incremental" and not (report.failed or report.skipped or report.not_fresh):
+    settled = not (report.failed or report.skipped or report.not_fresh)
+    if settled and (session.mode == "incremental" or (session.mode == "full" and session.whole)):
+        # Everything is fresh now (the states that ran too): the next run follows only changes.
         session.vouch(report.skipped, strays=strays)
     elif (
         session.mode == "full"

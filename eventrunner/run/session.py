@@ -86,6 +86,7 @@ class Session:
         self._look: fastpath.Look | None = None  # carried into the stamp (one-shot sessions)
         self._changed: list[str] = []  # what changed while down (its stats are read again)
         self._dirs_before: dict[str, tuple[int, int, int]] | None = None
+        self._same_sources = False  # the index holds the stamp's sources (the stamp reuses them)
         self._vouch: int | None = None  # skipped count to stamp with; None: no stamp
         self._recorded: dict[str, Any] = {}  # more of the result the stamp records (vouch)
         self._locked = self._started = self._closed = False
@@ -131,6 +132,7 @@ class Session:
             # Before the scan: a file arriving during it changes a folder, and the stamp refuses.
             self._dirs_before = stamping.dir_snapshot(self.ws)
         self.index = await self._call(Index.load, self.ws, self.store, trusted)
+        self._same_sources = trusted is not None and not self.live  # no scan, no watch events
         if not self.read_only:  # we hold the lock: a crash's debris and cut attempts
             await self._call(recovery.recover, self.index)
         return follow
@@ -343,22 +345,20 @@ class Session:
             on_disk = {rel for s in ws.graph.sources.values() for rel, _ in scan(s.pattern, root)}
             if on_disk != idx.source_paths():
                 return False
-        carried: dict[str, tuple[int, int, int]] | None = None
-        if self.mode == "incremental":
-            # What the stamp we started from vouched for is vouched for again.
-            carried = self._look.recorded if self._look else fastpath.previous(state_dir)
-            if carried is None:
-                return False
-        stamping.write_stamp(
+        # Incremental: what the stamp we started from vouched for is vouched for again.
+        base = (self._look or fastpath.previous(state_dir)) if self.mode == "incremental" else None
+        if self.mode == "incremental" and base is None:
+            return False
+        return stamping.write_stamp(
             ws,
             idx,
             skipped,
-            carried=carried,
+            base=base,
             dirs_before=dirs_before,
             changed=self._changed,
             recorded=noops.stamp_recorded(idx, self._recorded),
+            same_sources=self._same_sources,
         )
-        return (state_dir / fastpath.STAMP).exists()
 
     # -- helpers ---------------------------------------------------------------------------------
     def _grace(self) -> float | None:

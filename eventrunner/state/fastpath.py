@@ -53,6 +53,8 @@ def _load(state_dir: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(stamp, dict) or stamp.get("ident") != _ident() or stamp.get("env") != _env():
         return None
+    if stamp.get("at") != os.path.abspath(state_dir):
+        return None  # a copied workspace: its stamp holds the paths of the original's files
     if os.path.exists(state_dir / "index.dirty") or time.time() >= stamp.get("not_after", 0):
         return None
     return stamp
@@ -151,68 +153,146 @@ def look(state_dir: Path) -> Look | None:
     )
 
 
+class _MovedMidRun(Exception):
+    """A path changed after the evaluation hashed it: no stamp may vouch for that evaluation."""
+
+
+def _vouch_stat(
+    path: str, now: int, exempt: set[str], expected: dict[str, tuple[int, int, int]] | None
+) -> tuple[int, int, int] | None:
+    """The stats a stamp records for one data path: None when it is gone (left out), mtime -1
+    when too recent to vouch for; _MovedMidRun when it changed after the evaluation hashed it."""
+    ident = _stat(path)
+    if ident is None:
+        return None  # a file gone since (an orphan's old input) played no part in the answer
+    if now - ident[1] < RACY_NS and path not in exempt:
+        # Too recent to vouch for: recorded with a stat that never matches, so the next run
+        # re-checks this one file (incrementally) instead of everything.
+        return (ident[0], -1, ident[2])
+    if expected is not None and path not in exempt and expected.get(path, ident) != ident:
+        # Changed after the evaluation hashed it (mid-run): recording its new stats would hide
+        # that change from the next run.
+        raise _MovedMidRun(path)
+    return ident
+
+
+def _defs(
+    defs: Iterable[str], now: int, exempt: set[str]
+) -> list[tuple[str, tuple[int, int, int]]] | None:
+    """Stats of the definition files; None when one is missing or too recent to vouch for
+    (unless `exempt`: only ever replaced by rename)."""
+    out = []
+    for path in defs:
+        ident = _stat(path)
+        if ident is None or (now - ident[1] < RACY_NS and path not in exempt):
+            return None
+        out.append((path, ident))
+    return out
+
+
+def _save(state_dir: Path, data: dict[str, Any]) -> None:
+    from eventrunner.state.files import atomic_write  # here: look() stays cheap to import
+
+    # A cache: no fsync needed, a lost stamp means a full run.
+    atomic_write(
+        state_dir / STAMP,
+        marshal.dumps({"ident": _ident(), "env": _env(), "at": os.path.abspath(state_dir), **data}),
+        durable=False,
+    )
+
+
+def _positions(names: str, paths: Iterable[str]) -> dict[str, int]:
+    """Index in the NUL-joined `names` of each of `paths` found there: a search per path for a
+    few (no list of 100,000s of strings built), one dict of them all for many."""
+    paths = list(paths)
+    if len(paths) > 64:
+        where = {p: i for i, p in enumerate(names.split("\0"))}
+        return {p: where[p] for p in paths if p in where}
+    hay = "\0" + names + "\0"
+    out = {}
+    for p in paths:
+        at = hay.find("\0" + p + "\0")
+        if at >= 0:
+            out[p] = hay.count("\0", 0, at + 1) - 1
+    return out
+
+
 def write(
     state_dir: Path,
     defs: Iterable[str],
-    paths: Iterable[str],
-    sources: Iterable[str],
-    source_ids: dict[str, Iterable[str]],
+    restat: Iterable[str],
+    sources: str,
+    source_ids: dict[str, str],
     not_after: float,
     result: dict[str, Any],
     replaced: Iterable[str] = (),
     expected: dict[str, tuple[int, int, int]] | None = None,
-    known: dict[str, tuple[int, int, int]] | None = None,
-    restat: set[str] | None = None,
+    base: tuple[str, bytes] = ("", b""),
 ) -> bool:
-    """Record the stats of `paths`; refuses (False) if any is missing or inside the racy window.
+    """Record the stats of `defs` and of the `restat` paths on top of `base`: the paths and
+    stats of the stamp an incremental run started from, which its look found unchanged (empty:
+    a full evaluation). Those paths keep their stats unread; the others are added, updated, or
+    left out when gone: O(changed) apart from copying the packed arrays.
 
-    `defs` changing means a full evaluation (definitions, the index cache that every state
-    change rewrites); `paths` changing means an incremental one. `replaced` are files only ever
-    replaced whole by rename (a new inode each time), which the racy window does not concern.
-    A path in `known` (stats a previous stamp recorded and a look found unchanged) and not in
-    `restat` keeps those stats unread: if it changed since, the next look still sees it.
-    """
+    Refused (False) when a definition is missing or too recent, or a path changed after the
+    evaluation hashed it (`expected`). `defs` changing means a full evaluation (definitions,
+    the index cache that every state change rewrites); paths changing, an incremental one.
+    `replaced`: files only ever replaced whole by rename (a new inode each time), which the
+    racy window does not concern. `sources`, `source_ids`: already packed (pack_sources)."""
     now = time.time_ns()
     exempt = set(replaced)
-    paths = list(paths)
-    recorded: list[list[tuple[str, tuple[int, int, int]]]] = [[], []]
-    for i, group in enumerate((defs, paths)):
-        for path in group:
-            if i == 1 and known is not None and path in known and path not in (restat or ()):
-                recorded[1].append((path, known[path]))
-                continue
-            ident = _stat(path)
-            if ident is None and i == 1:
-                continue  # a file gone since (an orphan's old input) played no part in the answer
-            if ident is not None and i == 1 and now - ident[1] < RACY_NS and path not in exempt:
-                # Too recent to vouch for: recorded with a stat that never matches, so the next
-                # run re-checks this one file (incrementally) instead of everything.
-                recorded[i].append((path, (ident[0], -1, ident[2])))
-                continue
-            if ident is None or (now - ident[1] < RACY_NS and path not in exempt):
-                discard(state_dir)
-                return False
-            if expected is not None and path not in exempt and expected.get(path, ident) != ident:
-                # Changed after the evaluation hashed it (mid-run): recording its new stats would
-                # hide that change from the next run.
-                discard(state_dir)
-                return False
-            recorded[i].append((path, ident))
-    data = {
-        "ident": _ident(),
-        "env": _env(),
-        "defs": _pack(recorded[0]),
-        "paths": _pack(recorded[1]),
-        "sources": "\0".join(sorted(sources)),
-        "source_ids": {key: "\0".join(ids) for key, ids in source_ids.items()},
-        "not_after": not_after,
-        "result": result,
-    }
-    from eventrunner.state.files import atomic_write  # here: look() stays cheap to import
-
-    # A cache: no fsync needed, a lost stamp means a full run.
-    atomic_write(state_dir / STAMP, marshal.dumps(data), durable=False)
+    recorded_defs = _defs(defs, now, exempt)
+    if recorded_defs is None:
+        discard(state_dir)
+        return False
+    names, raw = base
+    stats = array("q")
+    stats.frombytes(raw)
+    restat = list(dict.fromkeys(restat))
+    where = _positions(names, restat)
+    gone: set[int] = set()
+    added: list[tuple[str, tuple[int, int, int]]] = []
+    try:
+        fresh = [(path, _vouch_stat(path, now, exempt, expected)) for path in restat]
+    except _MovedMidRun:
+        discard(state_dir)
+        return False
+    for path, ident in fresh:
+        i = where.get(path)
+        if i is None:
+            if ident is not None:
+                added.append((path, ident))
+        elif ident is None:
+            gone.add(i)
+        else:
+            stats[3 * i : 3 * i + 3] = array("q", ident)
+    if gone:  # rare (files deleted): rebuild the arrays without them
+        kept = [(p, i) for i, p in enumerate(names.split("\0")) if i not in gone]
+        names = "\0".join(p for p, _ in kept)
+        stats = array("q", (n for _, i in kept for n in stats[3 * i : 3 * i + 3]))
+    if added:
+        extra_names, extra_stats = _pack(added)
+        names = names + "\0" + extra_names if names else extra_names
+        stats.frombytes(extra_stats)
+    _save(
+        state_dir,
+        {
+            "defs": _pack(recorded_defs),
+            "paths": (names, stats.tobytes()),
+            "sources": sources,
+            "source_ids": source_ids,
+            "not_after": not_after,
+            "result": result,
+        },
+    )
     return True
+
+
+def pack_sources(
+    sources: Iterable[str], source_ids: dict[str, Iterable[str]]
+) -> tuple[str, dict[str, str]]:
+    """The source relpaths and each pattern's entity ids as a stamp records them."""
+    return "\0".join(sorted(sources)), {key: "\0".join(ids) for key, ids in source_ids.items()}
 
 
 def set_aside(state_dir: Path) -> None:
@@ -224,12 +304,20 @@ def set_aside(state_dir: Path) -> None:
         pass
 
 
-def previous(state_dir: Path) -> dict[str, tuple[int, int, int]] | None:
-    """path -> stats of the stamp `set_aside` kept; None when it is gone or unreadable."""
+def previous(state_dir: Path) -> Look | None:
+    """The stamp `set_aside` kept, as a look that found nothing changed (what a session's
+    stamp carries forward); None when it is gone or unreadable."""
     try:
         with open(state_dir / PREVIOUS, "rb") as fh:
             stamp = marshal.load(fh)
-        return recorded_stats(stamp["paths"])
+        return Look(
+            stamp["result"],
+            False,
+            [],
+            stamp["sources"],
+            stamp["paths"],
+            stamp.get("source_ids", {}),
+        )
     except (OSError, EOFError, ValueError, TypeError, KeyError, IndexError):
         return None
 
@@ -254,12 +342,14 @@ def scan_dirs(root: str, prefix: str, depth: int) -> list[str]:
         return [above] if os.path.isdir(above) else []
     out: list[str] = []
     level = [start]
-    for _ in range(depth + 1):
+    for remaining in range(depth, -1, -1):
         nxt: list[str] = []
         for d in level:
             if not os.path.isdir(d):
                 continue
             out.append(d)
+            if not remaining:
+                continue  # the last level: its subfolders are not walked (100,000s of entries)
             try:
                 with os.scandir(d) as it:
                     for e in it:

@@ -317,6 +317,10 @@ class Index(EntityQueries):
                         values = inst.pattern.match(relpath)
                         if values is not None:
                             inst.add(values, relpath)
+            elif inst.pattern.variables == tuple(stage.entity_vars):
+                # The output's ids are the stage's entity ids: one dict built in C, not an add()
+                # per entity (200,000 at 100,000 entities x 2 stages).
+                inst.items = dict.fromkeys(map(sys.intern, self.stage_entity_ids(q)))
             else:
                 for _eid, values in self.stage_entities(q):
                     inst.add(values)

@@ -44,32 +44,27 @@ def write_stamp(
     ws: Any,
     index: Any,
     skipped: int,
-    carried: dict[str, tuple[int, int, int]] | None = None,
+    base: fastpath.Look | None = None,
     dirs_before: dict[str, tuple[int, int, int]] | None = None,
     changed: list[str] | None = None,
     recorded: dict[str, Any] | None = None,
-) -> None:
+    same_sources: bool = False,
+) -> bool:
     """Record what an evaluation depended on (fastpath.py), and its result: `skipped` and what
-    else the no-change run reports again (`recorded`: marshal-able plain data).
+    else the no-change run reports again (`recorded`: marshal-able plain data); False when
+    refused.
 
-    After an incremental run (`carried`: the previous stamp's paths and stats, `changed`: what
-    its look found changed) only the changed, the touched (hashed, written, gone) and the
-    folders are read again; every other path keeps the stats the previous stamp recorded,
-    which a look found still true (O(changes) instead of a stat per file)."""
+    After an incremental run (`base`: the stamp it started from, `changed`: what its look found
+    changed) the previous stamp's packed arrays are carried forward and only the changed, the
+    touched (hashed, written, gone) and the folders are read again: every other path keeps the
+    stats the previous stamp recorded, which a look found still true. O(changes), not a stat
+    and a string per file. `same_sources`: the source files are the base's (no folder changed)."""
     root = str(ws.settings.data_root)
     defs = fastpath.definition_files(ws.root)
     defs += sorted({str(ref.path) for ref in ws.handlers.values() if ref.stock})
     # Every change of state (invalidate, hold, ...) rewrites the cache or grows its journal.
     defs += [str(index.cache_path), str(index.journal_path)]
     dirs = list(dirs_before) if dirs_before else scan_dirs(ws)
-    # Cache entries of files gone since (an orphan's input) played no part in the evaluation.
-    paths = dirs + sorted(
-        ({os.path.join(root, rel) for rel in index.files.entries} | set(carried or ())) - set(dirs)
-    )
-    restat: set[str] | None = None  # None: read every path
-    if carried is not None and dirs_before:
-        restat = {*dirs, *(changed or ()), *(os.path.join(root, r) for r in index.files.touched)}
-        restat.update(p for p in paths if p not in carried)
     retries = [
         f.next_retry
         for fs in index.failures.values()
@@ -83,35 +78,55 @@ def write_stamp(
         str(index.journal_path),
         *(os.path.join(root, rel) for rel in index.files.written),
     ]
-    # What the evaluation hashed; a file whose stats moved since changed mid-run (only the
-    # paths read again need it).
+    if base is not None and same_sources:
+        sources, source_ids = base.packed_sources, base.packed_source_ids
+    else:
+        sources, source_ids = fastpath.pack_sources(
+            index.source_paths(), {key: index.instances[key].items for key in ws.graph.sources}
+        )
+    common = (sources, source_ids, min(retries, default=float(2**62)))
+    result = {**(recorded or {}), "skipped": skipped}
     prefix = os.path.join(root, "")
-    rels = (
-        index.files.entries
-        if restat is None
-        else [p[len(prefix) :] for p in restat if p.startswith(prefix)]
+    if base is None or not dirs_before:
+        # Cache entries of files gone since (an orphan's input) played no part in the evaluation.
+        paths = dirs + sorted({prefix + rel for rel in index.files.entries} - set(dirs))
+        expected = _expected(index, index.files.entries, prefix, dirs_before)
+        return fastpath.write(
+            ws.settings.state_dir, defs, paths, *common, result, replaced, expected
+        )
+    restat = [*dirs, *(changed or ()), *(prefix + r for r in index.files.touched)]
+    rels = [p[len(prefix) :] for p in restat if p.startswith(prefix)]
+    expected = _expected(index, rels, prefix, dirs_before)
+    return fastpath.write(
+        ws.settings.state_dir,
+        defs,
+        restat,
+        *common,
+        result,
+        replaced,
+        expected,
+        base=base.packed_paths,
     )
+
+
+def _expected(
+    index: Any,
+    rels: Any,
+    prefix: str,
+    dirs_before: dict[str, tuple[int, int, int]] | None,
+) -> dict[str, tuple[int, int, int]]:
+    """What the evaluation hashed (and the folders' stats before the scan): a file whose stats
+    moved since changed mid-run."""
+    entries = index.files.entries
     expected = {
         prefix + rel: (size, mtime_ns, ino)
         for rel in rels
-        if (entry := index.files.entries.get(rel)) is not None
+        if (entry := entries.get(rel)) is not None
         for size, mtime_ns, ino, _ in (unpack_stat(entry),)
         if mtime_ns >= 0
     }
     expected.update(dirs_before or {})
-    fastpath.write(
-        ws.settings.state_dir,
-        defs,
-        paths,
-        index.source_paths(),
-        {key: index.instances[key].items for key in ws.graph.sources},
-        min(retries, default=float(2**62)),
-        {**(recorded or {}), "skipped": skipped},
-        replaced=replaced,
-        expected=expected,
-        known=carried if restat is not None else None,
-        restat=restat,
-    )
+    return expected
 
 
 def changes_since(index: Any, ws: Any, look: Any) -> list[tuple[str, str]]:
@@ -119,6 +134,7 @@ def changes_since(index: Any, ws: Any, look: Any) -> list[tuple[str, str]]:
     or removed: what a session catching up from the stamp reports to its engine."""
     root = str(ws.settings.data_root)
     modified: list[str] = []
+    gone: list[str] = []
     comings_and_goings = False
     for path in look.changed:
         rel = os.path.relpath(path, root)
@@ -126,6 +142,8 @@ def changes_since(index: Any, ws: Any, look: Any) -> list[tuple[str, str]]:
             modified.append(rel)
         else:
             comings_and_goings = True  # a folder (files came or went) or a file gone
+            if not rel.startswith("..") and not os.path.lexists(path):
+                gone.append(rel)
     events: list[tuple[str, str]] = []
     if comings_and_goings:
         # Only then can the set of source files differ (each folder a scan walks is stamped):
@@ -133,5 +151,7 @@ def changes_since(index: Any, ws: Any, look: Any) -> list[tuple[str, str]]:
         now, sources_then = index.source_paths(), look.sources
         events += [("deleted", rel) for rel in sources_then - now]
         events += [("added", rel) for rel in now - sources_then]
+        # A stamped file gone that was no source: an output deleted by hand (its producer decides).
+        events += [("deleted", rel) for rel in gone if rel not in sources_then]
     events += [("modified", rel) for rel in modified]
     return events

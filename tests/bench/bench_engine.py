@@ -1,6 +1,7 @@
 """Benchmark `eventrunner run` against GNU make doing the same two-stage work.
 
 Run: python tests/bench/bench_engine.py [--entities 10000] [--repeat 5] [--jobs 2] [--keep]
+     python tests/bench/bench_engine.py --one-change-at 100000 [--workdir DIR] [--repeat 5]
 
 Generates, under a temp folder, N text files `inbox/{name}.txt` and two equal workspaces:
   make/  a Makefile: upper/%.txt <- inbox/%.txt (tr a-z A-Z), count/%.txt <- upper/%.txt (wc -w)
@@ -14,6 +15,8 @@ then times whole processes (time.perf_counter around subprocess.run):
                            total.txt (make: total.txt <- every count/%.txt): cold run and one
                            input changed, and the cold run's cost against the pipeline without it
 and checks that both tools produced byte-identical outputs on a sample of files.
+With --one-change-at N (e.g. 100000) only the one-changed-input rows are measured, at N
+entities, on workspaces built once and kept under --workdir (whole process, make -r beside).
 The temp folder is removed at the end unless --keep.
 """
 
@@ -218,6 +221,58 @@ def fmt_s(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
 
 
+def one_change_at_scale(n: int, workdir: Path, reps: int, jobs: int, seed: int) -> None:
+    """Rows "one changed input, N entities, whole process" (<= 0.3 s at 100,000) and "vs make -r
+    -jJ" (<= 1x at 10,000): a different input edited before each pair of timed processes. The
+    workspaces are built and brought up to date once under `workdir` and reused (100,000
+    entities take minutes to build on 2 cores)."""
+    cmd = eventrunner_cmd()
+    root = workdir / f"one-change-{n}"
+    mk, er = root / "make", root / "er"
+    if not (root / ".ready").exists():
+        shutil.rmtree(root, ignore_errors=True)
+        t0 = time.perf_counter()
+        build(root, n, seed)
+        er_run(cmd, er, jobs, 2 * n)
+        make_run(mk, jobs)
+        er_run(cmd, er, jobs, 0)
+        (root / ".ready").touch()
+        print(f"built and ran {n:,} entities once in {time.perf_counter() - t0:.0f} s at {root}")
+    rng = random.Random(time.time_ns())
+    er_s, mk_s, modes = [], [], []
+    for i in range(reps):
+        name = f"e{rng.randrange(n):06d}"
+        body = text_for(rng) + f"one change {i} {time.time_ns()}\n"
+        for ws in (mk, er):
+            path = ws / "inbox" / f"{name}.txt"
+            path.write_text(body)
+            future = time.time() + 1  # make compares mtimes: strictly newer than its outputs
+            os.utime(path, (future, future))
+        elapsed, proc = timed([*cmd, "-w", str(er), "run", "--json", "-j", str(jobs)], er)
+        result = json.loads(proc.stdout)
+        if result.get("executed") != 2 or result.get("failed"):
+            sys.exit(f"one-change run executed {result.get('executed')}, expected 2: {result}")
+        er_s.append(elapsed)
+        modes.append(result.get("mode", "?"))
+        mk_s.append(make_run(mk, jobs))
+        compare(mk, er, [], [name])
+    med = statistics.median
+    target = 0.3 if n >= 100_000 else None
+    print(f"one changed input, {n:,} entities x 2 stages, -j{jobs}, median of {reps}")
+    print("| measurement | eventrunner | make -r | ratio er/make | target | |")
+    print("|---|---|---|---|---|---|")
+    ratio = med(er_s) / med(mk_s)
+    print(
+        f"| one changed input, {n:,}, whole process | {fmt_s(med(er_s))} | {fmt_s(med(mk_s))} "
+        f"| {ratio:.2f} | {'<= 0.3 s' if target else '<= 1x make -r'} | "
+        f"{'ok' if (med(er_s) <= target if target else ratio <= 1) else 'MISSED'} |"
+    )
+    print(
+        f"eventrunner {', '.join(f'{x * 1000:.0f}' for x in er_s)} ms ({', '.join(modes)}); "
+        f"make -r {', '.join(f'{x * 1000:.0f}' for x in mk_s)} ms"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entities", type=int, default=10_000, help="inbox files (default 10000)")
@@ -227,9 +282,21 @@ def main() -> None:
     parser.add_argument(
         "--keep", action="store_true", help="keep the temp workspace and print its path"
     )
+    parser.add_argument(
+        "--one-change-at",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only the one-changed-input rows at N entities (workspace kept in --workdir)",
+    )
+    parser.add_argument("--workdir", type=Path, default=None, help="for --one-change-at")
     args = parser.parse_args()
     if shutil.which("make") is None:
         sys.exit("GNU make not found on PATH")
+    if args.one_change_at:
+        workdir = args.workdir or Path(tempfile.gettempdir()) / "er-bench-one-change"
+        one_change_at_scale(args.one_change_at, workdir, args.repeat, args.jobs, args.seed)
+        return
     n, reps, jobs = args.entities, args.repeat, args.jobs
     cmd = eventrunner_cmd()
     root = Path(tempfile.mkdtemp(prefix="er-bench-"))

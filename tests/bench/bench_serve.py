@@ -1,6 +1,7 @@
 """Benchmark `eventrunner serve`: drop-to-output latency, resident memory, start-up to ready.
 
 Run: python tests/bench/bench_serve.py [--sizes 100,100000] [--drops 50] [--workdir DIR] [--keep]
+                                      [--fanin-sizes 100000]
 
 For each size N, a workspace with N files `inbox/{name}.txt` and a two-stage chain
 (inbox -> upper -> count) is generated and brought up to date once with `eventrunner run`
@@ -15,6 +16,9 @@ For each size N, a workspace with N files `inbox/{name}.txt` and a two-stage cha
                 probed every 10 ms meanwhile: the worst answer time says how long the server
                 stalled), then again after one more drop (kept up from events)
   4. memory     RSS of the serve process (psutil) after the drops and the status call
+  5. with --fanin-sizes: the same pipeline plus a fan-in stage (total.txt): start-up to ready
+                after a clean stop (issue 15: <= 1 s at 100,000) and RSS at ready and after
+                drops (issue 15: <= 150 MB at 100,000 x 2 stages + a fan-in)
 Targets (DESIGN.md section 6): p50 < 100 ms, p50 ratio N=100,000 / N=100 < 1.5, RSS < 300 MB at
 100,000 entities x 2 stages, start-up < 3 s at 100,000 entities.
 """
@@ -39,7 +43,7 @@ from pathlib import Path
 import psutil
 
 # The same workspace as the engine benchmark (this folder is on sys.path when run as a script).
-from bench_engine import HANDLERS, PIPELINE, WORDS
+from bench_engine import FANIN_STAGE, HANDLERS, PIPELINE, WORDS
 
 READY_MARK = ".bench-ready"
 
@@ -49,7 +53,7 @@ def eventrunner_cmd() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "eventrunner.cli.main"]
 
 
-def build(ws: Path, n: int) -> float:
+def build(ws: Path, n: int, fanin: bool = False) -> float:
     """Generate the workspace and bring it up to date once; returns the `run` time (0 if reused)."""
     if (ws / READY_MARK).exists():
         return 0.0
@@ -58,7 +62,7 @@ def build(ws: Path, n: int) -> float:
     (ws / "inbox").mkdir(parents=True)
     (ws / "pipelines").mkdir()
     (ws / "handlers").mkdir()
-    (ws / "pipelines/bench.toml").write_text(PIPELINE)
+    (ws / "pipelines/bench.toml").write_text(PIPELINE + (FANIN_STAGE if fanin else ""))
     (ws / "handlers/textops.py").write_text(HANDLERS)
     for i in range(n):
         words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 12)))
@@ -71,7 +75,7 @@ def build(ws: Path, n: int) -> float:
     )
     elapsed = time.perf_counter() - began
     result = json.loads(proc.stdout) if proc.stdout.strip() else {}
-    if proc.returncode != 0 or result.get("executed") != 2 * n:
+    if proc.returncode != 0 or result.get("executed") != 2 * n + fanin:
         sys.exit(f"run failed ({proc.returncode}): {result}\n{proc.stderr[-2000:]}")
     os.sync()  # so that the first commits under serve do not pay for the generation's writes
     (ws / READY_MARK).touch()
@@ -184,6 +188,40 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms"
 
 
+def fanin_rows(workdir: Path, n: int, starts: int, drops: int) -> list[str]:
+    """Rows "serve start-up to ready after a clean stop" (<= 1 s at 100,000) and "serve resident
+    memory, N x 2 stages + a fan-in" (<= 150 MB): on the engine benchmark's pipeline with its
+    fan-in stage (total.txt over every count), built once under `workdir`."""
+    ws = workdir / f"ws-fanin-{n}"
+    built = build(ws, n, fanin=True)
+    if built:
+        print(f"N={n} + fan-in: generated and ran once in {built:.1f} s", file=sys.stderr)
+    times, ready_rss = [], []
+    for _ in range(starts):
+        server = Serve(ws, {})
+        queued = server.queued_at_ready()
+        ready_rss.append(server.rss_mb())
+        server.stop()  # a clean stop: the next start begins from its stamp
+        if queued != 0:
+            sys.exit(f"N={n} + fan-in: {queued} state(s) stale at start-up; expected none")
+        times.append(server.startup)
+    server = Serve(ws, {})
+    try:
+        drop_latencies(ws, drops, f"fanin-{time.strftime('%H%M%S')}")
+        after = server.rss_mb()
+    finally:
+        server.stop()
+    med = statistics.median(times)
+    peak = max(after, *ready_rss)
+    return [
+        f"| serve start-up to ready after a clean stop, {n:,} + fan-in | {med:.2f} s "
+        f"({', '.join(f'{t:.2f}' for t in times)}) | <= 1 s | {'ok' if med <= 1 else 'MISSED'} |",
+        f"| serve RSS, {n:,} x 2 stages + fan-in: at ready / after {drops} drops "
+        f"| {statistics.median(ready_rss):.0f} MB / {after:.0f} MB | <= 150 MB "
+        f"| {'ok' if peak <= 150 else 'MISSED'} |",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--sizes", default="100,100000")
@@ -191,8 +229,13 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep a temporary workdir")
+    parser.add_argument(
+        "--fanin-sizes",
+        default="",
+        help="also the start-up and memory rows with a fan-in at these sizes (e.g. 100000)",
+    )
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",") if s]
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-serve-"))
     workdir.mkdir(parents=True, exist_ok=True)
     tag = time.strftime("%H%M%S")
@@ -237,6 +280,11 @@ def main() -> None:
                         ms(stall),
                     ]
                 )
+        fanin = [
+            row
+            for n in (int(x) for x in args.fanin_sizes.split(",") if x)
+            for row in fanin_rows(workdir, n, args.starts, min(args.drops, 20))
+        ]
     finally:
         if args.workdir is None and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -249,6 +297,9 @@ def main() -> None:
           f"{args.starts} (process start to serving line, nothing stale)")  # fmt: skip
     for r in [head, ["-" * w for w in widths], *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+    if fanin:
+        print("| measurement | measured | target | |\n|---|---|---|---|")
+        print("\n".join(fanin))
     if len(sizes) >= 2:
         small, big = min(sizes), max(sizes)
         for label in configs:
