@@ -245,18 +245,38 @@ def write(
     if recorded_defs is None:
         discard(state_dir)
         return False
-    names, raw = base
-    stats = array("q")
-    stats.frombytes(raw)
     restat = list(dict.fromkeys(restat))
-    where = _positions(names, restat)
-    gone: set[int] = set()
-    added: list[tuple[str, tuple[int, int, int]]] = []
     try:
         fresh = [(path, _vouch_stat(path, now, exempt, expected)) for path in restat]
     except _MovedMidRun:
         discard(state_dir)
         return False
+    names, stats = _patched(base, fresh)
+    _save(
+        state_dir,
+        {
+            "defs": _pack(recorded_defs),
+            "paths": (names, stats.tobytes()),
+            "sources": sources,
+            "source_ids": source_ids,
+            "not_after": not_after,
+            "result": result,
+        },
+    )
+    return True
+
+
+def _patched(
+    base: tuple[str, bytes], fresh: list[tuple[str, tuple[int, int, int] | None]]
+) -> tuple[str, array[int]]:
+    """The packed (names, stats) of `base` with the `fresh` stats applied: updated in place,
+    added at the end, or (None: gone) left out."""
+    names, raw = base
+    stats = array("q")
+    stats.frombytes(raw)
+    where = _positions(names, [path for path, _ in fresh])
+    gone: set[int] = set()
+    added: list[tuple[str, tuple[int, int, int]]] = []
     for path, ident in fresh:
         i = where.get(path)
         if i is None:
@@ -274,18 +294,7 @@ def write(
         extra_names, extra_stats = _pack(added)
         names = names + "\0" + extra_names if names else extra_names
         stats.frombytes(extra_stats)
-    _save(
-        state_dir,
-        {
-            "defs": _pack(recorded_defs),
-            "paths": (names, stats.tobytes()),
-            "sources": sources,
-            "source_ids": source_ids,
-            "not_after": not_after,
-            "result": result,
-        },
-    )
-    return True
+    return names, stats
 
 
 def pack_sources(

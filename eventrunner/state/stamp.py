@@ -60,10 +60,7 @@ def write_stamp(
     stats the previous stamp recorded, which a look found still true. O(changes), not a stat
     and a string per file. `same_sources`: the source files are the base's (no folder changed)."""
     root = str(ws.settings.data_root)
-    defs = fastpath.definition_files(ws.root)
-    defs += sorted({str(ref.path) for ref in ws.handlers.values() if ref.stock})
-    # Every change of state (invalidate, hold, ...) rewrites the cache or grows its journal.
-    defs += [str(index.cache_path), str(index.journal_path)]
+    defs = _definitions(ws, index)
     dirs = list(dirs_before) if dirs_before else scan_dirs(ws)
     retries = [
         f.next_retry
@@ -71,13 +68,7 @@ def write_stamp(
         for f in fs.values()
         if not f.dead and f.next_retry
     ]
-    # Our own outputs are replaced by rename (a new inode): the racy window does not concern them.
-    # The journal only grows between compactions (which replace it): its size always moves.
-    replaced = [
-        str(index.cache_path),
-        str(index.journal_path),
-        *(os.path.join(root, rel) for rel in index.files.written),
-    ]
+    replaced = _replaced(index, root)
     if base is not None and same_sources:
         sources, source_ids = base.packed_sources, base.packed_source_ids
     else:
@@ -89,7 +80,17 @@ def write_stamp(
     prefix = os.path.join(root, "")
     if base is None or not dirs_before:
         # Cache entries of files gone since (an orphan's input) played no part in the evaluation.
-        paths = dirs + sorted({prefix + rel for rel in index.files.entries} - set(dirs))
+        # Every recorded output is checked too (a hand edit makes it stale), cached or not: the
+        # file cache forgets entries it hashed within the racy window, as it does an output
+        # committed just before a save.
+        known = {prefix + rel for rel in index.files.entries}
+        known.update(
+            prefix + rel
+            for ms in index.manifests.values()
+            for m in ms.values()
+            for rel in m.output_paths
+        )
+        paths = dirs + sorted(known - set(dirs))
         expected = _expected(index, index.files.entries, prefix, dirs_before)
         return fastpath.write(
             ws.settings.state_dir, defs, paths, *common, result, replaced, expected
@@ -107,6 +108,25 @@ def write_stamp(
         expected,
         base=base.packed_paths,
     )
+
+
+def _definitions(ws: Any, index: Any) -> list[str]:
+    """What makes a full evaluation when it changes: the pipeline files, stock handlers, and the
+    index cache (every change of state, invalidate, hold, ..., rewrites it or grows its journal)."""
+    defs = fastpath.definition_files(ws.root)
+    defs += sorted({str(ref.path) for ref in ws.handlers.values() if ref.stock})
+    return [*defs, str(index.cache_path), str(index.journal_path)]
+
+
+def _replaced(index: Any, root: str) -> list[str]:
+    """Files only ever replaced by rename (a new inode): the racy window does not concern them.
+    Our own outputs, the cache, and the journal (it only grows between compactions, which
+    replace it: its size always moves)."""
+    return [
+        str(index.cache_path),
+        str(index.journal_path),
+        *(os.path.join(root, rel) for rel in index.files.written),
+    ]
 
 
 def _expected(
