@@ -58,6 +58,13 @@ class Evaluator:
         self._hashes.clear()
         self.now = time.time() if now is None else now
 
+    def written(self, hashes: dict[str, str]) -> None:
+        """Files a commit just put in place, with their hashes: this pass need not stat them
+        again (their producer's verdict and their readers' inputs both read them)."""
+        if len(self._hashes) + len(hashes) > _RECENT_HASHES:
+            self._hashes.clear()
+        self._hashes.update(hashes)
+
     def _hash(self, relpath: str) -> str | None:
         try:
             return self._hashes[relpath]

@@ -17,6 +17,7 @@ from eventrunner.core.records import Failure, Manifest
 from eventrunner.core.redact import redact
 from eventrunner.core.staleness import after_failure
 from eventrunner.run.commit import Commit, Committer
+from eventrunner.run.evaluate import Evaluator
 from eventrunner.run.events import EventBus, Failed, Succeeded
 from eventrunner.run.invoke import Written
 from eventrunner.run.planner import Planner, Target
@@ -36,6 +37,7 @@ class Finishing:
     index: Index
     ws: Workspace
     committer: Committer
+    evaluator: Evaluator
     outcome: RunReport
     events: EventBus
     planner: Planner
@@ -201,4 +203,6 @@ class Finishing:
         if (q, eid) in self._rerun:
             self._rerun.discard((q, eid))
             targets.append((q, eid, manifest.values))
-        self.consider(targets)
+        self.evaluator.reset()
+        self.evaluator.written(manifest.outputs)  # in place and stat'ed by record_success
+        self.consider(targets, fresh_pass=True)
