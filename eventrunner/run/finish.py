@@ -192,17 +192,18 @@ class Finishing:
         self.index.attempt_ended(q, eid)
         targets: list[Target] = []
         pattern = self.index.instances[stage.output.key].pattern
-        for relpath in manifest.outputs:
+        outputs = manifest.outputs  # a dict built per access
+        for relpath in outputs:
             values = pattern.match(relpath)
             if values is not None:
                 targets.extend(self.planner.downstream_of(stage.output.key, values))
-        for relpath in old.outputs if old else ():
+        for relpath in old.output_paths if old else ():
             values = pattern.match(relpath)
-            if relpath not in manifest.outputs and values is not None:
+            if relpath not in outputs and values is not None:
                 targets.extend(self.planner.removed_targets(stage.output.key, values))
         if (q, eid) in self._rerun:
             self._rerun.discard((q, eid))
             targets.append((q, eid, manifest.values))
         self.evaluator.reset()
-        self.evaluator.written(manifest.outputs)  # in place and stat'ed by record_success
+        self.evaluator.written(outputs)  # in place, and stat'ed by record_success
         self.consider(targets, fresh_pass=True)
