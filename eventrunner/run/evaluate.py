@@ -10,6 +10,8 @@ from eventrunner.core.staleness import Facts, Verdict, decide
 from eventrunner.state.hashing import combine
 from eventrunner.state.index import Index
 
+_RECENT_HASHES = 4096  # file hashes an evaluator keeps between resets
+
 
 @dataclass
 class InputFile:
@@ -45,11 +47,32 @@ class Evaluator:
         self.ws = index.ws
         self.now = time.time() if now is None else now
         self._memo: dict[tuple[str, str], Verdict] = {}
+        # File hashes read in this pass: a member's output is read by its producer's verdict
+        # and again, just after, as the consumer's input; one stat serves both (the verdicts
+        # they feed are memoised for the same span). Bounded: only the recent reads matter.
+        self._hashes: dict[str, str | None] = {}
 
     def reset(self, now: float | None = None) -> None:
-        """Forget memoised verdicts (state changed)."""
+        """Forget memoised verdicts and file hashes (state changed)."""
         self._memo.clear()
+        self._hashes.clear()
         self.now = time.time() if now is None else now
+
+    def written(self, hashes: dict[str, str]) -> None:
+        """Files a commit just put in place, with their hashes: this pass need not stat them
+        again (their producer's verdict and their readers' inputs both read them)."""
+        if len(self._hashes) + len(hashes) > _RECENT_HASHES:
+            self._hashes.clear()
+        self._hashes.update(hashes)
+
+    def _hash(self, relpath: str) -> str | None:
+        try:
+            return self._hashes[relpath]
+        except KeyError:
+            if len(self._hashes) >= _RECENT_HASHES:
+                self._hashes.clear()
+            digest = self._hashes[relpath] = self.index.files.hash(relpath)
+            return digest
 
     @property
     def memo_size(self) -> int:
@@ -92,7 +115,8 @@ class Evaluator:
                     if pverdict.state != "fresh":
                         upstream.append(f"{producer} {peid} ({pverdict.state})")
                         continue
-                digest = idx.files.hash(relpath)
+                # A run's own gather (check_upstream=False) reads the files afresh.
+                digest = self._hash(relpath) if check_upstream else idx.files.hash(relpath)
                 if digest is None:
                     (upstream if producer else missing).append(relpath)
                     continue
@@ -122,7 +146,7 @@ class Evaluator:
         g = self.gather(qualname, values) if exists else Gathered([], [], [])
         inputs = g.hashes()
         recorded = m.output_paths if m else ()
-        outputs_now = {p: idx.files.hash(p) for p in recorded}
+        outputs_now = {p: self._hash(p) for p in recorded}
         if m is not None and not recorded and not self.ws.graph.stages[qualname].fanout_vars:
             outputs_now = {self.ws.graph.stages[qualname].output.join(values): None}
         return Facts(

@@ -18,6 +18,7 @@ from eventrunner.core.redact import redact
 from eventrunner.core.staleness import after_failure
 from eventrunner.run.capture import attach, output_of
 from eventrunner.run.commit import Commit, Committer
+from eventrunner.run.evaluate import Evaluator
 from eventrunner.run.events import Dead, EventBus, Failed, Succeeded
 from eventrunner.run.invoke import Written
 from eventrunner.run.planner import Planner, Target
@@ -37,6 +38,7 @@ class Finishing:
     index: Index
     ws: Workspace
     committer: Committer
+    evaluator: Evaluator
     outcome: RunReport
     events: EventBus
     planner: Planner
@@ -197,18 +199,21 @@ class Finishing:
         self.index.attempt_ended(q, eid)
         targets: list[Target] = []
         pattern = self.index.instances[stage.output.key].pattern
-        for relpath in manifest.outputs:
+        outputs = manifest.outputs  # a dict built per access
+        for relpath in outputs:
             values = pattern.match(relpath)
             if values is not None:
                 targets.extend(self.planner.downstream_of(stage.output.key, values))
-        for relpath in old.outputs if old else ():
+        for relpath in old.output_paths if old else ():
             values = pattern.match(relpath)
-            if relpath not in manifest.outputs and values is not None:
+            if relpath not in outputs and values is not None:
                 targets.extend(self.planner.removed_targets(stage.output.key, values))
         if (q, eid) in self._rerun:
             self._rerun.discard((q, eid))
             targets.append((q, eid, manifest.values))
-        self.consider(targets)
+        self.evaluator.reset()
+        self.evaluator.written(outputs)  # in place, and stat'ed by record_success
+        self.consider(targets, fresh_pass=True)
 
 
 def _output(

@@ -67,6 +67,7 @@ class Context:
     log: HandlerLog
     timeout: float | None = None  # the stage's timeout, for handlers that start subprocesses
     secrets: Secrets = field(default_factory=Secrets)
+    _relpath: str | None = field(default=None, repr=False)  # final_path's relpath, made once
 
     def secret(self, name: str) -> str:
         """A secret from the environment; PermanentError when unset."""
@@ -87,17 +88,38 @@ class Written:
             remove_path(tmp)
 
 
-def _hints(func: Callable[..., Any]) -> dict[str, Any]:
-    try:
-        return typing.get_type_hints(func)
-    except Exception:
-        return dict(getattr(func, "__annotations__", {}))
+@dataclass(frozen=True)
+class _Shape:
+    """What a handler's signature says, read once per function object (not per call: the
+    signature and type hints cost more than a small handler's whole run)."""
+
+    ctx: bool  # first parameter is `ctx`
+    hints: dict[str, Any]
+    var_kw: str | None  # the name of `**inputs`, if any
+
+
+_shapes: dict[Callable[..., Any], _Shape] = {}
+
+
+def _shape(func: Callable[..., Any]) -> _Shape:
+    found = _shapes.get(func)
+    if found is None:
+        try:
+            hints = typing.get_type_hints(func)
+        except Exception:
+            hints = dict(getattr(func, "__annotations__", {}))
+        params = inspect.signature(func).parameters
+        var_kw = next((p.name for p in params.values() if p.kind is p.VAR_KEYWORD), None)
+        found = _Shape(next(iter(params), None) == "ctx", hints, var_kw)
+        if len(_shapes) > 4096:  # handlers re-imported many times in a long serve
+            _shapes.clear()
+        _shapes[func] = found
+    return found
 
 
 def wants_ctx(func: Callable[..., Any]) -> bool:
     """True when the handler's first parameter is `ctx`."""
-    params = list(inspect.signature(func).parameters)
-    return bool(params) and params[0] == "ctx"
+    return _shape(func).ctx
 
 
 def convert(path: Path, annotation: Any, what: str) -> Any:
@@ -130,13 +152,10 @@ def build_kwargs(
     stage: Stage, func: Callable[..., Any], files: list[InputFile], root: Path
 ) -> dict[str, Any]:
     """Keyword arguments for the handler: map inputs as one value, fan-in inputs as dict by member id."""
-    hints = _hints(func)
+    shape = _shape(func)
+    hints = shape.hints
     # `**inputs: Path` annotates every input that has no parameter of its own (stock handlers).
-    var_kw = next(
-        (p.name for p in inspect.signature(func).parameters.values() if p.kind is p.VAR_KEYWORD),
-        None,
-    )
-    default_ann = hints.get(var_kw) if var_kw else None
+    default_ann = hints.get(shape.var_kw) if shape.var_kw else None
     kwargs: dict[str, Any] = {}
     for inp in stage.inputs:
         ann = hints.get(inp.name, default_ann)
@@ -222,8 +241,8 @@ def store_result(
             Written(temps, {}).discard()  # the items written before the failing one
             raise
         return Written(temps, hashes)
-    relpath = stage.output.format(values)
     assert ctx.output_path is not None and ctx.final_path is not None
+    relpath = ctx._relpath or stage.output.format(values)
     if result is None:
         if not ctx.output_path.exists():
             raise HandlerError(
@@ -232,12 +251,25 @@ def store_result(
         temps.append((ctx.output_path, ctx.final_path))
         hashes[relpath] = hash_path(ctx.output_path)
         return Written(temps, hashes)
-    if os.path.lexists(ctx.output_path):  # one lstat: written by the handler, or a link
-        Written([(ctx.output_path, ctx.output_path)], {}).discard()  # the returned value wins
     data = encode(result, stage.qualname)
-    temps.append((_write_temp(ctx.final_path, data), ctx.final_path))
+    temps.append((_write_returned(ctx.output_path, ctx.final_path, data), ctx.final_path))
     hashes[relpath] = hash_bytes(data)  # hashed from memory: no read-back
     return Written(temps, hashes)
+
+
+def _write_returned(tmp: Path, final: Path, data: bytes) -> Path:
+    """Write a returned value to ctx.output_path when the handler left nothing there (the
+    usual case: one exclusive create, no lstat first), else to a fresh temp: whatever the
+    handler put there (a file, a link, a folder) is removed, as the returned value wins."""
+    try:
+        write_file(tmp, data, exclusive=True)
+    except FileExistsError:
+        Written([(tmp, tmp)], {}).discard()
+    except FileNotFoundError:  # the folder was removed since we created it
+        pass
+    else:
+        return tmp
+    return _write_temp(final, data)
 
 
 def _fanout_values(stage: Stage, key: Any) -> dict[str, str]:
@@ -256,7 +288,8 @@ def _fanout_values(stage: Stage, key: Any) -> dict[str, str]:
 def make_context(stage: Stage, values: dict[str, str], attempt: int, root: Path) -> Context:
     """The ctx of one run; output_path is a temp path renamed into place on commit."""
     eid = entity_id(stage.entity_vars, values)
-    final = None if stage.fanout_vars else output_path(root, stage.output.format(values))
+    relpath = None if stage.fanout_vars else stage.output.format(values)
+    final = None if relpath is None else output_path(root, relpath)
     tmp = temp_path(final) if final is not None else None
     adapter = HandlerLog(
         logging.getLogger(f"eventrunner.handler.{stage.qualname}"), {"entity": eid}
@@ -273,6 +306,7 @@ def make_context(stage: Stage, values: dict[str, str], attempt: int, root: Path)
         data_root=root,
         log=adapter,
         timeout=stage.timeout,
+        _relpath=relpath,
     )
 
 

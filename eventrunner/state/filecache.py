@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from eventrunner.state.hashing import hash_path
+from eventrunner.state.hashing import hash_file, hash_path, hash_tree
 
 # A file modified this recently may be modified again within the same mtime tick; don't trust
 # its cached hash (git's "racily clean" problem).
@@ -73,8 +73,13 @@ class FileCache:
         if entry is not None and entry[:24] == _KEY.pack(st.st_size, st.st_mtime_ns, st.st_ino):
             return entry[24:].hex()
         self.touched.add(relpath)
-        try:
-            digest = hash_path(Path(path))
+        try:  # the stat above already tells a folder from a file (hash_path would stat again)
+            digest = hash_tree(path) if stat.S_ISDIR(st.st_mode) else hash_file(path)
+        except (IsADirectoryError, NotADirectoryError):  # swapped for the other kind meanwhile
+            try:
+                digest = hash_path(path)
+            except FileNotFoundError:
+                return None
         except FileNotFoundError:
             return None
         entry = pack_stat(st.st_size, _trusted_mtime(st), st.st_ino, digest)

@@ -41,6 +41,7 @@ _PROCESS_TAG = os.urandom(3).hex()
 _OWN_PREFIX = TMP_PREFIX + _PROCESS_TAG
 _counter = itertools.count()
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+_EXCL_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -64,10 +65,13 @@ def is_own_temp(name: str) -> bool:
     return name.startswith(_OWN_PREFIX)
 
 
-def write_file(path: Path | str, data: bytes, *, fsync: bool = False) -> None:
+def write_file(
+    path: Path | str, data: bytes, *, fsync: bool = False, exclusive: bool = False
+) -> None:
     """Write bytes to a (temp) file with plain os calls: no buffered-file object, no isatty or
-    seek probes (per execution on the hot path: each syscall is also a GIL hand-off)."""
-    fd = os.open(path, _WRITE_FLAGS, 0o666)
+    seek probes (per execution on the hot path: each syscall is also a GIL hand-off).
+    `exclusive`: FileExistsError if anything (even a dangling link) is at `path` already."""
+    fd = os.open(path, _EXCL_FLAGS if exclusive else _WRITE_FLAGS, 0o666)
     try:
         view = memoryview(data)
         while view:

@@ -18,6 +18,10 @@ and checks that both tools produced byte-identical outputs on a sample of files.
 With --one-change-at N (e.g. 100000) only the one-changed-input rows are measured, at N
 entities, on workspaces built once and kept under --workdir (whole process, make -r beside).
 The temp folder is removed at the end unless --keep.
+
+--scaling instead runs the cold-run rows of issue 15 alone (see cold_scaling): at each size of
+--sizes (default 1000,10000; --full adds 100000) a cold run of the two-stage chain and of the
+same with the fan-in, with wall time and CPU seconds (user + system of the child) per execution.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -290,7 +295,16 @@ def main() -> None:
         help="only the one-changed-input rows at N entities (workspace kept in --workdir)",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="for --one-change-at")
+    parser.add_argument("--scaling", action="store_true", help="only the cold-run scaling rows")
+    parser.add_argument(
+        "--sizes", default="1000,10000", help="--scaling sizes (default 1000,10000)"
+    )
+    parser.add_argument("--full", action="store_true", help="--scaling: add 100000 (slow)")
     args = parser.parse_args()
+    if args.scaling:
+        sizes = [int(x) for x in args.sizes.split(",")] + ([100_000] if args.full else [])
+        cold_scaling(sizes, args.jobs, args.seed, args.repeat, args.keep)
+        return
     if shutil.which("make") is None:
         sys.exit("GNU make not found on PATH")
     if args.one_change_at:
@@ -470,6 +484,83 @@ def main() -> None:
             print(f"kept: {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def cold_timed(cmd: list[str], er: Path, jobs: int, executed: int) -> tuple[float, float]:
+    """A cold `eventrunner run`: (wall seconds, CPU seconds of the child, user + system)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = er_run(cmd, er, jobs, executed)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def cold_scaling(sizes: list[int], jobs: int, seed: int, repeat: int, keep: bool) -> None:
+    """Issue 15's cold-run rows: executions/s at 10k x 2 stages (target >= 2,000/s), and
+    map -> map -> fan-in against the same without the fan-in (target <= 1.3x per execution,
+    per-entity cost flat from 1k to 100k). Each run is cold (a fresh copy of the inbox);
+    the median of min(repeat, 3) runs per size (1 at 100k)."""
+    cmd = eventrunner_cmd()
+    root = Path(tempfile.mkdtemp(prefix="er-scale-"))
+    rows: list[tuple[str, ...]] = []
+    per_entity: dict[int, float] = {}
+    try:
+        for n in sizes:
+            reps = 1 if n >= 100_000 else max(1, min(repeat, 3))
+            got: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+            for rep in range(reps):
+                for fanin in (False, True):  # alternated, so both see the same machine load
+                    base = root / f"{n}-{int(fanin)}-{rep}"
+                    _, er, _ = build(base, n, seed, fanin=fanin)
+                    got[fanin].append(cold_timed(cmd, er, jobs, 2 * n + int(fanin)))
+                    shutil.rmtree(base, ignore_errors=True)
+            med = statistics.median
+            for fanin in (False, True):
+                wall = med(w for w, _ in got[fanin])
+                cpu = med(c for _, c in got[fanin])
+                execs = 2 * n + int(fanin)
+                if fanin:
+                    per_entity[n] = wall / n
+                rows.append(
+                    (
+                        f"{n:,}",
+                        "map -> map -> fan-in" if fanin else "map -> map",
+                        fmt_s(wall),
+                        f"{execs / wall:,.0f}/s",
+                        f"{cpu / execs * 1e6:,.0f} us",
+                        f"{wall / n * 1e6:,.0f} us",
+                        ">= 2,000/s" if n == 10_000 and not fanin else "",
+                    )
+                )
+            ratio = med(w for w, _ in got[True]) / med(w for w, _ in got[False])
+            cpu_ratio = med(c for _, c in got[True]) / med(c for _, c in got[False])
+            rows.append(
+                (
+                    f"{n:,}",
+                    "  fan-in / without",
+                    f"{ratio:.2f}x",
+                    "",
+                    f"{cpu_ratio:.2f}x",
+                    "",
+                    "<= 1.3x" + (" ok" if ratio <= 1.3 else " MISSED"),
+                )
+            )
+    finally:
+        if keep:
+            print(f"kept: {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    head = ("entities", "pipeline", "cold wall", "executions/s", "CPU/execution")
+    head += ("wall/entity", "target")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    print(f"cold runs, -j{jobs}, {os.cpu_count()} CPUs (median of up to 3, alternated)")
+    for r in [head, tuple("-" * w for w in widths), *rows]:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
+    if len(per_entity) >= 2:
+        small, big = min(per_entity), max(per_entity)
+        growth = per_entity[big] / per_entity[small]
+        print(
+            f"fan-in pipeline wall per entity, {big:,} vs {small:,}: {growth:.2f}x (target: flat)"
+        )
 
 
 if __name__ == "__main__":

@@ -21,6 +21,11 @@ For each size N, a workspace with N files `inbox/{name}.txt` and a two-stage cha
                 drops (issue 15: <= 150 MB at 100,000 x 2 stages + a fan-in)
 Targets (DESIGN.md section 6): p50 < 100 ms, p50 ratio N=100,000 / N=100 < 1.5, RSS < 300 MB at
 100,000 entities x 2 stages, start-up < 3 s at 100,000 entities.
+
+--fanin instead runs issue 15's fan-in rows (see fanin_rows), on the same chain plus a fan-in
+`total.txt` summing every count: for each size, `run` cold against `serve` cold start to the
+final total (target <= 2x), then drop -> total.txt latency (target p50 < 100 ms) on the built
+workspace (kept in --workdir, so a 100,000-entity one is built once).
 """
 
 from __future__ import annotations
@@ -188,7 +193,7 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms"
 
 
-def fanin_rows(workdir: Path, n: int, starts: int, drops: int) -> list[str]:
+def fanin_start_and_memory(workdir: Path, n: int, starts: int, drops: int) -> list[str]:
     """Rows "serve start-up to ready after a clean stop" (<= 1 s at 100,000) and "serve resident
     memory, N x 2 stages + a fan-in" (<= 150 MB): on the engine benchmark's pipeline with its
     fan-in stage (total.txt over every count), built once under `workdir`."""
@@ -234,10 +239,18 @@ def main() -> None:
         default="",
         help="also the start-up and memory rows with a fan-in at these sizes (e.g. 100000)",
     )
+    parser.add_argument("--fanin", action="store_true", help="only the fan-in rows (issue 15)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-serve-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.fanin:
+        try:
+            fanin_rows(workdir, sizes, args.drops)
+        finally:
+            if args.workdir is None and not args.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+        return
     tag = time.strftime("%H%M%S")
     configs = {"default (settle 50ms)": {}, "settle 0": {"EVENTRUNNER_RUNTIME_SETTLE": "0s"}}
     rows: list[list[str]] = []
@@ -283,7 +296,7 @@ def main() -> None:
         fanin = [
             row
             for n in (int(x) for x in args.fanin_sizes.split(",") if x)
-            for row in fanin_rows(workdir, n, args.starts, min(args.drops, 20))
+            for row in fanin_start_and_memory(workdir, n, args.starts, min(args.drops, 20))
         ]
     finally:
         if args.workdir is None and not args.keep:
@@ -305,6 +318,103 @@ def main() -> None:
         for label in configs:
             ratio = p50s[(label, big)] / p50s[(label, small)]
             print(f"p50 ratio N={big:,} / N={small:,} ({label}): {ratio:.2f}")
+
+
+def fanin_workspace(ws: Path, n: int) -> int:
+    """The chain plus a fan-in total over every count, not yet run; returns the expected total."""
+    shutil.rmtree(ws, ignore_errors=True)
+    rng = random.Random(n)
+    for folder in ("inbox", "pipelines", "handlers"):
+        (ws / folder).mkdir(parents=True)
+    (ws / "pipelines/bench.toml").write_text(PIPELINE + FANIN_STAGE)
+    (ws / "handlers/textops.py").write_text(HANDLERS)
+    total = 0
+    for i in range(n):
+        k = rng.randint(1, 12)
+        total += k
+        (ws / f"inbox/e{i:06d}.txt").write_text(
+            " ".join(rng.choice(WORDS) for _ in range(k)) + "\n"
+        )
+    os.sync()
+    return total
+
+
+def wait_for(path: Path, text: str, deadline: float, what: str) -> float:
+    """Poll (every 1 ms) until `path` holds `text`; the time it did."""
+    while True:
+        try:
+            if path.read_text() == text:
+                return time.perf_counter()
+        except FileNotFoundError:
+            pass
+        if time.perf_counter() > deadline:
+            sys.exit(f"{what}: {path.name} did not reach {text!r} in time")
+        time.sleep(0.001)
+
+
+def fanin_rows(workdir: Path, sizes: list[int], drops: int) -> None:
+    """Per size: cold `run` vs cold `serve` to the final total; then drop -> total.txt."""
+    rows: list[list[str]] = []
+    for n in sizes:
+        ws = workdir / f"fanin-{n}"
+        ready = ws / READY_MARK
+        cold_run = cold_serve = 0.0
+        if not ready.exists():
+            total = fanin_workspace(ws, n)
+            began = time.perf_counter()
+            proc = subprocess.run(
+                [*eventrunner_cmd(), "-w", str(ws), "run", "--json", "-j", "2"],
+                capture_output=True,
+                text=True,
+            )
+            cold_run = time.perf_counter() - began
+            if proc.returncode != 0 or (ws / "total.txt").read_text() != f"{total}\n":
+                sys.exit(f"run failed ({proc.returncode}): {proc.stderr[-2000:]}")
+            if n <= 20_000:  # serve's own cold start, on a second fresh copy
+                fanin_workspace(ws, n)
+                began = time.perf_counter()
+                server = Serve(ws, {})
+                try:
+                    wait_for(ws / "total.txt", f"{total}\n", began + 3600, "serve cold start")
+                    cold_serve = time.perf_counter() - began
+                finally:
+                    server.stop()
+            (ws / ".bench-total").write_text(str(total))
+            ready.touch()
+        total = int((ws / ".bench-total").read_text())
+        server = Serve(ws, {})
+        lat: list[float] = []
+        try:
+            for i in range(drops):
+                words = 100 + i
+                total += words
+                began = time.perf_counter()
+                (ws / f"inbox/drop-{time.strftime('%H%M%S')}-{i:03d}.txt").write_text("w " * words)
+                done = wait_for(ws / "total.txt", f"{total}\n", began + 60, "drop")
+                lat.append(done - began)
+            startup = server.startup
+        finally:
+            server.stop()
+            (ws / ".bench-total").write_text(str(total))
+        ratio = f"{cold_serve / cold_run:.2f}x" if cold_serve else "(built before)"
+        rows.append(
+            [
+                f"{n:,}",
+                f"{cold_run:.1f} s" if cold_run else "-",
+                f"{cold_serve:.1f} s" if cold_serve else "-",
+                ratio,
+                f"{startup:.2f} s",
+                ms(statistics.median(lat)),
+                ms(pct(lat, 0.9)),
+                ms(max(lat)),
+            ]
+        )
+    head = ["entities", "run cold", "serve cold to total", "serve/run (<= 2x)", "serve start-up"]
+    head += ["drop -> total p50 (< 100 ms)", "p90", "max"]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    print(f"fan-in (inbox -> upper -> count -> total.txt), {drops} sequential drops per size")
+    for r in [head, ["-" * w for w in widths], *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
 
 
 if __name__ == "__main__":
