@@ -5,13 +5,16 @@ Real processes killed with SIGKILL (or ending themselves with os._exit), real fi
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import pytest
 from conftest import MakeWorkspace
 from serve_helpers import request, wait_until
 
@@ -45,6 +48,8 @@ DEBRIS_HANDLERS = """\
 import time
 from collections.abc import Mapping
 from pathlib import Path
+
+import pytest
 
 BLOCK = Path(__file__).resolve().parent.parent / "block"
 GO = Path(__file__).resolve().parent.parent / "go"
@@ -160,6 +165,8 @@ POISON_HANDLERS = """\
 import os
 from pathlib import Path
 
+import pytest
+
 STARTS = Path(__file__).resolve().parent.parent / "starts.log"
 
 
@@ -198,13 +205,33 @@ def _serve(root: Path, log: Path) -> subprocess.Popen[str]:
         )
 
 
+class _AlertReceiver(http.server.BaseHTTPRequestHandler):
+    """Keeps each alert's JSON body (a Slack-style webhook receiver on 127.0.0.1)."""
+
+    bodies: list[dict[str, str]] = []
+
+    def do_POST(self) -> None:
+        length = int(self.headers["Content-Length"])
+        type(self).bodies.append(json.loads(self.rfile.read(length)))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
 def test_a_handler_that_ends_the_process_goes_dead_after_its_attempts_and_serve_survives(
-    make_workspace: MakeWorkspace, tmp_path: Path
+    make_workspace: MakeWorkspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given a handler that calls os._exit for one entity, with three attempts allowed
+    # Given a handler that calls os._exit for one entity, with three attempts allowed, and an
+    # alert webhook that receives what goes dead
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AlertReceiver)
+    _AlertReceiver.bodies = []
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    monkeypatch.setenv("ER_TEST_ALERT_URL", f"http://127.0.0.1:{receiver.server_port}/hook")
     ws = make_workspace(
         {
-            "eventrunner.toml": POISON_RUNTIME,
+            "eventrunner.toml": POISON_RUNTIME + '[alert]\nurl_env = "ER_TEST_ALERT_URL"\n',
             "pipelines/p.toml": POISON_PIPELINE,
             "handlers/h.py": POISON_HANDLERS,
             "inbox/good.txt": "fine\n",
@@ -253,8 +280,13 @@ def test_a_handler_that_ends_the_process_goes_dead_after_its_attempts_and_serve_
         status, body = request("GET", url + "/api/pipelines/p/entities/poison")
         assert status == 200 and body["stages"][0]["state"] == "dead", body
         assert survivor.poll() is None
+        # And the start that found it dead sent the alert, as for a state that died running
+        wait_until(lambda: _AlertReceiver.bodies, "the dead-state alert")
+        assert "p.echo poison" in _AlertReceiver.bodies[0]["text"], _AlertReceiver.bodies
     finally:
         survivor.send_signal(signal.SIGTERM)
         survivor.communicate(timeout=30)
+        receiver.shutdown()
+        receiver.server_close()
     assert survivor.returncode == 0, log.read_text()[-3000:]
     assert os.path.exists(ws.path("out/good.txt"))

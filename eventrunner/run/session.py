@@ -73,6 +73,7 @@ class Session:
         self.jobs = jobs or ws.settings.runtime.concurrency
         # One bus for the session's engines and its own events (serve shares the runtime's).
         self.events = events if events is not None else EventBus()
+        self.recovered: recovery.Recovered | None = None  # what the crash sweep found
         if listener is not None:
             self.events.subscribe(listener)
         self.index: Index | None = None
@@ -134,7 +135,7 @@ class Session:
         self.index = await self._call(Index.load, self.ws, self.store, trusted)
         self._same_sources = trusted is not None and not self.live  # no scan, no watch events
         if not self.read_only:  # we hold the lock: a crash's debris and cut attempts
-            await self._call(recovery.recover, self.index)
+            self.recovered = await self._call(recovery.recover, self.index)
         return follow
 
     async def _take_look(self) -> fastpath.Look | None:
