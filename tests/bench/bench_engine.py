@@ -370,7 +370,9 @@ def main() -> None:
             sys.exit("total.txt differs between make and eventrunner")
         er_fone, mk_fone = [], []
         for i, name in enumerate(rng.sample(names, min(reps, n))):
-            body = text_for(rng) + f"changed {i} with more words\n"
+            # Appended to, so its word count (count's output) changes and the total must run:
+            # a new random text could have the old count, and early cutoff would skip the total.
+            body = (fer / "inbox" / f"{name}.txt").read_text() + f"changed {i} with more words\n"
             for ws in (fmk, fer):
                 path = ws / "inbox" / f"{name}.txt"
                 path.write_text(body)
