@@ -79,18 +79,7 @@ def write_stamp(
     result = {**(recorded or {}), "skipped": skipped}
     prefix = os.path.join(root, "")
     if base is None or not dirs_before:
-        # Cache entries of files gone since (an orphan's input) played no part in the evaluation.
-        # Every recorded output is checked too (a hand edit makes it stale), cached or not: the
-        # file cache forgets entries it hashed within the racy window, as it does an output
-        # committed just before a save.
-        known = {prefix + rel for rel in index.files.entries}
-        known.update(
-            prefix + rel
-            for ms in index.manifests.values()
-            for m in ms.values()
-            for rel in m.output_paths
-        )
-        paths = dirs + sorted(known - set(dirs))
+        paths = dirs + sorted(_known_paths(index, prefix) - set(dirs))
         expected = _expected(index, index.files.entries, prefix, dirs_before)
         return fastpath.write(
             ws.settings.state_dir, defs, paths, *common, result, replaced, expected
@@ -108,6 +97,17 @@ def write_stamp(
         expected,
         base=base.packed_paths,
     )
+
+
+def _known_paths(index: Any, prefix: str) -> set[str]:
+    """What a full evaluation depended on: the file cache's entries (those of files gone since,
+    an orphan's input, played no part), and every recorded output, cached or not (a hand edit
+    makes it stale; the cache forgets what it hashed within the racy window, such as an
+    output committed just before a save)."""
+    known = {prefix + rel for rel in index.files.entries}
+    for ms in index.manifests.values():
+        known.update(prefix + rel for m in ms.values() for rel in m.output_paths)
+    return known
 
 
 def _definitions(ws: Any, index: Any) -> list[str]:
