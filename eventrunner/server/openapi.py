@@ -35,6 +35,7 @@ PIPELINE = {
     "schema": {"type": "string"},
     "description": "pipeline name, or _ for every pipeline",
 }
+ENTITY = {**PIPELINE, "name": "entity", "description": "entity id"}
 
 
 def _op(
@@ -61,6 +62,18 @@ def _op(
     if not secured:
         op["security"] = []
     return op
+
+
+def _unstructured(summary: str, description: str, media: str, kind: str) -> dict[str, Any]:
+    """A GET whose answer has no model: a stream, a text format, a document."""
+    content = {media: {"schema": {"type": kind}}}
+    return {
+        "get": _op(
+            summary,
+            {"200": {"description": description, "content": content}},
+            errors={"401": ERR["401"]},
+        )
+    }
 
 
 def build_document() -> dict[str, Any]:
@@ -173,13 +186,7 @@ def build_document() -> dict[str, Any]:
                 {"200": _json(models.ExplainResponse, "explanation")},
                 params=[
                     PIPELINE,
-                    {
-                        "name": "entity",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string"},
-                        "description": "entity id",
-                    },
+                    ENTITY,
                     q("stage", {"type": "string"}, "only this stage"),
                 ],
             )
@@ -190,13 +197,7 @@ def build_document() -> dict[str, Any]:
                 {"200": _json(models.LogsResponse, "captured output")},
                 params=[
                     PIPELINE,
-                    {
-                        "name": "entity",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string"},
-                        "description": "entity id",
-                    },
+                    ENTITY,
                     q("stage", {"type": "string"}, "the stage") | {"required": True},
                 ],
             )
@@ -237,42 +238,13 @@ def build_document() -> dict[str, Any]:
                 errors={"400": ERR["400"], "401": ERR["401"], "404": ERR["404"]},
             )
         },
-        "/api/events": {
-            "get": _op(
-                "server-sent events",
-                {
-                    "200": {
-                        "description": "text/event-stream",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                    }
-                },
-                errors={"401": ERR["401"]},
-            )
-        },
-        "/metrics": {
-            "get": _op(
-                "Prometheus metrics",
-                {
-                    "200": {
-                        "description": "text format",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
-                },
-                errors={"401": ERR["401"]},
-            )
-        },
-        "/api/openapi.json": {
-            "get": _op(
-                "this document",
-                {
-                    "200": {
-                        "description": "OpenAPI 3.1",
-                        "content": {"application/json": {"schema": {"type": "object"}}},
-                    }
-                },
-                errors={"401": ERR["401"]},
-            )
-        },
+        "/api/events": _unstructured(
+            "server-sent events", "text/event-stream", "text/event-stream", "string"
+        ),
+        "/metrics": _unstructured("Prometheus metrics", "text format", "text/plain", "string"),
+        "/api/openapi.json": _unstructured(
+            "this document", "OpenAPI 3.1", "application/json", "object"
+        ),
         "/hooks/{pipeline}/{source}": {
             "post": {
                 "summary": "webhook intake: the body becomes the source entity named by the query parameters",
