@@ -86,7 +86,6 @@ class DaskExecutor(Executor):
         self._tasks: set[asyncio.Task[None]] = set()
         self._warned: set[tuple[str, str]] = set()
         self._kicked = False
-        self._closed = False
 
     @property
     def capacity(self) -> int:
@@ -129,11 +128,8 @@ class DaskExecutor(Executor):
             log.info("dask: shutdown: %d call(s) not started are cancelled", dropped)
         return dropped
 
-    async def close(self) -> None:
+    async def _release(self) -> None:
         """Cancel queued and running calls, disconnect, stop the local cluster. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
         for dq in self._waiting.values():
             for job in dq:
                 job.future.cancel()
@@ -146,8 +142,7 @@ class DaskExecutor(Executor):
 
     # -- calls --------------------------------------------------------------------------------
     def submit(self, call: Call) -> asyncio.Future[Written]:
-        if self._closed:
-            raise RuntimeError("executor is closed")
+        self._refuse_if_closed()
         job = Job(call, asyncio.get_running_loop().create_future(), next(self._seq))
         job.future.add_done_callback(lambda _f: self._resolved(job))
         self._waiting.setdefault(call.stage.qualname, deque()).append(job)

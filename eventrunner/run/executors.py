@@ -116,6 +116,7 @@ class Executor(ABC):
 
     def __init__(self) -> None:
         self._watchers: list[Callable[[], None]] = []
+        self._closed = False
 
     @property
     @abstractmethod
@@ -140,9 +141,21 @@ class Executor(ABC):
         what they accept at once: nothing to drop."""
         return 0
 
-    @abstractmethod
     async def close(self) -> None:
-        """Cancel what runs or waits, release the workers. Safe to call twice."""
+        """Cancel what runs or waits, release the workers. Safe to call twice: the first call
+        releases, later ones return at once."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._release()
+
+    @abstractmethod
+    async def _release(self) -> None:
+        """What close() does, once: cancel waiting calls, stop running ones, free the workers."""
+
+    def _refuse_if_closed(self) -> None:
+        if self._closed:
+            raise RuntimeError("executor is closed")
 
     def on_capacity_change(self, callback: Callable[[], None]) -> None:
         """Call `callback` (on the loop's thread) whenever `capacity` changes on its own."""

@@ -77,7 +77,6 @@ class ProcessExecutor(Executor):
         self._idle: list[_Worker] = []
         self._waiting: deque[_Job] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._closed = False
         _LIVE.add(self)
 
     @property
@@ -87,8 +86,7 @@ class ProcessExecutor(Executor):
     def submit(self, call: Call) -> asyncio.Future[Written]:
         if call.is_async:
             return run_coroutine(call)
-        if self._closed:
-            raise RuntimeError("executor is closed")
+        self._refuse_if_closed()
         self._loop = loop = asyncio.get_running_loop()
         job = _Job(call, loop.create_future())
         job.future.add_done_callback(lambda _f: self._resolved(job))
@@ -96,11 +94,8 @@ class ProcessExecutor(Executor):
         self._pump()
         return job.future
 
-    async def close(self) -> None:
+    async def _release(self) -> None:
         """Cancel waiting calls, kill running ones, let idle workers exit, reap them all."""
-        if self._closed:
-            return
-        self._closed = True
         while self._waiting:
             self._waiting.popleft().future.cancel()
         for w in list(self._workers):

@@ -63,7 +63,6 @@ class ThreadExecutor(Executor):
         self._serving = 0  # threads taking jobs (not abandoned)
         self._hung = 0  # abandoned threads whose handler has not returned
         self._unreplaced = 0  # of those, the ones no new thread stands in for
-        self._closed = False
         self._names = 0
         self._started = False
 
@@ -74,8 +73,7 @@ class ThreadExecutor(Executor):
     def submit(self, call: Call) -> asyncio.Future[Written]:
         if call.is_async:
             return run_coroutine(call)
-        if self._closed:
-            raise RuntimeError("executor is closed")
+        self._refuse_if_closed()
         loop = asyncio.get_running_loop()
         job = _Job(call, loop.create_future(), loop)
         job.future.add_done_callback(lambda _f: self._resolved(job))
@@ -88,11 +86,8 @@ class ThreadExecutor(Executor):
         self._queue.put(job)
         return job.future
 
-    async def close(self) -> None:
+    async def _release(self) -> None:
         """Ask idle threads to exit; running handlers are abandoned (their threads are daemons)."""
-        if self._closed:
-            return
-        self._closed = True
         with self._lock:
             serving = self._serving
         for _ in range(serving):
