@@ -65,6 +65,7 @@ from eventrunner.core.graph import Stage
 from eventrunner.run.capture import attach, capturing
 from eventrunner.run.evaluate import InputFile
 from eventrunner.run.invoke import Written, build_kwargs, make_context, store_result, wants_ctx
+from eventrunner.run.tasks import ClosesOnce
 from eventrunner.workspace.loader import HandlerRef
 
 if TYPE_CHECKING:
@@ -109,14 +110,13 @@ class Call:
         return f"{self.stage.qualname} {self.entity}"
 
 
-class Executor(ABC):
+class Executor(ClosesOnce, ABC):
     """Runs handler calls somewhere; see the module docstring for what each method guarantees."""
 
     abandoned: int = 0  # calls left running in a thread that could not be stopped
 
     def __init__(self) -> None:
         self._watchers: list[Callable[[], None]] = []
-        self._closed = False
 
     @property
     @abstractmethod
@@ -140,14 +140,6 @@ class Executor(ABC):
         running ones use the grace period; how many were dropped. The local executors start
         what they accept at once: nothing to drop."""
         return 0
-
-    async def close(self) -> None:
-        """Cancel what runs or waits, release the workers. Safe to call twice: the first call
-        releases, later ones return at once."""
-        if self._closed:
-            return
-        self._closed = True
-        await self._release()
 
     @abstractmethod
     async def _release(self) -> None:

@@ -1,4 +1,4 @@
-"""Ending background tasks: cancel them all, then wait for each to unwind."""
+"""Ending background work: tasks cancelled then awaited, resources closed once."""
 
 from __future__ import annotations
 
@@ -17,3 +17,23 @@ async def cancel_all(tasks: Iterable[asyncio.Future[Any]]) -> None:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+
+
+class ClosesOnce:
+    """An async context manager whose `close()` does its work (`_release`) the first time only:
+    later calls, and the exit after an explicit close, return at once."""
+
+    _closed = False
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Release what this holds; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._release()
+
+    async def _release(self) -> None:
+        raise NotImplementedError

@@ -24,6 +24,7 @@ from typing import Any
 
 from eventrunner.core.errors import IntakeFull, StorageError
 from eventrunner.core.reserved import Reserved
+from eventrunner.run.tasks import ClosesOnce
 from eventrunner.server.spool_files import SpoolFiles
 from eventrunner.server.spool_format import (
     Entry,
@@ -47,7 +48,7 @@ STATS = (  # noqa: SIM905
 ).split()
 
 
-class Spool(SpoolFiles):
+class Spool(ClosesOnce, SpoolFiles):
     """Durable, de-duplicating webhook intake; use as an async context manager."""
 
     def __init__(
@@ -75,7 +76,7 @@ class Spool(SpoolFiles):
         self._wakeup, self._files_progress = asyncio.Event(), asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._files_last: asyncio.Future[Any] | None = None
-        self._closing = self._closed = False
+        self._closing = False
         self._retry_at: asyncio.TimerHandle | None = None
         self._retry_delay = RETRY_DELAYS[0]
         # Two threads: the journal one appends and fsyncs, the files one writes files in
@@ -109,14 +110,8 @@ class Spool(SpoolFiles):
         self._arm_retry()
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Drain pending puts, checkpoint, and stop; safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
+    async def _release(self) -> None:
+        """Drain pending puts, checkpoint, and stop (close(), once)."""
         if self._retry_at is not None:
             self._retry_at.cancel()
         if self._writer is not None:

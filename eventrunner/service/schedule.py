@@ -14,6 +14,8 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from eventrunner.run.tasks import ClosesOnce
+
 logger = logging.getLogger("eventrunner.schedule")
 
 JobFunc = Callable[[], Awaitable[None]]
@@ -39,7 +41,7 @@ class _Job:
     owed: bool = False  # a run came due while one was running: run once more when it ends
 
 
-class Scheduler:
+class Scheduler(ClosesOnce):
     """Runs async jobs on intervals or cron schedules; a job never overlaps itself.
 
     APScheduler only decides when a job is due; the run itself is our own task. A tick that comes
@@ -51,7 +53,6 @@ class Scheduler:
         self._timezone = timezone
         self._jobs: dict[str, _Job] = {}
         self._aps: AsyncIOScheduler | None = None
-        self._closed = False
 
     def add_interval(self, job_id: str, seconds: float, func: JobFunc) -> None:
         """Run `func` every `seconds`, first after one interval; replaces a job of the same id."""
@@ -91,14 +92,8 @@ class Scheduler:
             self._aps.start()
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Stop scheduling, cancel running jobs and wait briefly for them; safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
+    async def _release(self) -> None:
+        """Stop scheduling, cancel running jobs and wait briefly for them (close(), once)."""
         if self._aps is not None and self._aps.running:
             self._aps.shutdown(wait=False)
             # AsyncIOScheduler defers its shutdown to the next loop pass; let it happen now.
