@@ -275,6 +275,32 @@ def _past_racy_window(ws: Workspace) -> None:
         time.sleep(0.01)
 
 
+def test_a_source_written_just_before_a_cold_run_and_edited_in_place_is_seen(
+    echo: Workspace,
+) -> None:
+    # Given a source whose mtime is inside the racy window when the cold run hashes it (so
+    # the file cache does not keep it), and a cold run that stamps
+    import os
+    import time
+
+    age(echo)
+    racy = echo.root / "inbox" / "hello.txt"
+    soon = time.time() + 1.0
+    os.utime(racy, (soon, soon))
+    assert echo.run()["mode"] == "full"
+    assert (echo.root / ".eventrunner" / "stamp.bin").exists()
+    echo.runs()
+    # When it is edited in place (its folder's stat does not move)
+    racy.write_text("hello edited world\n")
+    past = time.time() - 5
+    os.utime(racy, (past, past))
+    report = echo.run()
+    # Then the next run sees it (regression: the stamp left it out, and "stat" said nothing ran)
+    assert report["mode"] != "stat"
+    assert "shout hello" in echo.runs()
+    assert echo.read("shouted/hello.txt") == "HELLO EDITED WORLD!\n"
+
+
 def test_an_output_edited_by_hand_after_a_full_stamp_is_remade(echo: Workspace) -> None:
     # Given outputs committed just before a full run writes its stamp (the file cache forgets
     # entries this recent, so the stamp must take the outputs from the manifests)

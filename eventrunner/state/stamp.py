@@ -101,10 +101,12 @@ def write_stamp(
 
 def _known_paths(index: Any, prefix: str) -> set[str]:
     """What a full evaluation depended on: the file cache's entries (those of files gone since,
-    an orphan's input, played no part), and every recorded output, cached or not (a hand edit
-    makes it stale; the cache forgets what it hashed within the racy window, such as an
-    output committed just before a save)."""
+    an orphan's input, played no part), every source file and every recorded output, cached
+    or not. The cache forgets what it hashed within the racy window (a source written just
+    before the run, an output committed just before the save), and a path left out of the
+    stamp is never looked at again: an in-place edit of it went unseen."""
     known = {prefix + rel for rel in index.files.entries}
+    known.update(prefix + rel for rel in index.source_paths())
     for ms in index.manifests.values():
         known.update(prefix + rel for m in ms.values() for rel in m.output_paths)
     return known
