@@ -322,12 +322,16 @@ class Engine(Finishing):
             self.outcome.executed += 1
             self.outcome.ran.add((q, eid))
             self.events.emit(Started(stage=q, entity=eid, attempt=attempt))
+            func = self._handler(q)
             call = Call(
                 stage=stage,
                 entity=eid,
                 handler=self.ws.handlers[q],
-                func=self._handler(q),
-                files=gathered.files,
+                func=func,
+                # Marked for an incremental fan-in call when the handler takes Changes (issue 15).
+                files=self.evaluator.for_call(
+                    q, eid, values, gathered.files, func, self.ws.settings.runtime.executor
+                ),
                 values=values,
                 attempt=attempt,
                 root=self.index.root,

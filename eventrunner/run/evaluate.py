@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
 
+from eventrunner.core.changes import ADDED, CHANGED, PREVIOUS, REMOVED, SAME, changes_inputs
 from eventrunner.core.patterns import trusted_entity_id as entity_id
+from eventrunner.core.records import Manifest
 from eventrunner.core.staleness import Facts, Verdict, decide
 from eventrunner.state.hashing import combine
 from eventrunner.state.index import Index
@@ -21,6 +26,9 @@ class InputFile:
     member: str | None  # entity id over the aggregated variables, None for a map input
     relpath: str
     hash: str
+    # An incremental call's mark (core/changes.py): how this member differs from the previous
+    # output's manifest; "removed" and "previous" entries are no input of the call's manifest.
+    delta: str = ""
 
 
 @dataclass
@@ -35,7 +43,8 @@ class Gathered:
         """input name -> {relpath: hash}, as stored in manifests."""
         out: dict[str, dict[str, str]] = {}
         for f in self.files:
-            out.setdefault(f.name, {})[f.relpath] = f.hash
+            if f.delta not in (REMOVED, PREVIOUS):
+                out.setdefault(f.name, {})[f.relpath] = f.hash
         return out
 
 
@@ -179,3 +188,68 @@ class Evaluator:
             self.ws.modules.get(qualname, ""),
             *("\0".join(t) for t in flat),
         )
+
+    def for_call(
+        self,
+        qualname: str,
+        eid: str,
+        values: dict[str, str],
+        files: list[InputFile],
+        func: Callable[..., Any],
+        executor: str = "thread",
+    ) -> list[InputFile]:
+        """A call's input files, marked for an incremental call (core/changes.py) when the
+        handler takes a `Changes` input and its previous output can be trusted; else `files`
+        as they are (a full call). O(members) in dict operations, no file is read."""
+        names = changes_inputs(func)
+        if not names or executor == "dask" or inspect.iscoroutinefunction(func):
+            return files  # an incremental call needs the sync path of invoke.prepare_and_call
+        previous = self._trusted_previous(qualname, eid, values)
+        if previous is None:
+            return files
+        recorded = previous[1].inputs
+        stage = self.ws.graph.stages[qualname]
+        out: list[InputFile] = []
+        for f in files:
+            old = recorded.get(f.name, {}).get(f.relpath)
+            if f.name not in names:
+                if old != f.hash:
+                    return files  # another input changed: the previous output is outdated
+                out.append(f)
+            else:
+                mark = SAME if old == f.hash else CHANGED if old is not None else ADDED
+                out.append(replace(f, delta=mark))
+        now = {(f.name, f.relpath) for f in files}
+        for inp in stage.inputs:
+            for relpath, digest in recorded.get(inp.name, {}).items():
+                if (inp.name, relpath) in now:
+                    continue
+                if inp.name not in names:
+                    return files  # a member of a dict input went away
+                mv = inp.pattern.match(relpath)
+                member = (
+                    entity_id(inp.aggregated, {v: mv[v] for v in inp.aggregated}) if mv else relpath
+                )
+                out.append(InputFile(inp.name, member, relpath, digest, REMOVED))
+        out.append(InputFile("", None, previous[0], previous[1].outputs[previous[0]], PREVIOUS))
+        return out
+
+    def _trusted_previous(
+        self, qualname: str, eid: str, values: dict[str, str]
+    ) -> tuple[str, Manifest] | None:
+        """(output relpath, manifest) of a previous output an incremental call may start from:
+        made by today's code and params, not invalidated since, and on disk as recorded (an
+        output renamed in place whose manifest a crash kept out reads as edited: not trusted)."""
+        stage = self.ws.graph.stages[qualname]
+        m = self.index.manifests[qualname].get(eid)
+        if m is None or stage.fanout_vars:
+            return None
+        if m.code != self.ws.code[qualname] or m.params != self.ws.params[qualname]:
+            return None
+        if self.index.control.invalidated_at(qualname, eid) > m.finished_ns:
+            return None
+        relpath = stage.output.format(values)
+        recorded = m.outputs.get(relpath)
+        if recorded is None or self.index.files.hash(relpath) != recorded:
+            return None
+        return relpath, m

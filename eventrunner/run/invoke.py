@@ -13,16 +13,19 @@ import os
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from eventrunner.core.errors import HandlerError, PermanentError
+from eventrunner.core.changes import PREVIOUS, REMOVED, Changes
+from eventrunner.core.errors import HandlerError, NeedFullCall, PermanentError
 from eventrunner.core.graph import Stage
 from eventrunner.core.patterns import entity_id, parse_entity_id
 from eventrunner.core.redact import SECRETS, RedactingFilter, remember_secret
 from eventrunner.run.capture import HandlerLog, attach, capturing
+from eventrunner.run.changes_input import changes_value, full_call, inner_type, previous_output
 from eventrunner.run.evaluate import InputFile
 from eventrunner.state.contain import resolve_inside
 from eventrunner.state.files import read_file, remove_path, temp_path, write_file
@@ -151,7 +154,15 @@ def convert(path: Path, annotation: Any, what: str) -> Any:
 def build_kwargs(
     stage: Stage, func: Callable[..., Any], files: list[InputFile], root: Path
 ) -> dict[str, Any]:
-    """Keyword arguments for the handler: map inputs as one value, fan-in inputs as dict by member id."""
+    """Keyword arguments for the handler: map inputs as one value, fan-in inputs as dict by
+    member id, `Changes` inputs as what changed since the previous output when the files are
+    marked for an incremental call (run/evaluate.py `for_call`) and that output is still the
+    one its manifest records; else every member (a full call)."""
+    previous: bytes | None = None
+    if any(f.delta for f in files):
+        previous = previous_output(files, root)
+        if previous is None:
+            files = full_call(files)
     shape = _shape(func)
     hints = shape.hints
     # `**inputs: Path` annotates every input that has no parameter of its own (stock handlers).
@@ -159,20 +170,29 @@ def build_kwargs(
     kwargs: dict[str, Any] = {}
     for inp in stage.inputs:
         ann = hints.get(inp.name, default_ann)
-        if inp.aggregated:
+        mine = [f for f in files if f.name == inp.name]
+        if ann is Changes or typing.get_origin(ann) is Changes:
+            if not inp.aggregated:
+                raise PermanentError(f"input {inp.name}: Changes[...] is for fan-in inputs only")
+            read = partial(_read_member, root, inner_type(ann), inp.name)
+            kwargs[inp.name] = changes_value(mine, read, previous)
+        elif inp.aggregated:
             args = typing.get_args(ann)
             inner = args[1] if len(args) == 2 else ann if ann in (Path, bytes, str) else str
             kwargs[inp.name] = {
                 f.member: convert(root / f.relpath, inner, inp.name)
-                for f in files
-                if f.name == inp.name
+                for f in mine
+                if f.delta not in (REMOVED, PREVIOUS)
             }
         else:
-            found = next((f for f in files if f.name == inp.name), None)
-            if found is None:
+            if not mine:
                 raise HandlerError(f"input {inp.name} has no file")
-            kwargs[inp.name] = convert(root / found.relpath, ann, inp.name)
+            kwargs[inp.name] = convert(root / mine[0].relpath, ann, inp.name)
     return kwargs
+
+
+def _read_member(root: Path, annotation: Any, what: str, f: InputFile) -> Any:
+    return convert(root / f.relpath, annotation, what)
 
 
 def encode(value: Any, what: str) -> bytes:
@@ -352,8 +372,7 @@ def prepare_and_call(
     with capturing() as capture:
         ctx.log.sink = capture
         try:
-            kwargs = build_kwargs(stage, func, files, root)
-            result = call_sync(func, ctx if wants_ctx(func) else None, kwargs)
+            result = _call_with_fallback(stage, func, ctx, files, root)
             written = store_result(stage, values, result, ctx, root)
         except BaseException as exc:
             if ctx.output_path is not None and ctx.output_path.exists():
@@ -362,3 +381,20 @@ def prepare_and_call(
             raise
     written.output = capture.text()
     return written
+
+
+def _call_with_fallback(
+    stage: Stage, func: Callable[..., Any], ctx: Context, files: list[InputFile], root: Path
+) -> Any:
+    """Call the handler; an incremental call that raises NeedFullCall is made again at once
+    as a full call (whatever it wrote to ctx.output_path meanwhile is thrown away)."""
+    given = ctx if wants_ctx(func) else None
+    try:
+        return call_sync(func, given, build_kwargs(stage, func, files, root))
+    except NeedFullCall:
+        if not any(f.delta for f in files):
+            raise  # already a full call: the handler's own error
+        log.debug("%s %s: a full call asked for", stage.qualname, ctx.entity_id)
+    if ctx.output_path is not None and os.path.lexists(ctx.output_path):
+        Written([(ctx.output_path, ctx.output_path)], {}).discard()
+    return call_sync(func, given, build_kwargs(stage, func, full_call(files), root))
