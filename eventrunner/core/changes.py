@@ -17,9 +17,10 @@ from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
-# InputFile.delta marks of a call's input files (run/evaluate.py sets them, run/invoke.py reads
-# them): "" on a full call, else how the member differs from the previous output's manifest.
-SAME, ADDED, CHANGED, REMOVED, PREVIOUS = "same", "added", "changed", "removed", "previous"
+# InputFile.delta marks of a call's input files (run/changes_input.py sets and reads them). A
+# call is incremental when it has a "previous" entry (the output it starts from); its unmarked
+# files are then members unchanged since that output. A call without one is a full call.
+ADDED, CHANGED, REMOVED, PREVIOUS = "added", "changed", "removed", "previous"
 
 
 @dataclass(frozen=True)

@@ -1,20 +1,30 @@
 """The worker's half of an incremental fan-in call: `Changes` values from marked input files.
 
-The loop thread marks a call's files (run/evaluate.py `Evaluator.for_call`); here, in the worker,
-the previous output is read and checked against its recorded hash, and only the added and
-changed members are read. Anything that does not check out makes the call a full one.
+The loop thread marks a call's files (`mark_for_call`: against the previous output's manifest);
+in the worker, the previous output is read and checked against its recorded hash, and only the
+added and changed members are read. Anything that does not check out makes a full call.
 """
 
 from __future__ import annotations
 
+import inspect
 import typing
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from eventrunner.core.changes import CHANGED, PREVIOUS, REMOVED, SAME, Changes
-from eventrunner.run.evaluate import InputFile
+from eventrunner.core.changes import (
+    ADDED,
+    CHANGED,
+    PREVIOUS,
+    REMOVED,
+    Changes,
+    changes_inputs,
+)
+from eventrunner.core.patterns import trusted_entity_id as entity_id
+from eventrunner.core.records import Manifest
+from eventrunner.run.evaluate import Evaluator, InputFile
 from eventrunner.state.files import read_file
 from eventrunner.state.hashing import hash_bytes
 
@@ -47,20 +57,105 @@ def changes_value(
     files: list[InputFile], read: Callable[[InputFile], Any], previous: bytes | None
 ) -> Changes[Any]:
     """One `Changes` input from its files; `read` converts a member's file (only the added
-    and changed ones are read). Unmarked files (a full call) are all added."""
+    and changed ones are read). On a full call (`previous` None) every member is added."""
     added: dict[str, Any] = {}
     changed: dict[str, Any] = {}
     removed: list[str] = []
     unchanged: list[str] = []
     for f in files:
         member = f.member or f.relpath
-        if f.delta == SAME:
-            unchanged.append(member)
-        elif f.delta == REMOVED:
+        if f.delta == PREVIOUS:
+            continue
+        if f.delta == REMOVED:
             removed.append(member)
+        elif previous is None or f.delta == ADDED:
+            added[member] = read(f)
         elif f.delta == CHANGED:
             changed[member] = read(f)
-        elif f.delta != PREVIOUS:
-            added[member] = read(f)
+        else:  # unmarked in an incremental call: as the previous output saw it
+            unchanged.append(member)
     count = len(added) + len(changed) + len(unchanged)
     return Changes(added, changed, tuple(removed), previous, count, tuple(unchanged))
+
+
+def mark_for_call(
+    ev: Evaluator,
+    qualname: str,
+    eid: str,
+    values: dict[str, str],
+    files: list[InputFile],
+    func: Callable[..., Any],
+    executor: str = "thread",
+) -> list[InputFile]:
+    """A call's input files, marked for an incremental call when the handler takes a `Changes`
+    input and its previous output can be trusted; else `files` as they are (a full call). Only
+    added and changed members are marked (an unmarked file of an incremental call is as its
+    previous output saw it); removed members and the previous output are appended. On the loop
+    thread, no file read: O(changed) from an aggregate's cert, O(members) dict lookups without."""
+    names = changes_inputs(func)
+    if not names or executor == "dask" or inspect.iscoroutinefunction(func):
+        return files  # an incremental call needs the sync path of invoke.prepare_and_call
+    previous = _trusted_previous(ev, qualname, eid, values)
+    if previous is None:
+        return files
+    relpath, m = previous
+    cert = ev.certs.valid(qualname, eid, m)
+    diff = cert.delta() if cert is not None else _delta(m, files)
+    marks: dict[tuple[str, str], InputFile] = {}
+    extra: list[InputFile] = []
+    stage = ev.ws.graph.stages[qualname]
+    for (name, path), (old, f) in diff.items():
+        if name not in names:
+            return files  # another input changed: the previous output is outdated
+        if f is not None:
+            marks[(name, path)] = replace(f, delta=ADDED if old is None else CHANGED)
+        elif old is not None:
+            inp = stage.input(name)
+            mv = inp.pattern.match(path)
+            member = entity_id(inp.aggregated, {v: mv[v] for v in inp.aggregated}) if mv else path
+            extra.append(InputFile(name, member, path, old, REMOVED))
+    out = [marks.get((f.name, f.relpath), f) for f in files] if marks else list(files)
+    out.extend(extra)
+    out.append(InputFile("", None, relpath, m.outputs[relpath], PREVIOUS))
+    return out
+
+
+def _delta(
+    m: Manifest, files: list[InputFile]
+) -> dict[tuple[str, str], tuple[str | None, InputFile | None]]:
+    """(input, relpath) -> (hash in the manifest, file now) for each file that differs."""
+    recorded = m.inputs
+    out: dict[tuple[str, str], tuple[str | None, InputFile | None]] = {}
+    kept: dict[str, int] = {}
+    for f in files:
+        old = recorded.get(f.name, {}).get(f.relpath)
+        if old != f.hash:
+            out[(f.name, f.relpath)] = (old, f)
+        if old is not None:
+            kept[f.name] = kept.get(f.name, 0) + 1
+    for name, paths in recorded.items():
+        if kept.get(name, 0) < len(paths):  # some went away: find which (rare)
+            now = {f.relpath for f in files if f.name == name}
+            out.update({(name, p): (h, None) for p, h in paths.items() if p not in now})
+    return out
+
+
+def _trusted_previous(
+    ev: Evaluator, qualname: str, eid: str, values: dict[str, str]
+) -> tuple[str, Manifest] | None:
+    """(output relpath, manifest) of a previous output an incremental call may start from:
+    made by today's code and params, not invalidated since, and on disk as recorded (an output
+    renamed in place whose manifest a crash kept out reads as edited: not trusted)."""
+    stage = ev.ws.graph.stages[qualname]
+    m = ev.index.manifests[qualname].get(eid)
+    if m is None or stage.fanout_vars:
+        return None
+    if m.code != ev.ws.code[qualname] or m.params != ev.ws.params[qualname]:
+        return None
+    if ev.index.control.invalidated_at(qualname, eid) > m.finished_ns:
+        return None
+    relpath = stage.output.format(values)
+    recorded = m.outputs.get(relpath)
+    if recorded is None or ev.index.files.hash(relpath) != recorded:
+        return None
+    return relpath, m

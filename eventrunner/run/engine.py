@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from eventrunner.core.staleness import Reason, Verdict
+from eventrunner.run.changes_input import mark_for_call
 from eventrunner.run.commit import Committer
 from eventrunner.run.evaluate import Evaluator
 from eventrunner.run.events import EventBus, Queued, Started
@@ -140,6 +141,7 @@ class Engine(Finishing):
             self.evaluator.reset()
         n = 0
         for q, eid, values in targets:
+            self.evaluator.touched(q, values)  # an aggregate's members it may change: re-checked
             if not self.allow(q, eid):
                 continue
             if (q, eid) in self.index.running:
@@ -149,7 +151,7 @@ class Engine(Finishing):
                 continue
             if self.settling.hold(q, eid, values):
                 continue  # an aggregate: checked once its members settle
-            verdict = self.evaluator.verdict(q, eid, values)
+            verdict = self.evaluator.verdict(q, eid, values, incremental=True)
             if verdict.runnable:  # stale, or failed with its retry due
                 self._push(q, eid, values, verdict.reasons)
                 n += 1
@@ -309,7 +311,7 @@ class Engine(Finishing):
     async def _run_one(self, q: str, eid: str, values: dict[str, str]) -> None:
         stage = self.ws.graph.stages[q]
         # consider() just found every producer fresh; only the input files and hashes are needed.
-        gathered = self.evaluator.gather(q, values, check_upstream=False)
+        gathered = self.evaluator.gather_for_run(q, eid, values)
         key = self.evaluator.attempt_key(q, gathered.hashes())
         prev = self.index.failures[q].get(eid)
         attempt = (prev.attempts if prev is not None and prev.key == key else 0) + 1
@@ -329,8 +331,14 @@ class Engine(Finishing):
                 handler=self.ws.handlers[q],
                 func=func,
                 # Marked for an incremental fan-in call when the handler takes Changes (issue 15).
-                files=self.evaluator.for_call(
-                    q, eid, values, gathered.files, func, self.ws.settings.runtime.executor
+                files=mark_for_call(
+                    self.evaluator,
+                    q,
+                    eid,
+                    values,
+                    gathered.files,
+                    func,
+                    self.ws.settings.runtime.executor,
                 ),
                 values=values,
                 attempt=attempt,

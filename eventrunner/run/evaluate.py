@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import inspect
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass, field
 
-from eventrunner.core.changes import ADDED, CHANGED, PREVIOUS, REMOVED, SAME, changes_inputs
+from eventrunner.core.changes import PREVIOUS, REMOVED
 from eventrunner.core.patterns import trusted_entity_id as entity_id
 from eventrunner.core.records import Manifest
 from eventrunner.core.staleness import Facts, Verdict, decide
+from eventrunner.run.aggregates import Cert, Certs
 from eventrunner.state.hashing import combine
 from eventrunner.state.index import Index
 
@@ -38,6 +36,9 @@ class Gathered:
     files: list[InputFile]
     missing: list[str]
     upstream_not_fresh: list[str]
+    # fan-in members left out as their producer is not fresh (or their file is missing):
+    # (input name, relpath) -> instance id; an aggregate's cert re-checks them (run/aggregates.py)
+    unverified: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def hashes(self) -> dict[str, dict[str, str]]:
         """input name -> {relpath: hash}, as stored in manifests."""
@@ -60,6 +61,8 @@ class Evaluator:
         # and again, just after, as the consumer's input; one stat serves both (the verdicts
         # they feed are memoised for the same span). Bounded: only the recent reads matter.
         self._hashes: dict[str, str | None] = {}
+        self.certs = Certs(index)  # kept across passes: what aggregates know of their members
+        self._cert_stages = {q for q in self.ws.graph.stages if self.certs.eligible(q)}
 
     def reset(self, now: float | None = None) -> None:
         """Forget memoised verdicts and file hashes (state changed)."""
@@ -101,21 +104,22 @@ class Evaluator:
         files: list[InputFile] = []
         missing: list[str] = []
         upstream: list[str] = []
+        unverified: dict[tuple[str, str], str] = {}
         for inp in stage.inputs:
             inst = idx.instances[inp.pattern.key]
             producer = self.ws.graph.producer.get(inp.pattern.key)
             if inp.aggregated:
                 key = tuple(values[v] for v in inp.shared)
                 members = sorted(inst.select(inp.shared, key))
-                pairs = [(inst.values(e), inst.path(e)) for e in members]
+                pairs = [(e, inst.values(e), inst.path(e)) for e in members]
             else:
                 mv = {v: values[v] for v in inp.pattern.variables}
                 eid = entity_id(inp.pattern.variables, mv)
                 if eid not in inst.items and producer is None:
                     missing.append(inp.pattern.join(mv))
                     continue
-                pairs = [(mv, inst.path(eid) if eid in inst.items else inp.pattern.join(mv))]
-            for mvalues, relpath in pairs:
+                pairs = [(eid, mv, inst.path(eid) if eid in inst.items else inp.pattern.join(mv))]
+            for ieid, mvalues, relpath in pairs:
                 if producer is not None and check_upstream:
                     pstage = self.ws.graph.stages[producer]
                     pv = {v: mvalues[v] for v in pstage.entity_vars}
@@ -123,11 +127,13 @@ class Evaluator:
                     pverdict = self.verdict(producer, peid, pv)
                     if pverdict.state != "fresh":
                         upstream.append(f"{producer} {peid} ({pverdict.state})")
+                        unverified[(inp.name, relpath)] = ieid
                         continue
                 # A run's own gather (check_upstream=False) reads the files afresh.
                 digest = self._hash(relpath) if check_upstream else idx.files.hash(relpath)
                 if digest is None:
                     (upstream if producer else missing).append(relpath)
+                    unverified[(inp.name, relpath)] = ieid
                     continue
                 member = (
                     entity_id(inp.aggregated, {v: mvalues[v] for v in inp.aggregated})
@@ -135,24 +141,46 @@ class Evaluator:
                     else None
                 )
                 files.append(InputFile(inp.name, member, relpath, digest))
-        return Gathered(files, missing, upstream)
+        return Gathered(files, missing, upstream, unverified)
 
-    def verdict(self, qualname: str, eid: str, values: dict[str, str]) -> Verdict:
-        """The state of (stage, entity) now."""
+    def verdict(
+        self, qualname: str, eid: str, values: dict[str, str], incremental: bool = False
+    ) -> Verdict:
+        """The state of (stage, entity) now. `incremental` (the engine's checks): an aggregate
+        keeps a cert of its members between checks and re-checks only those marked since."""
         memo = self._memo.get((qualname, eid))
         if memo is not None:
             return memo
-        v = decide(self.facts(qualname, eid, values))
+        if incremental and qualname in self._cert_stages:
+            v = self._aggregate_verdict(qualname, eid, values)
+        else:
+            v = decide(self.facts(qualname, eid, values))
         self._memo[(qualname, eid)] = v
         return v
 
-    def facts(self, qualname: str, eid: str, values: dict[str, str]) -> Facts:
-        """Everything decide() needs for one state."""
+    def touched(self, qualname: str, values: dict[str, str]) -> None:
+        """A target is being considered: aggregate members downstream of it are re-checked."""
+        self.certs.touched(qualname, values)
+
+    def committed(self, qualname: str, eid: str, manifest: Manifest) -> None:
+        """A state committed `manifest` (an aggregate's cert moves on to it)."""
+        self.certs.committed(qualname, eid, manifest)
+
+    def facts(
+        self,
+        qualname: str,
+        eid: str,
+        values: dict[str, str],
+        gathered: list[Gathered] | None = None,
+    ) -> Facts:
+        """Everything decide() needs for one state (the inputs found go into `gathered`)."""
         idx = self.index
         m = idx.manifests[qualname].get(eid)
         failure = idx.failures[qualname].get(eid)
         exists = idx.has_entity(qualname, values)
         g = self.gather(qualname, values) if exists else Gathered([], [], [])
+        if gathered is not None and exists:
+            gathered.append(g)
         inputs = g.hashes()
         recorded = m.output_paths if m else ()
         outputs_now = {p: self._hash(p) for p in recorded}
@@ -189,67 +217,110 @@ class Evaluator:
             *("\0".join(t) for t in flat),
         )
 
-    def for_call(
-        self,
-        qualname: str,
-        eid: str,
-        values: dict[str, str],
-        files: list[InputFile],
-        func: Callable[..., Any],
-        executor: str = "thread",
-    ) -> list[InputFile]:
-        """A call's input files, marked for an incremental call (core/changes.py) when the
-        handler takes a `Changes` input and its previous output can be trusted; else `files`
-        as they are (a full call). O(members) in dict operations, no file is read."""
-        names = changes_inputs(func)
-        if not names or executor == "dask" or inspect.iscoroutinefunction(func):
-            return files  # an incremental call needs the sync path of invoke.prepare_and_call
-        previous = self._trusted_previous(qualname, eid, values)
-        if previous is None:
-            return files
-        recorded = previous[1].inputs
-        stage = self.ws.graph.stages[qualname]
-        out: list[InputFile] = []
-        for f in files:
-            old = recorded.get(f.name, {}).get(f.relpath)
-            if f.name not in names:
-                if old != f.hash:
-                    return files  # another input changed: the previous output is outdated
-                out.append(f)
-            else:
-                mark = SAME if old == f.hash else CHANGED if old is not None else ADDED
-                out.append(replace(f, delta=mark))
-        now = {(f.name, f.relpath) for f in files}
-        for inp in stage.inputs:
-            for relpath, digest in recorded.get(inp.name, {}).items():
-                if (inp.name, relpath) in now:
-                    continue
-                if inp.name not in names:
-                    return files  # a member of a dict input went away
-                mv = inp.pattern.match(relpath)
-                member = (
-                    entity_id(inp.aggregated, {v: mv[v] for v in inp.aggregated}) if mv else relpath
-                )
-                out.append(InputFile(inp.name, member, relpath, digest, REMOVED))
-        out.append(InputFile("", None, previous[0], previous[1].outputs[previous[0]], PREVIOUS))
-        return out
-
-    def _trusted_previous(
-        self, qualname: str, eid: str, values: dict[str, str]
-    ) -> tuple[str, Manifest] | None:
-        """(output relpath, manifest) of a previous output an incremental call may start from:
-        made by today's code and params, not invalidated since, and on disk as recorded (an
-        output renamed in place whose manifest a crash kept out reads as edited: not trusted)."""
-        stage = self.ws.graph.stages[qualname]
+    # -- aggregates: a check and a run's gather from the cert (run/aggregates.py) ----------------
+    def _aggregate_verdict(self, qualname: str, eid: str, values: dict[str, str]) -> Verdict:
         m = self.index.manifests[qualname].get(eid)
-        if m is None or stage.fanout_vars:
+        cert = self.certs.valid(qualname, eid, m)
+        if cert is not None:
+            v = self._cert_verdict(qualname, eid, values, cert, m)
+            if v is not None:
+                return v
+        got: list[Gathered] = []
+        facts = self.facts(qualname, eid, values, got)  # the full walk: O(members)
+        if got:
+            self.certs.make(qualname, eid, m, got[0].files, got[0].unverified)
+        else:
+            self.certs.drop(qualname, eid)
+        return decide(facts)
+
+    def _cert_verdict(
+        self, q: str, eid: str, values: dict[str, str], cert: Cert, m: Manifest | None
+    ) -> Verdict | None:
+        """decide() from the cert, re-checking its dirty members only; None: walk them all."""
+        idx = self.index
+        if (q, eid) in idx.running:
+            return Verdict("running")
+        if idx.failures[q].get(eid) is not None or idx.control.held(q, eid):
+            return None  # rare: the full walk also gives the attempt key and held's reasons
+        if not idx.has_entity(q, values):
             return None
-        if m.code != self.ws.code[qualname] or m.params != self.ws.params[qualname]:
+        upstream: list[str] = []
+        for key, ieid in list(cert.dirty.items()):
+            why = self._verify(q, cert, key, ieid)
+            if why == "":
+                self.certs.drop(q, eid)
+                return None
+            if why is None:
+                del cert.dirty[key]
+            else:
+                upstream.append(why)
+        stage = self.ws.graph.stages[q]
+        recorded = m.output_paths if m else ()
+        outputs_now = {p: self._hash(p) for p in recorded}
+        if m is not None and not recorded:
+            outputs_now = {stage.output.join(values): None}
+        facts = Facts(
+            manifest=m,
+            code=self.ws.code[q],
+            params=self.ws.params[q],
+            inputs={},
+            missing_inputs=[],
+            upstream_not_fresh=sorted(upstream),
+            outputs_now=outputs_now,
+            failure=None,
+            attempt_key="",
+            invalidated_ns=idx.control.invalidated_at(q, eid),
+            now=self.now,
+        )
+        return decide(facts, cert.input_reasons())
+
+    def _verify(self, q: str, cert: Cert, key: tuple[str, str], ieid: str) -> str | None:
+        """Check one dirty member as the full walk would: None when done (fresh, or no member
+        any more), else why it waits ("": the cert no longer fits the index)."""
+        name, relpath = key
+        inp = self.ws.graph.stages[q].input(name)
+        inst = self.index.instances[inp.pattern.key]
+        if ieid not in inst.items:
+            cert.put(key, None)
             return None
-        if self.index.control.invalidated_at(qualname, eid) > m.finished_ns:
-            return None
-        relpath = stage.output.format(values)
-        recorded = m.outputs.get(relpath)
-        if recorded is None or self.index.files.hash(relpath) != recorded:
-            return None
-        return relpath, m
+        if inst.path(ieid) != relpath:
+            return ""
+        producer = self.ws.graph.producer[inp.pattern.key]
+        pstage = self.ws.graph.stages[producer]
+        mvalues = inst.values(ieid)
+        pv = {v: mvalues[v] for v in pstage.entity_vars}
+        peid = entity_id(pstage.entity_vars, pv)
+        state = self.verdict(producer, peid, pv).state
+        if state != "fresh":
+            return f"{producer} {peid} ({state})"
+        digest = self._hash(relpath)
+        if digest is None:
+            return relpath
+        member = entity_id(inp.aggregated, {v: mvalues[v] for v in inp.aggregated})
+        cert.put(key, InputFile(name, member, relpath, digest))
+        return None
+
+    def gather_for_run(self, qualname: str, eid: str, values: dict[str, str]) -> Gathered:
+        """A run's input files (gather without the upstream checks, which consider() just
+        made); an aggregate with a cert reads afresh only its dirty members."""
+        cert = None
+        if qualname in self._cert_stages:
+            cert = self.certs.valid(qualname, eid, self.index.manifests[qualname].get(eid))
+        if cert is None:
+            return self.gather(qualname, values, check_upstream=False)
+        stage = self.ws.graph.stages[qualname]
+        for (name, relpath), ieid in cert.dirty.items():
+            inp = stage.input(name)
+            inst = self.index.instances[inp.pattern.key]
+            if ieid in inst.items and inst.path(ieid) != relpath:
+                self.certs.drop(qualname, eid)
+                return self.gather(qualname, values, check_upstream=False)
+            digest = self.index.files.hash(relpath) if ieid in inst.items else None
+            if digest is None:
+                cert.put((name, relpath), None)
+                continue
+            mvalues = inst.values(ieid)
+            member = entity_id(inp.aggregated, {v: mvalues[v] for v in inp.aggregated})
+            cert.put((name, relpath), InputFile(name, member, relpath, digest))
+        cert.nxt = {}  # the manifest this run commits records the view as it is now
+        return Gathered(cert.files(), [], [])
