@@ -39,14 +39,18 @@ class Gathered:
     # fan-in members left out as their producer is not fresh (or their file is missing):
     # (input name, relpath) -> instance id; an aggregate's cert re-checks them (run/aggregates.py)
     unverified: dict[tuple[str, str], str] = field(default_factory=dict)
+    _hashes: dict[str, dict[str, str]] | None = field(default=None, repr=False, compare=False)
 
     def hashes(self) -> dict[str, dict[str, str]]:
-        """input name -> {relpath: hash}, as stored in manifests."""
-        out: dict[str, dict[str, str]] = {}
-        for f in self.files:
-            if f.delta not in (REMOVED, PREVIOUS):
-                out.setdefault(f.name, {})[f.relpath] = f.hash
-        return out
+        """input name -> {relpath: hash}, as stored in manifests (built once: a run asks for
+        it twice, and an aggregate's is one entry per member)."""
+        if self._hashes is None:
+            out: dict[str, dict[str, str]] = {}
+            for f in self.files:
+                if f.delta not in (REMOVED, PREVIOUS):
+                    out.setdefault(f.name, {})[f.relpath] = f.hash
+            self._hashes = out
+        return self._hashes
 
 
 class Evaluator:
