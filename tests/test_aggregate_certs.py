@@ -138,3 +138,25 @@ def test_serve_keeps_an_aggregate_waiting_while_a_members_producer_is_held(
         wait_until(lambda: total_is(ws, full_total(ws)), "the aggregate to catch up")
         assert server.stop() == 0, server.stderr
     assert ws.sub("run", "--json").json["executed"] == 0
+
+
+def test_a_member_output_edited_by_hand_under_serve_never_leaves_the_aggregate_fresh_and_wrong(
+    make_workspace: MakeWorkspace, tmp_path: Path
+) -> None:
+    # Given a built aggregate and `serve` on it (outputs are not watched)
+    ws = workspace(make_workspace)
+    assert ws.sub("run").code == 0
+    with Server(ws.root, tmp_path) as server:
+        ws.write("raw/e20.txt", "twenty")  # a first event: the aggregate's cert is made
+        wait_until(lambda: total_is(ws, full_total(ws)), "the aggregate to catch up")
+        # When a member's output is edited by hand (no event), then another member is added
+        ws.write("count/e3.txt", "999")
+        ws.write("raw/e21.txt", "z")
+        wait_until(lambda: "e21=1" in ws.read("total.txt"), "the aggregate to run")
+        # Then `run` (answered by the server) puts the member back and the aggregate follows
+        assert ws.sub("run").code == 0
+        assert ws.read("count/e3.txt") == "4"
+        assert total_is(ws, full_total(ws))
+        assert server.stop() == 0, server.stderr
+    states = ws.states()
+    assert states[("p.total", "_")] == "fresh" and states[("p.count", "e3")] == "fresh"

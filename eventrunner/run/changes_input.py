@@ -26,7 +26,7 @@ from eventrunner.core.patterns import trusted_entity_id as entity_id
 from eventrunner.core.records import Manifest
 from eventrunner.run.evaluate import Evaluator, InputFile
 from eventrunner.state.files import read_file
-from eventrunner.state.hashing import hash_bytes
+from eventrunner.state.hashing import hash_bytes, hash_path
 
 
 def inner_type(annotation: Any) -> Any:
@@ -38,6 +38,20 @@ def inner_type(annotation: Any) -> Any:
 def full_call(files: list[InputFile]) -> list[InputFile]:
     """The files of a full call: the current ones, unmarked (every member is read)."""
     return [replace(f, delta="") for f in files if f.delta not in (REMOVED, PREVIOUS)]
+
+
+def rehashed(
+    files: list[InputFile], root: Path
+) -> tuple[list[InputFile], dict[str, dict[str, str]]]:
+    """The files of a full call made in the worker, hashed as they are now (an unchanged
+    member's hash came from the loop's last check of it, not from a stat just before)."""
+    out: list[InputFile] = []
+    hashes: dict[str, dict[str, str]] = {}
+    for f in files:
+        g = replace(f, hash=hash_path(root / f.relpath))
+        out.append(g)
+        hashes.setdefault(g.name, {})[g.relpath] = g.hash
+    return out, hashes
 
 
 def previous_output(files: list[InputFile], root: Path) -> bytes | None:
@@ -76,6 +90,26 @@ def changes_value(
             unchanged.append(member)
     count = len(added) + len(changed) + len(unchanged)
     return Changes(added, changed, tuple(removed), previous, count, tuple(unchanged))
+
+
+def incremental_possible(
+    ev: Evaluator,
+    qualname: str,
+    eid: str,
+    values: dict[str, str],
+    func: Callable[..., Any] | None,
+    executor: str = "thread",
+) -> bool:
+    """True when the call can be incremental: the handler takes every input of the stage as
+    `Changes`, runs on the sync path, and its previous output can be trusted. Only then may
+    the run's gather skip re-reading the members no event changed (their content is not read)."""
+    if func is None or executor == "dask" or inspect.iscoroutinefunction(func):
+        return False
+    names = changes_inputs(func)
+    stage = ev.ws.graph.stages[qualname]
+    if not names or any(inp.name not in names for inp in stage.inputs):
+        return False
+    return _trusted_previous(ev, qualname, eid, values) is not None
 
 
 def mark_for_call(

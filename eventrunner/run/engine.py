@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from eventrunner.core.staleness import Reason, Verdict
-from eventrunner.run.changes_input import mark_for_call
+from eventrunner.run.changes_input import incremental_possible, mark_for_call
 from eventrunner.run.commit import Committer
 from eventrunner.run.evaluate import Evaluator
 from eventrunner.run.events import EventBus, Queued, Started
@@ -302,6 +302,13 @@ class Engine(Finishing):
             heapq.heappush(self._heap, item)
         self._wake.set()
 
+    def _loaded(self, q: str) -> Callable[..., Any] | None:
+        """The handler, or None if it cannot be loaded (the call itself then fails)."""
+        try:
+            return self._handler(q)
+        except Exception:
+            return None
+
     def _handler(self, q: str) -> Callable[..., Any]:
         func = self._funcs.get(q)
         if func is None:
@@ -311,7 +318,10 @@ class Engine(Finishing):
     async def _run_one(self, q: str, eid: str, values: dict[str, str]) -> None:
         stage = self.ws.graph.stages[q]
         # consider() just found every producer fresh; only the input files and hashes are needed.
-        gathered = self.evaluator.gather_for_run(q, eid, values)
+        incremental = incremental_possible(
+            self.evaluator, q, eid, values, self._loaded(q), self.ws.settings.runtime.executor
+        )
+        gathered = self.evaluator.gather_for_run(q, eid, values, from_cert=incremental)
         key = self.evaluator.attempt_key(q, gathered.hashes())
         prev = self.index.failures[q].get(eid)
         attempt = (prev.attempts if prev is not None and prev.key == key else 0) + 1
@@ -351,7 +361,8 @@ class Engine(Finishing):
         except Exception as exc:
             await self._fail(q, eid, key, prev, exc, started)
         else:
-            manifest = self._manifest(q, eid, values, gathered.hashes(), written, started, attempt)
+            inputs = self.evaluator.run_inputs(q, eid, gathered, written.inputs)
+            manifest = self._manifest(q, eid, values, inputs, written, started, attempt)
             # The slot is freed now; the commit joins the next group (one sync for many runs).
             task = asyncio.ensure_future(self._commit_success(manifest, written, key, prev))
             self._commits.add(task)

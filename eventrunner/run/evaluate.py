@@ -304,14 +304,20 @@ class Evaluator:
         cert.put(key, InputFile(name, member, relpath, digest))
         return None
 
-    def gather_for_run(self, qualname: str, eid: str, values: dict[str, str]) -> Gathered:
+    def gather_for_run(
+        self, qualname: str, eid: str, values: dict[str, str], from_cert: bool = False
+    ) -> Gathered:
         """A run's input files (gather without the upstream checks, which consider() just
-        made); an aggregate with a cert reads afresh only its dirty members."""
+        made), each hashed afresh. `from_cert` (an incremental call, which reads only what
+        changed): an aggregate with a cert re-reads only its dirty members."""
         cert = None
         if qualname in self._cert_stages:
             cert = self.certs.valid(qualname, eid, self.index.manifests[qualname].get(eid))
-        if cert is None:
-            return self.gather(qualname, values, check_upstream=False)
+        if cert is None or not from_cert:
+            g = self.gather(qualname, values, check_upstream=False)
+            if cert is not None:
+                self._refresh(qualname, eid, cert, g.files)
+            return g
         stage = self.ws.graph.stages[qualname]
         for (name, relpath), ieid in cert.dirty.items():
             inp = stage.input(name)
@@ -328,3 +334,36 @@ class Evaluator:
             cert.put((name, relpath), InputFile(name, member, relpath, digest))
         cert.nxt = {}  # the manifest this run commits records the view as it is now
         return Gathered(cert.files(), [], [])
+
+    def run_inputs(
+        self, q: str, eid: str, gathered: Gathered, read: dict[str, dict[str, str]] | None
+    ) -> dict[str, dict[str, str]]:
+        """What a run's manifest records: what it gathered, or, when its worker made the call
+        full, what the worker read (an aggregate's cert no longer matches that manifest)."""
+        if read is None:
+            return gathered.hashes()
+        self.certs.drop(q, eid)
+        return read
+
+    def _refresh(self, q: str, eid: str, cert: Cert, files: list[InputFile]) -> None:
+        """A run gathered (and hashed afresh) every member: the cert's view follows, as the
+        manifest it commits will; a member found changed with no event for it (an output
+        edited by hand: outputs are not watched) is re-checked at the next check."""
+        stage = self.ws.graph.stages[q]
+        now = {(f.name, f.relpath): f for f in files}
+        changed = [k for k in cert.view if k not in now]
+        for key in changed:
+            cert.put(key, None)
+        for key, f in now.items():
+            old = cert.view.get(key)
+            if old is None or old.hash != f.hash:
+                cert.put(key, f)
+                changed.append(key)
+        for name, relpath in changed:
+            inp = stage.input(name)
+            mv = inp.pattern.match(relpath)
+            if mv is None:
+                self.certs.drop(q, eid)
+                return
+            cert.dirty.setdefault((name, relpath), entity_id(inp.pattern.variables, mv))
+        cert.nxt = {}  # the manifest this run commits records the view as it is now

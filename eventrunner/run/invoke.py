@@ -23,9 +23,9 @@ from eventrunner.core.changes import PREVIOUS, REMOVED, Changes
 from eventrunner.core.errors import HandlerError, NeedFullCall, PermanentError
 from eventrunner.core.graph import Stage
 from eventrunner.core.patterns import entity_id, parse_entity_id
-from eventrunner.core.redact import SECRETS, RedactingFilter, remember_secret
-from eventrunner.run.capture import HandlerLog, attach, capturing
-from eventrunner.run.changes_input import changes_value, full_call, inner_type, previous_output
+from eventrunner.core.redact import SECRETS, remember_secret
+from eventrunner.run import changes_input as delta
+from eventrunner.run.capture import HandlerLog, attach, capturing, guard_logging
 from eventrunner.run.evaluate import InputFile
 from eventrunner.state.contain import resolve_inside
 from eventrunner.state.files import read_file, remove_path, temp_path, write_file
@@ -84,6 +84,9 @@ class Written:
     temps: list[tuple[Path, Path]]  # (temp, final)
     hashes: dict[str, str]  # relpath -> hash
     output: str = ""  # what the attempt printed and logged (run/capture.py), secrets masked
+    # An incremental call made full in the worker: the hashes of the inputs it read, which its
+    # manifest records instead of those the loop gathered (unchanged members were not re-read).
+    inputs: dict[str, dict[str, str]] | None = None
 
     def discard(self) -> None:
         """Remove the temps of an abandoned run."""
@@ -152,17 +155,17 @@ def convert(path: Path, annotation: Any, what: str) -> Any:
 
 
 def build_kwargs(
-    stage: Stage, func: Callable[..., Any], files: list[InputFile], root: Path
+    stage: Stage,
+    func: Callable[..., Any],
+    files: list[InputFile],
+    root: Path,
+    previous: bytes | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for the handler: map inputs as one value, fan-in inputs as dict by
-    member id, `Changes` inputs as what changed since the previous output when the files are
-    marked for an incremental call (run/evaluate.py `for_call`) and that output is still the
-    one its manifest records; else every member (a full call)."""
-    previous: bytes | None = None
-    if any(f.delta for f in files):
-        previous = previous_output(files, root)
-        if previous is None:
-            files = full_call(files)
+    member id, `Changes` inputs as what changed since `previous` (the previous output, checked)
+    for files marked for an incremental call (run/changes_input.py); else every member."""
+    if previous is None and any(f.delta for f in files):
+        files = delta.full_call(files)
     shape = _shape(func)
     hints = shape.hints
     # `**inputs: Path` annotates every input that has no parameter of its own (stock handlers).
@@ -174,8 +177,8 @@ def build_kwargs(
         if ann is Changes or typing.get_origin(ann) is Changes:
             if not inp.aggregated:
                 raise PermanentError(f"input {inp.name}: Changes[...] is for fan-in inputs only")
-            read = partial(_read_member, root, inner_type(ann), inp.name)
-            kwargs[inp.name] = changes_value(mine, read, previous)
+            read = partial(_read_member, root, delta.inner_type(ann), inp.name)
+            kwargs[inp.name] = delta.changes_value(mine, read, previous)
         elif inp.aggregated:
             args = typing.get_args(ann)
             inner = args[1] if len(args) == 2 else ann if ann in (Path, bytes, str) else str
@@ -335,13 +338,6 @@ def call_sync(func: Callable[..., Any], ctx: Context | None, kwargs: dict[str, A
     return func(ctx, **kwargs) if ctx is not None else func(**kwargs)
 
 
-def guard_logging() -> None:
-    """Mask secrets in whatever this process logs (its handlers and the last-resort one)."""
-    for handler in [*logging.getLogger().handlers, logging.lastResort]:
-        if handler is not None and not any(isinstance(f, RedactingFilter) for f in handler.filters):
-            handler.addFilter(RedactingFilter())
-
-
 def call_by_ref(
     stage: Stage, ref: Any, files: list[InputFile], values: dict[str, str], attempt: int, root: Path
 ) -> Written:
@@ -372,8 +368,9 @@ def prepare_and_call(
     with capturing() as capture:
         ctx.log.sink = capture
         try:
-            result = _call_with_fallback(stage, func, ctx, files, root)
+            result, read = _call_with_fallback(stage, func, ctx, files, root)
             written = store_result(stage, values, result, ctx, root)
+            written.inputs = read
         except BaseException as exc:
             if ctx.output_path is not None and ctx.output_path.exists():
                 Written([(ctx.output_path, ctx.output_path)], {}).discard()
@@ -385,16 +382,19 @@ def prepare_and_call(
 
 def _call_with_fallback(
     stage: Stage, func: Callable[..., Any], ctx: Context, files: list[InputFile], root: Path
-) -> Any:
-    """Call the handler; an incremental call that raises NeedFullCall is made again at once
-    as a full call (whatever it wrote to ctx.output_path meanwhile is thrown away)."""
+) -> tuple[Any, dict[str, dict[str, str]] | None]:
+    """Call the handler; an incremental call whose previous output changed, or that raises
+    NeedFullCall, is made full at once, over the members as read now (their hashes returned)."""
     given = ctx if wants_ctx(func) else None
-    try:
-        return call_sync(func, given, build_kwargs(stage, func, files, root))
-    except NeedFullCall:
-        if not any(f.delta for f in files):
-            raise  # already a full call: the handler's own error
-        log.debug("%s %s: a full call asked for", stage.qualname, ctx.entity_id)
-    if ctx.output_path is not None and os.path.lexists(ctx.output_path):
-        Written([(ctx.output_path, ctx.output_path)], {}).discard()
-    return call_sync(func, given, build_kwargs(stage, func, full_call(files), root))
+    if not any(f.delta for f in files):
+        return call_sync(func, given, build_kwargs(stage, func, files, root)), None
+    previous = delta.previous_output(files, root)
+    if previous is not None:
+        try:
+            return call_sync(func, given, build_kwargs(stage, func, files, root, previous)), None
+        except NeedFullCall:
+            log.debug("%s %s: a full call asked for", stage.qualname, ctx.entity_id)
+        if ctx.output_path is not None and os.path.lexists(ctx.output_path):
+            Written([(ctx.output_path, ctx.output_path)], {}).discard()
+    full, read = delta.rehashed(delta.full_call(files), root)
+    return call_sync(func, given, build_kwargs(stage, func, full, root)), read
