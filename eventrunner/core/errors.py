@@ -89,6 +89,12 @@ class RetryLater(EventRunnerError):
         super().__init__(message)
 
 
+class NeedFullCall(EventRunnerError):
+    """Raised by an incremental fan-in handler (a `Changes` input) that cannot fold these
+    changes into its previous output (say, a removed member's share is not in it): it is
+    called again at once with every member, as on a first run."""
+
+
 class SignatureError(EventRunnerError):
     """Raised when a webhook signature is missing, malformed, expired or wrong."""
 

@@ -88,8 +88,9 @@ class Facts:
 FRESH = Verdict("fresh")  # shared: most verdicts of a large workspace are this one
 
 
-def staleness_reasons(f: Facts) -> list[Reason]:
-    """Why the recorded state differs from today's code, params, inputs and output."""
+def staleness_reasons(f: Facts, input_reasons: list[Reason] | None = None) -> list[Reason]:
+    """Why the recorded state differs from today's code, params, inputs and output.
+    `input_reasons`: the input part, already known (an aggregate's cert, run/aggregates.py)."""
     m = f.manifest
     if m is None:
         return [Reason("MISSING", "never produced (no manifest)")]
@@ -111,8 +112,8 @@ def staleness_reasons(f: Facts) -> list[Reason]:
         )
     if m.params != f.params:
         out.append(Reason("PARAMS_CHANGED", "params changed", {"old": m.params, "new": f.params}))
-    recorded_inputs, recorded_outputs = m.inputs, m.outputs  # built on access: once here
-    out += _input_reasons(recorded_inputs, f.inputs)
+    recorded_outputs = m.outputs  # built on access: once here
+    out += input_reasons if input_reasons is not None else _input_reasons(m.inputs, f.inputs)
     for path, h in sorted(f.outputs_now.items()):
         if h is not None and recorded_outputs.get(path) != h:
             out.append(
@@ -147,8 +148,9 @@ def _input_reasons(
     return out
 
 
-def decide(f: Facts) -> Verdict:
-    """Apply the precedence: running, orphaned, held, waiting, fresh, dead, backoff, stale."""
+def decide(f: Facts, input_reasons: list[Reason] | None = None) -> Verdict:
+    """Apply the precedence: running, orphaned, held, waiting, fresh, dead, backoff, stale
+    (`input_reasons`: see staleness_reasons)."""
     if f.running:
         return Verdict("running")
     if not f.exists:
@@ -179,7 +181,7 @@ def decide(f: Facts) -> Verdict:
                 {"upstream": f.upstream_not_fresh},
             )
         )
-    reasons = [] if waiting else staleness_reasons(f)
+    reasons = [] if waiting else staleness_reasons(f, input_reasons)
     if f.held:
         return Verdict("held", (Reason("HELD", "on manual hold"), *waiting, *reasons))
     if waiting:

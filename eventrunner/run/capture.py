@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
-from eventrunner.core.redact import redact
+from eventrunner.core.redact import RedactingFilter, redact
 
 MAX_CHARS = 64 * 1024  # kept per attempt: the last 64 KiB of text
 _ATTR = "eventrunner_output"  # the captured text, on the exception a failed attempt raised
@@ -154,3 +154,10 @@ def output_of(exc: BaseException) -> str:
         if isinstance(text, str) and text:
             return text
     return ""
+
+
+def guard_logging() -> None:
+    """Mask secrets in whatever this process logs (its handlers and the last-resort one)."""
+    for handler in [*logging.getLogger().handlers, logging.lastResort]:
+        if handler is not None and not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from eventrunner.core.staleness import Reason, Verdict
+from eventrunner.run.changes_input import incremental_possible, mark_for_call
 from eventrunner.run.commit import Committer
 from eventrunner.run.evaluate import Evaluator
 from eventrunner.run.events import EventBus, Queued, Started
@@ -140,6 +141,7 @@ class Engine(Finishing):
             self.evaluator.reset()
         n = 0
         for q, eid, values in targets:
+            self.evaluator.touched(q, values)  # an aggregate's members it may change: re-checked
             if not self.allow(q, eid):
                 continue
             if (q, eid) in self.index.running:
@@ -149,7 +151,7 @@ class Engine(Finishing):
                 continue
             if self.settling.hold(q, eid, values):
                 continue  # an aggregate: checked once its members settle
-            verdict = self.evaluator.verdict(q, eid, values)
+            verdict = self.evaluator.verdict(q, eid, values, incremental=True)
             if verdict.runnable:  # stale, or failed with its retry due
                 self._push(q, eid, values, verdict.reasons)
                 n += 1
@@ -300,6 +302,13 @@ class Engine(Finishing):
             heapq.heappush(self._heap, item)
         self._wake.set()
 
+    def _loaded(self, q: str) -> Callable[..., Any] | None:
+        """The handler, or None if it cannot be loaded (the call itself then fails)."""
+        try:
+            return self._handler(q)
+        except Exception:
+            return None
+
     def _handler(self, q: str) -> Callable[..., Any]:
         func = self._funcs.get(q)
         if func is None:
@@ -309,7 +318,10 @@ class Engine(Finishing):
     async def _run_one(self, q: str, eid: str, values: dict[str, str]) -> None:
         stage = self.ws.graph.stages[q]
         # consider() just found every producer fresh; only the input files and hashes are needed.
-        gathered = self.evaluator.gather(q, values, check_upstream=False)
+        incremental = incremental_possible(
+            self.evaluator, q, eid, values, self._loaded(q), self.ws.settings.runtime.executor
+        )
+        gathered = self.evaluator.gather_for_run(q, eid, values, from_cert=incremental)
         key = self.evaluator.attempt_key(q, gathered.hashes())
         prev = self.index.failures[q].get(eid)
         attempt = (prev.attempts if prev is not None and prev.key == key else 0) + 1
@@ -322,12 +334,22 @@ class Engine(Finishing):
             self.outcome.executed += 1
             self.outcome.ran.add((q, eid))
             self.events.emit(Started(stage=q, entity=eid, attempt=attempt))
+            func = self._handler(q)
             call = Call(
                 stage=stage,
                 entity=eid,
                 handler=self.ws.handlers[q],
-                func=self._handler(q),
-                files=gathered.files,
+                func=func,
+                # Marked for an incremental fan-in call when the handler takes Changes (issue 15).
+                files=mark_for_call(
+                    self.evaluator,
+                    q,
+                    eid,
+                    values,
+                    gathered.files,
+                    func,
+                    self.ws.settings.runtime.executor,
+                ),
                 values=values,
                 attempt=attempt,
                 root=self.index.root,
@@ -339,7 +361,8 @@ class Engine(Finishing):
         except Exception as exc:
             await self._fail(q, eid, key, prev, exc, started)
         else:
-            manifest = self._manifest(q, eid, values, gathered.hashes(), written, started, attempt)
+            inputs = self.evaluator.run_inputs(q, eid, gathered, written.inputs)
+            manifest = self._manifest(q, eid, values, inputs, written, started, attempt)
             # The slot is freed now; the commit joins the next group (one sync for many runs).
             task = asyncio.ensure_future(self._commit_success(manifest, written, key, prev))
             self._commits.add(task)

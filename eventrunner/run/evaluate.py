@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from eventrunner.core.changes import PREVIOUS, REMOVED
 from eventrunner.core.patterns import trusted_entity_id as entity_id
+from eventrunner.core.records import Manifest
 from eventrunner.core.staleness import Facts, Verdict, decide
+from eventrunner.run.aggregates import Cert, Certs
 from eventrunner.state.hashing import combine
 from eventrunner.state.index import Index
 
@@ -21,6 +24,9 @@ class InputFile:
     member: str | None  # entity id over the aggregated variables, None for a map input
     relpath: str
     hash: str
+    # An incremental call's mark (core/changes.py): how this member differs from the previous
+    # output's manifest; "removed" and "previous" entries are no input of the call's manifest.
+    delta: str = ""
 
 
 @dataclass
@@ -30,13 +36,21 @@ class Gathered:
     files: list[InputFile]
     missing: list[str]
     upstream_not_fresh: list[str]
+    # fan-in members left out as their producer is not fresh (or their file is missing):
+    # (input name, relpath) -> instance id; an aggregate's cert re-checks them (run/aggregates.py)
+    unverified: dict[tuple[str, str], str] = field(default_factory=dict)
+    _hashes: dict[str, dict[str, str]] | None = field(default=None, repr=False, compare=False)
 
     def hashes(self) -> dict[str, dict[str, str]]:
-        """input name -> {relpath: hash}, as stored in manifests."""
-        out: dict[str, dict[str, str]] = {}
-        for f in self.files:
-            out.setdefault(f.name, {})[f.relpath] = f.hash
-        return out
+        """input name -> {relpath: hash}, as stored in manifests (built once: a run asks for
+        it twice, and an aggregate's is one entry per member)."""
+        if self._hashes is None:
+            out: dict[str, dict[str, str]] = {}
+            for f in self.files:
+                if f.delta not in (REMOVED, PREVIOUS):
+                    out.setdefault(f.name, {})[f.relpath] = f.hash
+            self._hashes = out
+        return self._hashes
 
 
 class Evaluator:
@@ -51,6 +65,8 @@ class Evaluator:
         # and again, just after, as the consumer's input; one stat serves both (the verdicts
         # they feed are memoised for the same span). Bounded: only the recent reads matter.
         self._hashes: dict[str, str | None] = {}
+        self.certs = Certs(index)  # kept across passes: what aggregates know of their members
+        self._cert_stages = {q for q in self.ws.graph.stages if self.certs.eligible(q)}
 
     def reset(self, now: float | None = None) -> None:
         """Forget memoised verdicts and file hashes (state changed)."""
@@ -92,21 +108,22 @@ class Evaluator:
         files: list[InputFile] = []
         missing: list[str] = []
         upstream: list[str] = []
+        unverified: dict[tuple[str, str], str] = {}
         for inp in stage.inputs:
             inst = idx.instances[inp.pattern.key]
             producer = self.ws.graph.producer.get(inp.pattern.key)
             if inp.aggregated:
                 key = tuple(values[v] for v in inp.shared)
                 members = sorted(inst.select(inp.shared, key))
-                pairs = [(inst.values(e), inst.path(e)) for e in members]
+                pairs = [(e, inst.values(e), inst.path(e)) for e in members]
             else:
                 mv = {v: values[v] for v in inp.pattern.variables}
                 eid = entity_id(inp.pattern.variables, mv)
                 if eid not in inst.items and producer is None:
                     missing.append(inp.pattern.join(mv))
                     continue
-                pairs = [(mv, inst.path(eid) if eid in inst.items else inp.pattern.join(mv))]
-            for mvalues, relpath in pairs:
+                pairs = [(eid, mv, inst.path(eid) if eid in inst.items else inp.pattern.join(mv))]
+            for ieid, mvalues, relpath in pairs:
                 if producer is not None and check_upstream:
                     pstage = self.ws.graph.stages[producer]
                     pv = {v: mvalues[v] for v in pstage.entity_vars}
@@ -114,11 +131,13 @@ class Evaluator:
                     pverdict = self.verdict(producer, peid, pv)
                     if pverdict.state != "fresh":
                         upstream.append(f"{producer} {peid} ({pverdict.state})")
+                        unverified[(inp.name, relpath)] = ieid
                         continue
                 # A run's own gather (check_upstream=False) reads the files afresh.
                 digest = self._hash(relpath) if check_upstream else idx.files.hash(relpath)
                 if digest is None:
                     (upstream if producer else missing).append(relpath)
+                    unverified[(inp.name, relpath)] = ieid
                     continue
                 member = (
                     entity_id(inp.aggregated, {v: mvalues[v] for v in inp.aggregated})
@@ -126,24 +145,46 @@ class Evaluator:
                     else None
                 )
                 files.append(InputFile(inp.name, member, relpath, digest))
-        return Gathered(files, missing, upstream)
+        return Gathered(files, missing, upstream, unverified)
 
-    def verdict(self, qualname: str, eid: str, values: dict[str, str]) -> Verdict:
-        """The state of (stage, entity) now."""
+    def verdict(
+        self, qualname: str, eid: str, values: dict[str, str], incremental: bool = False
+    ) -> Verdict:
+        """The state of (stage, entity) now. `incremental` (the engine's checks): an aggregate
+        keeps a cert of its members between checks and re-checks only those marked since."""
         memo = self._memo.get((qualname, eid))
         if memo is not None:
             return memo
-        v = decide(self.facts(qualname, eid, values))
+        if incremental and qualname in self._cert_stages:
+            v = self._aggregate_verdict(qualname, eid, values)
+        else:
+            v = decide(self.facts(qualname, eid, values))
         self._memo[(qualname, eid)] = v
         return v
 
-    def facts(self, qualname: str, eid: str, values: dict[str, str]) -> Facts:
-        """Everything decide() needs for one state."""
+    def touched(self, qualname: str, values: dict[str, str]) -> None:
+        """A target is being considered: aggregate members downstream of it are re-checked."""
+        self.certs.touched(qualname, values)
+
+    def committed(self, qualname: str, eid: str, manifest: Manifest) -> None:
+        """A state committed `manifest` (an aggregate's cert moves on to it)."""
+        self.certs.committed(qualname, eid, manifest)
+
+    def facts(
+        self,
+        qualname: str,
+        eid: str,
+        values: dict[str, str],
+        gathered: list[Gathered] | None = None,
+    ) -> Facts:
+        """Everything decide() needs for one state (the inputs found go into `gathered`)."""
         idx = self.index
         m = idx.manifests[qualname].get(eid)
         failure = idx.failures[qualname].get(eid)
         exists = idx.has_entity(qualname, values)
         g = self.gather(qualname, values) if exists else Gathered([], [], [])
+        if gathered is not None and exists:
+            gathered.append(g)
         inputs = g.hashes()
         recorded = m.output_paths if m else ()
         outputs_now = {p: self._hash(p) for p in recorded}
@@ -179,3 +220,150 @@ class Evaluator:
             self.ws.modules.get(qualname, ""),
             *("\0".join(t) for t in flat),
         )
+
+    # -- aggregates: a check and a run's gather from the cert (run/aggregates.py) ----------------
+    def _aggregate_verdict(self, qualname: str, eid: str, values: dict[str, str]) -> Verdict:
+        m = self.index.manifests[qualname].get(eid)
+        cert = self.certs.valid(qualname, eid, m)
+        if cert is not None:
+            v = self._cert_verdict(qualname, eid, values, cert, m)
+            if v is not None:
+                return v
+        got: list[Gathered] = []
+        facts = self.facts(qualname, eid, values, got)  # the full walk: O(members)
+        if got:
+            self.certs.make(qualname, eid, m, got[0].files, got[0].unverified)
+        else:
+            self.certs.drop(qualname, eid)
+        return decide(facts)
+
+    def _cert_verdict(
+        self, q: str, eid: str, values: dict[str, str], cert: Cert, m: Manifest | None
+    ) -> Verdict | None:
+        """decide() from the cert, re-checking its dirty members only; None: walk them all."""
+        idx = self.index
+        if (q, eid) in idx.running:
+            return Verdict("running")
+        if idx.failures[q].get(eid) is not None or idx.control.held(q, eid):
+            return None  # rare: the full walk also gives the attempt key and held's reasons
+        if not idx.has_entity(q, values):
+            return None
+        upstream: list[str] = []
+        for key, ieid in list(cert.dirty.items()):
+            why = self._verify(q, cert, key, ieid)
+            if why == "":
+                self.certs.drop(q, eid)
+                return None
+            if why is None:
+                del cert.dirty[key]
+            else:
+                upstream.append(why)
+        stage = self.ws.graph.stages[q]
+        recorded = m.output_paths if m else ()
+        outputs_now = {p: self._hash(p) for p in recorded}
+        if m is not None and not recorded:
+            outputs_now = {stage.output.join(values): None}
+        facts = Facts(
+            manifest=m,
+            code=self.ws.code[q],
+            params=self.ws.params[q],
+            inputs={},
+            missing_inputs=[],
+            upstream_not_fresh=sorted(upstream),
+            outputs_now=outputs_now,
+            failure=None,
+            attempt_key="",
+            invalidated_ns=idx.control.invalidated_at(q, eid),
+            now=self.now,
+        )
+        return decide(facts, cert.input_reasons())
+
+    def _verify(self, q: str, cert: Cert, key: tuple[str, str], ieid: str) -> str | None:
+        """Check one dirty member as the full walk would: None when done (fresh, or no member
+        any more), else why it waits ("": the cert no longer fits the index)."""
+        name, relpath = key
+        inp = self.ws.graph.stages[q].input(name)
+        inst = self.index.instances[inp.pattern.key]
+        if ieid not in inst.items:
+            cert.put(key, None)
+            return None
+        if inst.path(ieid) != relpath:
+            return ""
+        producer = self.ws.graph.producer[inp.pattern.key]
+        pstage = self.ws.graph.stages[producer]
+        mvalues = inst.values(ieid)
+        pv = {v: mvalues[v] for v in pstage.entity_vars}
+        peid = entity_id(pstage.entity_vars, pv)
+        state = self.verdict(producer, peid, pv).state
+        if state != "fresh":
+            return f"{producer} {peid} ({state})"
+        digest = self._hash(relpath)
+        if digest is None:
+            return relpath
+        member = entity_id(inp.aggregated, {v: mvalues[v] for v in inp.aggregated})
+        cert.put(key, InputFile(name, member, relpath, digest))
+        return None
+
+    def gather_for_run(
+        self, qualname: str, eid: str, values: dict[str, str], from_cert: bool = False
+    ) -> Gathered:
+        """A run's input files (gather without the upstream checks, which consider() just
+        made), each hashed afresh. `from_cert` (an incremental call, which reads only what
+        changed): an aggregate with a cert re-reads only its dirty members."""
+        cert = None
+        if qualname in self._cert_stages:
+            cert = self.certs.valid(qualname, eid, self.index.manifests[qualname].get(eid))
+        if cert is None or not from_cert:
+            g = self.gather(qualname, values, check_upstream=False)
+            if cert is not None:
+                self._refresh(qualname, eid, cert, g.files)
+            return g
+        stage = self.ws.graph.stages[qualname]
+        for (name, relpath), ieid in cert.dirty.items():
+            inp = stage.input(name)
+            inst = self.index.instances[inp.pattern.key]
+            if ieid in inst.items and inst.path(ieid) != relpath:
+                self.certs.drop(qualname, eid)
+                return self.gather(qualname, values, check_upstream=False)
+            digest = self.index.files.hash(relpath) if ieid in inst.items else None
+            if digest is None:
+                cert.put((name, relpath), None)
+                continue
+            mvalues = inst.values(ieid)
+            member = entity_id(inp.aggregated, {v: mvalues[v] for v in inp.aggregated})
+            cert.put((name, relpath), InputFile(name, member, relpath, digest))
+        cert.nxt = {}  # the manifest this run commits records the view as it is now
+        return Gathered(cert.files(), [], [])
+
+    def run_inputs(
+        self, q: str, eid: str, gathered: Gathered, read: dict[str, dict[str, str]] | None
+    ) -> dict[str, dict[str, str]]:
+        """What a run's manifest records: what it gathered, or, when its worker made the call
+        full, what the worker read (an aggregate's cert no longer matches that manifest)."""
+        if read is None:
+            return gathered.hashes()
+        self.certs.drop(q, eid)
+        return read
+
+    def _refresh(self, q: str, eid: str, cert: Cert, files: list[InputFile]) -> None:
+        """A run gathered (and hashed afresh) every member: the cert's view follows, as the
+        manifest it commits will; a member found changed with no event for it (an output
+        edited by hand: outputs are not watched) is re-checked at the next check."""
+        stage = self.ws.graph.stages[q]
+        now = {(f.name, f.relpath): f for f in files}
+        changed = [k for k in cert.view if k not in now]
+        for key in changed:
+            cert.put(key, None)
+        for key, f in now.items():
+            old = cert.view.get(key)
+            if old is None or old.hash != f.hash:
+                cert.put(key, f)
+                changed.append(key)
+        for name, relpath in changed:
+            inp = stage.input(name)
+            mv = inp.pattern.match(relpath)
+            if mv is None:
+                self.certs.drop(q, eid)
+                return
+            cert.dirty.setdefault((name, relpath), entity_id(inp.pattern.variables, mv))
+        cert.nxt = {}  # the manifest this run commits records the view as it is now

@@ -197,6 +197,7 @@ class Finishing:
         """A committed output is an event for the stages that read it (and read what it dropped)."""
         stage = self.ws.graph.stages[q]
         self.index.attempt_ended(q, eid)
+        self.evaluator.committed(q, eid, manifest)  # an aggregate's cert moves on to it
         targets: list[Target] = []
         pattern = self.index.instances[stage.output.key].pattern
         outputs = manifest.outputs  # a dict built per access

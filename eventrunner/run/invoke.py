@@ -13,16 +13,19 @@ import os
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from eventrunner.core.errors import HandlerError, PermanentError
+from eventrunner.core.changes import PREVIOUS, REMOVED, Changes
+from eventrunner.core.errors import HandlerError, NeedFullCall, PermanentError
 from eventrunner.core.graph import Stage
 from eventrunner.core.patterns import entity_id, parse_entity_id
-from eventrunner.core.redact import SECRETS, RedactingFilter, remember_secret
-from eventrunner.run.capture import HandlerLog, attach, capturing
+from eventrunner.core.redact import SECRETS, remember_secret
+from eventrunner.run import changes_input as delta
+from eventrunner.run.capture import HandlerLog, attach, capturing, guard_logging
 from eventrunner.run.evaluate import InputFile
 from eventrunner.state.contain import resolve_inside
 from eventrunner.state.files import read_file, remove_path, temp_path, write_file
@@ -81,6 +84,9 @@ class Written:
     temps: list[tuple[Path, Path]]  # (temp, final)
     hashes: dict[str, str]  # relpath -> hash
     output: str = ""  # what the attempt printed and logged (run/capture.py), secrets masked
+    # An incremental call made full in the worker: the hashes of the inputs it read, which its
+    # manifest records instead of those the loop gathered (unchanged members were not re-read).
+    inputs: dict[str, dict[str, str]] | None = None
 
     def discard(self) -> None:
         """Remove the temps of an abandoned run."""
@@ -149,9 +155,17 @@ def convert(path: Path, annotation: Any, what: str) -> Any:
 
 
 def build_kwargs(
-    stage: Stage, func: Callable[..., Any], files: list[InputFile], root: Path
+    stage: Stage,
+    func: Callable[..., Any],
+    files: list[InputFile],
+    root: Path,
+    previous: bytes | None = None,
 ) -> dict[str, Any]:
-    """Keyword arguments for the handler: map inputs as one value, fan-in inputs as dict by member id."""
+    """Keyword arguments for the handler: map inputs as one value, fan-in inputs as dict by
+    member id, `Changes` inputs as what changed since `previous` (the previous output, checked)
+    for files marked for an incremental call (run/changes_input.py); else every member."""
+    if previous is None and any(f.delta for f in files):
+        files = delta.full_call(files)
     shape = _shape(func)
     hints = shape.hints
     # `**inputs: Path` annotates every input that has no parameter of its own (stock handlers).
@@ -159,20 +173,29 @@ def build_kwargs(
     kwargs: dict[str, Any] = {}
     for inp in stage.inputs:
         ann = hints.get(inp.name, default_ann)
-        if inp.aggregated:
+        mine = [f for f in files if f.name == inp.name]
+        if ann is Changes or typing.get_origin(ann) is Changes:
+            if not inp.aggregated:
+                raise PermanentError(f"input {inp.name}: Changes[...] is for fan-in inputs only")
+            read = partial(_read_member, root, delta.inner_type(ann), inp.name)
+            kwargs[inp.name] = delta.changes_value(mine, read, previous)
+        elif inp.aggregated:
             args = typing.get_args(ann)
             inner = args[1] if len(args) == 2 else ann if ann in (Path, bytes, str) else str
             kwargs[inp.name] = {
                 f.member: convert(root / f.relpath, inner, inp.name)
-                for f in files
-                if f.name == inp.name
+                for f in mine
+                if f.delta not in (REMOVED, PREVIOUS)
             }
         else:
-            found = next((f for f in files if f.name == inp.name), None)
-            if found is None:
+            if not mine:
                 raise HandlerError(f"input {inp.name} has no file")
-            kwargs[inp.name] = convert(root / found.relpath, ann, inp.name)
+            kwargs[inp.name] = convert(root / mine[0].relpath, ann, inp.name)
     return kwargs
+
+
+def _read_member(root: Path, annotation: Any, what: str, f: InputFile) -> Any:
+    return convert(root / f.relpath, annotation, what)
 
 
 def encode(value: Any, what: str) -> bytes:
@@ -315,13 +338,6 @@ def call_sync(func: Callable[..., Any], ctx: Context | None, kwargs: dict[str, A
     return func(ctx, **kwargs) if ctx is not None else func(**kwargs)
 
 
-def guard_logging() -> None:
-    """Mask secrets in whatever this process logs (its handlers and the last-resort one)."""
-    for handler in [*logging.getLogger().handlers, logging.lastResort]:
-        if handler is not None and not any(isinstance(f, RedactingFilter) for f in handler.filters):
-            handler.addFilter(RedactingFilter())
-
-
 def call_by_ref(
     stage: Stage, ref: Any, files: list[InputFile], values: dict[str, str], attempt: int, root: Path
 ) -> Written:
@@ -352,9 +368,9 @@ def prepare_and_call(
     with capturing() as capture:
         ctx.log.sink = capture
         try:
-            kwargs = build_kwargs(stage, func, files, root)
-            result = call_sync(func, ctx if wants_ctx(func) else None, kwargs)
+            result, read = _call_with_fallback(stage, func, ctx, files, root)
             written = store_result(stage, values, result, ctx, root)
+            written.inputs = read
         except BaseException as exc:
             if ctx.output_path is not None and ctx.output_path.exists():
                 Written([(ctx.output_path, ctx.output_path)], {}).discard()
@@ -362,3 +378,23 @@ def prepare_and_call(
             raise
     written.output = capture.text()
     return written
+
+
+def _call_with_fallback(
+    stage: Stage, func: Callable[..., Any], ctx: Context, files: list[InputFile], root: Path
+) -> tuple[Any, dict[str, dict[str, str]] | None]:
+    """Call the handler; an incremental call whose previous output changed, or that raises
+    NeedFullCall, is made full at once, over the members as read now (their hashes returned)."""
+    given = ctx if wants_ctx(func) else None
+    if not any(f.delta for f in files):
+        return call_sync(func, given, build_kwargs(stage, func, files, root)), None
+    previous = delta.previous_output(files, root)
+    if previous is not None:
+        try:
+            return call_sync(func, given, build_kwargs(stage, func, files, root, previous)), None
+        except NeedFullCall:
+            log.debug("%s %s: a full call asked for", stage.qualname, ctx.entity_id)
+        if ctx.output_path is not None and os.path.lexists(ctx.output_path):
+            Written([(ctx.output_path, ctx.output_path)], {}).discard()
+    full, read = delta.rehashed(delta.full_call(files), root)
+    return call_sync(func, given, build_kwargs(stage, func, full, root)), read

@@ -48,7 +48,14 @@ from pathlib import Path
 import psutil
 
 # The same workspace as the engine benchmark (this folder is on sys.path when run as a script).
-from bench_engine import FANIN_STAGE, HANDLERS, PIPELINE, WORDS
+from bench_engine import (
+    FANIN_INCREMENTAL_STAGE,
+    FANIN_STAGE,
+    HANDLERS,
+    HANDLERS_INCREMENTAL,
+    PIPELINE,
+    WORDS,
+)
 
 READY_MARK = ".bench-ready"
 
@@ -240,13 +247,18 @@ def main() -> None:
         help="also the start-up and memory rows with a fan-in at these sizes (e.g. 100000)",
     )
     parser.add_argument("--fanin", action="store_true", help="only the fan-in rows (issue 15)")
+    parser.add_argument(
+        "--incremental",
+        action="store_true",
+        help="with --fanin: the fan-in total as an incremental handler (a Changes input)",
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-serve-"))
     workdir.mkdir(parents=True, exist_ok=True)
     if args.fanin:
         try:
-            fanin_rows(workdir, sizes, args.drops)
+            fanin_rows(workdir, sizes, args.drops, args.incremental)
         finally:
             if args.workdir is None and not args.keep:
                 shutil.rmtree(workdir, ignore_errors=True)
@@ -320,14 +332,18 @@ def main() -> None:
             print(f"p50 ratio N={big:,} / N={small:,} ({label}): {ratio:.2f}")
 
 
-def fanin_workspace(ws: Path, n: int) -> int:
-    """The chain plus a fan-in total over every count, not yet run; returns the expected total."""
+def fanin_workspace(ws: Path, n: int, incremental: bool = False) -> int:
+    """The chain plus a fan-in total over every count, not yet run; returns the expected total.
+    `incremental`: the total is the incremental handler (bench_engine.HANDLERS_INCREMENTAL)."""
     shutil.rmtree(ws, ignore_errors=True)
     rng = random.Random(n)
     for folder in ("inbox", "pipelines", "handlers"):
         (ws / folder).mkdir(parents=True)
-    (ws / "pipelines/bench.toml").write_text(PIPELINE + FANIN_STAGE)
+    stage = FANIN_INCREMENTAL_STAGE if incremental else FANIN_STAGE
+    (ws / "pipelines/bench.toml").write_text(PIPELINE + stage)
     (ws / "handlers/textops.py").write_text(HANDLERS)
+    if incremental:
+        (ws / "handlers/textops_inc.py").write_text(HANDLERS_INCREMENTAL)
     total = 0
     for i in range(n):
         k = rng.randint(1, 12)
@@ -352,15 +368,16 @@ def wait_for(path: Path, text: str, deadline: float, what: str) -> float:
         time.sleep(0.001)
 
 
-def fanin_rows(workdir: Path, sizes: list[int], drops: int) -> None:
-    """Per size: cold `run` vs cold `serve` to the final total; then drop -> total.txt."""
+def fanin_rows(workdir: Path, sizes: list[int], drops: int, incremental: bool = False) -> None:
+    """Per size: cold `run` vs cold `serve` to the final total; then drop -> total.txt.
+    `incremental`: with the incremental fan-in handler, in workspaces of their own."""
     rows: list[list[str]] = []
     for n in sizes:
-        ws = workdir / f"fanin-{n}"
+        ws = workdir / f"fanin-{n}{'-incremental' if incremental else ''}"
         ready = ws / READY_MARK
         cold_run = cold_serve = 0.0
         if not ready.exists():
-            total = fanin_workspace(ws, n)
+            total = fanin_workspace(ws, n, incremental)
             began = time.perf_counter()
             proc = subprocess.run(
                 [*eventrunner_cmd(), "-w", str(ws), "run", "--json", "-j", "2"],
@@ -371,7 +388,7 @@ def fanin_rows(workdir: Path, sizes: list[int], drops: int) -> None:
             if proc.returncode != 0 or (ws / "total.txt").read_text() != f"{total}\n":
                 sys.exit(f"run failed ({proc.returncode}): {proc.stderr[-2000:]}")
             if n <= 20_000:  # serve's own cold start, on a second fresh copy
-                fanin_workspace(ws, n)
+                fanin_workspace(ws, n, incremental)
                 began = time.perf_counter()
                 server = Serve(ws, {})
                 try:
@@ -412,7 +429,10 @@ def fanin_rows(workdir: Path, sizes: list[int], drops: int) -> None:
     head = ["entities", "run cold", "serve cold to total", "serve/run (<= 2x)", "serve start-up"]
     head += ["drop -> total p50 (< 100 ms)", "p90", "max"]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    print(f"fan-in (inbox -> upper -> count -> total.txt), {drops} sequential drops per size")
+    kind = "incremental handler (Changes)" if incremental else "handler reading every member"
+    print(
+        f"fan-in (inbox -> upper -> count -> total.txt, {kind}), {drops} sequential drops per size"
+    )
     for r in [head, ["-" * w for w in widths], *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
 

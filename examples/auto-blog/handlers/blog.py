@@ -1,26 +1,49 @@
-"""The blog's index page: every post, newest first, titled by the post's own <title>."""
+"""The blog's index page: every post, newest first, titled by the post's own <title>; kept up
+incrementally (a `Changes` input: only new and changed posts are read)."""
 
 from __future__ import annotations
 
 import html
 import re
 
+from eventrunner import Changes, NeedFullCall
+
 _TITLE = re.compile(r"<title>(.*?)</title>", re.S | re.I)
 _H1 = re.compile(r"<h1>(.*?)</h1>", re.S | re.I)
 _TAGS = re.compile(r"<[^>]+>")
 _SLOT = re.compile(r"\{(site|count|items)\}")
+_ITEM = re.compile(r'<li><a href="([^"]+)\.html">')
 
 
-def index(ctx, posts: dict[str, str]) -> str:
-    """An HTML list of posts; `posts` maps each date (the entity id) to the post's HTML."""
+def index(ctx, posts: Changes[str]) -> str:
+    """An HTML list of posts, newest first. Incremental: `posts` holds the posts added, changed
+    and removed since the previous index (every post on a full call), keyed by date (the entity
+    id); each post's line is kept in the page itself, so only those posts are read."""
     site = html.escape(ctx.params.get("site_title", "Blog"))
-    items = [
-        f'<li><a href="{date}.html">{date}</a> {post_title(page, date)}</li>'
-        for date, page in sorted(posts.items(), reverse=True)
-    ]
+    lines = {} if posts.previous is None else _items(posts.previous.decode("utf-8"))
+    for date in posts.removed:
+        lines.pop(date, None)
+    for date, page in {**posts.added, **posts.changed}.items():
+        lines[date] = f'<li><a href="{date}.html">{date}</a> {post_title(page, date)}</li>'
+    items = [lines[date] for date in sorted(lines, reverse=True)]
     values = {"site": site, "count": str(len(items)), "items": "\n".join(items)}
     # One pass, so a "{count}" inside a title stays as written.
     return _SLOT.sub(lambda m: values[m.group(1)], PAGE)
+
+
+def _items(page: str) -> dict[str, str]:
+    """The list items of a previous index, by date; one that is not laid out as PAGE is
+    rebuilt from every post instead."""
+    start, end = page.find("\n<ul>\n"), page.rfind("\n</ul>\n")
+    if start < 0 or end < start:
+        raise NeedFullCall()
+    out: dict[str, str] = {}
+    for line in page[start + len("\n<ul>\n") : end].splitlines():
+        m = _ITEM.match(line)
+        if m is None:
+            raise NeedFullCall()
+        out[m.group(1)] = line
+    return out
 
 
 def post_title(page: str, default: str) -> str:
