@@ -246,6 +246,7 @@ class Engine(Finishing):
         pending: set[asyncio.Task[None]] = set()
         if self._tasks:
             _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            pending &= self._tasks  # those past their handler are commits now: awaited below
             for task in pending:
                 task.cancel()
             if pending:
@@ -290,6 +291,7 @@ class Engine(Finishing):
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self._commits.discard(task)  # a run whose handler returned went on as a commit
         self._wake.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("internal error in a job", exc_info=task.exception())
@@ -340,14 +342,18 @@ class Engine(Finishing):
             await self._fail(q, eid, key, prev, exc, started)
         else:
             manifest = self._manifest(q, eid, values, gathered.hashes(), written, started, attempt)
-            # The slot is freed now; the commit joins the next group (one sync for many runs).
-            task = asyncio.ensure_future(self._commit_success(manifest, written, key, prev))
-            self._commits.add(task)
-            task.add_done_callback(self._commit_done)
             committing = True
+            # The slot is freed now: this task goes on as a commit (not a second task per run),
+            # which joins the next group (one sync for many runs).
+            task = asyncio.current_task()
+            assert task is not None  # _dispatch started this as a task
+            self._tasks.discard(task)
+            self._commits.add(task)
         finally:
             self.index.handler_returned(q, eid)
             if not committing:
                 self.index.attempt_ended(q, eid)
                 self._settled(q)
             self._release(q)
+        if committing:
+            await self._commit_success(manifest, written, key, prev)
