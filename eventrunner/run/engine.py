@@ -188,7 +188,8 @@ class Engine(Finishing):
         self._queued[(q, eid)] = values
         self.settling.started(q)
         # The reason codes are what triggered the run (the execution history shows them).
-        self.events.emit(Queued(stage=q, entity=eid, reasons=tuple(r.code for r in reasons)))
+        if self.events.listening:
+            self.events.emit(Queued(stage=q, entity=eid, reasons=tuple(r.code for r in reasons)))
         self._wake.set()
 
     @property
@@ -323,7 +324,8 @@ class Engine(Finishing):
             self.index.attempt_started(q, eid, key, attempt, started)
             self.outcome.executed += 1
             self.outcome.ran.add((q, eid))
-            self.events.emit(Started(stage=q, entity=eid, attempt=attempt))
+            if self.events.listening:  # else not even built (per execution)
+                self.events.emit(Started(stage=q, entity=eid, attempt=attempt))
             call = Call(
                 stage=stage,
                 entity=eid,

@@ -124,7 +124,8 @@ class Finishing:
         stats = {rel: st for rel in written.hashes if (st := commit.stats.get(root + rel))}
         old = self.index.record_success(manifest, written.hashes, stats)
         self.outcome.succeeded += 1
-        self.events.emit(Succeeded(stage=q, entity=eid, duration_s=manifest.duration_s))
+        if self.events.listening:
+            self.events.emit(Succeeded(stage=q, entity=eid, duration_s=manifest.duration_s))
         self._after_commit(q, eid, manifest, old)
 
     async def _fail(
