@@ -66,7 +66,7 @@ class ThreadExecutor(Executor):
         self._unreplaced = 0  # of those, the ones no new thread stands in for
         self._names = 0
         self._started = False
-        self._mail = _Mailbox()  # results and timer starts, to the loop in batches
+        self._mail = Mailbox()  # results and timer starts, to the loop in batches
 
     @property
     def capacity(self) -> int:
@@ -227,7 +227,7 @@ class ThreadExecutor(Executor):
 _Posted = tuple[Callable[..., object], tuple[object, ...], Callable[[], object] | None]
 
 
-class _Mailbox:
+class Mailbox:
     """Calls from the worker threads to the loop, run there in batches: one
     call_soon_threadsafe (a write to the loop's self-pipe, a wake-up, a read) serves every
     call posted before the loop got round to the first. In a cold run the loop is the busy
