@@ -88,7 +88,7 @@ class Committer:
         if self._queue is None:
             raise RuntimeError("committer is not running")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._queue.put((commit, fut))
+        self._queue.put_nowait((commit, fut))  # unbounded: never waits
         await fut
 
     async def _loop(self) -> None:

@@ -37,7 +37,7 @@ class _State(enum.Enum):
 class _Job:
     """One sync call in flight; `state` changes under the executor's lock only."""
 
-    __slots__ = ("began", "call", "future", "loop", "replaced", "state", "timer")
+    __slots__ = ("began", "call", "future", "loop", "on_done", "replaced", "state", "timer")
 
     def __init__(
         self, call: Call, future: asyncio.Future[Written], loop: asyncio.AbstractEventLoop
@@ -49,6 +49,7 @@ class _Job:
         self.timer: asyncio.TimerHandle | None = None
         self.replaced = False  # abandoned and a new thread started in its place
         self.began = 0.0
+        self.on_done: Callable[[asyncio.Future[Written]], None] | None = None
 
 
 class ThreadExecutor(Executor):
@@ -78,7 +79,8 @@ class ThreadExecutor(Executor):
         self._refuse_if_closed()
         loop = asyncio.get_running_loop()
         job = _Job(call, loop.create_future(), loop)
-        job.future.add_done_callback(lambda _f: self._resolved(job))
+        job.on_done = lambda _f: self._resolved(job)
+        job.future.add_done_callback(job.on_done)
         if not self._started:
             self._started = True
             with self._lock:
@@ -168,10 +170,14 @@ class ThreadExecutor(Executor):
         if job.future.done():  # cancelled after the handler returned: nothing of it is kept
             if written is not None:
                 written.discard()
-        elif error is not None:
-            job.future.set_exception(error)
         else:
-            job.future.set_result(written)  # type: ignore[arg-type]
+            # Resolved here, not cancelled: nothing for _resolved to do (one callback less).
+            if job.on_done is not None:
+                job.future.remove_done_callback(job.on_done)
+            if error is not None:
+                job.future.set_exception(error)
+            else:
+                job.future.set_result(written)  # type: ignore[arg-type]
 
     def _resolved(self, job: _Job) -> None:
         """The future is done; if it was cancelled, drop or abandon the call behind it."""
