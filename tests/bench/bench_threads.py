@@ -101,7 +101,10 @@ def main() -> None:
         _, template, _ = build(root, args.entities, seed=1)
         for _ in range(args.repeat):
             for tree in trees:  # alternated: each tree sees the same load
-                rows[tree].append(one_run(template, tree or None, args.jobs))
+                run = one_run(template, tree or None, args.jobs)
+                rows[tree].append(run)
+                cpu = {k: round(sum(v), 2) for k, v in run.items() if k != "executed"}
+                print(f"  {tree or '(installed)'}: {cpu}", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     kinds = ("loop", "handlers", "committer")
