@@ -38,6 +38,9 @@ class Commit:
     failure: Failure | None = None
     clear_failure: bool = False
     output: AttemptOutput | None = None  # what the attempt printed, when it printed anything
+    # Filled by the committer's thread just after the outputs' renames: final path -> its stat,
+    # for the index's stat cache (else the event loop would stat each new output once more).
+    stats: dict[str, os.stat_result] = field(default_factory=dict)
 
 
 class Committer:
@@ -85,7 +88,7 @@ class Committer:
         if self._queue is None:
             raise RuntimeError("committer is not running")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._queue.put((commit, fut))
+        self._queue.put_nowait((commit, fut))  # unbounded: never waits
         await fut
 
     async def _loop(self) -> None:
@@ -138,6 +141,10 @@ class Committer:
         except BaseException:
             self.store.abandon(staged)
             raise
+        for c in batch:
+            for _, final in c.temps:
+                with contextlib.suppress(OSError):  # the loop stats it itself then
+                    c.stats[os.fspath(final)] = os.stat(final)
         for c in batch:
             if c.clear_failure and c.manifest is not None:
                 try:

@@ -190,7 +190,8 @@ class Engine(Finishing):
         self._queued[(q, eid)] = values
         self.settling.started(q)
         # The reason codes are what triggered the run (the execution history shows them).
-        self.events.emit(Queued(stage=q, entity=eid, reasons=tuple(r.code for r in reasons)))
+        if self.events.listening:
+            self.events.emit(Queued(stage=q, entity=eid, reasons=tuple(r.code for r in reasons)))
         self._wake.set()
 
     @property
@@ -248,6 +249,7 @@ class Engine(Finishing):
         pending: set[asyncio.Task[None]] = set()
         if self._tasks:
             _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            pending &= self._tasks  # those past their handler are commits now: awaited below
             for task in pending:
                 task.cancel()
             if pending:
@@ -292,6 +294,7 @@ class Engine(Finishing):
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self._commits.discard(task)  # a run whose handler returned went on as a commit
         self._wake.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("internal error in a job", exc_info=task.exception())
@@ -333,7 +336,8 @@ class Engine(Finishing):
             self.index.attempt_started(q, eid, key, attempt, started)
             self.outcome.executed += 1
             self.outcome.ran.add((q, eid))
-            self.events.emit(Started(stage=q, entity=eid, attempt=attempt))
+            if self.events.listening:  # else not even built (per execution)
+                self.events.emit(Started(stage=q, entity=eid, attempt=attempt))
             func = self._handler(q)
             call = Call(
                 stage=stage,
@@ -363,14 +367,18 @@ class Engine(Finishing):
         else:
             inputs = self.evaluator.run_inputs(q, eid, gathered, written.inputs)
             manifest = self._manifest(q, eid, values, inputs, written, started, attempt)
-            # The slot is freed now; the commit joins the next group (one sync for many runs).
-            task = asyncio.ensure_future(self._commit_success(manifest, written, key, prev))
-            self._commits.add(task)
-            task.add_done_callback(self._commit_done)
             committing = True
+            # The slot is freed now: this task goes on as a commit (not a second task per run),
+            # which joins the next group (one sync for many runs).
+            task = asyncio.current_task()
+            assert task is not None  # _dispatch started this as a task
+            self._tasks.discard(task)
+            self._commits.add(task)
         finally:
             self.index.handler_returned(q, eid)
             if not committing:
                 self.index.attempt_ended(q, eid)
                 self._settled(q)
             self._release(q)
+        if committing:
+            await self._commit_success(manifest, written, key, prev)

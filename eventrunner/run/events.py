@@ -277,6 +277,12 @@ class EventBus:
             for event in (*held.leading, *held.events):
                 self.emit(event)
 
+    @property
+    def listening(self) -> bool:
+        """Anyone to tell (or a block holding events back): else an emitter may skip building
+        an event it would emit per execution."""
+        return bool(self._listeners or self._held)
+
     def subscribe(self, listener: Listener) -> None:
         """Call `listener` with every event from now on."""
         self._listeners.append(listener)

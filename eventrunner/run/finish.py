@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -101,17 +102,14 @@ class Finishing:
         self, manifest: Manifest, written: Written, key: str, prev: Failure | None
     ) -> None:
         q, eid = manifest.stage, manifest.entity
+        commit = Commit(
+            manifest=manifest,
+            temps=written.temps,
+            clear_failure=prev is not None,
+            output=_output(manifest.stage, eid, manifest.attempt, manifest.started, written.output),
+        )
         try:
-            await self.committer.submit(
-                Commit(
-                    manifest=manifest,
-                    temps=written.temps,
-                    clear_failure=prev is not None,
-                    output=_output(
-                        manifest.stage, eid, manifest.attempt, manifest.started, written.output
-                    ),
-                )
-            )
+            await self.committer.submit(commit)
         except Exception as exc:
             # Recorded and retried like a handler failure (disk full, I/O error): the retry runs
             # the handler again and writes everything anew, never re-syncing the same data.
@@ -122,16 +120,13 @@ class Finishing:
             finally:
                 self.index.attempt_ended(q, eid)
             return
-        old = self.index.record_success(manifest, written.hashes)
+        root = os.path.join(self.index.root, "")
+        stats = {rel: st for rel in written.hashes if (st := commit.stats.get(root + rel))}
+        old = self.index.record_success(manifest, written.hashes, stats)
         self.outcome.succeeded += 1
-        self.events.emit(Succeeded(stage=q, entity=eid, duration_s=manifest.duration_s))
+        if self.events.listening:
+            self.events.emit(Succeeded(stage=q, entity=eid, duration_s=manifest.duration_s))
         self._after_commit(q, eid, manifest, old)
-
-    def _commit_done(self, task: asyncio.Task[None]) -> None:
-        self._commits.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("internal error in a commit", exc_info=task.exception())
-        self._wake.set()
 
     async def _fail(
         self,

@@ -17,6 +17,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 
 from eventrunner.run.executors import Call, Executor, as_failure, run_coroutine
 from eventrunner.run.invoke import Written, prepare_and_call
@@ -36,7 +37,7 @@ class _State(enum.Enum):
 class _Job:
     """One sync call in flight; `state` changes under the executor's lock only."""
 
-    __slots__ = ("began", "call", "future", "loop", "replaced", "state", "timer")
+    __slots__ = ("began", "call", "future", "loop", "on_done", "replaced", "state", "timer")
 
     def __init__(
         self, call: Call, future: asyncio.Future[Written], loop: asyncio.AbstractEventLoop
@@ -48,6 +49,7 @@ class _Job:
         self.timer: asyncio.TimerHandle | None = None
         self.replaced = False  # abandoned and a new thread started in its place
         self.began = 0.0
+        self.on_done: Callable[[asyncio.Future[Written]], None] | None = None
 
 
 class ThreadExecutor(Executor):
@@ -65,6 +67,7 @@ class ThreadExecutor(Executor):
         self._unreplaced = 0  # of those, the ones no new thread stands in for
         self._names = 0
         self._started = False
+        self._mail = Mailbox()  # results and timer starts, to the loop in batches
 
     @property
     def capacity(self) -> int:
@@ -76,7 +79,8 @@ class ThreadExecutor(Executor):
         self._refuse_if_closed()
         loop = asyncio.get_running_loop()
         job = _Job(call, loop.create_future(), loop)
-        job.future.add_done_callback(lambda _f: self._resolved(job))
+        job.on_done = lambda _f: self._resolved(job)
+        job.future.add_done_callback(job.on_done)
         if not self._started:
             self._started = True
             with self._lock:
@@ -109,7 +113,7 @@ class ThreadExecutor(Executor):
                     continue
                 job.state = _State.RUNNING
                 job.began = time.monotonic()
-            if job.call.timeout is not None and not _to_loop(job.loop, self._arm, job):
+            if job.call.timeout is not None and not self._mail.post(job.loop, self._arm, job):
                 continue
             written, error = self._call(job.call)
             with self._lock:
@@ -122,7 +126,9 @@ class ThreadExecutor(Executor):
                         self._unreplaced -= 1
                         self._serving += 1
             if not abandoned:
-                if not _to_loop(job.loop, self._deliver, job, written, error) and written:
+                lost = written.discard if written is not None else None
+                posted = self._mail.post(job.loop, self._deliver, job, written, error, lost=lost)
+                if not posted and written is not None:
                     written.discard()
                 continue
             if written is not None:
@@ -134,7 +140,7 @@ class ThreadExecutor(Executor):
             )
             if not rejoin:
                 return  # a replacement serves in its place
-            _to_loop(job.loop, self._capacity_changed)
+            self._mail.post(job.loop, self._capacity_changed)
 
     @staticmethod
     def _call(call: Call) -> tuple[Written | None, Exception | None]:
@@ -164,10 +170,14 @@ class ThreadExecutor(Executor):
         if job.future.done():  # cancelled after the handler returned: nothing of it is kept
             if written is not None:
                 written.discard()
-        elif error is not None:
-            job.future.set_exception(error)
         else:
-            job.future.set_result(written)  # type: ignore[arg-type]
+            # Resolved here, not cancelled: nothing for _resolved to do (one callback less).
+            if job.on_done is not None:
+                job.future.remove_done_callback(job.on_done)
+            if error is not None:
+                job.future.set_exception(error)
+            else:
+                job.future.set_result(written)  # type: ignore[arg-type]
 
     def _resolved(self, job: _Job) -> None:
         """The future is done; if it was cancelled, drop or abandon the call behind it."""
@@ -220,10 +230,51 @@ class ThreadExecutor(Executor):
         return True
 
 
-def _to_loop(loop: asyncio.AbstractEventLoop, fn: object, *args: object) -> bool:
-    """call_soon_threadsafe, False when the loop is closed (a run that ended meanwhile)."""
-    try:
-        loop.call_soon_threadsafe(fn, *args)  # type: ignore[arg-type]
-    except RuntimeError:
-        return False
-    return True
+_Posted = tuple[Callable[..., object], tuple[object, ...], Callable[[], object] | None]
+
+
+class Mailbox:
+    """Calls from the worker threads to the loop, run there in batches: one
+    call_soon_threadsafe (a write to the loop's self-pipe, a wake-up, a read) serves every
+    call posted before the loop got round to the first. In a cold run the loop is the busy
+    thread, so results that come in while it works ride along with the first one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._boxes: dict[asyncio.AbstractEventLoop, list[_Posted]] = {}
+
+    def post(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fn: Callable[..., object],
+        *args: object,
+        lost: Callable[[], object] | None = None,
+    ) -> bool:
+        """Have the loop call fn(*args) soon; False when the loop is closed (a run that ended
+        meanwhile). `lost` is called (here) if the call is dropped with a later one's closed
+        loop instead."""
+        with self._lock:
+            box = self._boxes.get(loop)
+            if box is not None:  # a batch is already on its way
+                box.append((fn, args, lost))
+                return True
+            self._boxes[loop] = [(fn, args, lost)]
+        try:
+            loop.call_soon_threadsafe(self._run, loop)
+        except RuntimeError:
+            with self._lock:
+                dropped = self._boxes.pop(loop, [])
+            for _fn, _args, on_lost in dropped[1:]:
+                if on_lost is not None:
+                    on_lost()
+            return False
+        return True
+
+    def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            box = self._boxes.pop(loop, [])
+        for fn, args, _ in box:
+            try:
+                fn(*args)
+            except Exception:  # as the loop would for a callback of its own: logged, go on
+                log.exception("internal error in an executor callback")

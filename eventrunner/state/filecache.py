@@ -91,12 +91,14 @@ class FileCache:
         self._delta.add(relpath)
         return digest
 
-    def remember(self, relpath: str, digest: str) -> None:
-        """Cache the hash of a file we just wrote (so its next check costs one stat)."""
-        try:
-            st = os.stat(self._prefix + relpath)
-        except FileNotFoundError:
-            return
+    def remember(self, relpath: str, digest: str, st: os.stat_result | None = None) -> None:
+        """Cache the hash of a file we just wrote (so its next check costs one stat); `st`:
+        its stat taken just after it was put in place, if the caller has it."""
+        if st is None:
+            try:
+                st = os.stat(self._prefix + relpath)
+            except FileNotFoundError:
+                return
         # We produced this content and hashed it: trusted in memory; a snapshot demotes entries
         # still inside the racy window so a later process re-hashes them once.
         entry = pack_stat(st.st_size, _trusted_mtime(st), st.st_ino, digest)

@@ -12,6 +12,7 @@ The index owns its maps: they change only through methods named for what happene
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -199,12 +200,16 @@ class Index(EntityQueries):
         """The attempt is over (committed, failed or given up): the state no longer runs."""
         self.running.discard((q, eid))
 
-    def record_success(self, m: Manifest, written: dict[str, str]) -> Manifest | None:
+    def record_success(
+        self, m: Manifest, written: dict[str, str], stats: dict[str, os.stat_result] | None = None
+    ) -> Manifest | None:
         """A state was committed (the store has its manifest): keep the manifest, trust the
-        hashes of the files written, refresh fan-out instances; returns the manifest replaced."""
+        hashes of the files written (`stats`: their stats taken by the committer just after
+        their renames, where it has them), refresh fan-out instances; returns the manifest
+        replaced."""
         self._mark_dirty()
         for relpath, digest in written.items():
-            self.files.remember(relpath, digest)
+            self.files.remember(relpath, digest, stats.get(relpath) if stats else None)
         old = self.manifests[m.stage].get(m.entity)
         self.manifests[m.stage][m.entity] = m
         self.delta_m.add((m.stage, m.entity))

@@ -7,6 +7,7 @@ caller's barrier, then `install`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -19,7 +20,7 @@ import xxhash
 from eventrunner.core.names import TMP_PREFIX
 from eventrunner.core.records import AttemptOutput, Control, Failure, Manifest
 from eventrunner.state.attempts import AttemptLog
-from eventrunner.state.files import atomic_write, dumps, temp_path, write_file
+from eventrunner.state.files import atomic_write, dumps, temp_name, write_file
 from eventrunner.state.lock import WorkspaceLock
 
 
@@ -33,7 +34,7 @@ def _fname(eid: str) -> str:
     return name + ".json"
 
 
-Staged = tuple[Path, Path]  # (temp written, final place) of a record in a group commit
+Staged = tuple[str, str]  # (temp written, final place) of a record in a group commit
 Record = Manifest | Failure | AttemptOutput  # what a group commit stages
 
 
@@ -49,7 +50,7 @@ class Store:
         self.lock_path = state_dir / "lock"
         self.attempts = AttemptLog(state_dir / "attempts.log")
         self._lock = WorkspaceLock(self.lock_path)
-        self._dirs: set[Path] = set()  # record folders known to exist
+        self._dirs: set[str] = set()  # record folders known to exist
 
     def ensure(self) -> None:
         """Create the folder layout."""
@@ -103,20 +104,24 @@ class Store:
     def _write_record(self, path: Path, data: bytes, staged: list[Staged] | None = None) -> None:
         """The one writer of record files. Alone: durable now (temp, fsync, rename, fsync the
         folder). Given `staged` (a group commit): only the temp is written beside `path` and
-        listed there; the caller's barrier makes it durable and `install` puts it in place."""
+        listed there; the caller's barrier makes it durable and `install` puts it in place.
+        (Plain strings from here on: a group commit stages a record per execution.)"""
         if staged is None:
             atomic_write(path, data)
             return
-        if path.parent not in self._dirs:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._dirs.add(path.parent)
-        tmp = temp_path(path)
+        folder, name = os.path.split(path)
+        if folder not in self._dirs:
+            os.makedirs(folder, exist_ok=True)
+            self._dirs.add(folder)
+        tmp = os.path.join(folder, temp_name(name))
+        final = os.path.join(folder, name)
         try:
             write_file(tmp, data)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
             raise
-        staged.append((tmp, path))
+        staged.append((tmp, final))
 
     def _delete_record(self, path: Path) -> None:
         """The one deleter of record files."""
@@ -172,7 +177,8 @@ class Store:
     def abandon(staged: Iterable[Staged]) -> None:
         """Remove the temps of a group commit that failed (those not installed yet)."""
         for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
     # -- the workspace lock ---------------------------------------------------------------
     @property
