@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eventrunner.state.statlook import differing
+
 STAMP = "stamp.bin"
 PREVIOUS = "stamp.prev"  # a stamp set aside while its paths are still to be carried forward
 VERSION = 9  # bump with any change of the stamp format
@@ -79,18 +81,9 @@ def recorded_stats(packed: tuple[str, bytes]) -> dict[str, tuple[int, int, int]]
     return {p: (stats[3 * i], stats[3 * i + 1], stats[3 * i + 2]) for i, p in enumerate(paths)}
 
 
-def _differs(packed: tuple[str, bytes]) -> Iterable[str]:
-    paths, stats = _unpack(packed)
-    st = os.stat
-    triples = iter(stats)  # zipped three times: (size, mtime_ns, inode) per path, no indexing
-    for path, size, mtime_ns, ino in zip(paths, triples, triples, triples, strict=True):
-        try:
-            s = st(path)
-        except OSError:
-            yield path
-            continue
-        if s.st_mtime_ns != mtime_ns or s.st_size != size or s.st_ino != ino:
-            yield path
+def _differs(packed: tuple[str, bytes]) -> list[str]:
+    """The paths whose stats are not the recorded ones (gone ones too), in recorded order."""
+    return differing(*_unpack(packed))
 
 
 @dataclass
@@ -141,8 +134,8 @@ def look(state_dir: Path) -> Look | None:
     stamp = _load(state_dir)
     if stamp is None:
         return None
-    defs_changed = next(iter(_differs(stamp["defs"])), None) is not None
-    changed = [] if defs_changed else list(_differs(stamp["paths"]))
+    defs_changed = bool(_differs(stamp["defs"]))
+    changed = [] if defs_changed else _differs(stamp["paths"])
     return Look(
         stamp["result"],
         defs_changed,
