@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eventrunner.state.statlook import differing
+from eventrunner.state.statlook import ABSENT, differing
 
 STAMP = "stamp.bin"
 PREVIOUS = "stamp.prev"  # a stamp set aside while its paths are still to be carried forward
-VERSION = 9  # bump with any change of the stamp format
+VERSION = 10  # bump with any change of the stamp format (10: a missing eventrunner.toml is recorded)
 RACY_NS = 50_000_000  # stats this recent may still change within their mtime tick
 
 
@@ -170,14 +170,17 @@ def _vouch_stat(
 
 
 def _defs(
-    defs: Iterable[str], now: int, exempt: set[str]
+    defs: Iterable[str], now: int, exempt: set[str], absent_ok: set[str]
 ) -> list[tuple[str, tuple[int, int, int]]] | None:
-    """Stats of the definition files; None when one is missing or too recent to vouch for
-    (unless `exempt`: only ever replaced by rename)."""
+    """Stats of the definition files; None when one is missing (unless `absent_ok`: recorded
+    as ABSENT, so that creating it is a change) or too recent to vouch for (unless `exempt`:
+    only ever replaced by rename)."""
     out = []
     for path in defs:
         ident = _stat(path)
-        if ident is None or (now - ident[1] < RACY_NS and path not in exempt):
+        if ident is None and path in absent_ok:
+            ident = ABSENT
+        elif ident is None or (now - ident[1] < RACY_NS and path not in exempt):
             return None
         out.append((path, ident))
     return out
@@ -221,6 +224,7 @@ def write(
     replaced: Iterable[str] = (),
     expected: dict[str, tuple[int, int, int]] | None = None,
     base: tuple[str, bytes] = ("", b""),
+    absent_ok: Iterable[str] = (),
 ) -> bool:
     """Record the stats of `defs` and of the `restat` paths on top of `base`: the paths and
     stats of the stamp an incremental run started from, which its look found unchanged (empty:
@@ -231,10 +235,11 @@ def write(
     evaluation hashed it (`expected`). `defs` changing means a full evaluation (definitions,
     the index cache that every state change rewrites); paths changing, an incremental one.
     `replaced`: files only ever replaced whole by rename (a new inode each time), which the
-    racy window does not concern. `sources`, `source_ids`: already packed (pack_sources)."""
+    racy window does not concern. `sources`, `source_ids`: already packed (pack_sources).
+    `absent_ok`: definitions that may be missing (eventrunner.toml): their absence is recorded."""
     now = time.time_ns()
     exempt = set(replaced)
-    recorded_defs = _defs(defs, now, exempt)
+    recorded_defs = _defs(defs, now, exempt, set(absent_ok))
     if recorded_defs is None:
         discard(state_dir)
         return False
@@ -367,9 +372,14 @@ def scan_dirs(root: str, prefix: str, depth: int) -> list[str]:
     return out
 
 
+def settings_file(workspace: Path) -> str:
+    """eventrunner.toml of a workspace: optional, so a stamp records its absence too."""
+    return str(workspace / "eventrunner.toml")
+
+
 def definition_files(workspace: Path) -> list[str]:
     """eventrunner.toml, the pipelines folder and its files, every handler module and folder."""
-    out = [str(workspace / "eventrunner.toml")] if (workspace / "eventrunner.toml").exists() else []
+    out = [settings_file(workspace)]  # also when missing: creating it is a change
     for folder in (workspace / "pipelines", workspace / "handlers"):
         if folder.is_dir():
             for dirpath, dirnames, filenames in os.walk(folder):

@@ -9,6 +9,11 @@ import os
 from array import array
 
 LOOK_THREADS = max(1, min(4, os.cpu_count() or 1))  # threads of a long look's stats
+ABSENT = (
+    -1,
+    -1,
+    -1,
+)  # the recorded stats of a path recorded as missing (a missing eventrunner.toml)
 LOOK_SPLIT_MIN = 2048  # paths per thread at least: below that, starting one costs more
 
 
@@ -54,7 +59,8 @@ def _differs_in(paths: list[str], stats: array[int], lo: int, hi: int) -> list[s
         try:
             s = st(path)
         except OSError:
-            out.append(path)
+            if (size, mtime_ns, ino) != ABSENT:
+                out.append(path)
             continue
         if s.st_mtime_ns != mtime_ns or s.st_size != size or s.st_ino != ino:
             out.append(path)
