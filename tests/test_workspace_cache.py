@@ -211,3 +211,12 @@ def test_a_run_from_a_cached_workspace_imports_no_pydantic(ws: Dir) -> None:
     ws.write("inbox/a.txt", "changed input\n")
     assert run() == "PYDANTIC False 0"  # ...and keeps the workspace this one starts from
     assert ws.read("shouted/a.txt") == "changed input!\n"  # the edited handler (lower) ran
+
+
+def test_loads_with_different_flags_are_kept_side_by_side(ws: Dir) -> None:
+    port0 = {"server": {"port": 0}}
+    assert load_workspace(ws.root, port0, cached=True).settings.server.port == 0  # serve --port 0
+    root = ws.root.resolve()
+    assert cache.read(root, cache.key(root, port0, None)) is not None
+    assert cache.read(root, cache.key(root, None, None)) is not None  # run's is still there
+    assert load_workspace(ws.root, cached=True).settings.server.port == 8700

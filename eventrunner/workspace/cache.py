@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 CACHE = "workspace.cache"
 VERSION = 1  # bump with any change of what the cache holds
+KEEP = 4  # loads kept, one per key: the latest ones
 RACY_NS = 50_000_000  # as the stamp's: a stat this recent may still change within its tick
 
 Stat = tuple[int, int, int, int] | None
@@ -89,14 +90,20 @@ def stats(workspace: Path) -> list[tuple[str, Stat]]:
     return [(path, _stat(path)) for path in _inputs(workspace)]
 
 
+def _records(state_dir: Path) -> list[dict[str, Any]]:
+    """The cached loads, one per key (`run` and `serve --port N` differ by their flags)."""
+    try:
+        with open(state_dir / CACHE, "rb") as fh:
+            records = pickle.load(fh)
+    except Exception:  # missing, torn, or written by another version: load afresh
+        return []
+    return records if isinstance(records, list) else []
+
+
 def read(workspace: Path, wanted: Key) -> Workspace | None:
     """The cached Workspace when everything it was loaded from is provably unchanged, else None."""
-    try:
-        with open(workspace / ".eventrunner" / CACHE, "rb") as fh:
-            record = pickle.load(fh)
-    except Exception:  # missing, torn, or written by another version: load afresh
-        return None
-    if not isinstance(record, dict) or record.get("key") != wanted:
+    record = next((r for r in _records(workspace / ".eventrunner") if r.get("key") == wanted), None)
+    if record is None:
         return None
     recorded: list[tuple[str, Stat]] = record["stats"]
     if [path for path, _ in recorded] != _inputs(workspace):
@@ -123,8 +130,12 @@ def write(ws: Workspace, wanted: Key, before: list[tuple[str, Stat]], data_root:
     from eventrunner.state.files import atomic_write
 
     record = {"key": wanted, "stats": before, "workspace": ws, "data_root": data_root}
-    # A cache: no fsync needed, a lost or torn one means a fresh load.
-    atomic_write(state_dir / CACHE, pickle.dumps(record, pickle.HIGHEST_PROTOCOL), durable=False)
+    kept = [r for r in _records(state_dir) if r.get("key") != wanted][-(KEEP - 1) :]
+    # A cache: no fsync needed, a lost or torn one means a fresh load. Two writers at once:
+    # the last rename wins, and the other's load is a miss next time.
+    atomic_write(
+        state_dir / CACHE, pickle.dumps([*kept, record], pickle.HIGHEST_PROTOCOL), durable=False
+    )
     return True
 
 
