@@ -220,3 +220,17 @@ def test_loads_with_different_flags_are_kept_side_by_side(ws: Dir) -> None:
     assert cache.read(root, cache.key(root, port0, None)) is not None
     assert cache.read(root, cache.key(root, None, None)) is not None  # run's is still there
     assert load_workspace(ws.root, cached=True).settings.server.port == 8700
+
+
+def test_an_edit_below_a_symlinked_handler_folder_is_never_answered_from_the_cache(
+    ws: Dir, tmp_path: Path
+) -> None:
+    outside = tmp_path / "shared-lib"
+    outside.mkdir()
+    (outside / "__init__.py").write_text("X = 1\n", encoding="utf-8")
+    (ws.root / "handlers" / "lib").symlink_to(outside)
+    _settled(ws.root)  # the symlinked folder's files are among the workspace's inputs
+    load_workspace(ws.root, cached=True)
+    assert _cached(ws.root) is not None
+    (outside / "__init__.py").write_text("X = 22\n", encoding="utf-8")
+    assert _cached(ws.root) is None

@@ -25,7 +25,9 @@ from eventrunner.state.statlook import ABSENT, differing
 
 STAMP = "stamp.bin"
 PREVIOUS = "stamp.prev"  # a stamp set aside while its paths are still to be carried forward
-VERSION = 10  # bump with any change of the stamp format (10: a missing eventrunner.toml is recorded)
+VERSION = (
+    10  # bump with any change of the stamp format (10: a missing eventrunner.toml is recorded)
+)
 RACY_NS = 50_000_000  # stats this recent may still change within their mtime tick
 
 

@@ -5,12 +5,13 @@ the pipeline schema) costs a one-change `run` ~0.3 s of CPU. `run` and `serve` t
 loaded Workspace in `.eventrunner/workspace.cache`, and use it again only while every input of
 the load is provably the same: the same eventrunner and Python, workspace folder, EVENTRUNNER_*
 variables, flags and CPU count, the same resolved data root, and the same stats (size, mtime,
-ctime, inode; or the same absence) of eventrunner.toml, of the pipelines and handlers folders and
-every file in them, and of the stock handlers. The stats are taken before the files are read,
-so an edit during the load makes the next load miss; a file changed within the racy window
-before that (RACY_NS) may change again unseen within its mtime tick, so no cache is written
-then. ctime moves with every change of content or stats and cannot be set back: a file written
-and given its old mtime back is seen too. Anything unreadable is a miss; a miss loads afresh.
+ctime, inode; or the same absence) of eventrunner.toml, of the pipelines and handlers folders
+and every file in them, of the stock handlers and of eventrunner's own workspace and core
+modules. The stats are taken before the files are read, so an edit during the load makes the
+next load miss; a file changed within the racy window before that (RACY_NS) may change again
+unseen within its timestamp tick, so no cache is written then. ctime moves with every change
+of content or stats and cannot be set back: a file written and given its old mtime back is
+seen too. Anything unreadable is a miss; a miss loads afresh.
 """
 
 from __future__ import annotations
@@ -45,15 +46,25 @@ def _stat(path: str) -> Stat:
 
 def _inputs(workspace: Path) -> list[str]:
     """Every path the load reads or looks for: eventrunner.toml, the pipelines and handlers
-    folders with each folder and file below them, and the stock handlers' folder."""
+    folders with each folder and file below them (through symlinked folders too), the stock
+    handlers' folder, and the modules of eventrunner that a load runs (a changed validation or
+    code identity in a development tree makes a fresh load, as a new version does)."""
     out = [str(workspace / "eventrunner.toml")]
     folders = [workspace / "pipelines", workspace / "handlers"]
     stock = _stock_folder()
     if stock is not None:
         folders.append(stock)
+    here = Path(__file__).resolve().parent
+    folders += [here, here.parent / "core"]
+    seen: set[str] = set()
     for folder in folders:
         out.append(str(folder))
-        for dirpath, dirnames, filenames in os.walk(folder):
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in seen:  # a symlink loop, or a folder reached twice
+                dirnames[:] = []
+                continue
+            seen.add(real)
             dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
             out.extend(os.path.join(dirpath, d) for d in dirnames)
             out.extend(
