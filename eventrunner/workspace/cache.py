@@ -144,9 +144,11 @@ def write(ws: Workspace, wanted: Key, before: list[tuple[str, Stat]], data_root:
     kept = [r for r in _records(state_dir) if r.get("key") != wanted][-(KEEP - 1) :]
     # A cache: no fsync needed, a lost or torn one means a fresh load. Two writers at once:
     # the last rename wins, and the other's load is a miss next time.
-    atomic_write(
-        state_dir / CACHE, pickle.dumps([*kept, record], pickle.HIGHEST_PROTOCOL), durable=False
-    )
+    try:
+        data = pickle.dumps([*kept, record], pickle.HIGHEST_PROTOCOL)
+        atomic_write(state_dir / CACHE, data, durable=False)
+    except Exception:  # best effort (a full disk, a read-only folder): the load stands
+        return False
     return True
 
 
