@@ -226,7 +226,6 @@ def write(
     replaced: Iterable[str] = (),
     expected: dict[str, tuple[int, int, int]] | None = None,
     base: tuple[str, bytes] = ("", b""),
-    absent_ok: Iterable[str] = (),
 ) -> bool:
     """Record the stats of `defs` and of the `restat` paths on top of `base`: the paths and
     stats of the stamp an incremental run started from, which its look found unchanged (empty:
@@ -238,10 +237,10 @@ def write(
     the index cache that every state change rewrites); paths changing, an incremental one.
     `replaced`: files only ever replaced whole by rename (a new inode each time), which the
     racy window does not concern. `sources`, `source_ids`: already packed (pack_sources).
-    `absent_ok`: definitions that may be missing (eventrunner.toml): their absence is recorded."""
+    The workspace's eventrunner.toml may be missing: its absence is recorded."""
     now = time.time_ns()
     exempt = set(replaced)
-    recorded_defs = _defs(defs, now, exempt, set(absent_ok))
+    recorded_defs = _defs(defs, now, exempt, {settings_file(state_dir.parent)})
     if recorded_defs is None:
         discard(state_dir)
         return False

@@ -82,14 +82,7 @@ def write_stamp(
         paths = dirs + sorted(_known_paths(index, prefix) - set(dirs))
         expected = _expected(index, index.files.entries, prefix, dirs_before)
         return fastpath.write(
-            ws.settings.state_dir,
-            defs,
-            paths,
-            *common,
-            result,
-            replaced,
-            expected,
-            absent_ok=[fastpath.settings_file(ws.root)],
+            ws.settings.state_dir, defs, paths, *common, result, replaced, expected
         )
     restat = [*dirs, *(changed or ()), *(prefix + r for r in index.files.touched)]
     rels = [p[len(prefix) :] for p in restat if p.startswith(prefix)]
@@ -103,7 +96,6 @@ def write_stamp(
         replaced,
         expected,
         base=base.packed_paths,
-        absent_ok=[fastpath.settings_file(ws.root)],
     )
 
 
