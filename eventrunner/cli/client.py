@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eventrunner.core.errors import EventRunnerError, ServerUnavailable, UnknownName, UsageError
-from eventrunner.workspace.settings import Settings
+
+if TYPE_CHECKING:  # urllib.request (ssl, http.client) costs a `run` ~20 ms when no server runs
+    import urllib.request
+
+    from eventrunner.workspace.settings import Settings
 
 SERVER_FILE = "server.json"
 
@@ -38,6 +40,8 @@ def call_server(
     settings: Settings, url: str, action: str, body: dict[str, Any], timeout: float | None = 30
 ) -> Any:
     """POST a management action to the server; errors come back as EventRunnerError."""
+    import urllib.request
+
     pipeline = body.pop("pipeline", None) or "_"
     req = urllib.request.Request(
         f"{url}/api/pipelines/{pipeline}/{action}",
@@ -50,12 +54,17 @@ def call_server(
 
 def get_from_server(settings: Settings, url: str, path: str, timeout: float | None = 30) -> Any:
     """GET a JSON answer (path like "/api/pipelines") from the server; errors as in call_server."""
+    import urllib.request
+
     return _send(settings, url, urllib.request.Request(f"{url}{path}"), path, timeout)
 
 
 def _send(
     settings: Settings, url: str, req: urllib.request.Request, what: str, timeout: float | None
 ) -> Any:
+    import urllib.error
+    import urllib.request
+
     if settings.server.token_env:
         token = os.environ.get(settings.server.token_env)
         if token:

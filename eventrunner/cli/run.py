@@ -31,7 +31,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.dry_run and (served := _run_through_server(args)) is not None:
         print_report(args, served)
         return served.exit_code()
-    ws = load_workspace(workspace_path(args))
+    ws = load_workspace(workspace_path(args), cached=not args.dry_run)  # a dry run writes nothing
     selected = None
     if args.stage or args.pipeline:
         selected = resolve_stages(ws.graph, args.stage, args.pipeline)
@@ -206,12 +206,14 @@ def _run_through_server(args: argparse.Namespace) -> RunReport | None:
     """While `serve` holds the workspace, `run` asks it to check the selection and waits until it
     is idle (the server's own concurrency applies, not -j); None when no server runs."""
     from eventrunner.cli.client import call_server, server_address
+    from eventrunner.workspace.find import STATE_DIR
     from eventrunner.workspace.settings import load_settings
 
-    settings = load_settings(workspace_path(args))
-    addr = server_address(settings.state_dir)
+    where = workspace_path(args)
+    addr = server_address(where / STATE_DIR)  # the settings are read only for a server
     if addr is None:
         return None
+    settings = load_settings(where)
     body = {"pipeline": args.pipeline, "stage": args.stage, "entity": args.entity}
     try:
         return RunReport.from_json(call_server(settings, addr, "run", body, timeout=None))

@@ -124,7 +124,7 @@ def serve_command(args: argparse.Namespace) -> int:
         overrides.setdefault("server", {})["host"] = args.host
     if args.port is not None:
         overrides.setdefault("server", {})["port"] = args.port
-    ws = load_workspace(workspace_path(args), overrides)
+    ws = load_workspace(workspace_path(args), overrides, cached=True)
     for noisy in ("apscheduler", "watchfiles", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("eventrunner").setLevel(

@@ -21,9 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eventrunner.state.statlook import ABSENT, differing
+
 STAMP = "stamp.bin"
 PREVIOUS = "stamp.prev"  # a stamp set aside while its paths are still to be carried forward
-VERSION = 9  # bump with any change of the stamp format
+VERSION = (
+    10  # bump with any change of the stamp format (10: a missing eventrunner.toml is recorded)
+)
 RACY_NS = 50_000_000  # stats this recent may still change within their mtime tick
 
 
@@ -79,18 +83,9 @@ def recorded_stats(packed: tuple[str, bytes]) -> dict[str, tuple[int, int, int]]
     return {p: (stats[3 * i], stats[3 * i + 1], stats[3 * i + 2]) for i, p in enumerate(paths)}
 
 
-def _differs(packed: tuple[str, bytes]) -> Iterable[str]:
-    paths, stats = _unpack(packed)
-    st = os.stat
-    triples = iter(stats)  # zipped three times: (size, mtime_ns, inode) per path, no indexing
-    for path, size, mtime_ns, ino in zip(paths, triples, triples, triples, strict=True):
-        try:
-            s = st(path)
-        except OSError:
-            yield path
-            continue
-        if s.st_mtime_ns != mtime_ns or s.st_size != size or s.st_ino != ino:
-            yield path
+def _differs(packed: tuple[str, bytes]) -> list[str]:
+    """The paths whose stats are not the recorded ones (gone ones too), in recorded order."""
+    return differing(*_unpack(packed))
 
 
 @dataclass
@@ -141,8 +136,8 @@ def look(state_dir: Path) -> Look | None:
     stamp = _load(state_dir)
     if stamp is None:
         return None
-    defs_changed = next(iter(_differs(stamp["defs"])), None) is not None
-    changed = [] if defs_changed else list(_differs(stamp["paths"]))
+    defs_changed = bool(_differs(stamp["defs"]))
+    changed = [] if defs_changed else _differs(stamp["paths"])
     return Look(
         stamp["result"],
         defs_changed,
@@ -177,14 +172,17 @@ def _vouch_stat(
 
 
 def _defs(
-    defs: Iterable[str], now: int, exempt: set[str]
+    defs: Iterable[str], now: int, exempt: set[str], absent_ok: set[str]
 ) -> list[tuple[str, tuple[int, int, int]]] | None:
-    """Stats of the definition files; None when one is missing or too recent to vouch for
-    (unless `exempt`: only ever replaced by rename)."""
+    """Stats of the definition files; None when one is missing (unless `absent_ok`: recorded
+    as ABSENT, so that creating it is a change) or too recent to vouch for (unless `exempt`:
+    only ever replaced by rename)."""
     out = []
     for path in defs:
         ident = _stat(path)
-        if ident is None or (now - ident[1] < RACY_NS and path not in exempt):
+        if ident is None and path in absent_ok:
+            ident = ABSENT
+        elif ident is None or (now - ident[1] < RACY_NS and path not in exempt):
             return None
         out.append((path, ident))
     return out
@@ -238,10 +236,11 @@ def write(
     evaluation hashed it (`expected`). `defs` changing means a full evaluation (definitions,
     the index cache that every state change rewrites); paths changing, an incremental one.
     `replaced`: files only ever replaced whole by rename (a new inode each time), which the
-    racy window does not concern. `sources`, `source_ids`: already packed (pack_sources)."""
+    racy window does not concern. `sources`, `source_ids`: already packed (pack_sources).
+    The workspace's eventrunner.toml may be missing: its absence is recorded."""
     now = time.time_ns()
     exempt = set(replaced)
-    recorded_defs = _defs(defs, now, exempt)
+    recorded_defs = _defs(defs, now, exempt, {settings_file(state_dir.parent)})
     if recorded_defs is None:
         discard(state_dir)
         return False
@@ -374,9 +373,14 @@ def scan_dirs(root: str, prefix: str, depth: int) -> list[str]:
     return out
 
 
+def settings_file(workspace: Path) -> str:
+    """eventrunner.toml of a workspace: optional, so a stamp records its absence too."""
+    return str(workspace / "eventrunner.toml")
+
+
 def definition_files(workspace: Path) -> list[str]:
     """eventrunner.toml, the pipelines folder and its files, every handler module and folder."""
-    out = [str(workspace / "eventrunner.toml")] if (workspace / "eventrunner.toml").exists() else []
+    out = [settings_file(workspace)]  # also when missing: creating it is a change
     for folder in (workspace / "pipelines", workspace / "handlers"):
         if folder.is_dir():
             for dirpath, dirnames, filenames in os.walk(folder):

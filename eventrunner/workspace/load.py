@@ -12,9 +12,8 @@ from eventrunner.core.graph import Graph
 from eventrunner.core.redact import remember_env
 from eventrunner.core.reserved import Reserved, data_root_problem, reserved_paths
 from eventrunner.state.hashing import combine, hash_json
-from eventrunner.workspace import codeid, loader
-from eventrunner.workspace.settings import Settings, load_pipeline_specs, load_settings
-from eventrunner.workspace.stages import build_graph
+from eventrunner.workspace import loader
+from eventrunner.workspace.settings import Settings, settings_with_root
 
 
 @dataclass
@@ -45,13 +44,39 @@ def load_workspace(
     env: Mapping[str, str] | None = None,
     *,
     import_handlers: bool = False,
+    cached: bool = False,
 ) -> Workspace:
     """Load and validate; ConfigError lists every problem with file, field and reason.
 
     With `import_handlers` (the `validate` command) each handler module is also imported, so an
-    import-time error is reported with file and line instead of failing every run.
+    import-time error is reported with file and line instead of failing every run. `cached`
+    (`run`, `serve`): use and keep the workspace cache (cache.py) while nothing it was loaded
+    from changed.
     """
-    settings = load_settings(path, overrides, env)
+    if not cached or import_handlers:
+        return _load(path, overrides, env, import_handlers)[0]
+    from eventrunner.workspace import cache
+
+    workspace = path.resolve()
+    wanted = cache.key(workspace, overrides, env)
+    ws = cache.read(workspace, wanted)
+    if ws is not None:
+        _remember_secrets(ws)
+        return ws
+    before = cache.stats(workspace)  # before reading: an edit from now on makes the next miss
+    ws, data_root = _load(workspace, overrides, env, False)
+    cache.write(ws, wanted, before, data_root)
+    return ws
+
+
+def _load(
+    path: Path, overrides: Mapping[str, Any] | None, env: Mapping[str, str] | None, imports: bool
+) -> tuple[Workspace, str]:
+    """The workspace validated afresh, and its data root as given."""
+    from eventrunner.workspace.specs import load_pipeline_specs
+    from eventrunner.workspace.stages import build_graph
+
+    settings, data_root = settings_with_root(path, overrides, env)
     specs, problems = load_pipeline_specs(settings.workspace)
     if reason := data_root_problem(settings.workspace, settings.data_root):
         problems.append(Problem("eventrunner.toml", "data_root", reason))
@@ -59,19 +84,26 @@ def load_workspace(
     graph, more = build_graph(specs, settings.runtime.retry, reserved)
     problems += more
     ws = Workspace(settings, graph)
-    # Known before anything runs, so that no error, log line or answer of this process shows
-    # them, whichever part read them (issue 14.3).
-    hooks = [s.webhook.secret_env for s in graph.sources.values() if s.webhook is not None]
-    remember_env([settings.server.token_env, *hooks])
-    problems += _check_handlers(ws, import_handlers)
+    _remember_secrets(ws)
+    problems += _check_handlers(ws, imports)
     problems += _check_schedules(graph)
     problems += _check_webhooks(specs)
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: p.file))
-    return ws
+    return ws, data_root
+
+
+def _remember_secrets(ws: Workspace) -> None:
+    """Known before anything runs, so that no error, log line or answer of this process shows
+    them, whichever part read them (issue 14.3)."""
+    graph, settings = ws.graph, ws.settings
+    hooks = [s.webhook.secret_env for s in graph.sources.values() if s.webhook is not None]
+    remember_env([settings.server.token_env, *hooks])
 
 
 def _check_handlers(ws: Workspace, import_handlers: bool) -> list[Problem]:
+    from eventrunner.workspace import codeid
+
     problems = []
     for q, stage in ws.graph.stages.items():
         field_ = f"stages.{stage.name}.handler"

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eventrunner.core.errors import PatternError, Problem
 from eventrunner.core.graph import Graph, Input, Source, Stage
 from eventrunner.core.patterns import Pattern, parse_pattern
 from eventrunner.core.reserved import Reserved, pattern_reason
 from eventrunner.workspace.overlap import shared_path
-from eventrunner.workspace.settings import PipelineSpec, RetryPolicy
+from eventrunner.workspace.settings import RetryPolicy
+
+if TYPE_CHECKING:
+    from eventrunner.workspace.specs import PipelineSpec
 
 
 def _parse(text: str, file: str, field_: str, problems: list[Problem]) -> Pattern | None:
