@@ -1,0 +1,284 @@
+"""The index cache on disk: one SQLite file (WAL) read a record at a time, written a change at a time.
+
+`index.sqlite` holds manifests and failures (stage, entity -> packed record), the stat/hash
+cache (path -> packed entry) and meta (layout version, control, a token). Every value carries
+an xxh3-64 checksum of its key and bytes, checked on every read: a damaged value reads as
+`Damaged`, never as a record. A save is one transaction of upserts and deletes that also sets a
+new token; the token is then written to `index.seal` (replaced by rename). A reader trusts the
+file only when its token is the seal's: a lost or foreign WAL, an older copy of the file, or a
+crash between the commit and the seal all read as "no cache" (rebuilt from the manifests).
+
+Two connections: one reads (the loop's thread), one writes (a save's thread); WAL lets the
+reader go on during a save and never see a half-applied one.
+"""
+
+from __future__ import annotations
+
+import marshal
+import pickle
+import secrets
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from eventrunner.core.records import Control, Failure, Manifest
+from eventrunner.state.files import atomic_write
+
+CACHE_VERSION = 13  # of the layout: another version is rebuilt
+_SUM = 8
+LEGACY = ("index.pickle", "index.journal")  # the cache of versions before 13
+_SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID",
+    "CREATE TABLE manifests (stage TEXT, entity TEXT, outs BLOB, rec BLOB,"
+    " PRIMARY KEY (stage, entity)) WITHOUT ROWID",
+    "CREATE TABLE failures (stage TEXT, entity TEXT, rec BLOB,"
+    " PRIMARY KEY (stage, entity)) WITHOUT ROWID",
+    "CREATE TABLE files (path TEXT PRIMARY KEY, entry BLOB) WITHOUT ROWID",
+)
+
+
+class Damaged(Exception):
+    """A value, a page or the file itself does not check out: nothing read from it is trusted."""
+
+
+class WriteFailed(OSError):
+    """A save could not be committed (nothing of it is in the file)."""
+
+
+def _seal(key: str, data: bytes) -> bytes:
+    return xxhash.xxh3_64_digest(key.encode("utf-8", "surrogatepass") + b"\0" + data) + data
+
+
+def _open(key: str, value: Any) -> bytes:
+    if not isinstance(value, bytes) or len(value) < _SUM:
+        raise Damaged(key)
+    data = value[_SUM:]
+    if xxhash.xxh3_64_digest(key.encode("utf-8", "surrogatepass") + b"\0" + data) != value[:_SUM]:
+        raise Damaged(key)
+    return data
+
+
+def _mkey(q: str, eid: str) -> str:
+    return q + "\0" + eid
+
+
+# -- records as bytes ---------------------------------------------------------------------------
+def pack_manifest(m: Manifest) -> tuple[bytes, bytes]:
+    """(outs, rec): the output and dropped paths alone (for narrow scans), and the record (its
+    own compact pickled form, whatever shape core/records gives it)."""
+    key = _mkey(m.stage, m.entity)
+    outs = marshal.dumps((tuple(m.output_paths), tuple(m.dropped)))
+    return _seal(key, outs), _seal(key, pickle.dumps(m, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def unpack_manifest(q: str, eid: str, rec: Any) -> Manifest:
+    """The manifest of a row (Damaged unless it checks out and is the row's)."""
+    try:
+        m = pickle.loads(_open(_mkey(q, eid), rec))
+    except (pickle.PickleError, ValueError, EOFError, TypeError, AttributeError) as exc:
+        raise Damaged(_mkey(q, eid)) from exc
+    if not isinstance(m, Manifest) or m.stage != q or m.entity != eid:
+        raise Damaged(_mkey(q, eid))
+    return m
+
+
+def unpack_outs(q: str, eid: str, outs: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(output paths, dropped paths) of a manifest row."""
+    try:
+        made, dropped = marshal.loads(_open(_mkey(q, eid), outs))
+    except (ValueError, EOFError, TypeError) as exc:
+        raise Damaged(_mkey(q, eid)) from exc
+    return made, dropped
+
+
+def _pack_failure(f: Failure) -> bytes:
+    fields = tuple(getattr(f, k) for k in Failure.__dataclass_fields__)
+    return _seal(_mkey(f.stage, f.entity), marshal.dumps(fields))
+
+
+def _unpack_failure(q: str, eid: str, rec: Any) -> Failure:
+    try:
+        return Failure(*marshal.loads(_open(_mkey(q, eid), rec)))
+    except (ValueError, EOFError, TypeError) as exc:
+        raise Damaged(_mkey(q, eid)) from exc
+
+
+class IndexDB:
+    """The index's SQLite file under a state folder: trusted reads, one-transaction saves."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / "index.sqlite"
+        self.seal_path = root / "index.seal"
+        self._reader: sqlite3.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
+        self.fresh = True  # no trusted file: the next save starts a new one
+
+    # -- opening ------------------------------------------------------------------------------
+    def open(self) -> bool:
+        """Open the file for reading when it is whole, of this layout and sealed by the seal's
+        token; False (nothing kept open) otherwise."""
+        try:
+            seal = self.seal_path.read_bytes()
+            if not self.path.is_file():
+                return False
+            conn = self._connect()
+        except (OSError, sqlite3.Error):
+            return False
+        try:
+            meta = dict(conn.execute("SELECT key, value FROM meta"))
+            ok = (
+                _open("version", meta.get("version")) == str(CACHE_VERSION).encode()
+                and _open("token", meta.get("token")) == seal
+            )
+        except (sqlite3.Error, Damaged):
+            ok = False
+        if not ok:
+            conn.close()
+            return False
+        self._reader, self.fresh = conn, False
+        return True
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # The seal (fsynced) is written after the commit: a commit lost to a power cut then
+        # reads as "no cache", so commits need not be fsynced themselves.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA mmap_size=268435456")
+        return conn
+
+    def close(self) -> None:
+        """Close both connections (a later read or save opens again)."""
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                conn.close()
+        self._reader = self._writer = None
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor | None:
+        if self._reader is None:
+            return None
+        try:
+            return self._reader.execute(sql, args)
+        except sqlite3.DatabaseError as exc:
+            raise Damaged(str(exc)) from exc
+
+    # -- reading ------------------------------------------------------------------------------
+    def control(self) -> Control | None:
+        cur = self._read("SELECT value FROM meta WHERE key = 'control'")
+        row = cur.fetchone() if cur is not None else None
+        if row is None:
+            return None
+        try:
+            return Control.from_json(marshal.loads(_open("control", row[0])))
+        except (ValueError, EOFError, TypeError) as exc:
+            raise Damaged("control") from exc
+
+    def failures(self) -> Iterator[Failure]:
+        cur = self._read("SELECT stage, entity, rec FROM failures")
+        for q, eid, rec in cur if cur is not None else ():
+            yield _unpack_failure(q, eid, rec)
+
+    def manifest(self, q: str, eid: str) -> Manifest | None:
+        cur = self._read("SELECT rec FROM manifests WHERE stage = ? AND entity = ?", (q, eid))
+        row = cur.fetchone() if cur is not None else None
+        return None if row is None else unpack_manifest(q, eid, row[0])
+
+    def manifests(self, q: str) -> Iterator[tuple[str, Manifest]]:
+        """(entity, manifest) of every manifest of a stage, in entity order."""
+        cur = self._read("SELECT entity, rec FROM manifests WHERE stage = ?", (q,))
+        for eid, rec in cur if cur is not None else ():
+            yield eid, unpack_manifest(q, eid, rec)
+
+    def manifest_outputs_of(
+        self, q: str
+    ) -> Iterator[tuple[str, tuple[tuple[str, ...], tuple[str, ...]]]]:
+        """(entity, (output paths, dropped paths)) of every manifest of a stage, in entity
+        order, the records not decoded."""
+        cur = self._read("SELECT entity, outs FROM manifests WHERE stage = ?", (q,))
+        for eid, outs in cur if cur is not None else ():
+            yield eid, unpack_outs(q, eid, outs)
+
+    def count(self, q: str) -> int:
+        cur = self._read("SELECT count(*) FROM manifests WHERE stage = ?", (q,))
+        return int(cur.fetchone()[0]) if cur is not None else 0
+
+    def file_entry(self, rel: str) -> bytes | None:
+        cur = self._read("SELECT entry FROM files WHERE path = ?", (rel,))
+        row = cur.fetchone() if cur is not None else None
+        return None if row is None else _open(rel, row[0])
+
+    def file_entries(self) -> Iterator[tuple[str, bytes]]:
+        cur = self._read("SELECT path, entry FROM files")
+        for rel, entry in cur if cur is not None else ():
+            yield rel, _open(rel, entry)
+
+    # -- writing ------------------------------------------------------------------------------
+    def write(self, changes: dict[str, Any]) -> None:
+        """One transaction of the changes (None: deleted) and a new token, then the seal: either
+        all of them are in the file and sealed, or the seal disagrees (WriteFailed raised)."""
+        try:
+            conn = self._writer_conn()
+            token = secrets.token_bytes(16)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                _apply(conn, changes, token)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise WriteFailed(f"index cache {self.path}: {exc}") from exc
+        atomic_write(self.seal_path, token, durable=True)
+        self.fresh = False
+
+    def _writer_conn(self) -> sqlite3.Connection:
+        if self.fresh:  # a new file: whatever is there is not trusted (damaged, foreign, old)
+            self.close()
+            self.seal_path.unlink(missing_ok=True)
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            for old in LEGACY:  # an older version's cache, never read again
+                (self.path.parent / old).unlink(missing_ok=True)
+            conn = self._connect()
+            for sql in _SCHEMA:
+                conn.execute(sql)
+            self._writer = conn
+            self._reader = self._connect()
+        elif self._writer is None:
+            self._writer = self._connect()
+        return self._writer
+
+
+def _apply(conn: sqlite3.Connection, changes: dict[str, Any], token: bytes) -> None:
+    put_m, del_m, put_f, del_f, put_files, del_files = [], [], [], [], [], []
+    for q, ms in changes["manifests"].items():
+        for eid, m in ms.items():
+            if m is None:
+                del_m.append((q, eid))
+            else:
+                put_m.append((q, eid, *pack_manifest(m)))
+    for (q, eid), f in changes["failures"].items():
+        if f is None:
+            del_f.append((q, eid))
+        else:
+            put_f.append((q, eid, _pack_failure(f)))
+    for rel, entry in changes["files"].items():
+        if entry is None:
+            del_files.append((rel,))
+        else:
+            put_files.append((rel, _seal(rel, entry)))
+    conn.executemany("DELETE FROM manifests WHERE stage = ? AND entity = ?", del_m)
+    conn.executemany("INSERT OR REPLACE INTO manifests VALUES (?, ?, ?, ?)", put_m)
+    conn.executemany("DELETE FROM failures WHERE stage = ? AND entity = ?", del_f)
+    conn.executemany("INSERT OR REPLACE INTO failures VALUES (?, ?, ?)", put_f)
+    conn.executemany("DELETE FROM files WHERE path = ?", del_files)
+    conn.executemany("INSERT OR REPLACE INTO files VALUES (?, ?)", put_files)
+    meta = [("version", str(CACHE_VERSION).encode()), ("token", token)]
+    if changes["control"] is not None:
+        meta.append(("control", marshal.dumps(changes["control"].to_json())))
+    conn.executemany(
+        "INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, _seal(k, v)) for k, v in meta]
+    )
