@@ -63,7 +63,9 @@ def test_runs_killed_at_seeded_points_between_index_saves_restart_right(
     loaded = load_workspace(ws.root)
     index = Index.load(loaded, Store(loaded.settings.state_dir))
     assert not index.recovered
-    assert index.manifests["crash.first"]["e001"] == index.store.read_manifest("crash.first", "e001")
+    assert index.manifests["crash.first"]["e001"] == index.store.read_manifest(
+        "crash.first", "e001"
+    )
     index.db.close()
     assert ws.run()["executed"] == 0
     _all_right(ws)
