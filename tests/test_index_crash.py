@@ -4,8 +4,11 @@ right, a torn or damaged index is never trusted."""
 
 from __future__ import annotations
 
+import gc
+import os
 import random
 import signal
+from pathlib import Path
 
 from conftest import MakeWorkspace, Workspace
 from test_crash import HANDLERS, PIPELINE, expected, kill_after, output_of
@@ -84,6 +87,17 @@ def _truth_agrees(ws: Workspace) -> Index:
     return index
 
 
+def _put(cache: Path, data: bytes) -> None:
+    """Replace the cache file (a new file, as a copy by hand makes; its WAL gone, no dirty
+    marker left to say anything), once this process's connections to it are closed."""
+    gc.collect()
+    for suffix in ("-wal", "-shm"):
+        cache.with_name(cache.name + suffix).unlink(missing_ok=True)
+    cache.with_name("new").write_bytes(data)
+    os.replace(cache.with_name("new"), cache)
+    (cache.parent / "index.dirty").unlink(missing_ok=True)
+
+
 def test_a_torn_or_damaged_index_file_is_never_trusted(make_workspace: MakeWorkspace) -> None:
     # Given an index cache holding saved changes (a run after an edit saves one)
     ws = _workspace(make_workspace)
@@ -92,6 +106,7 @@ def test_a_torn_or_damaged_index_file_is_never_trusted(make_workspace: MakeWorks
     assert ws.run()["executed"] == 2
     state = ws.root / ".eventrunner"
     cache = state / "index.sqlite"
+    gc.collect()  # the in-process run's connection: closed, its WAL folded into the file
     whole = cache.read_bytes()
     assert not _truth_agrees(ws).recovered
 
@@ -105,13 +120,10 @@ def test_a_torn_or_damaged_index_file_is_never_trusted(make_workspace: MakeWorks
         else:
             for _ in range(4):
                 raw[rng.randrange(0, len(raw))] ^= 0xFF
-        for suffix in ("-wal", "-shm"):
-            (state / f"index.sqlite{suffix}").unlink(missing_ok=True)
-        cache.write_bytes(bytes(raw))
-        (state / "index.dirty").unlink(missing_ok=True)
+        _put(cache, bytes(raw))
         # Then whatever the index gives is the manifests' truth
         _truth_agrees(ws)
-    cache.write_bytes(whole[:4096])
+    _put(cache, whole[:4096])
     assert ws.run()["executed"] == 0
     _all_right(ws)
 

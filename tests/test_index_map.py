@@ -4,10 +4,12 @@ foreign or stale file is never trusted (what is read is the sidecar manifests' t
 
 from __future__ import annotations
 
+import gc
+import os
 import random
-import shutil
 import sqlite3
 import threading
+from pathlib import Path
 
 import pytest
 from conftest import ECHO_HANDLERS, ECHO_PIPELINE, MakeWorkspace, Workspace
@@ -34,6 +36,17 @@ def ws(make_workspace: MakeWorkspace) -> Workspace:
 def _load(ws: Workspace) -> Index:
     loaded = load_workspace(ws.root)
     return Index.load(loaded, Store(loaded.settings.state_dir))
+
+
+def _put(path: Path, data: bytes) -> None:
+    """Replace a cache file as a copy by hand would (a new file, its WAL gone), once every
+    connection of this process to it is closed (the in-process run's too)."""
+    gc.collect()
+    for suffix in ("-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+    path.with_name("new").write_bytes(data)
+    os.replace(path.with_name("new"), path)
+    (path.parent / "index.dirty").unlink(missing_ok=True)
 
 
 def _truth(index: Index) -> dict[tuple[str, str], Manifest]:
@@ -181,6 +194,7 @@ def test_a_damaged_or_cut_file_never_gives_a_wrong_record(ws: Workspace) -> None
     index = _load(ws)
     truth = _truth(index)
     index.db.close()
+    gc.collect()
     path = index.cache_path
     whole = path.read_bytes()
     rng = random.Random(1515)
@@ -191,17 +205,14 @@ def test_a_damaged_or_cut_file_never_gives_a_wrong_record(ws: Workspace) -> None
         else:
             for _ in range(8):
                 raw[rng.randrange(0, len(raw))] ^= 0xFF
-        for suffix in ("-wal", "-shm"):
-            path.with_name(path.name + suffix).unlink(missing_ok=True)
-        path.write_bytes(bytes(raw))
-        (path.parent / "index.dirty").unlink(missing_ok=True)
+        _put(path, bytes(raw))
 
         # Then whatever the index reads is the truth: rebuilt, or read lazily and checked
         index = _load(ws)
         assert _seen(index) == truth
         assert index.recovered or index.damaged or path.read_bytes() == bytes(raw)
         index.db.close()
-    path.write_bytes(whole[:100])
+    _put(path, whole[:100])
     assert ws.run()["executed"] == 0
 
 
@@ -209,16 +220,15 @@ def test_a_foreign_or_older_copy_of_the_file_is_not_trusted(ws: Workspace) -> No
     # Given a copy of the cache taken before a change was saved
     index = _load(ws)
     index.db.close()
-    shutil.copy(index.cache_path, ws.root / "old.sqlite")
+    gc.collect()
+    old = index.cache_path.read_bytes()
     index = _load(ws)
     index.forget_state("echo.shout", "n02")
     index.save()
     index.db.close()
 
     # When the older copy is put back (its WAL gone), the seal disagrees: rebuilt
-    for suffix in ("-wal", "-shm"):
-        index.cache_path.with_name(index.cache_path.name + suffix).unlink(missing_ok=True)
-    shutil.copy(ws.root / "old.sqlite", index.cache_path)
+    _put(index.cache_path, old)
     again = _load(ws)
     assert again.recovered
     assert "n02" not in again.manifests["echo.shout"]

@@ -18,6 +18,7 @@ import marshal
 import pickle
 import secrets
 import sqlite3
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,9 @@ _SCHEMA = (
     " PRIMARY KEY (stage, entity)) WITHOUT ROWID",
     "CREATE TABLE files (path TEXT PRIMARY KEY, entry BLOB) WITHOUT ROWID",
 )
+
+
+_REBUILD: Any = None
 
 
 class Damaged(Exception):
@@ -66,18 +70,36 @@ def _mkey(q: str, eid: str) -> str:
 
 
 # -- records as bytes ---------------------------------------------------------------------------
+def _rebuild() -> Any:
+    """The function a Manifest's compact state rebuilds it with (its __reduce__'s)."""
+    global _REBUILD
+    if _REBUILD is None:
+        _REBUILD = Manifest("s", "e", {}, "", "", {}, {}, 0.0, 0, 0.0).__reduce__()[0]
+    return _REBUILD
+
+
 def pack_manifest(m: Manifest) -> tuple[bytes, bytes]:
-    """(outs, rec): the output and dropped paths alone (for narrow scans), and the record (its
-    own compact pickled form, whatever shape core/records gives it)."""
+    """(outs, rec): the output and dropped paths alone (for narrow scans), and the record: its
+    compact state marshalled (interned strings come back interned, so the paths, hashes, code
+    and params of decoded manifests are shared), or pickled if it holds anything else."""
     key = _mkey(m.stage, m.entity)
     outs = marshal.dumps((tuple(m.output_paths), tuple(m.dropped)))
-    return _seal(key, outs), _seal(key, pickle.dumps(m, protocol=pickle.HIGHEST_PROTOCOL))
+    rebuild, state = m.__reduce__()
+    try:
+        if rebuild is not _rebuild():
+            raise ValueError("another shape")
+        rec = b"M" + marshal.dumps(state)
+    except ValueError:
+        rec = b"P" + pickle.dumps(m, protocol=pickle.HIGHEST_PROTOCOL)
+    return _seal(key, outs), _seal(key, rec)
 
 
 def unpack_manifest(q: str, eid: str, rec: Any) -> Manifest:
     """The manifest of a row (Damaged unless it checks out and is the row's)."""
+    data = _open(_mkey(q, eid), rec)
     try:
-        m = pickle.loads(_open(_mkey(q, eid), rec))
+        rest = data[1:]
+        m = _rebuild()(*marshal.loads(rest)) if data[:1] == b"M" else pickle.loads(rest)
     except (pickle.PickleError, ValueError, EOFError, TypeError, AttributeError) as exc:
         raise Damaged(_mkey(q, eid)) from exc
     if not isinstance(m, Manifest) or m.stage != q or m.entity != eid:
@@ -115,6 +137,7 @@ class IndexDB:
         self._reader: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
         self.fresh = True  # no trusted file: the next save starts a new one
+        self.damaged = False  # found damaged: nothing more is read from it
 
     # -- opening ------------------------------------------------------------------------------
     def open(self) -> bool:
@@ -158,6 +181,8 @@ class IndexDB:
         self._reader = self._writer = None
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor | None:
+        if self.damaged:
+            raise Damaged("found damaged before")  # a damaged b-tree may also miss rows
         if self._reader is None:
             return None
         try:
@@ -213,7 +238,7 @@ class IndexDB:
     def file_entries(self) -> Iterator[tuple[str, bytes]]:
         cur = self._read("SELECT path, entry FROM files")
         for rel, entry in cur if cur is not None else ():
-            yield rel, _open(rel, entry)
+            yield sys.intern(rel), _open(rel, entry)
 
     # -- writing ------------------------------------------------------------------------------
     def write(self, changes: dict[str, Any]) -> None:

@@ -63,7 +63,7 @@ class Saving:
                 "index cache %s is damaged: read from the manifests, rebuilt next start",
                 self.cache_path,
             )
-            self.damaged = True
+            self.damaged = self.db.damaged = True
             self.generation += 1
             atomic_write(self.dirty_path, b"", durable=True)
             self._dirty_marked = True
