@@ -28,12 +28,15 @@ import xxhash
 from eventrunner.core.records import Control, Failure, Manifest
 from eventrunner.state.files import atomic_write
 
-CACHE_VERSION = 13  # of the layout: another version is rebuilt
+CACHE_VERSION = 14  # of the layout: another version is rebuilt
 _SUM = 8
 LEGACY = ("index.pickle", "index.journal")  # the cache of versions before 13
 _SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID",
-    "CREATE TABLE manifests (stage TEXT, entity TEXT, outs BLOB, rec BLOB,"
+    "CREATE TABLE manifests (stage TEXT, entity TEXT, rec BLOB,"
+    " PRIMARY KEY (stage, entity)) WITHOUT ROWID",
+    # Each manifest's output and dropped paths alone: narrow scans read a small table.
+    "CREATE TABLE outputs (stage TEXT, entity TEXT, outs BLOB,"
     " PRIMARY KEY (stage, entity)) WITHOUT ROWID",
     "CREATE TABLE failures (stage TEXT, entity TEXT, rec BLOB,"
     " PRIMARY KEY (stage, entity)) WITHOUT ROWID",
@@ -42,6 +45,7 @@ _SCHEMA = (
 
 
 _REBUILD: Any = None
+_BROKEN = (sqlite3.DatabaseError, UnicodeDecodeError)
 
 
 class Damaged(Exception):
@@ -107,15 +111,6 @@ def unpack_manifest(q: str, eid: str, rec: Any) -> Manifest:
     return m
 
 
-def unpack_outs(q: str, eid: str, outs: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(output paths, dropped paths) of a manifest row."""
-    try:
-        made, dropped = marshal.loads(_open(_mkey(q, eid), outs))
-    except (ValueError, EOFError, TypeError) as exc:
-        raise Damaged(_mkey(q, eid)) from exc
-    return made, dropped
-
-
 def _pack_failure(f: Failure) -> bytes:
     fields = tuple(getattr(f, k) for k in Failure.__dataclass_fields__)
     return _seal(_mkey(f.stage, f.entity), marshal.dumps(fields))
@@ -148,15 +143,15 @@ class IndexDB:
             if not self.path.is_file():
                 return False
             conn = self._connect()
-        except (OSError, sqlite3.Error):
+        except (OSError, *_BROKEN):
             return False
         try:
-            meta = dict(conn.execute("SELECT key, value FROM meta"))
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
             ok = (
                 _open("version", meta.get("version")) == str(CACHE_VERSION).encode()
                 and _open("token", meta.get("token")) == seal
             )
-        except (sqlite3.Error, Damaged):
+        except (*_BROKEN, Damaged):
             ok = False
         if not ok:
             conn.close()
@@ -180,20 +175,33 @@ class IndexDB:
                 conn.close()
         self._reader = self._writer = None
 
-    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor | None:
+    def _one(self, sql: str, args: tuple[Any, ...]) -> Any:
+        """The first row of a query (None: none, or no trusted file)."""
         if self.damaged:
             raise Damaged("found damaged before")  # a damaged b-tree may also miss rows
         if self._reader is None:
             return None
         try:
-            return self._reader.execute(sql, args)
-        except sqlite3.DatabaseError as exc:
+            return self._reader.execute(sql, args).fetchone()
+        except _BROKEN as exc:  # a damaged page, or damaged text in a key
+            raise Damaged(str(exc)) from exc
+
+    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> Iterator[Any]:
+        """Every row of a query, fetched in batches (nothing without a trusted file)."""
+        if self.damaged:
+            raise Damaged("found damaged before")
+        if self._reader is None:
+            return
+        try:
+            cur = self._reader.execute(sql, args)
+            while rows := cur.fetchmany(4096):
+                yield from rows
+        except _BROKEN as exc:  # a damaged page, or damaged text in a key
             raise Damaged(str(exc)) from exc
 
     # -- reading ------------------------------------------------------------------------------
     def control(self) -> Control | None:
-        cur = self._read("SELECT value FROM meta WHERE key = 'control'")
-        row = cur.fetchone() if cur is not None else None
+        row = self._one("SELECT value FROM meta WHERE key = 'control'", ())
         if row is None:
             return None
         try:
@@ -202,42 +210,47 @@ class IndexDB:
             raise Damaged("control") from exc
 
     def failures(self) -> Iterator[Failure]:
-        cur = self._read("SELECT stage, entity, rec FROM failures")
-        for q, eid, rec in cur if cur is not None else ():
+        for q, eid, rec in self._rows("SELECT stage, entity, rec FROM failures"):
             yield _unpack_failure(q, eid, rec)
 
     def manifest(self, q: str, eid: str) -> Manifest | None:
-        cur = self._read("SELECT rec FROM manifests WHERE stage = ? AND entity = ?", (q, eid))
-        row = cur.fetchone() if cur is not None else None
+        row = self._one("SELECT rec FROM manifests WHERE stage = ? AND entity = ?", (q, eid))
         return None if row is None else unpack_manifest(q, eid, row[0])
 
     def manifests(self, q: str) -> Iterator[tuple[str, Manifest]]:
         """(entity, manifest) of every manifest of a stage, in entity order."""
-        cur = self._read("SELECT entity, rec FROM manifests WHERE stage = ?", (q,))
-        for eid, rec in cur if cur is not None else ():
+        for eid, rec in self._rows("SELECT entity, rec FROM manifests WHERE stage = ?", (q,)):
             yield eid, unpack_manifest(q, eid, rec)
 
     def manifest_outputs_of(
         self, q: str
     ) -> Iterator[tuple[str, tuple[tuple[str, ...], tuple[str, ...]]]]:
         """(entity, (output paths, dropped paths)) of every manifest of a stage, in entity
-        order, the records not decoded."""
-        cur = self._read("SELECT entity, outs FROM manifests WHERE stage = ?", (q,))
-        for eid, outs in cur if cur is not None else ():
-            yield eid, unpack_outs(q, eid, outs)
+        order, from the narrow table (one tight loop: this runs at every run's stray check)."""
+        digest, loads, prefix = xxhash.xxh3_64_digest, marshal.loads, q + "\0"
+        rows = self._rows("SELECT entity, outs FROM outputs WHERE stage = ?", (q,))
+        for eid, outs in rows:
+            data = outs[_SUM:]
+            if (
+                digest((prefix + eid).encode("utf-8", "surrogatepass") + b"\0" + data)
+                != outs[:_SUM]
+            ):
+                raise Damaged(prefix + eid)
+            try:
+                yield eid, loads(data)
+            except (ValueError, EOFError, TypeError) as exc:
+                raise Damaged(prefix + eid) from exc
 
     def count(self, q: str) -> int:
-        cur = self._read("SELECT count(*) FROM manifests WHERE stage = ?", (q,))
-        return int(cur.fetchone()[0]) if cur is not None else 0
+        row = self._one("SELECT count(*) FROM manifests WHERE stage = ?", (q,))
+        return int(row[0]) if row is not None else 0
 
     def file_entry(self, rel: str) -> bytes | None:
-        cur = self._read("SELECT entry FROM files WHERE path = ?", (rel,))
-        row = cur.fetchone() if cur is not None else None
+        row = self._one("SELECT entry FROM files WHERE path = ?", (rel,))
         return None if row is None else _open(rel, row[0])
 
     def file_entries(self) -> Iterator[tuple[str, bytes]]:
-        cur = self._read("SELECT path, entry FROM files")
-        for rel, entry in cur if cur is not None else ():
+        for rel, entry in self._rows("SELECT path, entry FROM files"):
             yield sys.intern(rel), _open(rel, entry)
 
     # -- writing ------------------------------------------------------------------------------
@@ -254,7 +267,7 @@ class IndexDB:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
             raise WriteFailed(f"index cache {self.path}: {exc}") from exc
         atomic_write(self.seal_path, token, durable=True)
         self.fresh = False
@@ -278,13 +291,15 @@ class IndexDB:
 
 
 def _apply(conn: sqlite3.Connection, changes: dict[str, Any], token: bytes) -> None:
-    put_m, del_m, put_f, del_f, put_files, del_files = [], [], [], [], [], []
+    put_m, put_o, del_m, put_f, del_f, put_files, del_files = [], [], [], [], [], [], []
     for q, ms in changes["manifests"].items():
         for eid, m in ms.items():
             if m is None:
                 del_m.append((q, eid))
             else:
-                put_m.append((q, eid, *pack_manifest(m)))
+                outs, rec = pack_manifest(m)
+                put_m.append((q, eid, rec))
+                put_o.append((q, eid, outs))
     for (q, eid), f in changes["failures"].items():
         if f is None:
             del_f.append((q, eid))
@@ -296,7 +311,9 @@ def _apply(conn: sqlite3.Connection, changes: dict[str, Any], token: bytes) -> N
         else:
             put_files.append((rel, _seal(rel, entry)))
     conn.executemany("DELETE FROM manifests WHERE stage = ? AND entity = ?", del_m)
-    conn.executemany("INSERT OR REPLACE INTO manifests VALUES (?, ?, ?, ?)", put_m)
+    conn.executemany("DELETE FROM outputs WHERE stage = ? AND entity = ?", del_m)
+    conn.executemany("INSERT OR REPLACE INTO manifests VALUES (?, ?, ?)", put_m)
+    conn.executemany("INSERT OR REPLACE INTO outputs VALUES (?, ?, ?)", put_o)
     conn.executemany("DELETE FROM failures WHERE stage = ? AND entity = ?", del_f)
     conn.executemany("INSERT OR REPLACE INTO failures VALUES (?, ?, ?)", put_f)
     conn.executemany("DELETE FROM files WHERE path = ?", del_files)
