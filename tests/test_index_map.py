@@ -238,3 +238,22 @@ def test_a_foreign_or_older_copy_of_the_file_is_not_trusted(ws: Workspace) -> No
     again.db.close()
     again.seal_path.write_bytes(b"0" * 16)
     assert _load(ws).recovered
+
+
+def test_output_paths_read_narrow_or_warm_are_the_manifests_outputs(ws: Workspace) -> None:
+    # Given a state forgotten and not saved yet
+    index = _load(ws)
+    index.forget_state("echo.shout", "n04")
+    truth = sorted(
+        (tuple(m.output_paths), tuple(m.dropped))
+        for m in _truth(index).values()
+        if m.stage == "echo.shout"
+    )
+
+    # Then the narrow scan and the warm maps give the same outputs, the change included
+    narrow = sorted(index.stage_outputs("echo.shout"))
+    index.warm()
+    assert index.manifests["echo.shout"].complete
+    warm = sorted(index.stage_outputs("echo.shout"))
+    assert narrow == warm == truth
+    assert len(truth) == N - 1

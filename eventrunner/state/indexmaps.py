@@ -53,6 +53,9 @@ def stage_outputs(
 ) -> Iterator[Outputs]:
     """(output paths, dropped paths) of every manifest of a stage, without decoding the
     records in the file (a narrow scan), unsaved changes included."""
+    if mm.complete:  # warm (a fan-in checked every member): in memory already
+        yield from [_outputs(m) for m in mm.values()]
+        return
     pending = mm.pending
     for eid, outs in rows(db.manifest_outputs_of, store, q, damaged, _outputs):
         if eid not in pending:

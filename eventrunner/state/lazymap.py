@@ -127,6 +127,11 @@ class LazyMap(Generic[V]):
                     self._cache[key] = value  # a warm cache must stay complete
 
     # -- the cache ------------------------------------------------------------------------------
+    @property
+    def complete(self) -> bool:
+        """Every row is in memory (warm): a whole pass over it reads no file."""
+        return self._complete
+
     def warm(self) -> None:
         """Read every row now, in one scan, and keep them until `cool` (a pass that is to ask
         for most keys: one scan instead of a query per key)."""
