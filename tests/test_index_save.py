@@ -40,7 +40,7 @@ def test_a_quiet_save_clears_the_dirty_marker(index: Index) -> None:
     assert index.dirty_path.exists()
     asyncio.run(save_in_thread(index))
     assert not index.dirty_path.exists()
-    assert index.cache_path.exists()
+    assert index.cache_path.exists() and index.seal_path.exists()
 
 
 def test_a_change_during_the_write_keeps_the_dirty_marker(index: Index) -> None:
@@ -70,33 +70,56 @@ def test_a_snapshot_taken_while_a_state_runs_never_clears_the_marker(index: Inde
 
 
 def test_the_snapshot_is_a_copy(index: Index) -> None:
-    # A whole snapshot (the one after a rebuild)
-    index._full_next = True
-    _, data = index.snapshot()
-    index.forget_state("echo.shout", "hello")
-    _hold(index, "echo.count", "*")
-    assert data["kind"] == "whole"
+    # Given the snapshot of an index rebuilt from the store (it holds every record)
+    index.dirty_path.touch()
+    rebuilt = Index.load(index.ws, index.store)
+    assert rebuilt.recovered
+    _, data = rebuilt.snapshot()
+
+    # When state moves on after it was taken
+    rebuilt.forget_state("echo.shout", "hello")
+    _hold(rebuilt, "echo.count", "*")
+
+    # Then the snapshot still holds what was true when it was taken
     assert "hello" in data["manifests"]["echo.shout"]
     assert "echo.count" not in data["control"].holds
 
 
 def test_a_save_after_a_clean_load_holds_only_what_changed(index: Index) -> None:
     # Given an index loaded from a clean cache, and one state forgotten and one hold set
+    assert not index.recovered
     index.forget_state("echo.shout", "hello")
     _hold(index, "echo.count", "hello")
     generation, data = index.snapshot()
 
-    # Then the snapshot is a journal frame of just those changes
-    assert data["kind"] == "changes"
-    assert data["manifests"] == {("echo.shout", "hello"): None}
+    # Then the snapshot holds just those changes
+    assert data["manifests"] == {"echo.shout": {"hello": None}}
+    assert data["files"] == {} and data["failures"] == {("echo.shout", "hello"): None}
     assert data["control"].holds == {"echo.count": ["hello"]}
     index.write_snapshot(data)
     index.saved(generation)
     assert not index.dirty_path.exists()
 
-    # And a load replays it over the whole snapshot
+    # And a load reads them from the cache
     again = Index.load(index.ws, index.store)
     assert not again.recovered
     assert "hello" not in again.manifests["echo.shout"]
     assert "hello" in again.manifests["echo.count"]
     assert again.control.holds == {"echo.count": ["hello"]}
+
+
+def test_a_failed_save_goes_into_the_next_one(index: Index) -> None:
+    # Given a save that failed after its snapshot was taken (a hold and a forgotten state)
+    _hold(index, "echo.count", "hello")
+    index.forget_state("echo.shout", "hello")
+    index.snapshot()
+    index.failed_save()
+
+    # When the next save succeeds
+    index.save()
+
+    # Then it wrote what the failed one held
+    again = Index.load(index.ws, index.store)
+    assert not again.recovered
+    assert again.control.holds == {"echo.count": ["hello"]}
+    assert "hello" not in again.manifests["echo.shout"]

@@ -85,7 +85,7 @@ async def test_a_failed_start_is_reported_as_a_start_failure_and_releases_the_lo
     assert isinstance(session.start_error, UnknownName)
     assert session.stop_errors == []
     assert lock_is_free(ws)
-    assert not (ws.root / ".eventrunner" / "index.pickle").exists()
+    assert not (ws.root / ".eventrunner" / "index.sqlite").exists()
     await session.close()
     assert session.stop_errors == []
 
@@ -112,7 +112,7 @@ async def test_a_failed_save_is_reported_as_a_stop_failure_and_the_lock_is_still
     # Given a session that ran work, and an index cache that cannot be written (a folder in
     # its place)
     ws = make_workspace(echo_files())
-    (ws.root / ".eventrunner" / "index.pickle").mkdir(parents=True)
+    (ws.root / ".eventrunner" / "index.sqlite").mkdir(parents=True)
     session = Session(load_workspace(ws.root), "run")
     await session.start()
     assert session.engine is not None
@@ -140,7 +140,7 @@ async def test_closing_twice_is_safe_and_saves_once(make_workspace: MakeWorkspac
     async with Session(load_workspace(ws.root), "run") as session:
         assert session.engine is not None
         await session.engine.wait_idle()
-    cache = ws.root / ".eventrunner" / "index.pickle"
+    cache = ws.root / ".eventrunner" / "index.sqlite"
     saved = cache.stat().st_mtime_ns
     await session.close()
     await session.close()

@@ -93,7 +93,7 @@ def test_damaged_manifest_means_stale_not_an_error(echo: Workspace) -> None:
 
 def test_damaged_index_cache_is_rebuilt_from_manifests(echo: Workspace) -> None:
     echo.run()
-    echo.write(f"{STATE}/index.pickle", b"garbage")
+    echo.write(f"{STATE}/index.sqlite", b"garbage")
 
     assert set(echo.states().values()) == {"fresh"}
     assert echo.run()["executed"] == 0
@@ -112,7 +112,7 @@ def test_manifest_reader_returns_none_for_damaged_files(tmp_path: Path) -> None:
 def test_index_cache_is_used_when_clean_and_ignored_when_dirty(echo: Workspace) -> None:
     # Given an up-to-date workspace with a clean cache
     echo.run()
-    assert echo.exists(f"{STATE}/index.pickle")
+    assert echo.exists(f"{STATE}/index.sqlite")
     assert not echo.exists(f"{STATE}/index.dirty")
 
     # When a manifest is deleted by hand behind the cache's back
@@ -134,7 +134,7 @@ def test_successful_run_leaves_a_clean_cache(echo: Workspace) -> None:
     echo.write("inbox/c.txt", "new file\n")
     echo.run()
 
-    assert echo.exists(f"{STATE}/index.pickle")
+    assert echo.exists(f"{STATE}/index.sqlite")
     assert not echo.exists(f"{STATE}/index.dirty")
 
 

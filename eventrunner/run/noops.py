@@ -63,7 +63,7 @@ def output_pattern(index: Index, q: str) -> Pattern:
 
 def produced(index: Index, q: str) -> set[str]:
     """Every path a state of stage q recorded as its output (or as dropped, for prune)."""
-    return {p for m in index.manifests[q].values() for p in (*m.output_paths, *m.dropped)}
+    return {p for made, dropped in index.stage_outputs(q) for p in (*made, *dropped)}
 
 
 def stray_message(graph: Graph, q: str, pattern: Pattern, found: list[str]) -> str:

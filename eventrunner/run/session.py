@@ -189,6 +189,8 @@ class Session:
             targets = [t for kind, rel in changes for t in engine.affected_by(kind, rel)[0]]
         else:
             targets = (t for t in engine.targets(self.stages) if entity in (None, t[1]))
+            if self.whole:
+                self.index.warm()  # every state is checked: one scan, not a query per record
         if not self.live:
             targets = self.initial = list(targets)
             if entity is not None and not self.initial:
@@ -197,6 +199,7 @@ class Session:
         log.info("%s: %s check queued %d state(s)", self.purpose, self.mode, self.caught_up)
         if self.live:
             engine.forget_verdicts()  # now, not during the next event's handling
+            self.index.cool()  # and serve keeps only the records its events ask for
 
     # -- while held ------------------------------------------------------------------------------
     def vouch(self, skipped: int = 0, **recorded: Any) -> None:
@@ -317,8 +320,7 @@ class Session:
             idx.changed
             or (engine is not None and engine.outcome.executed > 0)
             or idx.dirty_path.exists()  # a crash was recovered from: the rebuilt index is true
-            or not idx.cache_path.exists()  # first use: the next load reads one file
-            or not idx.journal_path.exists()
+            or not idx.seal_path.exists()  # first use: the next load reads the cache
         ):
             await self._call_save(idx)
 
@@ -371,10 +373,8 @@ class Session:
         return await asyncio.to_thread(fn, *args) if self.live else fn(*args)
 
     async def _call_save(self, idx: Index) -> None:
-        if self.live:
-            await save_in_thread(idx)  # pickled in a thread while events go on
-        else:
-            idx.save()
+        # Serve writes in a thread while events go on.
+        await save_in_thread(idx) if self.live else idx.save()
 
 
 def _sync(fn: Callable[[], object]) -> Callable[[], Awaitable[None]]:
@@ -388,8 +388,8 @@ _save_locks: weakref.WeakKeyDictionary[Index, asyncio.Lock] = weakref.WeakKeyDic
 
 
 async def save_in_thread(idx: Index) -> None:
-    """Index.save with the pickling and writing in a thread (the loop goes on changing state);
-    one at a time per index, so that journal frames reach the disk in the order taken."""
+    """Index.save with the writing in a thread (the loop goes on changing state and reading
+    the index); one at a time per index, so that saves reach the disk in the order taken."""
     async with _save_locks.setdefault(idx, asyncio.Lock()):
         generation, data = idx.snapshot()
         try:

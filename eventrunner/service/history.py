@@ -134,7 +134,8 @@ class History:
         if kind == "succeeded":
             entry.duration_s = float(_get(event, "duration_s") or entry.duration_s)
             idx = self._index()
-            m = idx.manifests.get(key[0], {}).get(key[1]) if idx is not None else None
+            ms = idx.manifests.get(key[0]) if idx is not None else None
+            m = ms.get(key[1]) if ms is not None else None
             if m is not None:
                 outputs = m.outputs
                 entry.output_hash, entry.outputs = output_hash(outputs), len(outputs)

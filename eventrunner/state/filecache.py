@@ -1,7 +1,7 @@
 """The stat/hash cache: a file's content hash for the price of one stat while it is unchanged.
 
-Kept in the index cache (`.eventrunner/index.pickle` and its journal). An entry is trusted only while the
-file's size, mtime and inode are those it was hashed with, and never for a file modified so
+Kept in the index cache (`.eventrunner/index.sqlite`, read an entry at a time: state/lazymap.py).
+An entry is trusted only while the file's size, mtime and inode are those it was hashed with, and never for a file modified so
 recently that it could change again within the same mtime tick (git's "racily clean" files).
 """
 
@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from eventrunner.state.hashing import hash_file, hash_path, hash_tree
+from eventrunner.state.lazymap import LazyMap
 
 # A file modified this recently may be modified again within the same mtime tick; don't trust
 # its cached hash (git's "racily clean" problem).
@@ -48,18 +49,18 @@ def _trusted_mtime(st: os.stat_result) -> int:
 
 
 class FileCache:
-    """relpath -> packed (size, mtime_ns, inode, digest) under one data root."""
+    """relpath -> packed (size, mtime_ns, inode, digest) under one data root (`entries`: read
+    from the index file on demand; without one, in memory only)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, entries: LazyMap[bytes] | None = None) -> None:
         self._prefix = os.path.join(os.fspath(root), "")  # "root/": relpaths are "/"-joined
-        self.entries: dict[str, bytes] = {}
+        self.entries = LazyMap[bytes](lambda _: None, tuple, tuple) if entries is None else entries
         self._racy: set[str] = set()  # entries `remember` added since the last snapshot
         # Files whose stats this process found different from the cache (hashed, written or
         # gone): an incremental stamp re-reads only these (stamp.write_stamp).
         self.touched: set[str] = set()
         self.written: set[str] = set()  # outputs this process wrote (trusted: see remember)
         self.changed = False  # learned something the saved cache lacks
-        self._delta: set[str] = set()  # relpaths whose entry changed since the last save
 
     def hash(self, relpath: str) -> str | None:
         """Content hash through the stat fast path; None when the file is missing."""
@@ -88,7 +89,6 @@ class FileCache:
             self.changed = True
         elif self.entries.pop(relpath, None) is not None:
             self.changed = True
-        self._delta.add(relpath)
         return digest
 
     def remember(self, relpath: str, digest: str, st: os.stat_result | None = None) -> None:
@@ -107,7 +107,6 @@ class FileCache:
             return
         relpath = sys.intern(relpath)
         self.entries[relpath] = entry
-        self._delta.add(relpath)
         self._racy.add(relpath)
         self.written.add(relpath)
         self.touched.add(relpath)
@@ -116,25 +115,16 @@ class FileCache:
     def forget(self, relpath: str) -> None:
         """Drop a file's entry (it is gone, or about to be)."""
         if self.entries.pop(relpath, None) is not None:
-            self._delta.add(relpath)
             self.changed = True
         self.touched.add(relpath)
 
-    def snapshot(self) -> dict[str, bytes]:
-        """A copy to persist. Entries of our own writes still inside the racy window are demoted
-        first (in memory too), so the next check of such a file hashes it once more."""
-        self._demote_racy()
-        self.changed = False
-        return dict(self.entries)
-
     def delta(self) -> dict[str, bytes | None]:
-        """The entries changed since the last call (None: dropped), racy ones demoted first:
-        what a journal frame holds. O(changed)."""
+        """The entries changed since the last save (None: dropped), those of our own writes
+        still inside the racy window demoted first (in memory too, so the next check of such a
+        file hashes it once more): what a save writes. O(changed)."""
         self._demote_racy()
-        out = {rel: self.entries.get(rel) for rel in self._delta}
-        self._delta = set()
         self.changed = False
-        return out
+        return self.entries.taken()
 
     def _demote_racy(self) -> None:
         racy = time.time_ns() - RACY_NS

@@ -1,10 +1,12 @@
 """In-memory view of every state: known pattern instances, manifests, failures, a stat/hash cache.
 
-Persisted as a rebuildable cache (`.eventrunner/index.pickle` plus `index.journal`, state/journal.py)
-so that a no-change run reads one file plus stats, and a save appends only what changed since
-the previous one. A `dirty` marker is written before any change to state and removed once the
-cache is saved again; a cache found dirty (a crash mid-run), torn or of another snapshot is
-ignored and rebuilt from manifests.
+Persisted as a rebuildable cache (`.eventrunner/index.sqlite` and `index.seal`, state/indexdb.py)
+read a record at a time: a load reads the control and the failures, the manifests and the
+stat/hash cache are maps read on demand (state/lazymap.py), so memory holds what the hot path
+asked for and what is not saved yet; a save writes only what changed, in one transaction. A
+`dirty` marker is written before any change to state and removed once the cache is saved
+again; a cache found dirty (a crash mid-run), damaged, foreign or not sealed is ignored and
+rebuilt from manifests.
 
 The index owns its maps: they change only through methods named for what happened (below
 "what happened"), which mark it dirty themselves and have the store write a change first.
@@ -14,37 +16,41 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from eventrunner.core.patterns import trusted_entity_id as entity_id
 from eventrunner.core.records import Control, Failure, Manifest
-from eventrunner.state import journal
+from eventrunner.state import indexdb, indexmaps
 from eventrunner.state.entities import EntityQueries
 from eventrunner.state.filecache import FileCache
-from eventrunner.state.files import atomic_write
 from eventrunner.state.instances import Instances
+from eventrunner.state.lazymap import LazyMap
+from eventrunner.state.saving import Saving
 from eventrunner.state.scan import scan
 from eventrunner.state.store import Store
 
 if TYPE_CHECKING:
     from eventrunner.workspace.load import Workspace
 
-CACHE_VERSION = journal.CACHE_VERSION
+CACHE_VERSION = indexdb.CACHE_VERSION
 
 
-class Index(EntityQueries):
+class Index(Saving, EntityQueries):
     """Everything needed to decide staleness without reading manifests one by one."""
 
     def __init__(self, ws: Workspace, store: Store) -> None:
         self.ws = ws
         self.store = store
         self.root = ws.settings.data_root
-        self.files = FileCache(self.root)
+        self.db = indexdb.IndexDB(store.root)
+        self.files = FileCache(self.root, indexmaps.file_map(self.db, self._damaged))
         self.instances: dict[str, Instances] = {
             k: Instances(p) for k, p in ws.graph.patterns.items()
         }
-        self.manifests: dict[str, dict[str, Manifest]] = {s: {} for s in ws.graph.stages}
+        self.manifests: dict[str, LazyMap[Manifest]] = {
+            s: indexmaps.manifest_map(self.db, store, s, self._damaged) for s in ws.graph.stages
+        }
         self.failures: dict[str, dict[str, Failure]] = {s: {} for s in ws.graph.stages}
         self.control = Control()
         self.running: set[tuple[str, str]] = set()
@@ -52,11 +58,26 @@ class Index(EntityQueries):
         self.generation = 0  # bumped by every change: a save knows if state moved on since
         self._changed = False  # manifests, failures or control differ from the saved cache
         self.recovered = False  # loaded by rebuilding from manifests (see load)
-        # What changed since the last save (the journal's next frame): (stage, entity) keys.
-        self.delta_m: set[tuple[str, str]] = set()
+        self.damaged = False  # the cache file was found damaged: kept dirty, never stamped
+        # Failures and control changed since the last save (manifests and stat/hash entries
+        # keep theirs in their maps' overlays).
         self.delta_f: set[tuple[str, str]] = set()
         self.delta_control = False
-        self._full_next = True  # the next save writes a whole snapshot (no trusted pair yet)
+        self._written: dict[str, Any] | None = None  # the last save's data, once committed
+        self._taken: dict[str, Any] | None = None  # the last save's data, until it ends
+
+    def warm(self) -> None:
+        """Read every manifest and stat/hash entry in one scan each, kept until `cool` (a full
+        check asks for nearly all of them: a scan instead of a query per key)."""
+        for mm in self.manifests.values():
+            mm.warm()
+        self.files.entries.warm()
+
+    def cool(self) -> None:
+        """Back to bounded caches of what is asked for (serve, once its full check is done)."""
+        for mm in self.manifests.values():
+            mm.cool()
+        self.files.entries.cool()
 
     @property
     def changed(self) -> bool:
@@ -64,18 +85,6 @@ class Index(EntityQueries):
         return self._changed or self.files.changed
 
     # -- persistence --------------------------------------------------------------------
-    @property
-    def cache_path(self) -> Path:
-        return self.store.root / "index.pickle"
-
-    @property
-    def journal_path(self) -> Path:
-        return self.store.root / "index.journal"
-
-    @property
-    def dirty_path(self) -> Path:
-        return self.store.root / "index.dirty"
-
     @classmethod
     def load(
         cls, ws: Workspace, store: Store, source_ids: dict[str, list[str]] | None = None
@@ -100,89 +109,38 @@ class Index(EntityQueries):
         return idx
 
     def _load_cache(self) -> bool:
-        if self.dirty_path.exists():
+        """Control and failures from a clean, sealed cache (the rest is read on demand)."""
+        if self.dirty_path.exists() or not self.db.open():
             return False
         try:
-            data, frames = journal.read(self.cache_path, self.journal_path)
-        except journal.UNREADABLE:
+            control = self.db.control()
+            failures = list(self.db.failures())
+        except indexdb.Damaged:
+            self.db.close()
+            self.db.fresh = True
             return False
-        if data.get("version") != CACHE_VERSION:
-            return False
-        self.files.entries = data["files"]
-        self.manifests.update((s, ms) for s, ms in data["manifests"].items() if s in self.manifests)
-        self.failures.update((s, fs) for s, fs in data["failures"].items() if s in self.failures)
-        self.control = data["control"]
-        for frame in frames:
-            self.control = journal.replay(
-                frame, self.files.entries, self.manifests, self.failures, self.control
-            )
-        self._full_next = False
+        self.control = control or Control()
+        for f in failures:
+            if f.stage in self.failures:
+                self.failures[f.stage][sys.intern(f.entity)] = f
         return True
 
     def _rebuild(self) -> None:
+        """Everything from the store, held unsaved until the next save writes a new file."""
         for m in self.store.iter_manifests():
             if m.stage in self.manifests:
                 self.manifests[m.stage][m.entity] = m
         for f in self.store.iter_failures():
             if f.stage in self.failures:
                 self.failures[f.stage][f.entity] = f
+                self.delta_f.add((f.stage, f.entity))
         self.control = self.store.read_control()
-
-    def _mark_dirty(self) -> None:
-        """Say on disk that state is about to change, before it does (every change calls it)."""
-        self.generation += 1
+        self.delta_control = True
         self._changed = True
-        if not self._dirty_marked:
-            self.store.root.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.dirty_path, b"", durable=True)
-            self._dirty_marked = True
 
-    def save(self) -> None:
-        """Write what changed (or a whole snapshot), then clear the dirty marker."""
-        generation, data = self.snapshot()
-        try:
-            self.write_snapshot(data)
-        except BaseException:
-            self.failed_save()
-            raise
-        self.saved(generation)
-
-    def failed_save(self) -> None:
-        """A snapshot taken was not written (a frame may be torn): the next save is whole."""
-        self._changed = True
-        self._full_next = True
-
-    def snapshot(self) -> tuple[int, dict[str, Any]]:
-        """What the next save writes, copied so that it can be pickled while the index moves on
-        (entries are never changed in place): the changes since the last save, or everything
-        when there is no trusted pair on disk or the journal is due for compaction; with the
-        generation it was taken at."""
-        if self._full_next or journal.needs_compaction(self.cache_path, self.journal_path):
-            data = journal.whole(self)
-        else:
-            data = journal.changes(self)
-        self.delta_m, self.delta_f, self.delta_control = set(), set(), False
-        self._full_next = False
-        self._changed = False
-        # A state running now commits without bumping the generation before its store write:
-        # a snapshot taken meanwhile must never clear the marker (-1 matches no generation).
-        return (-1 if self.running else self.generation), data
-
-    def write_snapshot(self, data: dict[str, Any]) -> None:
-        """Write a snapshot: a journal frame, or a whole cache (touches nothing else: safe in a
-        thread)."""
-        self.store.root.mkdir(parents=True, exist_ok=True)
-        if data["kind"] == "changes":
-            journal.append(self.journal_path, data)
-        else:
-            journal.write_full(self.cache_path, self.journal_path, data)
-
-    def saved(self, generation: int) -> None:
-        """The snapshot of `generation` is on disk: clear the dirty marker, unless state changed
-        since the snapshot (the cache would then miss that change after a crash)."""
-        if generation == self.generation:
-            self.dirty_path.unlink(missing_ok=True)
-            self._dirty_marked = False
+    def stage_outputs(self, q: str) -> Iterator[tuple[tuple[str, ...], tuple[str, ...]]]:
+        """(output paths, dropped paths) of every manifest of stage q (a narrow scan)."""
+        return indexmaps.stage_outputs(self.db, self.store, q, self.manifests[q], self._damaged)
 
     # -- what happened: the only ways the maps change -----------------------------------------
     def attempt_started(self, q: str, eid: str, key: str, attempt: int, started: float) -> None:
@@ -212,7 +170,6 @@ class Index(EntityQueries):
             self.files.remember(relpath, digest, stats.get(relpath) if stats else None)
         old = self.manifests[m.stage].get(m.entity)
         self.manifests[m.stage][m.entity] = m
-        self.delta_m.add((m.stage, m.entity))
         stage = self.ws.graph.stages[m.stage]
         if stage.fanout_vars:
             key = stage.output.key
@@ -263,7 +220,6 @@ class Index(EntityQueries):
         self.store.delete_failure(q, eid)
         self.manifests[q].pop(eid, None)
         self.failures[q].pop(eid, None)
-        self.delta_m.add((q, eid))
         self.delta_f.add((q, eid))
 
     def outputs_pruned(self, q: str, eid: str) -> None:
@@ -272,7 +228,6 @@ class Index(EntityQueries):
         self._mark_dirty()
         self.store.write_manifest(m)
         self.manifests[q][eid] = m
-        self.delta_m.add((q, eid))
 
     def source_appeared(self, key: str, values: dict[str, str], relpath: str | None = None) -> None:
         """A source file came (or changed): its instance and the entities it binds exist."""

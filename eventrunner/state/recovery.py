@@ -91,8 +91,8 @@ def data_folders(index: Index) -> set[str]:
         if stage.fanout_vars:  # items of a state never committed: no instance knows them yet
             key = stage.output.key
             folders.update(_folder(key, values) for _, values in index.stage_entities(q))
-        for m in index.manifests[q].values():
-            folders.update(os.path.dirname(rel) for rel in m.output_paths)
+        for made, _ in index.stage_outputs(q):
+            folders.update(os.path.dirname(rel) for rel in made)
     return folders
 
 

@@ -59,6 +59,8 @@ def write_stamp(
     touched (hashed, written, gone) and the folders are read again: every other path keeps the
     stats the previous stamp recorded, which a look found still true. O(changes), not a stat
     and a string per file. `same_sources`: the source files are the base's (no folder changed)."""
+    if index.damaged:
+        return False  # what the index says is not vouched for: the next start rebuilds it
     root = str(ws.settings.data_root)
     defs = _definitions(ws, index)
     dirs = list(dirs_before) if dirs_before else scan_dirs(ws)
@@ -80,13 +82,14 @@ def write_stamp(
     prefix = os.path.join(root, "")
     if base is None or not dirs_before:
         paths = dirs + sorted(_known_paths(index, prefix) - set(dirs))
-        expected = _expected(index, index.files.entries, prefix, dirs_before)
+        expected = _expected(index.files.entries.items(), prefix, dirs_before)
         return fastpath.write(
             ws.settings.state_dir, defs, paths, *common, result, replaced, expected
         )
     restat = [*dirs, *(changed or ()), *(prefix + r for r in index.files.touched)]
+    entries = index.files.entries
     rels = [p[len(prefix) :] for p in restat if p.startswith(prefix)]
-    expected = _expected(index, rels, prefix, dirs_before)
+    expected = _expected(((rel, entries.get(rel)) for rel in rels), prefix, dirs_before)
     return fastpath.write(
         ws.settings.state_dir,
         defs,
@@ -107,43 +110,39 @@ def _known_paths(index: Any, prefix: str) -> set[str]:
     stamp is never looked at again: an in-place edit of it went unseen."""
     known = {prefix + rel for rel in index.files.entries}
     known.update(prefix + rel for rel in index.source_paths())
-    for ms in index.manifests.values():
-        known.update(prefix + rel for m in ms.values() for rel in m.output_paths)
+    for q in index.manifests:
+        known.update(prefix + rel for made, _ in index.stage_outputs(q) for rel in made)
     return known
 
 
 def _definitions(ws: Any, index: Any) -> list[str]:
     """What makes a full evaluation when it changes: the pipeline files, stock handlers, and the
-    index cache (every change of state, invalidate, hold, ..., rewrites it or grows its journal)."""
+    index cache's seal (every save of a change of state, invalidate, hold, ... replaces it)."""
     defs = fastpath.definition_files(ws.root)
     defs += sorted({str(ref.path) for ref in ws.handlers.values() if ref.stock})
-    return [*defs, str(index.cache_path), str(index.journal_path)]
+    return [*defs, str(index.seal_path)]
 
 
 def _replaced(index: Any, root: str) -> list[str]:
     """Files only ever replaced by rename (a new inode): the racy window does not concern them.
-    Our own outputs, the cache, and the journal (it only grows between compactions, which
-    replace it: its size always moves)."""
+    Our own outputs and the index cache's seal."""
     return [
-        str(index.cache_path),
-        str(index.journal_path),
+        str(index.seal_path),
         *(os.path.join(root, rel) for rel in index.files.written),
     ]
 
 
 def _expected(
-    index: Any,
-    rels: Any,
+    entries: Any,
     prefix: str,
     dirs_before: dict[str, tuple[int, int, int]] | None,
 ) -> dict[str, tuple[int, int, int]]:
-    """What the evaluation hashed (and the folders' stats before the scan): a file whose stats
-    moved since changed mid-run."""
-    entries = index.files.entries
+    """What the evaluation hashed, from (relpath, stat/hash entry or None) pairs (and the
+    folders' stats before the scan): a file whose stats moved since changed mid-run."""
     expected = {
         prefix + rel: (size, mtime_ns, ino)
-        for rel in rels
-        if (entry := entries.get(rel)) is not None
+        for rel, entry in entries
+        if entry is not None
         for size, mtime_ns, ino, _ in (unpack_stat(entry),)
         if mtime_ns >= 0
     }

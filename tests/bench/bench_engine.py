@@ -10,7 +10,7 @@ then times whole processes (time.perf_counter around subprocess.run):
   1. cold run              2N stage executions / wall time (eventrunner run -j J vs make -jJ)
   2. no-change run         eventrunner run vs make -q and make -jJ (median of --repeat)
   3. one input changed     eventrunner run vs make -jJ, a different file each time (median)
-  4. no-change, cold index eventrunner run after .eventrunner/index.pickle is deleted (median)
+  4. no-change, cold index eventrunner run after .eventrunner/index.sqlite is deleted (median)
   5. with a fan-in        the same pipeline plus a third stage summing every count into
                            total.txt (make: total.txt <- every count/%.txt): cold run and one
                            input changed, and the cold run's cost against the pipeline without it
@@ -347,7 +347,7 @@ def main() -> None:
         er_cold = er_run(cmd, er, jobs, 2 * n)
         mk_cold = make_run(mk, jobs)
         compare(mk, er, names, sample)
-        index = er / ".eventrunner" / "index.pickle"
+        index = er / ".eventrunner" / "index.sqlite"
         had_index = index.exists()
 
         # 2. no change
@@ -376,7 +376,8 @@ def main() -> None:
         # 4. no change with a cold index (rebuilt from manifests)
         er_cold_index = []
         for _ in range(reps):
-            index.unlink(missing_ok=True)
+            for suffix in ("", "-wal", "-shm"):  # SQLite's files beside it go with it
+                index.with_name(index.name + suffix).unlink(missing_ok=True)
             er_cold_index.append(er_run(cmd, er, jobs, 0))
         # and once more warm, to be sure the rebuilt index was saved and is used
         er_after = er_run(cmd, er, jobs, 0)

@@ -1,0 +1,326 @@
+"""The index cache on disk: one SQLite file (WAL) read a record at a time, written a change at a time.
+
+`index.sqlite` holds manifests and failures (stage, entity -> packed record), the stat/hash
+cache (path -> packed entry) and meta (layout version, control, a token). Every value carries
+an xxh3-64 checksum of its key and bytes, checked on every read: a damaged value reads as
+`Damaged`, never as a record. A save is one transaction of upserts and deletes that also sets a
+new token; the token is then written to `index.seal` (replaced by rename). A reader trusts the
+file only when its token is the seal's: a lost or foreign WAL, an older copy of the file, or a
+crash between the commit and the seal all read as "no cache" (rebuilt from the manifests).
+
+Two connections: one reads (the loop's thread), one writes (a save's thread); WAL lets the
+reader go on during a save and never see a half-applied one.
+"""
+
+from __future__ import annotations
+
+import marshal
+import pickle
+import secrets
+import sqlite3
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from eventrunner.core.records import Control, Failure, Manifest
+from eventrunner.state.files import atomic_write
+
+CACHE_VERSION = 14  # of the layout: another version is rebuilt
+_SUM = 8
+LEGACY = ("index.pickle", "index.journal")  # the cache of versions before 13
+_SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID",
+    "CREATE TABLE manifests (stage TEXT, entity TEXT, rec BLOB,"
+    " PRIMARY KEY (stage, entity)) WITHOUT ROWID",
+    # Each manifest's output and dropped paths alone: narrow scans read a small table.
+    "CREATE TABLE outputs (stage TEXT, entity TEXT, outs BLOB,"
+    " PRIMARY KEY (stage, entity)) WITHOUT ROWID",
+    "CREATE TABLE failures (stage TEXT, entity TEXT, rec BLOB,"
+    " PRIMARY KEY (stage, entity)) WITHOUT ROWID",
+    "CREATE TABLE files (path TEXT PRIMARY KEY, entry BLOB) WITHOUT ROWID",
+)
+
+
+_REBUILD: Any = None
+_BROKEN = (sqlite3.DatabaseError, UnicodeDecodeError)
+
+
+class Damaged(Exception):
+    """A value, a page or the file itself does not check out: nothing read from it is trusted."""
+
+
+class WriteFailed(OSError):
+    """A save could not be committed (nothing of it is in the file)."""
+
+
+def _seal(key: str, data: bytes) -> bytes:
+    return xxhash.xxh3_64_digest(key.encode("utf-8", "surrogatepass") + b"\0" + data) + data
+
+
+def _open(key: str, value: Any) -> bytes:
+    if not isinstance(value, bytes) or len(value) < _SUM:
+        raise Damaged(key)
+    data = value[_SUM:]
+    if xxhash.xxh3_64_digest(key.encode("utf-8", "surrogatepass") + b"\0" + data) != value[:_SUM]:
+        raise Damaged(key)
+    return data
+
+
+def _mkey(q: str, eid: str) -> str:
+    return q + "\0" + eid
+
+
+# -- records as bytes ---------------------------------------------------------------------------
+def _rebuild() -> Any:
+    """The function a Manifest's compact state rebuilds it with (its __reduce__'s)."""
+    global _REBUILD
+    if _REBUILD is None:
+        _REBUILD = Manifest("s", "e", {}, "", "", {}, {}, 0.0, 0, 0.0).__reduce__()[0]
+    return _REBUILD
+
+
+def pack_manifest(m: Manifest) -> tuple[bytes, bytes]:
+    """(outs, rec): the output and dropped paths alone (for narrow scans), and the record: its
+    compact state marshalled (interned strings come back interned, so the paths, hashes, code
+    and params of decoded manifests are shared), or pickled if it holds anything else."""
+    key = _mkey(m.stage, m.entity)
+    outs = marshal.dumps((tuple(m.output_paths), tuple(m.dropped)))
+    rebuild, state = m.__reduce__()
+    try:
+        if rebuild is not _rebuild():
+            raise ValueError("another shape")
+        rec = b"M" + marshal.dumps(state)
+    except ValueError:
+        rec = b"P" + pickle.dumps(m, protocol=pickle.HIGHEST_PROTOCOL)
+    return _seal(key, outs), _seal(key, rec)
+
+
+def unpack_manifest(q: str, eid: str, rec: Any) -> Manifest:
+    """The manifest of a row (Damaged unless it checks out and is the row's)."""
+    data = _open(_mkey(q, eid), rec)
+    try:
+        rest = data[1:]
+        m = _rebuild()(*marshal.loads(rest)) if data[:1] == b"M" else pickle.loads(rest)
+    except (pickle.PickleError, ValueError, EOFError, TypeError, AttributeError) as exc:
+        raise Damaged(_mkey(q, eid)) from exc
+    if not isinstance(m, Manifest) or m.stage != q or m.entity != eid:
+        raise Damaged(_mkey(q, eid))
+    return m
+
+
+def _pack_failure(f: Failure) -> bytes:
+    fields = tuple(getattr(f, k) for k in Failure.__dataclass_fields__)
+    return _seal(_mkey(f.stage, f.entity), marshal.dumps(fields))
+
+
+def _unpack_failure(q: str, eid: str, rec: Any) -> Failure:
+    try:
+        return Failure(*marshal.loads(_open(_mkey(q, eid), rec)))
+    except (ValueError, EOFError, TypeError) as exc:
+        raise Damaged(_mkey(q, eid)) from exc
+
+
+class IndexDB:
+    """The index's SQLite file under a state folder: trusted reads, one-transaction saves."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / "index.sqlite"
+        self.seal_path = root / "index.seal"
+        self._reader: sqlite3.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
+        self.fresh = True  # no trusted file: the next save starts a new one
+        self.damaged = False  # found damaged: nothing more is read from it
+
+    # -- opening ------------------------------------------------------------------------------
+    def open(self) -> bool:
+        """Open the file for reading when it is whole, of this layout and sealed by the seal's
+        token; False (nothing kept open) otherwise."""
+        try:
+            seal = self.seal_path.read_bytes()
+            if not self.path.is_file():
+                return False
+            conn = self._connect()
+        except (OSError, *_BROKEN):
+            return False
+        try:
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            ok = (
+                _open("version", meta.get("version")) == str(CACHE_VERSION).encode()
+                and _open("token", meta.get("token")) == seal
+            )
+        except (*_BROKEN, Damaged):
+            ok = False
+        if not ok:
+            conn.close()
+            return False
+        self._reader, self.fresh = conn, False
+        return True
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # The seal (fsynced) is written after the commit: a commit lost to a power cut then
+        # reads as "no cache", so commits need not be fsynced themselves.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA cache_size=-8192")  # 8 MB of pages; no mmap: mapped pages count as RSS
+        return conn
+
+    def close(self) -> None:
+        """Close both connections (a later read or save opens again)."""
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                conn.close()
+        self._reader = self._writer = None
+
+    def _one(self, sql: str, args: tuple[Any, ...]) -> Any:
+        """The first row of a query (None: none, or no trusted file)."""
+        if self.damaged:
+            raise Damaged("found damaged before")  # a damaged b-tree may also miss rows
+        if self._reader is None:
+            return None
+        try:
+            return self._reader.execute(sql, args).fetchone()
+        except _BROKEN as exc:  # a damaged page, or damaged text in a key
+            raise Damaged(str(exc)) from exc
+
+    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> Iterator[Any]:
+        """Every row of a query, fetched in batches (nothing without a trusted file)."""
+        if self.damaged:
+            raise Damaged("found damaged before")
+        if self._reader is None:
+            return
+        try:
+            cur = self._reader.execute(sql, args)
+            while rows := cur.fetchmany(4096):
+                yield from rows
+        except _BROKEN as exc:  # a damaged page, or damaged text in a key
+            raise Damaged(str(exc)) from exc
+
+    # -- reading ------------------------------------------------------------------------------
+    def control(self) -> Control | None:
+        row = self._one("SELECT value FROM meta WHERE key = 'control'", ())
+        if row is None:
+            return None
+        try:
+            return Control.from_json(marshal.loads(_open("control", row[0])))
+        except (ValueError, EOFError, TypeError) as exc:
+            raise Damaged("control") from exc
+
+    def failures(self) -> Iterator[Failure]:
+        for q, eid, rec in self._rows("SELECT stage, entity, rec FROM failures"):
+            yield _unpack_failure(q, eid, rec)
+
+    def manifest(self, q: str, eid: str) -> Manifest | None:
+        row = self._one("SELECT rec FROM manifests WHERE stage = ? AND entity = ?", (q, eid))
+        return None if row is None else unpack_manifest(q, eid, row[0])
+
+    def manifests(self, q: str) -> Iterator[tuple[str, Manifest]]:
+        """(entity, manifest) of every manifest of a stage, in entity order."""
+        for eid, rec in self._rows("SELECT entity, rec FROM manifests WHERE stage = ?", (q,)):
+            yield eid, unpack_manifest(q, eid, rec)
+
+    def manifest_outputs_of(
+        self, q: str
+    ) -> Iterator[tuple[str, tuple[tuple[str, ...], tuple[str, ...]]]]:
+        """(entity, (output paths, dropped paths)) of every manifest of a stage, in entity
+        order, from the narrow table (one tight loop: this runs at every run's stray check)."""
+        digest, loads, prefix = xxhash.xxh3_64_digest, marshal.loads, q + "\0"
+        rows = self._rows("SELECT entity, outs FROM outputs WHERE stage = ?", (q,))
+        for eid, outs in rows:
+            data = outs[_SUM:]
+            if (
+                digest((prefix + eid).encode("utf-8", "surrogatepass") + b"\0" + data)
+                != outs[:_SUM]
+            ):
+                raise Damaged(prefix + eid)
+            try:
+                yield eid, loads(data)
+            except (ValueError, EOFError, TypeError) as exc:
+                raise Damaged(prefix + eid) from exc
+
+    def count(self, q: str) -> int:
+        row = self._one("SELECT count(*) FROM manifests WHERE stage = ?", (q,))
+        return int(row[0]) if row is not None else 0
+
+    def file_entry(self, rel: str) -> bytes | None:
+        row = self._one("SELECT entry FROM files WHERE path = ?", (rel,))
+        return None if row is None else _open(rel, row[0])
+
+    def file_entries(self) -> Iterator[tuple[str, bytes]]:
+        for rel, entry in self._rows("SELECT path, entry FROM files"):
+            yield sys.intern(rel), _open(rel, entry)
+
+    # -- writing ------------------------------------------------------------------------------
+    def write(self, changes: dict[str, Any]) -> None:
+        """One transaction of the changes (None: deleted) and a new token, then the seal: either
+        all of them are in the file and sealed, or the seal disagrees (WriteFailed raised)."""
+        try:
+            conn = self._writer_conn()
+            token = secrets.token_bytes(16)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                _apply(conn, changes, token)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
+            raise WriteFailed(f"index cache {self.path}: {exc}") from exc
+        atomic_write(self.seal_path, token, durable=True)
+        self.fresh = False
+
+    def _writer_conn(self) -> sqlite3.Connection:
+        if self.fresh:  # a new file: whatever is there is not trusted (damaged, foreign, old)
+            self.close()
+            self.seal_path.unlink(missing_ok=True)
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            for old in LEGACY:  # an older version's cache, never read again
+                (self.path.parent / old).unlink(missing_ok=True)
+            conn = self._connect()
+            for sql in _SCHEMA:
+                conn.execute(sql)
+            self._writer = conn
+            self._reader = self._connect()
+        elif self._writer is None:
+            self._writer = self._connect()
+        return self._writer
+
+
+def _apply(conn: sqlite3.Connection, changes: dict[str, Any], token: bytes) -> None:
+    put_m, put_o, del_m, put_f, del_f, put_files, del_files = [], [], [], [], [], [], []
+    for q, ms in changes["manifests"].items():
+        for eid, m in ms.items():
+            if m is None:
+                del_m.append((q, eid))
+            else:
+                outs, rec = pack_manifest(m)
+                put_m.append((q, eid, rec))
+                put_o.append((q, eid, outs))
+    for (q, eid), f in changes["failures"].items():
+        if f is None:
+            del_f.append((q, eid))
+        else:
+            put_f.append((q, eid, _pack_failure(f)))
+    for rel, entry in changes["files"].items():
+        if entry is None:
+            del_files.append((rel,))
+        else:
+            put_files.append((rel, _seal(rel, entry)))
+    conn.executemany("DELETE FROM manifests WHERE stage = ? AND entity = ?", del_m)
+    conn.executemany("DELETE FROM outputs WHERE stage = ? AND entity = ?", del_m)
+    conn.executemany("INSERT OR REPLACE INTO manifests VALUES (?, ?, ?)", put_m)
+    conn.executemany("INSERT OR REPLACE INTO outputs VALUES (?, ?, ?)", put_o)
+    conn.executemany("DELETE FROM failures WHERE stage = ? AND entity = ?", del_f)
+    conn.executemany("INSERT OR REPLACE INTO failures VALUES (?, ?, ?)", put_f)
+    conn.executemany("DELETE FROM files WHERE path = ?", del_files)
+    conn.executemany("INSERT OR REPLACE INTO files VALUES (?, ?)", put_files)
+    meta = [("version", str(CACHE_VERSION).encode()), ("token", token)]
+    if changes["control"] is not None:
+        meta.append(("control", marshal.dumps(changes["control"].to_json())))
+    conn.executemany(
+        "INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, _seal(k, v)) for k, v in meta]
+    )
