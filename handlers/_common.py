@@ -10,7 +10,7 @@ from typing import Any
 
 from eventrunner.core.durations import parse_duration
 from eventrunner.core.errors import DurationError, PermanentError
-from eventrunner.run.invoke import Context
+from eventrunner.run.context import Context
 
 # {output}, {input.NAME}, {vars.NAME}, {params.NAME}; any other brace text (awk programs,
 # ${HOME}, JSON) is left alone, so templates need no escaping.

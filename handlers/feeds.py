@@ -16,7 +16,7 @@ import feedparser
 import xxhash
 
 from eventrunner.core.errors import PermanentError
-from eventrunner.run.invoke import Context
+from eventrunner.run.context import Context
 
 from ._common import only_input
 

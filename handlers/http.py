@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from eventrunner.core.errors import EventRunnerError, PermanentError, RetryLater
-from eventrunner.run.invoke import Context
+from eventrunner.run.context import Context
 
 from ._common import (
     Value,

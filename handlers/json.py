@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from eventrunner.core.errors import PermanentError
-from eventrunner.run.invoke import Context
+from eventrunner.run.context import Context
 
 from ._common import input_paths, one_output
 

@@ -14,7 +14,7 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
 from eventrunner.core.errors import PermanentError
-from eventrunner.run.invoke import Context
+from eventrunner.run.context import Context
 
 from ._common import flag, one_output, only_input, read_text
 

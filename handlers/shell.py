@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 from eventrunner.core.errors import EventRunnerError, HandlerTimeout, PermanentError
-from eventrunner.run.invoke import Context
+from eventrunner.run.context import Context
 
 from ._common import (
     Value,

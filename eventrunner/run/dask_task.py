@@ -36,6 +36,7 @@ from eventrunner.core.errors import (
 from eventrunner.run import invoke
 from eventrunner.run.bundle import pack_tree, unpack_tree, unpacked
 from eventrunner.run.capture import Capture, capturing
+from eventrunner.run.context import Context
 from eventrunner.run.dask_wire import (
     FILE,
     LARGE,
@@ -208,7 +209,7 @@ def _call(call: WireCall, func: Callable[..., Any], root: Path, capture: Capture
 
 
 async def _awaited(
-    func: Callable[..., Any], ctx: invoke.Context, kwargs: dict[str, Any], timeout: float | None
+    func: Callable[..., Any], ctx: Context, kwargs: dict[str, Any], timeout: float | None
 ) -> Any:
     coro = func(ctx, **kwargs) if invoke.wants_ctx(func) else func(**kwargs)
     try:

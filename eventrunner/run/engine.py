@@ -319,7 +319,6 @@ class Engine(Finishing):
         return func
 
     async def _run_one(self, q: str, eid: str, values: dict[str, str]) -> None:
-        stage = self.ws.graph.stages[q]
         # consider() just found every producer fresh; only the input files and hashes are needed.
         incremental = incremental_possible(
             self.evaluator, q, eid, values, self._loaded(q), self.ws.settings.runtime.executor
@@ -338,27 +337,7 @@ class Engine(Finishing):
             self.outcome.ran.add((q, eid))
             if self.events.listening:  # else not even built (per execution)
                 self.events.emit(Started(stage=q, entity=eid, attempt=attempt))
-            func = self._handler(q)
-            call = Call(
-                stage=stage,
-                entity=eid,
-                handler=self.ws.handlers[q],
-                func=func,
-                # Marked for an incremental fan-in call when the handler takes Changes (issue 15).
-                files=mark_for_call(
-                    self.evaluator,
-                    q,
-                    eid,
-                    values,
-                    gathered.files,
-                    func,
-                    self.ws.settings.runtime.executor,
-                ),
-                values=values,
-                attempt=attempt,
-                root=self.index.root,
-                code=self.ws.code[q],
-            )
+            call = self._call(q, eid, values, gathered.files, attempt)
             # The executor bounds the handler's own run time (stage.timeout) and raises
             # HandlerTimeout or WorkerLost; a cancel of this task cancels the call.
             written = await self.executor.submit(call)
@@ -382,3 +361,22 @@ class Engine(Finishing):
             self._release(q)
         if committing:
             await self._commit_success(manifest, written, key, prev)
+
+    def _call(
+        self, q: str, eid: str, values: dict[str, str], files: list[Any], attempt: int
+    ) -> Call:
+        """What the executor runs for one attempt."""
+        func = self._handler(q)
+        executor = self.ws.settings.runtime.executor
+        return Call(
+            stage=self.ws.graph.stages[q],
+            entity=eid,
+            handler=self.ws.handlers[q],
+            func=func,
+            # Marked for an incremental fan-in call when the handler takes Changes (issue 15).
+            files=mark_for_call(self.evaluator, q, eid, values, files, func, executor),
+            values=values,
+            attempt=attempt,
+            root=self.index.root,
+            code=self.ws.code[q],
+        )
