@@ -4,6 +4,7 @@ foreign or stale file is never trusted (what is read is the sidecar manifests' t
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import random
@@ -15,6 +16,8 @@ import pytest
 from conftest import ECHO_HANDLERS, ECHO_PIPELINE, MakeWorkspace, Workspace
 
 from eventrunner.core.records import Manifest
+from eventrunner.run.engine import Engine
+from eventrunner.state import indexmaps
 from eventrunner.state.index import Index
 from eventrunner.state.indexdb import IndexDB
 from eventrunner.state.store import Store
@@ -257,3 +260,28 @@ def test_output_paths_read_narrow_or_warm_are_the_manifests_outputs(ws: Workspac
     warm = sorted(index.stage_outputs("echo.shout"))
     assert narrow == warm == truth
     assert len(truth) == N - 1
+
+
+@pytest.mark.parametrize("long_lived", [True, False])
+def test_serve_keeps_bounded_caches_after_a_fan_in_walks_every_member(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch, long_lived: bool
+) -> None:
+    # Given caches smaller than the fan-in (40 members), as 4,096 is against 100,000
+    monkeypatch.setattr(indexmaps, "MANIFESTS_CACHED", 8)
+    monkeypatch.setattr(indexmaps, "FILES_CACHED", 8)
+    index = _load(ws)
+
+    async def check() -> str:
+        engine = Engine(index, index.store, retry_in_run=long_lived)
+        try:
+            # When the aggregate is considered: its walk reads every member in one scan
+            targets = list(engine.targets(["echo.summary"]))
+            engine.consider(targets)
+            return engine.verdict(*targets[0]).state
+        finally:
+            await engine.stop()
+
+    assert asyncio.run(check()) == "fresh"
+    # Then a long-lived engine (serve) goes back to bounded caches; a run keeps what it read
+    assert index.manifests["echo.count"].complete is (not long_lived)
+    assert index.files.entries.complete is (not long_lived)

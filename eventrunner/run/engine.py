@@ -159,6 +159,10 @@ class Engine(Finishing):
                 self.blocked_seen += 1
                 if blocked is not None:
                     blocked.add((q, eid))
+        if self.retry_in_run:
+            # serve lives on: a fan-in's walk read every record of its members into memory in
+            # one scan; its cert now knows them, so the maps go back to bounded caches.
+            self.index.cool_warm()
         return n
 
     async def consider_async(

@@ -79,6 +79,14 @@ class Index(Saving, EntityQueries):
             mm.cool()
         self.files.entries.cool()
 
+    def cool_warm(self) -> None:
+        """`cool` only the maps a scan made complete (cheap when none is)."""
+        for mm in self.manifests.values():
+            if mm.complete:
+                mm.cool()
+        if self.files.entries.complete:
+            self.files.entries.cool()
+
     @property
     def changed(self) -> bool:
         """Anything the cache should learn (saved only then)."""
