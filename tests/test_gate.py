@@ -196,3 +196,29 @@ def test_run_and_status_check_gate_the_same_through_a_running_server(
         assert fixed.code == 0, fixed.out
         assert ws.sub("status", "--check").code == 0
         assert server.proc is not None and server.proc.poll() is None
+
+
+def test_a_one_change_run_gates_its_aggregate_as_a_full_check_would(
+    make_workspace: MakeWorkspace,
+) -> None:
+    # Given a workspace brought up to date (the next runs follow changes from the stamp)
+    ws = workspace(make_workspace, a="ok", b="fine", c="good")
+    assert ws.sub("run", "--json").code == 0
+    age(ws)
+    assert ws.sub("run", "--json").json["executed"] == 0  # leaves a stamp out of the racy window
+    # When one member's input is edited into one that fails
+    (ws.root / "in" / "b.txt").write_text("bad again")
+    failing = ws.sub("run", "--json")
+    # Then the incremental run's gate names the failure and the aggregate waiting on it
+    assert failing.json["mode"] == "incremental", failing.out
+    assert failing.code == 1
+    assert not_fresh(failing.json) == FAILED_AND_BELOW
+    # And a full check says the same
+    check = ws.sub("status", "--check", "--json")
+    assert check.code == 1 and not_fresh(check.json) == FAILED_AND_BELOW
+    # When the member is fixed, Then the aggregate is remade and the gate passes
+    (ws.root / "in" / "b.txt").write_text("mended")
+    fixed = ws.sub("run", "--json")
+    assert fixed.code == 0 and fixed.json["not_fresh"] == [], fixed.out
+    assert (ws.root / "book.txt").read_text() == "OK\nMENDED\nGOOD\n"
+    assert ws.sub("status", "--check", "--json").code == 0

@@ -137,7 +137,10 @@ def _not_fresh(
     fresh (O(what is not fresh))."""
     index, engine = session.index, session.engine
     assert index is not None and engine is not None
-    gate = Gate(index)  # a fresh evaluator: the run changed state since the catch-up
+    # The engine's evaluator with its memo dropped (the run changed state since the catch-up):
+    # an aggregate that ran is checked from its cert, not by a second walk of every member.
+    engine.forget_verdicts()
+    gate = Gate(index, engine.evaluator, incremental=True)
     ran = [
         (q, e, v)
         for q, e in sorted({*engine.outcome.ran, *undone})

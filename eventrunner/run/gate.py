@@ -27,9 +27,14 @@ _UPSTREAM = re.compile(r"(?P<stage>\S+) (?P<entity>.+) \((?P<state>\w+)\)")
 class Gate:
     """Collects the not-fresh states of a selection over one evaluator (verdicts memoised)."""
 
-    def __init__(self, index: Index, evaluator: Evaluator | None = None) -> None:
+    def __init__(
+        self, index: Index, evaluator: Evaluator | None = None, *, incremental: bool = False
+    ) -> None:
+        """`incremental`: `evaluator` is the engine's, whose aggregates keep certs of their
+        members (run/aggregates.py): an aggregate is checked in O(members changed)."""
         self.index = index
         self.ev = evaluator or Evaluator(index)
+        self.incremental = incremental
         self.found: dict[tuple[str, str], dict[str, Any]] = {}
         self._held: dict[tuple[str, str], bool] = {}
 
@@ -39,7 +44,7 @@ class Gate:
         for q, eid, values in targets:
             if (q, eid) in self.found:
                 continue
-            verdict = self.ev.verdict(q, eid, values)
+            verdict = self.ev.verdict(q, eid, values, incremental=self.incremental)
             if verdict.state in IGNORED:
                 continue
             first = verdict.reasons[0] if verdict.reasons else None
