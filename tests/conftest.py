@@ -195,6 +195,24 @@ def make_workspace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> MakeWo
 DETERMINISTIC_RETRY = '[runtime]\nretry = { backoff = "1d", max_backoff = "1d" }\n'
 
 # A small pipeline used by many tests: map -> chain -> fan-in.
+# A map -> map -> fan-in chain (handlers h:upper, h:count, h:total, written by each test).
+FANIN_CHAIN = """\
+[stages.upper]
+handler = "h:upper"
+inputs  = { r = "raw/{id}.txt" }
+output  = "up/{id}.txt"
+
+[stages.count]
+handler = "h:count"
+inputs  = { u = "up/{id}.txt" }
+output  = "count/{id}.txt"
+
+[stages.total]
+handler = "h:total"
+inputs  = { c = "count/{id}.txt" }
+output  = "total.txt"
+"""
+
 ECHO_PIPELINE = """\
 name = "echo"
 

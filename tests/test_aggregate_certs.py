@@ -6,25 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import MakeWorkspace, Workspace
+from conftest import FANIN_CHAIN, MakeWorkspace, Workspace
 from serve_helpers import FAST_RUNTIME, Server, wait_until
-
-CHAIN = """\
-[stages.upper]
-handler = "h:upper"
-inputs  = { r = "raw/{id}.txt" }
-output  = "up/{id}.txt"
-
-[stages.count]
-handler = "h:count"
-inputs  = { u = "up/{id}.txt" }
-output  = "count/{id}.txt"
-
-[stages.total]
-handler = "h:total"
-inputs  = { c = "count/{id}.txt" }
-output  = "total.txt"
-"""
 
 HANDLERS = """\
 from pathlib import Path
@@ -52,7 +35,7 @@ def total(c: dict[str, str]) -> str:
 def workspace(make_workspace: MakeWorkspace, n: int = 8) -> Workspace:
     files: dict[str, str | bytes] = {
         "eventrunner.toml": FAST_RUNTIME,
-        "pipelines/p.toml": CHAIN,
+        "pipelines/p.toml": FANIN_CHAIN,
         "handlers/h.py": HANDLERS,
     }
     files.update({f"raw/e{i}.txt": "x" * (i + 1) for i in range(n)})

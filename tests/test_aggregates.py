@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-from conftest import LOG_HELPER, MakeWorkspace, Workspace
+from conftest import FANIN_CHAIN, LOG_HELPER, MakeWorkspace, Workspace
 
 from eventrunner.core.graph import Graph
 from eventrunner.run.settle import Settling
 from eventrunner.workspace.load import load_workspace
-
-CHAIN = """\
-[stages.upper]
-handler = "h:upper"
-inputs  = { r = "raw/{id}.txt" }
-output  = "up/{id}.txt"
-
-[stages.count]
-handler = "h:count"
-inputs  = { u = "up/{id}.txt" }
-output  = "count/{id}.txt"
-
-[stages.total]
-handler = "h:total"
-inputs  = { c = "count/{id}.txt" }
-output  = "total.txt"
-"""
 
 HANDLERS = (
     LOG_HELPER
@@ -47,7 +30,7 @@ def total(ctx, c: dict[str, str]) -> str:
 
 
 def chain(make_workspace: MakeWorkspace, n: int) -> Workspace:
-    files: dict[str, str | bytes] = {"pipelines/p.toml": CHAIN, "handlers/h.py": HANDLERS}
+    files: dict[str, str | bytes] = {"pipelines/p.toml": FANIN_CHAIN, "handlers/h.py": HANDLERS}
     files.update({f"raw/e{i:03}.txt": "x" * (i % 7 + 1) for i in range(n)})
     return make_workspace(files)
 
