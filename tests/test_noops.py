@@ -91,6 +91,39 @@ def test_a_file_dropped_into_an_output_folder_is_warned_also_on_the_no_change_pa
     assert echo.sub("run", "--json").json["warnings"] == []
 
 
+def test_an_incremental_run_tells_its_own_outputs_from_files_dropped_beside_them(
+    echo: Workspace,
+) -> None:
+    # Given an up-to-date workspace whose next runs follow only what changed
+    assert echo.sub("run").code == 0
+    age(echo)
+    assert echo.sub("run", "--json").json["mode"] == "stat"
+
+    # When an input changes, its outputs are rewritten in their folders (which moves them)
+    echo.write("inbox/a.txt", "changed words here\n")
+    res = echo.sub("run", "--json")
+    # Then the run is incremental and its own outputs are no strays
+    assert res.json["mode"] == "incremental" and res.json["executed"] >= 2
+    assert res.json["warnings"] == []
+
+    # When a new input comes and a file is dropped by hand beside the outputs, in one go
+    age(echo)
+    echo.sub("run")
+    echo.write("inbox/c.txt", "new one\n")
+    echo.write("shouted/zz.txt", "by hand\n")
+    res = echo.sub("run", "--json")
+    # Then only the dropped file is warned about
+    assert res.json["mode"] == "incremental" and res.json["executed"] >= 2
+    [warning] = res.json["warnings"]
+    assert warning.startswith("1 file(s) match the output shouted/{name}.txt of stage echo.shout")
+    assert "e.g. shouted/zz.txt" in warning
+    # And an output deleted by hand and made again is no stray either
+    echo.delete("shouted/zz.txt")
+    echo.delete("shouted/b.txt")
+    res = echo.sub("run", "--json")
+    assert echo.exists("shouted/b.txt") and res.json["warnings"] == []
+
+
 def test_outputs_eventrunner_wrote_are_not_strays_and_webhook_sources_need_no_files(
     make_workspace: MakeWorkspace,
 ) -> None:

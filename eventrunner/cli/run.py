@@ -108,7 +108,18 @@ def _strays(session: Session, stamped: dict[str, Any]) -> dict[str, str]:
     graph, root = index.ws.graph, str(index.root)
     moved = noops.changed_output_dirs(graph, root, stamped.get("outdirs", {}))
     kept = {q: w for q, w in stamped.get("strays", {}).items() if q in graph.stages}
-    return {q: w for q, w in kept.items() if q not in moved} | noops.stray_outputs(index, moved)
+    look = session.look
+    if look is None:
+        return {q: w for q, w in kept.items() if q not in moved} | noops.stray_outputs(index, moved)
+    # A folder that held no stray at the stamp: only files new since can be strays (our own
+    # writes move the folder too, and a full check reads every manifest of the stage).
+    again = [q for q in moved if q in kept]
+    out = {q: w for q, w in kept.items() if q not in moved} | noops.stray_outputs(index, again)
+    vouched = noops.relpaths(look.packed_paths[0], root) if len(again) < len(moved) else set()
+    for q in moved:
+        if q not in kept and (found := noops.new_strays(index, q, vouched)):
+            out[q] = noops.stray_message(graph, q, noops.output_pattern(index, q), found)
+    return {q: out[q] for q in graph.order if q in out}
 
 
 def _vouch(session: Session, report: RunReport, strays: dict[str, str]) -> None:

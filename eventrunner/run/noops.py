@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from eventrunner.core.patterns import entity_id
 from eventrunner.state.scan import scan
 
 if TYPE_CHECKING:
@@ -59,6 +60,32 @@ def stray_outputs(index: Index, stages: Iterable[str] | None = None) -> dict[str
 def output_pattern(index: Index, q: str) -> Pattern:
     """A stage's output pattern with every constraint declared on it."""
     return index.instances[index.ws.graph.stages[q].output.key].pattern
+
+
+def new_strays(index: Index, q: str, vouched: set[str]) -> list[str]:
+    """Files where stage q writes that no state produced, when no file of `vouched` (relpaths
+    a stamp recorded, see relpaths) was one at the stamp: an incremental run's check. A walk
+    of the folder and a manifest read per file new since; every output of the stage is read
+    only then, and only for a stage whose output does not name its state."""
+    pattern, written = output_pattern(index, q), index.files.written
+    new = [(r, vs) for r, vs in scan(pattern, index.root, skip=vouched) if r not in written]
+    stage = index.ws.graph.stages[q]
+    if not new or stage.fanout_vars or pattern.variables != tuple(stage.entity_vars):
+        made = produced(index, q) if new else set()
+        return [rel for rel, _ in new if rel not in made]
+    out = []
+    for rel, values in new:
+        m = index.manifests[q].get(entity_id(pattern.variables, values))
+        if m is None or (rel not in m.output_paths and rel not in m.dropped):
+            out.append(rel)
+    return out
+
+
+def relpaths(stamped: str, root: str) -> set[str]:
+    """The paths below root among a stamp's NUL-joined absolute paths, relative to it (string
+    operations in C: 300,000 paths at 100,000 entities)."""
+    prefix = os.path.join(root, "")
+    return set(("\0" + stamped).replace("\0" + prefix, "\0").split("\0"))
 
 
 def produced(index: Index, q: str) -> set[str]:

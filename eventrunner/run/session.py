@@ -202,6 +202,11 @@ class Session:
             self.index.cool()  # and serve keeps only the records its events ask for
 
     # -- while held ------------------------------------------------------------------------------
+    @property
+    def look(self) -> fastpath.Look | None:
+        """The stamp a one-shot incremental session started from (None otherwise)."""
+        return self._look
+
     def vouch(self, skipped: int = 0, **recorded: Any) -> None:
         """The work is accounted for: at a clean close, record a stamp (with the count of states
         that needed work and stay blocked, and what else the no-change run is to report again:
