@@ -62,9 +62,9 @@ def output_pattern(index: Index, q: str) -> Pattern:
     return index.instances[index.ws.graph.stages[q].output.key].pattern
 
 
-def new_strays(index: Index, q: str, stamped: str) -> list[str]:
+def new_strays(index: Index, q: str, stamped: set[str]) -> list[str]:
     """Files where stage q writes that no state produced, when none of the files a stamp
-    recorded (`stamped`: its NUL-joined absolute paths) was one then: an incremental run's
+    recorded (`stamped`: their absolute paths) was one then: an incremental run's
     check. The files new since get a manifest read each; every output of the stage is read
     only when there are some and the output does not name its state."""
     pattern, written = output_pattern(index, q), index.files.written
@@ -81,34 +81,27 @@ def new_strays(index: Index, q: str, stamped: str) -> list[str]:
     return out
 
 
-def _new_files(pattern: Pattern, root: str, stamped: str) -> list[tuple[str, dict[str, str]]]:
+def _new_files(pattern: Pattern, root: str, stamped: set[str]) -> list[tuple[str, dict[str, str]]]:
     """(relpath, values) of the files the pattern matches that `stamped` does not list. Set
     operations in C where the pattern's variables are all in one folder level (out/{id}.txt):
     a folder of 100,000 outputs is one listdir, not 100,000 DirEntry objects."""
-    prefix = pattern.static_prefix
+    prefix, at = pattern.static_prefix, os.path.join(root, "")
     if len(pattern.segments) != (prefix.count("/") + 1 if prefix else 0) + 1:
-        return list(scan(pattern, Path(root), skip=_below(stamped, root)))
-    folder = os.path.join(root, prefix) if prefix else root
+        skip = {p[len(at) :] for p in stamped if p.startswith(at)}
+        return list(scan(pattern, Path(root), skip=skip))
+    folder = os.path.join(at + prefix, "")
     try:
         listed = os.listdir(folder)
     except OSError:
         return []
     out = []
-    for name in set(listed).difference(_below(stamped, folder)):
-        rel = f"{prefix}/{name}" if prefix else name
-        path = os.path.join(root, rel)
+    for path in {folder + name for name in listed}.difference(stamped):
+        rel = path[len(at) :]
         if (values := pattern.match(rel)) is None or not os.path.isfile(path):
             continue
         if not os.path.islink(path) or inside(path, os.path.realpath(root)):  # as scan() does
             out.append((rel, values))
     return sorted(out)
-
-
-def _below(stamped: str, folder: str) -> set[str]:
-    """The paths below folder among NUL-joined absolute paths, relative to it (others stay
-    absolute, which no relative name equals). String operations in C: 300,000 paths."""
-    cut = os.path.join(folder, "")
-    return set(("\0" + stamped).replace("\0" + cut, "\0").split("\0"))
 
 
 def produced(index: Index, q: str) -> set[str]:
