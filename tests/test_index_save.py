@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from conftest import ECHO_PIPELINE, LOGGED_ECHO_HANDLERS, MakeWorkspace, Workspace
 
-from eventrunner.run.session import save_in_thread
+from eventrunner.run.saves import save_in_thread
 from eventrunner.state.index import Index
 from eventrunner.state.store import Store
 from eventrunner.workspace.load import load_workspace

@@ -1,8 +1,7 @@
 """The long-running service: a live session (lock, index, engine) plus watcher and scheduler.
 
-Start: take the lock, start watching, start the session (stamp look, index load, crash sweep,
-engine, catch up what changed while down), then the scheduler; ready. Every event is mapped to
-the (stage, entity) pairs it affects; nothing on the event path scans the workspace.
+Start: lock, watch, start the session (stamp look, index load, crash sweep, engine, catch up),
+then the scheduler; ready. Each event maps to the (stage, entity) pairs it affects: no scans.
 """
 
 from __future__ import annotations
@@ -20,7 +19,8 @@ from eventrunner.core.reserved import reserved_reason
 from eventrunner.run.engine import Engine
 from eventrunner.run.events import Changed, Dead, EventBus, Ready, Reloaded, ReloadFailed
 from eventrunner.run.planner import Target
-from eventrunner.run.session import Session, save_in_thread
+from eventrunner.run.saves import save_in_thread
+from eventrunner.run.session import Session
 from eventrunner.run.tasks import cancel_all
 from eventrunner.service.retries import RetryTimer, state_values, still_due
 from eventrunner.service.watch import FileChange, Rescan, watch_changes
