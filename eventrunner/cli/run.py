@@ -108,7 +108,7 @@ def _strays(session: Session, stamped: dict[str, Any]) -> dict[str, str]:
     graph, root = index.ws.graph, str(index.root)
     moved = noops.changed_output_dirs(graph, root, stamped.get("outdirs", {}))
     kept = {q: w for q, w in stamped.get("strays", {}).items() if q in graph.stages}
-    look = session.look
+    look = session.follows
     if look is None:
         return {q: w for q, w in kept.items() if q not in moved} | noops.stray_outputs(index, moved)
     # A folder that held no stray at the stamp: only files new since can be strays (our own

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,10 +25,12 @@ from eventrunner.run import noops
 from eventrunner.run.engine import Engine
 from eventrunner.run.events import Changed, EventBus, Listener
 from eventrunner.run.planner import Target
+from eventrunner.run.saves import save_in_thread
 from eventrunner.state import fastpath, recovery
 from eventrunner.state import stamp as stamping
 from eventrunner.state.index import Index
 from eventrunner.state.scan import scan
+from eventrunner.state.sourcediff import SourceDiff, sources_now
 from eventrunner.state.store import Store
 
 if TYPE_CHECKING:
@@ -84,10 +85,11 @@ class Session:
         self.start_error: BaseException | None = None
         self.stop_errors: list[tuple[str, BaseException]] = []
         self._given_look = look
-        self._look: fastpath.Look | None = None  # carried into the stamp (one-shot sessions)
+        self.follows: fastpath.Look | None = None  # the stamp a one-shot run follows
         self._changed: list[str] = []  # what changed while down (its stats are read again)
         self._dirs_before: dict[str, tuple[int, int, int]] | None = None
         self._same_sources = False  # the index holds the stamp's sources (the stamp reuses them)
+        self._source_diff: SourceDiff | None = None  # the sources that came and went since it
         self._vouch: int | None = None  # skipped count to stamp with; None: no stamp
         self._recorded: dict[str, Any] = {}  # more of the result the stamp records (vouch)
         self._locked = self._started = self._closed = False
@@ -124,16 +126,16 @@ class Session:
         self._started = True
 
     async def _load(self) -> fastpath.Look | None:
-        """The index, from the stamp's sources when no stamped folder changed since (no scan);
-        returns the look when this session follows only what changed since the stamp."""
+        """The index, its sources told by the stamp when it can (sources_now); the look when
+        this session follows only what changed since the stamp."""
         look = await self._take_look()
         follow = look if look is not None and look.incremental else None
-        trusted = follow.source_ids() if follow and not follow.files_came_or_went else None
+        trusted, self._source_diff = sources_now(self.ws, follow)
         if self.check and self.whole and not self.live and not self.read_only:
             # Before the scan: a file arriving during it changes a folder, and the stamp refuses.
             self._dirs_before = stamping.dir_snapshot(self.ws)
         self.index = await self._call(Index.load, self.ws, self.store, trusted)
-        self._same_sources = trusted is not None and not self.live  # no scan, no watch events
+        self._same_sources = trusted is not None and not self.live and not self._source_diff
         if not self.read_only:  # we hold the lock: a crash's debris and cut attempts
             self.recovered = await self._call(recovery.recover, self.index)
         return follow
@@ -157,7 +159,7 @@ class Session:
         self.mode = "incremental" if look is not None else "full"
         self._catch_up(look)
         if not self.live:
-            self._look = look  # serve drops it: its packed paths are 10s of MB at 100,000 entities
+            self.follows = look  # not serve: its packed paths are 10s of MB at 100,000 entities
 
     def _new_engine(self) -> Engine:
         assert self.index is not None
@@ -185,7 +187,7 @@ class Session:
         targets: Iterable[Target]
         if look is not None:
             self._changed = look.changed
-            changes = stamping.changes_since(self.index, self.ws, look)
+            changes = stamping.changes_since(self.index, self.ws, look, self._source_diff)
             targets = [t for kind, rel in changes for t in engine.affected_by(kind, rel)[0]]
         else:
             targets = (t for t in engine.targets(self.stages) if entity in (None, t[1]))
@@ -202,11 +204,6 @@ class Session:
             self.index.cool()  # and serve keeps only the records its events ask for
 
     # -- while held ------------------------------------------------------------------------------
-    @property
-    def look(self) -> fastpath.Look | None:
-        """The stamp a one-shot incremental session started from (None otherwise)."""
-        return self._look
-
     def vouch(self, skipped: int = 0, **recorded: Any) -> None:
         """The work is accounted for: at a clean close, record a stamp (with the count of states
         that needed work and stay blocked, and what else the no-change run is to report again:
@@ -354,7 +351,7 @@ class Session:
             if on_disk != idx.source_paths():
                 return False
         # Incremental: what the stamp we started from vouched for is vouched for again.
-        base = (self._look or fastpath.previous(state_dir)) if self.mode == "incremental" else None
+        base = self.follows or fastpath.previous(state_dir) if self.mode == "incremental" else None
         if self.mode == "incremental" and base is None:
             return False
         return stamping.write_stamp(
@@ -366,6 +363,7 @@ class Session:
             changed=self._changed,
             recorded=noops.stamp_recorded(idx, self._recorded),
             same_sources=self._same_sources,
+            diff=self._source_diff,
         )
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -387,19 +385,3 @@ def _sync(fn: Callable[[], object]) -> Callable[[], Awaitable[None]]:
         fn()
 
     return call
-
-
-_save_locks: weakref.WeakKeyDictionary[Index, asyncio.Lock] = weakref.WeakKeyDictionary()
-
-
-async def save_in_thread(idx: Index) -> None:
-    """Index.save with the writing in a thread (the loop goes on changing state and reading
-    the index); one at a time per index, so that saves reach the disk in the order taken."""
-    async with _save_locks.setdefault(idx, asyncio.Lock()):
-        generation, data = idx.snapshot()
-        try:
-            await asyncio.to_thread(idx.write_snapshot, data)
-        except BaseException:
-            idx.failed_save()
-            raise
-        idx.saved(generation)

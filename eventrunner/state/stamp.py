@@ -49,6 +49,7 @@ def write_stamp(
     changed: list[str] | None = None,
     recorded: dict[str, Any] | None = None,
     same_sources: bool = False,
+    diff: Any = None,
 ) -> bool:
     """Record what an evaluation depended on (fastpath.py), and its result: `skipped` and what
     else the no-change run reports again (`recorded`: marshal-able plain data); False when
@@ -58,7 +59,8 @@ def write_stamp(
     changed) the previous stamp's packed arrays are carried forward and only the changed, the
     touched (hashed, written, gone) and the folders are read again: every other path keeps the
     stats the previous stamp recorded, which a look found still true. O(changes), not a stat
-    and a string per file. `same_sources`: the source files are the base's (no folder changed)."""
+    and a string per file. `same_sources`: the source files are the base's (no folder changed);
+    `diff`: they are the base's with a SourceDiff's applied."""
     if index.damaged:
         return False  # what the index says is not vouched for: the next start rebuilds it
     root = str(ws.settings.data_root)
@@ -71,12 +73,7 @@ def write_stamp(
         if not f.dead and f.next_retry
     ]
     replaced = _replaced(index, root)
-    if base is not None and same_sources:
-        sources, source_ids = base.packed_sources, base.packed_source_ids
-    else:
-        sources, source_ids = fastpath.pack_sources(
-            index.source_paths(), {key: index.instances[key].items for key in ws.graph.sources}
-        )
+    sources, source_ids = _sources(ws, index, base if same_sources or diff else None, diff)
     common = (sources, source_ids, min(retries, default=float(2**62)))
     result = {**(recorded or {}), "skipped": skipped}
     prefix = os.path.join(root, "")
@@ -99,6 +96,23 @@ def write_stamp(
         replaced,
         expected,
         base=base.packed_paths,
+    )
+
+
+def _sources(
+    ws: Any, index: Any, base: fastpath.Look | None, diff: Any
+) -> tuple[str, dict[str, str]]:
+    """The packed sources and source ids to record: the base's when they are today's, the
+    base's with `diff` applied (set operations and joins in C, not a relpath built per source
+    file), else packed from the index."""
+    if base is not None and diff is None:
+        return base.packed_sources, base.packed_source_ids
+    if base is not None:
+        now = set(base.packed_sources.split("\0")).difference(diff.gone, [""])
+        ids = {key: "\0".join(index.instances[key].items) for key in ws.graph.sources}
+        return "\0".join(sorted(now.union(diff.added))), ids
+    return fastpath.pack_sources(
+        index.source_paths(), {key: index.instances[key].items for key in ws.graph.sources}
     )
 
 
@@ -150,9 +164,10 @@ def _expected(
     return expected
 
 
-def changes_since(index: Any, ws: Any, look: Any) -> list[tuple[str, str]]:
+def changes_since(index: Any, ws: Any, look: Any, diff: Any = None) -> list[tuple[str, str]]:
     """(kind, relpath) of files whose stats changed since the stamp and of source files added
-    or removed: what a session catching up from the stamp reports to its engine."""
+    or removed: what a session catching up from the stamp reports to its engine. `diff`: the
+    sources that came and went, when the session knows them (sourcediff.py)."""
     root = str(ws.settings.data_root)
     modified: list[str] = []
     gone: list[str] = []
@@ -166,13 +181,17 @@ def changes_since(index: Any, ws: Any, look: Any) -> list[tuple[str, str]]:
             if not rel.startswith("..") and not os.path.lexists(path):
                 gone.append(rel)
     events: list[tuple[str, str]] = []
-    if comings_and_goings:
+    if comings_and_goings and diff is not None:
+        events += [("deleted", rel) for rel in diff.gone] + [("added", rel) for rel in diff.added]
+        # A stamped file gone that was no source: an output deleted by hand (its producer decides).
+        went = set(diff.gone)
+        events += [("deleted", rel) for rel in gone if rel not in went]
+    elif comings_and_goings:
         # Only then can the set of source files differ (each folder a scan walks is stamped):
         # comparing the sets costs O(sources), the rest O(changed).
         now, sources_then = index.source_paths(), look.sources
         events += [("deleted", rel) for rel in sources_then - now]
         events += [("added", rel) for rel in now - sources_then]
-        # A stamped file gone that was no source: an output deleted by hand (its producer decides).
         events += [("deleted", rel) for rel in gone if rel not in sources_then]
     events += [("modified", rel) for rel in modified]
     return events
