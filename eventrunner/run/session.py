@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,9 +25,11 @@ from eventrunner.run import noops
 from eventrunner.run.engine import Engine
 from eventrunner.run.events import Changed, EventBus, Listener
 from eventrunner.run.planner import Target
+from eventrunner.run.saves import save_in_thread
 from eventrunner.state import fastpath, recovery
 from eventrunner.state import stamp as stamping
 from eventrunner.state.index import Index
+from eventrunner.state.lookahead import PendingLook
 from eventrunner.state.scan import scan
 from eventrunner.state.store import Store
 
@@ -62,7 +63,7 @@ class Session:
         jobs: int | None = None,
         listener: Listener | None = None,
         events: EventBus | None = None,
-        look: fastpath.Look | None = _UNSET,
+        look: fastpath.Look | PendingLook | None = _UNSET,
     ) -> None:
         self.ws = ws
         self.purpose = purpose  # named by LockHeld to whoever else wants the workspace
@@ -96,6 +97,12 @@ class Session:
     async def __aenter__(self) -> Session:
         await self.start()
         return self
+
+    def begin_look(self) -> None:
+        """Start the stamp look's stats now, in worker processes (serve, its watchers live,
+        imports the server meanwhile); start() takes the result, a failed start stops them."""
+        if self._given_look is _UNSET and self.whole and self.check and not self.read_only:
+            self._given_look = PendingLook(self.ws.settings.state_dir)
 
     def lock(self) -> None:
         """Take the one-writer lock (LockHeld names the holder); idempotent, none if read-only."""
@@ -141,6 +148,8 @@ class Session:
     async def _take_look(self) -> fastpath.Look | None:
         if self.read_only or not (self.check and self.whole):
             return None
+        if isinstance(self._given_look, PendingLook):
+            return await self._call(self._given_look.result)
         if self._given_look is not _UNSET:
             return self._given_look
         return await self._call(fastpath.look, self.ws.settings.state_dir)
@@ -260,13 +269,11 @@ class Session:
 
     # -- close -----------------------------------------------------------------------------------
     async def __aexit__(self, *exc_info: object) -> None:
-        if exc_info[1] is None:
-            await self.close()
-            return
         try:
             await self.close()
         except Exception:  # kept in stop_errors and logged: the body's own error goes on
-            pass
+            if exc_info[1] is None:
+                raise
 
     async def close(self) -> None:
         """Engine stop, index save, stamp, unlock; safe to call twice. Raises, once the lock is
@@ -282,6 +289,8 @@ class Session:
 
     async def _release(self, *, aborted: bool) -> None:
         """The stop steps in order; an aborted start saves and stamps nothing."""
+        if isinstance(self._given_look, PendingLook):
+            self._given_look.cancel()  # a start that failed before it took the look
         ok = await self._step("engine stop", self._stop_engine)
         if ok and not aborted and not self.read_only:
             ok = await self._step("index save", self._save)
@@ -382,19 +391,3 @@ def _sync(fn: Callable[[], object]) -> Callable[[], Awaitable[None]]:
         fn()
 
     return call
-
-
-_save_locks: weakref.WeakKeyDictionary[Index, asyncio.Lock] = weakref.WeakKeyDictionary()
-
-
-async def save_in_thread(idx: Index) -> None:
-    """Index.save with the writing in a thread (the loop goes on changing state and reading
-    the index); one at a time per index, so that saves reach the disk in the order taken."""
-    async with _save_locks.setdefault(idx, asyncio.Lock()):
-        generation, data = idx.snapshot()
-        try:
-            await asyncio.to_thread(idx.write_snapshot, data)
-        except BaseException:
-            idx.failed_save()
-            raise
-        idx.saved(generation)

@@ -1,20 +1,27 @@
 """The stats of a look (fastpath.py): which recorded paths no longer have their recorded stats.
 
-Imports nothing heavy: the no-change `run` calls it before anything else. One thread: splitting
-the stats between threads (os.stat releases the GIL) measured no faster on 2 busy cores, at
-30,000 or 301,000 paths (issue 15i), and cost CPU for the handoffs.
+Imports nothing heavy: the no-change `run` calls it before anything else. In one thread a
+stat costs ~4 µs here, and a thread beside a busy main thread gains nothing (os.stat gives up
+the GIL for each syscall and waits to get it back: issue 15i). `serve`, which has imports to do
+meanwhile, takes a large look's stats in worker processes instead (`Workers`): this file run
+as a script, by a bare interpreter, each worker one contiguous part of the stamp's paths.
 """
 
 from __future__ import annotations
 
+import marshal
 import os
+import sys
 from array import array
+from typing import Any
 
 ABSENT = (
     -1,
     -1,
     -1,
 )  # the recorded stats of a path recorded as missing (a missing eventrunner.toml)
+
+Ident = tuple[int, int, int]  # (size, mtime_ns, inode) of a file
 
 
 def differing(paths: list[str], stats: array[int]) -> list[str]:
@@ -33,3 +40,111 @@ def differing(paths: list[str], stats: array[int]) -> list[str]:
         if s.st_mtime_ns != mtime_ns or s.st_size != size or s.st_ino != ino:
             out.append(path)
     return out
+
+
+def part(names: str, raw: bytes, k: int, n: int) -> tuple[list[str], array[int]]:
+    """Part `k` of `n` of packed (NUL-joined names, int64 stats): contiguous, cut between
+    names, in recorded order; the parts together are every path once."""
+    starts = [0, *(_next_name(names, len(names) * i // n) for i in range(1, n)), len(names) + 1]
+    begin, end = starts[k], starts[k + 1]
+    if not names or begin >= end:
+        return [], array("q")
+    first = names.count("\0", 0, begin)  # names before this part
+    paths = names[begin : end - 1].split("\0")
+    stats = array("q")
+    stats.frombytes(raw[first * 24 : (first + len(paths)) * 24])
+    return paths, stats
+
+
+def _next_name(names: str, at: int) -> int:
+    """Where the first name starting at or after `at` begins (len + 1: none)."""
+    if at == 0:
+        return 0
+    cut = names.find("\0", at - 1)
+    return len(names) + 1 if cut < 0 else cut + 1
+
+
+def file_ident(fd: int) -> Ident:
+    st = os.fstat(fd)
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+class LookFailed(Exception):
+    """Raised when a worker of the look failed: its exit status and the end of its stderr."""
+
+
+class Workers:
+    """The stats of `stamp[key]`'s paths, taken by `n` worker processes started at once.
+
+    `result()` waits for them and returns (the stamp file's ident as they read it, the paths
+    whose stats differ, in recorded order); `cancel()` kills and reaps them. Either way no
+    worker outlives the call."""
+
+    def __init__(self, stamp: str, key: str, n: int) -> None:
+        import subprocess  # here: the no-change `run` never starts a worker
+
+        cmd = [sys.executable, "-I", "-S", os.path.abspath(__file__), stamp, key, str(n)]
+        self._procs: list[subprocess.Popen[bytes]] = []
+        try:
+            for k in range(n):
+                self._procs.append(
+                    subprocess.Popen(
+                        [*cmd, str(k)],
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                    )
+                )
+        except BaseException:
+            self.cancel()
+            raise
+
+    def result(self) -> tuple[Ident | None, list[str]]:
+        try:
+            idents: set[Ident] = set()
+            changed: list[str] = []
+            for proc in list(self._procs):
+                out, err = proc.communicate()
+                if proc.returncode != 0:
+                    tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+                    raise LookFailed(f"exit status {proc.returncode}: {tail[0]}")
+                ident, paths = _decode(out)
+                idents.add(ident)
+                changed += paths
+            # Every worker read the same stamp (it is written only under the lock we hold).
+            return (idents.pop() if len(idents) == 1 else None), changed
+        finally:
+            self.cancel()
+
+    def cancel(self) -> None:
+        procs, self._procs = self._procs, []
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in procs:
+            proc.wait()
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+
+
+def _decode(out: bytes) -> tuple[Ident, list[str]]:
+    try:
+        ident, paths = marshal.loads(out)
+        return (ident[0], ident[1], ident[2]), list(paths)
+    except (EOFError, ValueError, TypeError) as exc:
+        raise LookFailed(f"unreadable answer ({len(out)} bytes): {exc}") from None
+
+
+def _work(argv: list[str]) -> None:
+    """A worker: stamp path, key, n, k -> marshal of (the stamp's ident, differing paths)."""
+    stamp, key, n, k = argv[0], argv[1], int(argv[2]), int(argv[3])
+    with open(stamp, "rb") as fh:
+        ident = file_ident(fh.fileno())
+        data: dict[str, Any] = marshal.load(fh)
+    names, raw = data[key]
+    sys.stdout.buffer.write(marshal.dumps((ident, differing(*part(names, raw, k, n)))))
+
+
+if __name__ == "__main__":
+    _work(sys.argv[1:])
