@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from eventrunner.core.errors import UnknownName
-from eventrunner.core.patterns import trusted_entity_id as entity_id
 from eventrunner.run import noops
 from eventrunner.run.engine import Engine
-from eventrunner.run.events import Changed, EventBus, Listener
+from eventrunner.run.events import EventBus, Listener
 from eventrunner.run.planner import Target
+from eventrunner.run.rescan import rescan
 from eventrunner.run.saves import save_in_thread
 from eventrunner.state import fastpath, recovery
 from eventrunner.state import stamp as stamping
@@ -133,17 +132,36 @@ class Session:
     async def _load(self) -> fastpath.Look | None:
         """The index, from the stamp's sources when no stamped folder changed since (no scan);
         returns the look when this session follows only what changed since the stamp."""
-        look = await self._take_look()
+        early = await self._early_index()
+        try:
+            look = await self._take_look()
+        except BaseException:
+            if early is not None:
+                early.db.close()
+            raise
         follow = look if look is not None and look.incremental else None
         trusted = follow.source_ids() if follow and not follow.files_came_or_went else None
         if self.check and self.whole and not self.live and not self.read_only:
             # Before the scan: a file arriving during it changes a folder, and the stamp refuses.
             self._dirs_before = stamping.dir_snapshot(self.ws)
-        self.index = await self._call(Index.load, self.ws, self.store, trusted)
+        if early is not None and trusted is None:
+            early.db.close()  # a stamped folder changed: the sources are to be scanned
+        self.index = early if early is not None and trusted is not None else None
+        if self.index is None:
+            self.index = await self._call(Index.load, self.ws, self.store, trusted)
         self._same_sources = trusted is not None and not self.live  # no scan, no watch events
         if not self.read_only:  # we hold the lock: a crash's debris and cut attempts
             self.recovered = await self._call(recovery.recover, self.index)
         return follow
+
+    async def _early_index(self) -> Index | None:
+        """The index loaded from the stamp's sources while the look's workers take the stats
+        (another process: no GIL between them), kept if the look finds no folder changed."""
+        pending = self._given_look
+        if not isinstance(pending, PendingLook) or not pending.in_workers:
+            return None
+        ids = await self._call(pending.sources_if_unchanged)
+        return None if ids is None else await self._call(Index.load, self.ws, self.store, ids)
 
     async def _take_look(self) -> fastpath.Look | None:
         if self.read_only or not (self.check and self.whole):
@@ -235,37 +253,8 @@ class Session:
         await self.engine.start()
 
     async def rescan(self) -> list[Target]:
-        """Scan the sources again and apply what differs from the index; targets of what vanished.
-
-        The scan (O(sources)) runs in a thread; only the difference is applied on the loop, each
-        candidate checked on disk again, since events keep changing the index meanwhile."""
-        assert self.engine is not None and self.index is not None
-        idx, engine, root = self.index, self.engine, self.ws.settings.data_root
-        sources = {key: src.pattern for key, src in self.ws.graph.sources.items()}
-
-        def scan_all() -> dict[str, dict[str, dict[str, str]]]:
-            return {
-                key: {entity_id(p.variables, values): values for _, values in scan(p, root)}
-                for key, p in sources.items()
-            }
-
-        found = await asyncio.to_thread(scan_all)
-        targets: list[Target] = []
-        for key, now in found.items():
-            inst = idx.instances[key]
-            for eid in inst.items.keys() - now.keys():
-                relpath = inst.path(eid)
-                if not os.path.lexists(root / relpath):
-                    values = inst.values(eid)
-                    idx.source_vanished(key, values, relpath)
-                    targets.extend(engine.removed_targets(key, values))
-                    self.events.emit(Changed(path=relpath, change="deleted", by="rescan"))
-            for eid in now.keys() - inst.items.keys():
-                relpath = inst.pattern.join(now[eid])
-                if os.path.lexists(root / relpath):
-                    idx.source_appeared(key, now[eid])  # its targets: every run of a pass has them
-                    self.events.emit(Changed(path=relpath, change="added", by="rescan"))
-        return targets
+        """Scan the sources again and apply what differs from the index (run/rescan.py)."""
+        return await rescan(self)
 
     # -- close -----------------------------------------------------------------------------------
     async def __aexit__(self, *exc_info: object) -> None:

