@@ -70,9 +70,9 @@ async def watch_changes(
 ) -> AsyncIterator[list[FileChange] | Rescan]:
     """Yield batches of settled file changes under `root` until `stop_event` is set.
 
-    `paths` (optional, inside `root`) narrows what is watched, e.g. to the source folders:
-    the watcher's start-up walk and its events then cost what those folders hold (with
-    `recursive=False` not their subfolders: no walk, which stats every entry).
+    `paths` (optional, inside `root`) narrows what is watched, e.g. to the source folders (the
+    start-up walk and events then cost what they hold); `recursive=False`: not their subfolders.
+
     A file is reported once its (size, mtime_ns) has been still for `settle` seconds; deletions at
     once. `ready` (optional) is set when the watcher is live: reconcile after that to miss nothing.
     A vanished path is reported as deleted even if it was a directory moved away (its files get
