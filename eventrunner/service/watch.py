@@ -72,7 +72,6 @@ async def watch_changes(
 
     `paths` (optional, inside `root`) narrows what is watched, e.g. to the source folders (the
     start-up walk and events then cost what they hold); `recursive=False`: not their subfolders.
-
     A file is reported once its (size, mtime_ns) has been still for `settle` seconds; deletions at
     once. `ready` (optional) is set when the watcher is live: reconcile after that to miss nothing.
     A vanished path is reported as deleted even if it was a directory moved away (its files get
