@@ -24,8 +24,12 @@ class PendingLook:
     `cancel()` drops it. A stamp under `min_bytes` is looked at in `result()`, in-process:
     starting a worker costs more than its stats."""
 
-    def __init__(self, state_dir: Path, workers: int = 2, min_bytes: int = WORKERS_FROM) -> None:
+    def __init__(
+        self, state_dir: Path, workers: int | None = None, min_bytes: int = WORKERS_FROM
+    ) -> None:
         self.state_dir = state_dir
+        # One per core, two at most: the serve process needs a core for its imports and index.
+        workers = workers or min(2, os.cpu_count() or 1)
         self._workers: statlook.Workers | None = None
         self._read: tuple[statlook.Ident | None, dict[str, Any] | None, bool] | None = None
         try:

@@ -163,6 +163,11 @@ def _decode(out: bytes) -> tuple[Ident, list[str]]:
 
 def _work(argv: list[str]) -> None:
     """A worker: stamp path, key, n, k -> marshal of (the stamp's ident, differing paths)."""
+    import signal
+
+    # A Ctrl-C at the terminal reaches the whole process group: serve stops cleanly on it,
+    # and its look is to end with its own stop, not fail under it (SIGTERM still ends it).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     stamp, key, n, k = argv[0], argv[1], int(argv[2]), int(argv[3])
     with open(stamp, "rb") as fh:
         ident = file_ident(fh.fileno())
