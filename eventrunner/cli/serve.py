@@ -69,16 +69,20 @@ async def serve(
     stop_event: asyncio.Event | None = None,
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve until `stop_event` is set: lock, listen, start the runtime, then wait."""
-    from aiohttp import web
-
-    from eventrunner.server.app import create_app
-    from eventrunner.server.guard import GUARD, GuardedSite, runner_args
+    """Serve until `stop_event` is set: lock, watch and begin the look, listen, start the
+    runtime, then wait."""
     from eventrunner.service.runtime import Runtime
 
     check_bind(ws)
     stop = stop_event or asyncio.Event()
     async with Runtime(ws, watch=watch, stop_event=stop) as rt:
+        # The look's stats run in worker processes from here, while the server is imported.
+        await rt.prepare()
+        from aiohttp import web
+
+        from eventrunner.server.app import create_app
+        from eventrunner.server.guard import GUARD, GuardedSite, runner_args
+
         app = create_app(rt)
         # Requests still open once the runtime has stopped get this long, not aiohttp's 60 s.
         runner = web.AppRunner(

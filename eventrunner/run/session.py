@@ -15,20 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from eventrunner.core.errors import UnknownName
-from eventrunner.core.patterns import trusted_entity_id as entity_id
 from eventrunner.run import noops
 from eventrunner.run.engine import Engine
-from eventrunner.run.events import Changed, EventBus, Listener
+from eventrunner.run.events import EventBus, Listener
 from eventrunner.run.planner import Target
+from eventrunner.run.rescan import rescan
 from eventrunner.run.saves import save_in_thread
 from eventrunner.state import fastpath, recovery
 from eventrunner.state import stamp as stamping
 from eventrunner.state.index import Index
+from eventrunner.state.lookahead import PendingLook
 from eventrunner.state.scan import scan
 from eventrunner.state.sourcediff import SourceDiff, sources_now
 from eventrunner.state.store import Store
@@ -63,7 +63,7 @@ class Session:
         jobs: int | None = None,
         listener: Listener | None = None,
         events: EventBus | None = None,
-        look: fastpath.Look | None = _UNSET,
+        look: fastpath.Look | PendingLook | None = _UNSET,
     ) -> None:
         self.ws = ws
         self.purpose = purpose  # named by LockHeld to whoever else wants the workspace
@@ -99,6 +99,12 @@ class Session:
         await self.start()
         return self
 
+    def begin_look(self) -> None:
+        """Start the stamp look's stats now, in worker processes (serve, its watchers live,
+        imports the server meanwhile); start() takes the result, a failed start stops them."""
+        if self._given_look is _UNSET and self.whole and self.check and not self.read_only:
+            self._given_look = PendingLook(self.ws.settings.state_dir)
+
     def lock(self) -> None:
         """Take the one-writer lock (LockHeld names the holder); idempotent, none if read-only."""
         if not self.read_only and not self._locked:
@@ -128,21 +134,45 @@ class Session:
     async def _load(self) -> fastpath.Look | None:
         """The index, its sources told by the stamp when it can (sources_now); the look when
         this session follows only what changed since the stamp."""
-        look = await self._take_look()
+        early = await self._early_index()
+        try:
+            look = await self._take_look()
+        except BaseException:
+            if early is not None:
+                early.db.close()
+            raise
         follow = look if look is not None and look.incremental else None
         trusted, self._source_diff = sources_now(self.ws, follow)
         if self.check and self.whole and not self.live and not self.read_only:
             # Before the scan: a file arriving during it changes a folder, and the stamp refuses.
             self._dirs_before = stamping.dir_snapshot(self.ws)
-        self.index = await self._call(Index.load, self.ws, self.store, trusted)
+        if early is not None and (trusted is None or self._source_diff is not None):
+            early.db.close()  # loaded with the stamp's sources, and those are not today's
+            early = None
+        self.index = (
+            early
+            if early is not None
+            else await self._call(Index.load, self.ws, self.store, trusted)
+        )
         self._same_sources = trusted is not None and not self.live and not self._source_diff
         if not self.read_only:  # we hold the lock: a crash's debris and cut attempts
             self.recovered = await self._call(recovery.recover, self.index)
         return follow
 
+    async def _early_index(self) -> Index | None:
+        """The index loaded from the stamp's sources while the look's workers take the stats
+        (another process: no GIL between them), kept if the look finds no folder changed."""
+        pending = self._given_look
+        if not isinstance(pending, PendingLook) or not pending.in_workers:
+            return None
+        ids = await self._call(pending.sources_if_unchanged)
+        return None if ids is None else await self._call(Index.load, self.ws, self.store, ids)
+
     async def _take_look(self) -> fastpath.Look | None:
         if self.read_only or not (self.check and self.whole):
             return None
+        if isinstance(self._given_look, PendingLook):
+            return await self._call(self._given_look.result)
         if self._given_look is not _UNSET:
             return self._given_look
         return await self._call(fastpath.look, self.ws.settings.state_dir)
@@ -228,47 +258,16 @@ class Session:
         await self.engine.start()
 
     async def rescan(self) -> list[Target]:
-        """Scan the sources again and apply what differs from the index; targets of what vanished.
-
-        The scan (O(sources)) runs in a thread; only the difference is applied on the loop, each
-        candidate checked on disk again, since events keep changing the index meanwhile."""
-        assert self.engine is not None and self.index is not None
-        idx, engine, root = self.index, self.engine, self.ws.settings.data_root
-        sources = {key: src.pattern for key, src in self.ws.graph.sources.items()}
-
-        def scan_all() -> dict[str, dict[str, dict[str, str]]]:
-            return {
-                key: {entity_id(p.variables, values): values for _, values in scan(p, root)}
-                for key, p in sources.items()
-            }
-
-        found = await asyncio.to_thread(scan_all)
-        targets: list[Target] = []
-        for key, now in found.items():
-            inst = idx.instances[key]
-            for eid in inst.items.keys() - now.keys():
-                relpath = inst.path(eid)
-                if not os.path.lexists(root / relpath):
-                    values = inst.values(eid)
-                    idx.source_vanished(key, values, relpath)
-                    targets.extend(engine.removed_targets(key, values))
-                    self.events.emit(Changed(path=relpath, change="deleted", by="rescan"))
-            for eid in now.keys() - inst.items.keys():
-                relpath = inst.pattern.join(now[eid])
-                if os.path.lexists(root / relpath):
-                    idx.source_appeared(key, now[eid])  # its targets: every run of a pass has them
-                    self.events.emit(Changed(path=relpath, change="added", by="rescan"))
-        return targets
+        """Scan the sources again and apply what differs from the index (run/rescan.py)."""
+        return await rescan(self)
 
     # -- close -----------------------------------------------------------------------------------
     async def __aexit__(self, *exc_info: object) -> None:
-        if exc_info[1] is None:
-            await self.close()
-            return
         try:
             await self.close()
         except Exception:  # kept in stop_errors and logged: the body's own error goes on
-            pass
+            if exc_info[1] is None:
+                raise
 
     async def close(self) -> None:
         """Engine stop, index save, stamp, unlock; safe to call twice. Raises, once the lock is
@@ -284,6 +283,8 @@ class Session:
 
     async def _release(self, *, aborted: bool) -> None:
         """The stop steps in order; an aborted start saves and stamps nothing."""
+        if isinstance(self._given_look, PendingLook):
+            self._given_look.cancel()  # a start that failed before it took the look
         ok = await self._step("engine stop", self._stop_engine)
         if ok and not aborted and not self.read_only:
             ok = await self._step("index save", self._save)

@@ -11,7 +11,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
 
 from eventrunner.core.errors import (
     EventRunnerError,
@@ -25,9 +24,8 @@ from eventrunner.core.staleness import STATES as STATE_NAMES
 from eventrunner.run import management, noops, queries
 from eventrunner.run.evaluate import Evaluator
 from eventrunner.run.gate import IGNORED, Gate
-from eventrunner.server import models
 from eventrunner.server.guard import GUARD, ConnectionGuard
-from eventrunner.server.http import Handler, error_response, int_param
+from eventrunner.server.http import Handler, InvalidBody, error_response, int_param, read_body
 from eventrunner.server.keys import HISTORY, RUNTIME, SESSION_OK, STATES
 from eventrunner.server.states import StateTable
 from eventrunner.service.history import FILE as HISTORY_FILE
@@ -53,13 +51,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             exc.reason or "error",
             headers={k: v for k, v in exc.headers.items() if k == "Retry-After"},
         )
-    except ValidationError as exc:
-        return error_response(
-            422,
-            "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
-            ),
-        )
+    except InvalidBody as exc:
+        return error_response(422, str(exc))
     except EventRunnerError as exc:
         status = http_status_for(exc)
         headers = {"Retry-After": "1"} if status == 503 else None
@@ -116,17 +109,8 @@ def _pipeline(request: web.Request) -> str | None:
     return p
 
 
-async def _body(request: web.Request, model: type[BaseModel]) -> Any:
-    try:
-        async with asyncio.timeout(_rt(request).settings.server.body_timeout):
-            raw = await request.json() if request.can_read_body else {}
-    except TimeoutError:
-        raise web.HTTPRequestTimeout(reason="request body took too long") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UsageError("body must be JSON") from None
-    if not isinstance(raw, dict):
-        raise UsageError("body must be a JSON object")
-    return model.model_validate(raw)
+async def _body(request: web.Request, model: str) -> Any:
+    return await read_body(request, model, _rt(request).settings.server.body_timeout)
 
 
 def _qualify(rt: Runtime, pipeline: str | None, stage: str | None) -> str | None:
@@ -292,7 +276,7 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, default=str)
 
 
-def _manage(action: str, model: type[BaseModel]) -> Handler:
+def _manage(action: str, model: str) -> Handler:
     async def handle(request: web.Request) -> web.Response:
         rt = _rt(request)
         _ready(rt)
@@ -312,7 +296,7 @@ async def run(request: web.Request) -> web.Response:
     _ready(rt)
     p = _pipeline(request)
     assert rt.index is not None
-    body = await _body(request, models.RunRequest)
+    body = await _body(request, "RunRequest")
     stages = queries.resolve_stages(rt.ws.graph, body.stage, p)
     report = await management.run_selection(rt.session, stages, body.entity, rt.stop_event)
     report.not_fresh = await _not_fresh(request, stages, body.entity)
@@ -337,8 +321,14 @@ async def prune(request: web.Request) -> web.Response:
     rt = _rt(request)
     _ready(rt)
     _pipeline(request)  # pruning is workspace-wide; "_" is the usual address
-    body = await _body(request, models.PruneRequest)
+    body = await _body(request, "PruneRequest")
     return web.json_response(management.prune_orphans(rt.session, body.dry_run), dumps=_dumps)
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    from eventrunner.server.openapi import openapi_document  # pydantic: at the first request
+
+    return await openapi_document(request)
 
 
 def create_app(runtime: Runtime) -> web.Application:
@@ -349,7 +339,6 @@ def create_app(runtime: Runtime) -> web.Application:
     from eventrunner.server.history import history_route
     from eventrunner.server.hooks import setup_hooks
     from eventrunner.server.metrics import setup_metrics
-    from eventrunner.server.openapi import openapi_document
 
     settings = runtime.settings
     connections = ConnectionGuard(settings.server)
@@ -379,17 +368,15 @@ def create_app(runtime: Runtime) -> web.Application:
     r.add_get("/api/pipelines/{pipeline}/entities", entities)
     r.add_get("/api/pipelines/{pipeline}/entities/{entity}", explain)
     r.add_get("/api/pipelines/{pipeline}/entities/{entity}/logs", partial(explain, logs=True))
-    r.add_post(
-        "/api/pipelines/{pipeline}/invalidate", _manage("invalidate", models.InvalidateRequest)
-    )
-    r.add_post("/api/pipelines/{pipeline}/retry", _manage("retry", models.RetryRequest))
-    r.add_post("/api/pipelines/{pipeline}/hold", _manage("hold", models.HoldRequest))
-    r.add_post("/api/pipelines/{pipeline}/release", _manage("release", models.HoldRequest))
+    r.add_post("/api/pipelines/{pipeline}/invalidate", _manage("invalidate", "InvalidateRequest"))
+    r.add_post("/api/pipelines/{pipeline}/retry", _manage("retry", "RetryRequest"))
+    r.add_post("/api/pipelines/{pipeline}/hold", _manage("hold", "HoldRequest"))
+    r.add_post("/api/pipelines/{pipeline}/release", _manage("release", "HoldRequest"))
     r.add_post("/api/pipelines/{pipeline}/run", run)
     r.add_post("/api/pipelines/{pipeline}/prune", prune)
     r.add_get("/api/events", events_stream)
     r.add_get("/api/history", history_route)
-    r.add_get("/api/openapi.json", openapi_document)
+    r.add_get("/api/openapi.json", _openapi)
     setup_metrics(app, runtime)
     setup_hooks(app, runtime)
     setup_dashboard(app, runtime)

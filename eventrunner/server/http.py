@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -46,3 +49,31 @@ def int_param(request: web.Request, name: str, default: int | None) -> int | Non
     if value < 0:
         raise UsageError(f"{name} must not be negative")
     return value
+
+
+class InvalidBody(Exception):
+    """Raised when a request body fails its model's validation: answered 422 with the reasons."""
+
+
+async def read_body(request: web.Request, model: str, timeout: float) -> Any:
+    """The JSON body validated by server/models.py's `model`. That module and pydantic are
+    imported by the first request with a body, not at start-up (~0.2 s of CPU)."""
+    from pydantic import ValidationError
+
+    from eventrunner.server import models
+
+    try:
+        async with asyncio.timeout(timeout):
+            raw = await request.json() if request.can_read_body else {}
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(reason="request body took too long") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UsageError("body must be JSON") from None
+    if not isinstance(raw, dict):
+        raise UsageError("body must be a JSON object")
+    try:
+        return getattr(models, model).model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidBody(
+            "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+        ) from None

@@ -14,14 +14,16 @@ import asyncio
 import contextlib
 import logging
 import os
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-
-import aiohttp
 
 from eventrunner.core.errors import ConfigError, Problem
 from eventrunner.core.redact import redact, remember_secret
 from eventrunner.run.events import Dead, Event, EventBus
 from eventrunner.workspace.settings import AlertSettings
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger("eventrunner.alerts")
 
@@ -89,6 +91,8 @@ class Alerter:
         self.failed = 0  # messages given up on after max_attempts
 
     async def __aenter__(self) -> Alerter:
+        import aiohttp  # here: serve imports it after its watchers are up and its look begun
+
         timeout = aiohttp.ClientTimeout(total=self.settings.timeout)
         self._session = aiohttp.ClientSession(timeout=timeout)
         self._task = asyncio.create_task(self._send_loop(), name="eventrunner-alerts")
@@ -140,6 +144,8 @@ class Alerter:
     async def post(self, text: str) -> bool:
         """POST {"text", "content"} until a 2xx answer, at most max_attempts times with
         exponential backoff (a 429's Retry-After honoured up to max_backoff); True if delivered."""
+        import aiohttp  # imported by __aenter__ already
+
         assert self._session is not None
         s = self.settings
         delay = s.backoff

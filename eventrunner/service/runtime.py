@@ -1,7 +1,9 @@
 """The long-running service: a live session (lock, index, engine) plus watcher and scheduler.
 
-Start: lock, watch, start the session (stamp look, index load, crash sweep, engine, catch up),
-then the scheduler; ready. Each event maps to the (stage, entity) pairs it affects: no scans.
+Start: take the lock, start watching, begin the stamp look (its stats in worker processes while
+serve imports its server), start the session (the look's result, index load, crash sweep,
+engine, catch up what changed while down), then the scheduler; ready. Every event is mapped to
+the (stage, entity) pairs it affects; nothing on the event path scans the workspace.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from eventrunner.run.session import Session
 from eventrunner.run.tasks import cancel_all
 from eventrunner.service.retries import RetryTimer, state_values, still_due
 from eventrunner.service.watch import FileChange, Rescan, watch_changes
+from eventrunner.service.watched import flat, is_code, watch_targets
 from eventrunner.state.index import Index
 from eventrunner.workspace import loader
 from eventrunner.workspace.load import Workspace, load_workspace
@@ -54,6 +57,7 @@ class Runtime:
         self._scheduler: Any = None
         self.alerts: Any = None  # an Alerter (service/alerts.py) while [alert] is configured
         self._closed = False
+        self._prepared = False
         self._reload_lock = asyncio.Lock()
         self._engine_started = asyncio.Event()  # the watch loop holds its batches until then
         # Each failed state's retry at its own time (the sweep is the safety net): issue 10.4.
@@ -87,9 +91,13 @@ class Runtime:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def start(self) -> None:
-        """Start watching, then the session (look, load, sweep, engine, catch-up), then the
-        scheduler; then ready."""
+    async def prepare(self) -> None:
+        """The first half of `start()`: alerts checked, watchers live, the stamp look begun.
+        serve calls it before importing its server, so that the look's stats (worker
+        processes) and those imports overlap; once only."""
+        if self._prepared:
+            return
+        self._prepared = True
         from eventrunner.service.alerts import start_alerts
 
         # First: an unset URL variable is a start-up error, before anything is watched or run.
@@ -101,10 +109,18 @@ class Runtime:
             # Live before the session's index load scans the sources, so a change in between
             # is not missed (and the start-up reconcile need not scan a second time).
             await self._start_watchers()
-        # The stamp look, compared once the watcher is live so nothing slips between the two,
-        # then the index load: one after the other, not in two threads (both are mostly Python
-        # work, and contending for the GIL made them slower together: 2.3 s vs 1.9 s at 100,000
-        # entities, and fragmented the heap more).
+        # The stamp look begins once the watcher is live, so nothing slips between the two.
+        self.session.begin_look()
+
+    async def start(self) -> None:
+        """Prepare (if not yet), then the session (the look's result, index load, sweep,
+        engine, catch-up), then the scheduler; then ready."""
+        await self.prepare()
+        # APScheduler's import (0.1 s) while the look's workers run, not after them.
+        from eventrunner.service import schedule  # noqa: F401
+
+        # The index loads while the look's workers take the stats (other processes: threads
+        # contended for the GIL and were slower together, 2.3 s vs 1.9 s at 100,000 entities).
         await self.session.start()
         self._tell_recovered_dead()
         self._engine_started.set()
@@ -267,28 +283,9 @@ class Runtime:
                     log.error("could not save the index cache (will retry): %s", exc)
 
     # -- watching ----------------------------------------------------------------------------------
-    def _watch_targets(self) -> tuple[list[Path], list[Path]]:
-        """(data paths, code paths) to watch. Data: the source folders only — outputs are ours,
-        and watching them would cost a walk of every output at start and an echo per write (an
-        output edited by hand is caught by the periodic reconcile and by `run`). Code: handlers/,
-        pipelines/ and eventrunner.toml, unless the data watch already covers the workspace."""
-        data, ws = self.settings.data_root, self.settings.workspace
-        prefixes = sorted({src.pattern.static_prefix for src in self.ws.graph.sources.values()})
-        tops = [p for p in prefixes if not any(p.startswith(q + "/") for q in prefixes if q != p)]
-        if not tops or "" in tops or not all((data / p).is_dir() for p in tops):
-            data_paths = [data]  # a source at the root, or a drop folder not created yet
-        else:
-            data_paths = [data / p for p in tops]
-        if data in data_paths and ws == data:
-            return data_paths, []
-        code = [
-            p for p in (ws / "handlers", ws / "pipelines", ws / "eventrunner.toml") if p.exists()
-        ]
-        return data_paths, code
-
     async def _start_watchers(self) -> None:
         """Start the data (and code) watchers and wait until they are live."""
-        data_paths, code_paths = self._watch_targets()
+        data_paths, code_paths = watch_targets(self.ws)
         self._watched = (data_paths, code_paths)
         live: list[tuple[asyncio.Event, list[Path]]] = []
         for root, paths in (
@@ -321,6 +318,7 @@ class Runtime:
             settle=rt.settle,
             ready=watching,
             paths=paths,
+            recursive=code_only or not flat(self.ws, paths),
         ):
             await self._engine_started.wait()
             if isinstance(batch, Rescan):
@@ -331,7 +329,7 @@ class Runtime:
             reserved = self.ws.reserved
             for change in batch:
                 abs_path = root / change.relpath
-                if _is_code(abs_path, workspace):
+                if is_code(abs_path, workspace):
                     code_changed = True
                     continue
                 # The workspace's code and state are never source data (issue 14.1).
@@ -374,7 +372,7 @@ class Runtime:
             self.events.emit(Reloaded(changed_stages=changed))
             log.info("reloaded; stages with new code or params: %s", ", ".join(changed) or "none")
             self.engine.consider(self.engine.targets(), fresh_pass=True)
-            if self.watch_enabled and self._watch_targets() != self._watched:
+            if self.watch_enabled and watch_targets(self.ws) != self._watched:
                 # New source folders: re-aim the watchers (from a task of its own, since this
                 # reload may be running inside one of them).
                 self._tasks.append(asyncio.create_task(self._restart_watchers()))
@@ -384,17 +382,3 @@ class Runtime:
         await self._stop_watchers()
         await self._start_watchers()
         await self.reconcile_async()  # whatever changed while no watcher was live
-
-
-def _is_code(path: Path, workspace: Path) -> bool:
-    """Pipeline files, handler modules and eventrunner.toml trigger a reload, not work."""
-    try:
-        rel = path.relative_to(workspace)
-    except ValueError:
-        return False
-    parts = rel.parts
-    if parts == ("eventrunner.toml",):
-        return True
-    if parts and parts[0] == "pipelines" and rel.suffix in (".toml", ".json"):
-        return True
-    return bool(parts) and parts[0] == "handlers" and rel.suffix == ".py"

@@ -66,12 +66,12 @@ async def watch_changes(
     poll_delay: float = 0.3,
     ready: asyncio.Event | None = None,
     paths: Sequence[Path] | None = None,
+    recursive: bool = True,
 ) -> AsyncIterator[list[FileChange] | Rescan]:
     """Yield batches of settled file changes under `root` until `stop_event` is set.
 
-    `paths` (optional, inside `root`) narrows what is watched, e.g. to the source folders:
-    the watcher's start-up walk and its events then cost what those folders hold.
-
+    `paths` (optional, inside `root`) narrows what is watched, e.g. to the source folders (the
+    start-up walk and events then cost what they hold); `recursive=False`: not their subfolders.
     A file is reported once its (size, mtime_ns) has been still for `settle` seconds; deletions at
     once. `ready` (optional) is set when the watcher is live: reconcile after that to miss nothing.
     A vanished path is reported as deleted even if it was a directory moved away (its files get
@@ -82,7 +82,7 @@ async def watch_changes(
     queue: asyncio.Queue[_Raw | Rescan] = asyncio.Queue(maxsize=_QUEUE_SIZE)
     # awatch sets its stop event when cancelled: never hand it the caller's.
     halt = asyncio.Event()
-    opts = _Options.of(real_root, debounce, force_polling, poll_delay, paths)
+    opts = _Options.of(real_root, debounce, force_polling, poll_delay, paths, recursive)
     producer = asyncio.create_task(_produce(opts, queue, halt, ready), name="eventrunner-watch")
     stopped = asyncio.create_task(stop_event.wait())
     getter: asyncio.Task[_Raw | Rescan] | None = None
@@ -148,6 +148,7 @@ class _Options:
     force_polling: bool | None
     poll_delay_ms: int
     paths: tuple[str, ...]
+    recursive: bool
 
     @classmethod
     def of(
@@ -157,11 +158,12 @@ class _Options:
         force_polling: bool | None,
         poll_delay: float,
         paths: Sequence[Path] | None,
+        recursive: bool = True,
     ) -> _Options:
         """From watch_changes' arguments (seconds) to awatch's (milliseconds, real paths)."""
         watched = tuple(os.path.realpath(p) for p in paths) if paths else (root,)
         ms = max(1, round(debounce * 1000))
-        return cls(root, ms, force_polling, round(poll_delay * 1000), watched)
+        return cls(root, ms, force_polling, round(poll_delay * 1000), watched, recursive)
 
 
 async def _produce(
@@ -228,6 +230,7 @@ def _awatch(
         stop_event=halt,
         force_polling=polling,
         poll_delay_ms=opts.poll_delay_ms,
+        recursive=opts.recursive,
     )
 
 

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eventrunner.state.statlook import ABSENT, differing
+from eventrunner.state import statlook
+from eventrunner.state.statlook import ABSENT
 
 STAMP = "stamp.bin"
 PREVIOUS = "stamp.prev"  # a stamp set aside while its paths are still to be carried forward
-VERSION = (
-    10  # bump with any change of the stamp format (10: a missing eventrunner.toml is recorded)
-)
+# Bump with any change of the stamp format (10: a missing eventrunner.toml is recorded).
+VERSION = 10
 RACY_NS = 50_000_000  # stats this recent may still change within their mtime tick
 
 
@@ -49,19 +49,21 @@ def _stat(path: str) -> tuple[int, int, int] | None:
     return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-def _load(state_dir: Path) -> dict[str, Any] | None:
+def read_stamp(state_dir: Path) -> tuple[statlook.Ident | None, dict[str, Any] | None]:
+    """The stamp file's ident and its contents when usable (None: no usable stamp)."""
     try:
         with open(state_dir / STAMP, "rb") as fh:
+            ident = statlook.file_ident(fh.fileno())
             stamp = marshal.load(fh)
     except (OSError, EOFError, ValueError, TypeError):
-        return None
+        return None, None
     if not isinstance(stamp, dict) or stamp.get("ident") != _ident() or stamp.get("env") != _env():
-        return None
+        return ident, None
     if stamp.get("at") != os.path.abspath(state_dir):
-        return None  # a copied workspace: its stamp holds the paths of the original's files
+        return ident, None  # a copied workspace: its stamp holds the paths of the original's files
     if os.path.exists(state_dir / "index.dirty") or time.time() >= stamp.get("not_after", 0):
-        return None
-    return stamp
+        return ident, None
+    return ident, stamp
 
 
 def _pack(entries: list[tuple[str, tuple[int, int, int]]]) -> tuple[str, bytes]:
@@ -83,9 +85,9 @@ def recorded_stats(packed: tuple[str, bytes]) -> dict[str, tuple[int, int, int]]
     return {p: (stats[3 * i], stats[3 * i + 1], stats[3 * i + 2]) for i, p in enumerate(paths)}
 
 
-def _differs(packed: tuple[str, bytes]) -> list[str]:
+def differs(packed: tuple[str, bytes]) -> list[str]:
     """The paths whose stats are not the recorded ones (gone ones too), in recorded order."""
-    return differing(*_unpack(packed))
+    return statlook.changed_in(*packed)
 
 
 @dataclass
@@ -133,11 +135,15 @@ class Look:
 
 def look(state_dir: Path) -> Look | None:
     """Compare the stamp with the disk; None when there is no usable stamp."""
-    stamp = _load(state_dir)
+    stamp = read_stamp(state_dir)[1]
     if stamp is None:
         return None
-    defs_changed = bool(_differs(stamp["defs"]))
-    changed = [] if defs_changed else _differs(stamp["paths"])
+    defs_changed = bool(differs(stamp["defs"]))
+    return look_of(stamp, defs_changed, [] if defs_changed else differs(stamp["paths"]))
+
+
+def look_of(stamp: dict[str, Any], defs_changed: bool, changed: list[str]) -> Look:
+    """The Look of a loaded stamp, given what its stats showed."""
     return Look(
         stamp["result"],
         defs_changed,

@@ -17,6 +17,8 @@ from eventrunner.server.dashboard.render import ENV, Static, environment
 from eventrunner.server.dashboard.security import SESSIONS, Sessions
 
 if TYPE_CHECKING:
+    import jinja2
+
     from eventrunner.service.runtime import Runtime
 
 
@@ -42,7 +44,15 @@ def setup_dashboard(app: web.Application, runtime: Runtime) -> None:
     """Register the pages, forms, stream and assets on the app."""
     settings = runtime.settings
     static = Static()
-    app[ENV] = environment(static)
+
+    built: list[jinja2.Environment] = []
+
+    def templates() -> jinja2.Environment:  # built by the first page, not at start-up
+        if not built:
+            built.append(environment(static))
+        return built[0]
+
+    app[ENV] = templates
     app[SESSIONS] = Sessions(settings.state_dir, settings.server.token_env)
     recent = Recent()
     runtime.events.subscribe(recent.on_event)

@@ -25,7 +25,6 @@ from eventrunner.server.dashboard.queries import (
 from eventrunner.server.dashboard.render import page, render
 from eventrunner.server.keys import HISTORY, RUNTIME, STATES
 from eventrunner.service.history import OUTCOMES
-from eventrunner.service.schedule import next_fire
 from eventrunner.workspace import codeid
 
 if TYPE_CHECKING:
@@ -46,6 +45,8 @@ def _htmx_target(request: web.Request) -> str | None:
 
 
 def _health(rt: Runtime) -> dict[str, Any]:
+    from eventrunner.service.schedule import next_fire  # APScheduler: not at import
+
     crons = []
     for q, st in rt.ws.graph.stages.items():
         if st.schedule:
@@ -134,6 +135,8 @@ async def stage(request: web.Request) -> web.StreamResponse:
 
 
 def _definition(rt: Runtime, q: str) -> dict[str, Any]:
+    from eventrunner.service.schedule import next_fire  # APScheduler: not at import
+
     st = rt.ws.graph.stages[q]
     ref = rt.ws.handlers.get(q)
     helpers: list[str] = []
