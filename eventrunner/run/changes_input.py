@@ -135,6 +135,8 @@ def mark_for_call(
     relpath, m = previous
     cert = ev.certs.valid(qualname, eid, m)
     diff = cert.delta() if cert is not None else _delta(m, files)
+    if _broken(m):  # its member table did not check out (found reading it): start afresh
+        return files
     marks: dict[tuple[str, str], InputFile] = {}
     extra: list[InputFile] = []
     stage = ev.ws.graph.stages[qualname]
@@ -188,8 +190,15 @@ def _trusted_previous(
         return None
     if ev.index.control.invalidated_at(qualname, eid) > m.finished_ns:
         return None
+    if _broken(m):
+        return None
     relpath = stage.output.format(values)
     recorded = m.outputs.get(relpath)
     if recorded is None or ev.index.files.hash(relpath) != recorded:
         return None
     return relpath, m
+
+
+def _broken(m: Manifest) -> bool:
+    """True when a member table of the manifest was read and did not check out (its log)."""
+    return any(mem.broken for mem in m.members.values())
