@@ -19,7 +19,7 @@ from eventrunner.state.index import Index
 _RECENT_HASHES = 4096  # file hashes an evaluator keeps between resets
 
 
-@dataclass
+@dataclass(slots=True)
 class InputFile:
     """One concrete input file of a run: its input name, member key (fan-in), path and hash."""
 
