@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from eventrunner.state.hashing import combine
 from eventrunner.state.index import Index
 
 _RECENT_HASHES = 4096  # file hashes an evaluator keeps between resets
+_intern = sys.intern
 
 
 @dataclass(slots=True)
@@ -143,11 +145,12 @@ class Evaluator:
                     (upstream if producer else missing).append(relpath)
                     unverified[(inp.name, relpath)] = ieid
                     continue
-                member = (
-                    entity_id(inp.aggregated, {v: mvalues[v] for v in inp.aggregated})
-                    if inp.aggregated
-                    else None
-                )
+                member = None
+                if inp.aggregated:  # an aggregate's cert keeps these: shared, not copied
+                    member = _intern(
+                        entity_id(inp.aggregated, {v: mvalues[v] for v in inp.aggregated})
+                    )
+                    digest = _intern(digest)
                 files.append(InputFile(inp.name, member, relpath, digest))
         return Gathered(files, missing, upstream, unverified)
 
@@ -317,7 +320,7 @@ class Evaluator:
         if digest is None:
             return relpath
         member = entity_id(inp.aggregated, {v: mvalues[v] for v in inp.aggregated})
-        cert.put(key, InputFile(name, member, relpath, digest))
+        cert.put(key, InputFile(name, _intern(member), relpath, _intern(digest)))
         return None
 
     def gather_for_run(
@@ -347,7 +350,7 @@ class Evaluator:
                 continue
             mvalues = inst.values(ieid)
             member = entity_id(inp.aggregated, {v: mvalues[v] for v in inp.aggregated})
-            cert.put((name, relpath), InputFile(name, member, relpath, digest))
+            cert.put((name, relpath), InputFile(name, _intern(member), relpath, _intern(digest)))
         cert.nxt = {}  # the manifest this run commits records the view as it is now
         g = Gathered(cert.files(), [], [])
         m = self.index.manifests[qualname].get(eid)
