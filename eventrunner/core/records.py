@@ -143,7 +143,10 @@ class Manifest:
             "dropped": list(self.dropped),
         }
         if self._members:
+            # Format 2: no "inputs" key, so that an earlier version reads the manifest as
+            # damaged (stale, a full call) instead of trusting it without its members.
             data["format"] = 2
+            data["files"] = data.pop("inputs")  # the map inputs beside the member tables
             data["members"] = {n: mem.to_json() for n, mem in self._members}
         return data
 
@@ -189,7 +192,8 @@ class Manifest:
     def from_json(cls, data: dict[str, Any]) -> Manifest:
         """Parse a manifest file's data; KeyError/TypeError/ValueError on a damaged file (its
         member tables are located by the reader: `locate`)."""
-        inputs: dict[str, Any] = dict(data["inputs"])
+        two = "format" in data and data["format"] == 2  # a list (damaged) raises below
+        inputs: dict[str, Any] = dict(data["files"] if two else data["inputs"])
         for name, ref in (data.get("members") or {}).items():
             inputs[name] = Members.from_json(ref)
         return cls(
