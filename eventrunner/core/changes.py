@@ -11,9 +11,9 @@ None and `added` holds every member, so one handler body serves both cases.
 from __future__ import annotations
 
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 T = TypeVar("T")
 
@@ -32,14 +32,46 @@ class Changes(Generic[T]):
     removed: tuple[str, ...]  # members gone since the previous output (their ids)
     previous: bytes | None  # the previous output's content; None on a full call
     members: int = 0  # how many members the input has now
-    unchanged: tuple[str, ...] = field(
+    unchanged: Sequence[str] = field(
         default=(), repr=False
-    )  # ids of the members kept as they were
+    )  # ids of the members kept as they were (listed on first use: there may be many)
 
     @property
     def full(self) -> bool:
         """True on a full call: no previous output to start from, every member in `added`."""
         return self.previous is None
+
+
+class LazyIds(Sequence[str]):
+    """A tuple of ids made on first use (most incremental handlers never look at them)."""
+
+    def __init__(self, make: Callable[[], tuple[str, ...]]) -> None:
+        self._make: Callable[[], tuple[str, ...]] | None = make
+        self._ids: tuple[str, ...] = ()
+
+    def _get(self) -> tuple[str, ...]:
+        if self._make is not None:
+            self._ids, self._make = self._make(), None
+        return self._ids
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[str]: ...
+    def __getitem__(self, i: int | slice) -> str | Sequence[str]:
+        return self._get()[i]
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __eq__(self, other: object) -> bool:
+        return tuple(self._get()) == (tuple(other) if isinstance(other, Sequence) else other)
+
+    def __repr__(self) -> str:
+        return repr(self._get())
 
 
 _inputs: dict[Callable[..., Any], frozenset[str]] = {}

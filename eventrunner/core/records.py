@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from eventrunner.core.members import Members
 from eventrunner.core.patterns import parse_entity_id
 
 _NAMES: dict[tuple[str, ...], tuple[str, ...]] = {}
@@ -20,6 +21,7 @@ _intern = sys.intern
 
 class Manifest:
     """What produced a state: code, params, every input's hash, every output's hash, timings.
+    An aggregated input may be recorded by reference (core/members.py: digest, count, log).
 
     Held for every state in memory (200,000 at 100,000 entities x 2 stages), so stored compactly:
     slots, tuples instead of nested dicts, interned paths and hashes (an output's hash is the
@@ -29,6 +31,7 @@ class Manifest:
 
     __slots__ = (
         "_io",
+        "_members",
         "_names",
         "_nin",
         "attempt",
@@ -49,7 +52,7 @@ class Manifest:
         values: Mapping[str, str],
         code: str,
         params: str,
-        inputs: Mapping[str, Mapping[str, str]],
+        inputs: Mapping[str, Mapping[str, str]],  # a value may be Members (by reference)
         outputs: Mapping[str, str],
         started: float,
         finished_ns: int,
@@ -65,8 +68,15 @@ class Manifest:
         self.params = _intern(params)
         # One flat tuple: (name, path, hash) per input file, then (path, hash) per output.
         io = [
-            _intern(x) for n, files in inputs.items() for p, h in files.items() for x in (n, p, h)
+            _intern(x)
+            for n, files in inputs.items()
+            if not isinstance(files, Members)
+            for p, h in files.items()
+            for x in (n, p, h)
         ]
+        self._members: tuple[tuple[str, Members], ...] = tuple(
+            (_intern(n), files) for n, files in inputs.items() if isinstance(files, Members)
+        )
         self._nin = len(io)
         io.extend(_intern(x) for p, h in outputs.items() for x in (p, h))
         self._io = tuple(io)
@@ -83,13 +93,26 @@ class Manifest:
         return parse_entity_id(self._names, self.entity)
 
     @property
-    def inputs(self) -> dict[str, dict[str, str]]:
-        """input name -> {relpath: hash}."""
-        out: dict[str, dict[str, str]] = {}
+    def inputs(self) -> dict[str, Mapping[str, str]]:
+        """input name -> {relpath: hash} (an aggregated input recorded by reference is its
+        `Members`, read from its log only when iterated)."""
+        out: dict[str, Any] = {}
         flat = self._io
         for i in range(0, self._nin, 3):
             out.setdefault(flat[i], {})[flat[i + 1]] = flat[i + 2]
+        out.update(self._members)
         return out
+
+    @property
+    def members(self) -> dict[str, Members]:
+        """The aggregated inputs recorded by reference (none in an older manifest)."""
+        return dict(self._members)
+
+    def locate(self, folder: str) -> Manifest:
+        """Tell its member tables where their logs are (the manifest's folder)."""
+        for _, mem in self._members:
+            mem.folder = folder
+        return self
 
     @property
     def output_paths(self) -> tuple[str, ...]:
@@ -104,13 +127,14 @@ class Manifest:
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for the manifest file."""
-        return {
+        inputs = {n: f for n, f in self.inputs.items() if not isinstance(f, Members)}
+        data = {
             "stage": self.stage,
             "entity": self.entity,
             "values": self.values,
             "code": self.code,
             "params": self.params,
-            "inputs": self.inputs,
+            "inputs": inputs,
             "outputs": self.outputs,
             "started": self.started,
             "finished_ns": self.finished_ns,
@@ -118,6 +142,13 @@ class Manifest:
             "attempt": self.attempt,
             "dropped": list(self.dropped),
         }
+        if self._members:
+            # Format 2: no "inputs" key, so that an earlier version reads the manifest as
+            # damaged (stale, a full call) instead of trusting it without its members.
+            data["format"] = 2
+            data["files"] = data.pop("inputs")  # the map inputs beside the member tables
+            data["members"] = {n: mem.to_json() for n, mem in self._members}
+        return data
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # Positional compact state: pickling the index cache stays fast and small.
@@ -136,6 +167,7 @@ class Manifest:
                 self.duration_s,
                 self.attempt,
                 self.dropped,
+                tuple((n, mem.state()) for n, mem in self._members),
             ),
         )
 
@@ -143,8 +175,10 @@ class Manifest:
         """This manifest once its dropped fan-out outputs are deleted (prune): a new object,
         since the index's saved snapshots share manifests and must never see one change."""
         state = list(self.__reduce__()[1])
-        state[-1] = ()
-        return _manifest_from_state(*state)
+        state[-2] = ()
+        m = _manifest_from_state(*state)
+        m._members = self._members  # the same tables (immutable once committed)
+        return m
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Manifest):
@@ -156,14 +190,19 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
-        """Parse a manifest file's data; KeyError/TypeError on a damaged file."""
+        """Parse a manifest file's data; KeyError/TypeError/ValueError on a damaged file (its
+        member tables are located by the reader: `locate`)."""
+        two = "format" in data and data["format"] == 2  # a list (damaged) raises below
+        inputs: dict[str, Any] = dict(data["files"] if two else data["inputs"])
+        for name, ref in (data.get("members") or {}).items():
+            inputs[name] = Members.from_json(ref)
         return cls(
             data["stage"],
             data["entity"],
             data["values"],
             data["code"],
             data["params"],
-            data["inputs"],
+            inputs,
             data["outputs"],
             data["started"],
             data["finished_ns"],
@@ -186,6 +225,7 @@ def _manifest_from_state(
     duration_s: float,
     attempt: int,
     dropped: tuple[str, ...],
+    members: tuple[tuple[str, tuple[Any, ...]], ...] = (),
 ) -> Manifest:
     """Rebuild a manifest from its compact state (unpickling the index cache)."""
     # Strings shared when the cache was written (interned) come back shared: pickle's memo
@@ -201,6 +241,7 @@ def _manifest_from_state(
         attempt,
         dropped,
     )
+    m._members = tuple((_intern(n), Members(*st)) for n, st in members)
     return m
 
 

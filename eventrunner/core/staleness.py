@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -72,7 +73,7 @@ class Facts:
     manifest: Manifest | None
     code: str
     params: str
-    inputs: dict[str, dict[str, str]]  # input name -> {relpath: hash} as found now
+    inputs: Mapping[str, Mapping[str, str]]  # input name -> {relpath: hash} as found now
     missing_inputs: list[str]  # relpaths of required inputs that do not exist
     upstream_not_fresh: list[str]  # "stage entity (state)" of producers that are not fresh
     outputs_now: dict[str, str | None]  # manifest output relpath -> hash now (None: missing)
@@ -129,7 +130,7 @@ def staleness_reasons(f: Facts, input_reasons: list[Reason] | None = None) -> li
 
 
 def _input_reasons(
-    recorded: dict[str, dict[str, str]], now: dict[str, dict[str, str]]
+    recorded: Mapping[str, Mapping[str, str]], now: Mapping[str, Mapping[str, str]]
 ) -> list[Reason]:
     """INPUT_ADDED / INPUT_REMOVED / INPUT_CHANGED for each input file that differs."""
     out: list[Reason] = []

@@ -43,9 +43,6 @@ class Cert:
     pending: dict[Key, str | None]  # members where the view differs from the manifest: its hash
     dirty: dict[Key, str] = field(default_factory=dict)  # member -> its instance id, to re-check
     nxt: dict[Key, str | None] | None = None  # as `pending`, against the manifest being committed
-    rank: dict[str, int] = field(default_factory=dict)  # input name -> its place in the stage
-    unsorted: bool = False  # a member was added out of order since the view was last sorted
-    last: tuple[int, str] | None = None  # the sort key of the view's last member, if sorted
 
     def recorded(self, key: Key, pending: dict[Key, str | None]) -> str | None:
         if key in pending:
@@ -60,14 +57,6 @@ class Cert:
         if f is None:
             self.view.pop(key, None)
         else:
-            if key not in self.view:
-                # Sorted stays sorted when the new member sorts last (the usual drop);
-                # else the next files() sorts once.
-                order = (self.rank.get(key[0], 0), str(f.member))
-                if self.last is not None and order < self.last:
-                    self.unsorted = True
-                else:
-                    self.last = order
             self.view[key] = f
         new = None if f is None else f.hash
         for p, old in zip(pends, olds, strict=True):
@@ -77,15 +66,8 @@ class Cert:
                 p[key] = old
 
     def files(self) -> list[Any]:
-        """The view's files, in the order a full walk gives (inputs, then member ids)."""
-        if self.unsorted:
-            rank = self.rank
-            self.view = dict(
-                sorted(self.view.items(), key=lambda kv: (rank.get(kv[0][0], 0), kv[1].member))
-            )
-            self.unsorted = False
-            f = next(reversed(self.view.values()), None)
-            self.last = None if f is None else (rank.get(f.name, 0), str(f.member))
+        """The view's files, in no particular order (an incremental call reads only what
+        changed; its worker sorts them if it has to make the call full: invoke.py)."""
         return list(self.view.values())
 
     def delta(self) -> dict[Key, tuple[str | None, Any | None]]:
@@ -169,11 +151,7 @@ class Certs:
             for path, digest in paths.items():
                 if (name, path) not in view:
                     pending[(name, path)] = digest
-        rank = {inp.name: i for i, inp in enumerate(self.ws.graph.stages[qualname].inputs)}
-        cert = Cert(
-            self.index.ws, self.index.control, _stamp(m), view, pending, dict(dirty), rank=rank
-        )
-        cert.unsorted = True  # the walk's order, but sort once to know the last member
+        cert = Cert(self.index.ws, self.index.control, _stamp(m), view, pending, dict(dirty))
         self._certs[(qualname, eid)] = cert
         return cert
 

@@ -20,6 +20,7 @@ from eventrunner.core.changes import (
     PREVIOUS,
     REMOVED,
     Changes,
+    LazyIds,
     changes_inputs,
 )
 from eventrunner.core.patterns import trusted_entity_id as entity_id
@@ -35,8 +36,15 @@ def inner_type(annotation: Any) -> Any:
     return args[0] if args else str
 
 
-def full_call(files: list[InputFile]) -> list[InputFile]:
-    """The files of a full call: the current ones, unmarked (every member is read)."""
+def full_call(files: list[InputFile], order: list[str] | None = None) -> list[InputFile]:
+    """The files of a full call: the current ones, unmarked (every member is read). An
+    incremental call's list has its marks first, then every current file unmarked
+    (mark_for_call): those, in the order of a full walk (`order`: the stage's input names)."""
+    if files and files[0].delta:
+        rank = {n: i for i, n in enumerate(order or ())}
+        rest = [f for f in files if not f.delta]
+        rest.sort(key=lambda f: (rank.get(f.name, 0), f.member or f.relpath))
+        return rest
     return [replace(f, delta="") for f in files if f.delta not in (REMOVED, PREVIOUS)]
 
 
@@ -68,28 +76,46 @@ def previous_output(files: list[InputFile], root: Path) -> bytes | None:
 
 
 def changes_value(
-    files: list[InputFile], read: Callable[[InputFile], Any], previous: bytes | None
+    files: list[InputFile],
+    read: Callable[[InputFile], Any],
+    previous: bytes | None,
+    name: str | None = None,
+    alone: bool = True,
 ) -> Changes[Any]:
-    """One `Changes` input from its files; `read` converts a member's file (only the added
-    and changed ones are read). On a full call (`previous` None) every member is added."""
-    added: dict[str, Any] = {}
-    changed: dict[str, Any] = {}
+    """One `Changes` input (`name`; None: every file is this input's) from the call's files;
+    `read` converts a member's file (only the added and changed ones are read). On a full call
+    (`previous` None) every member is added. An incremental call's marks come first, then every
+    current file (mark_for_call): only the marks are looked at, the unchanged ids are listed on
+    first use, and the count is the rest's length when the input is the stage's only one."""
+    if previous is None:
+        mine = [f for f in files if name is None or f.name == name]
+        added = {f.member or f.relpath: read(f) for f in mine}
+        return Changes(added, {}, (), None, len(added), ())
+    added, changed = {}, {}
     removed: list[str] = []
-    unchanged: list[str] = []
-    for f in files:
-        member = f.member or f.relpath
-        if f.delta == PREVIOUS:
+    at = 0
+    for at, f in enumerate(files):  # noqa: B007 (where the unmarked rest begins)
+        if not f.delta:
+            break
+        if name is not None and f.name != name:
             continue
         if f.delta == REMOVED:
-            removed.append(member)
-        elif previous is None or f.delta == ADDED:
-            added[member] = read(f)
+            removed.append(f.member or f.relpath)
+        elif f.delta == ADDED:
+            added[f.member or f.relpath] = read(f)
         elif f.delta == CHANGED:
-            changed[member] = read(f)
-        else:  # unmarked in an incremental call: as the previous output saw it
-            unchanged.append(member)
-    count = len(added) + len(changed) + len(unchanged)
-    return Changes(added, changed, tuple(removed), previous, count, tuple(unchanged))
+            changed[f.member or f.relpath] = read(f)
+    else:
+        at = len(files)
+    rest = files[at:]
+    marked = set(added) | set(changed)
+
+    def unchanged() -> tuple[str, ...]:
+        ids = (f.member or f.relpath for f in rest if name is None or f.name == name)
+        return tuple(sorted(i for i in ids if i not in marked))
+
+    count = len(rest) if alone else sum(1 for f in rest if f.name == name)
+    return Changes(added, changed, tuple(removed), previous, count, LazyIds(unchanged))
 
 
 def incremental_possible(
@@ -135,6 +161,8 @@ def mark_for_call(
     relpath, m = previous
     cert = ev.certs.valid(qualname, eid, m)
     diff = cert.delta() if cert is not None else _delta(m, files)
+    if _broken(m):  # its member table did not check out (found reading it): start afresh
+        return files
     marks: dict[tuple[str, str], InputFile] = {}
     extra: list[InputFile] = []
     stage = ev.ws.graph.stages[qualname]
@@ -148,10 +176,9 @@ def mark_for_call(
             mv = inp.pattern.match(path)
             member = entity_id(inp.aggregated, {v: mv[v] for v in inp.aggregated}) if mv else path
             extra.append(InputFile(name, member, path, old, REMOVED))
-    out = [marks.get((f.name, f.relpath), f) for f in files] if marks else list(files)
-    out.extend(extra)
-    out.append(InputFile("", None, relpath, m.outputs[relpath], PREVIOUS))
-    return out
+    # Marks first (the worker looks at those only), then every current file as it is.
+    prev = InputFile("", None, relpath, m.outputs[relpath], PREVIOUS)
+    return [*marks.values(), *extra, prev, *files]
 
 
 def _delta(
@@ -188,8 +215,15 @@ def _trusted_previous(
         return None
     if ev.index.control.invalidated_at(qualname, eid) > m.finished_ns:
         return None
+    if _broken(m):
+        return None
     relpath = stage.output.format(values)
     recorded = m.outputs.get(relpath)
     if recorded is None or ev.index.files.hash(relpath) != recorded:
         return None
     return relpath, m
+
+
+def _broken(m: Manifest) -> bool:
+    """True when a member table of the manifest was read and did not check out (its log)."""
+    return any(mem.broken for mem in m.members.values())

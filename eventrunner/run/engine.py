@@ -134,9 +134,11 @@ class Engine(Finishing):
         *,
         fresh_pass: bool = False,
         blocked: set[tuple[str, str]] | None = None,
+        cool: bool = True,
     ) -> int:
         """Check each target and queue the stale ones; returns how many were queued. Failed,
-        dead and held targets are counted (blocked_seen) and, given a set, collected in it."""
+        dead and held targets are counted (blocked_seen) and, given a set, collected in it.
+        `cool` False: a slice of a longer pass, which cools the index's maps once at its end."""
         if not fresh_pass:
             self.evaluator.reset()
         n = 0
@@ -159,7 +161,7 @@ class Engine(Finishing):
                 self.blocked_seen += 1
                 if blocked is not None:
                     blocked.add((q, eid))
-        if self.retry_in_run:
+        if self.retry_in_run and cool:
             # serve lives on: a fan-in's walk read every record of its members into memory in
             # one scan; its cert now knows them, so the maps go back to bounded caches.
             self.index.cool_warm()
@@ -179,7 +181,8 @@ class Engine(Finishing):
         for target in targets:
             batch.append(target)
             if len(batch) >= chunk:
-                n += self.consider(batch, fresh_pass=True, blocked=blocked)
+                # Not cooled between slices: each would scan every record again (O(N^2)).
+                n += self.consider(batch, fresh_pass=True, blocked=blocked, cool=False)
                 batch.clear()
                 await asyncio.sleep(0)
         n += self.consider(batch, fresh_pass=True, blocked=blocked)

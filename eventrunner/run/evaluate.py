@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from eventrunner.core.changes import PREVIOUS, REMOVED
 from eventrunner.core.patterns import trusted_entity_id as entity_id
 from eventrunner.core.records import Manifest
 from eventrunner.core.staleness import Facts, Verdict, decide
+from eventrunner.run import membertables
 from eventrunner.run.aggregates import Cert, Certs
 from eventrunner.state.hashing import combine
 from eventrunner.state.index import Index
 
 _RECENT_HASHES = 4096  # file hashes an evaluator keeps between resets
+_intern = sys.intern
 
 
-@dataclass
+@dataclass(slots=True)
 class InputFile:
     """One concrete input file of a run: its input name, member key (fan-in), path and hash."""
 
@@ -39,13 +44,14 @@ class Gathered:
     # fan-in members left out as their producer is not fresh (or their file is missing):
     # (input name, relpath) -> instance id; an aggregate's cert re-checks them (run/aggregates.py)
     unverified: dict[tuple[str, str], str] = field(default_factory=dict)
-    _hashes: dict[str, dict[str, str]] | None = field(default=None, repr=False, compare=False)
+    _hashes: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
-    def hashes(self) -> dict[str, dict[str, str]]:
+    def hashes(self) -> dict[str, Mapping[str, str]]:
         """input name -> {relpath: hash}, as stored in manifests (built once: a run asks for
-        it twice, and an aggregate's is one entry per member)."""
+        it twice, and an aggregate's is one entry per member; a run from a cert has member
+        tables, core/members.py, made from the changes alone)."""
         if self._hashes is None:
-            out: dict[str, dict[str, str]] = {}
+            out: dict[str, Any] = {}
             for f in self.files:
                 if f.delta not in (REMOVED, PREVIOUS):
                     out.setdefault(f.name, {})[f.relpath] = f.hash
@@ -139,11 +145,12 @@ class Evaluator:
                     (upstream if producer else missing).append(relpath)
                     unverified[(inp.name, relpath)] = ieid
                     continue
-                member = (
-                    entity_id(inp.aggregated, {v: mvalues[v] for v in inp.aggregated})
-                    if inp.aggregated
-                    else None
-                )
+                member = None
+                if inp.aggregated:  # an aggregate's cert keeps these: shared, not copied
+                    member = _intern(
+                        entity_id(inp.aggregated, {v: mvalues[v] for v in inp.aggregated})
+                    )
+                    digest = _intern(digest)
                 files.append(InputFile(inp.name, member, relpath, digest))
         return Gathered(files, missing, upstream, unverified)
 
@@ -207,13 +214,25 @@ class Evaluator:
             now=self.now,
         )
 
-    def attempt_key(self, qualname: str, inputs: dict[str, dict[str, str]]) -> str:
+    def attempt_key(self, qualname: str, inputs: Mapping[str, Mapping[str, str]]) -> str:
         """Identity of an attempt: a failure only counts against the same code, params and inputs.
 
         The handler's whole module file counts too: a failure in its top-level code (an import,
-        a constant) is not part of the code identity, yet fixing it must start afresh.
+        a constant) is not part of the code identity, yet fixing it must start afresh. An
+        aggregated input counts by its member digest (O(1) from a member table).
         """
-        flat = sorted((n, p, h) for n, files in inputs.items() for p, h in files.items())
+        stage = self.ws.graph.stages[qualname]
+        flat = sorted(
+            (n, p, h)
+            for n, files in inputs.items()
+            if not stage.input(n).aggregated
+            for p, h in files.items()
+        )
+        flat += [
+            (inp.name, "*", membertables.digest_of(inputs.get(inp.name, {})))
+            for inp in stage.inputs
+            if inp.aggregated
+        ]
         return combine(
             self.ws.code[qualname],
             self.ws.params[qualname],
@@ -301,7 +320,7 @@ class Evaluator:
         if digest is None:
             return relpath
         member = entity_id(inp.aggregated, {v: mvalues[v] for v in inp.aggregated})
-        cert.put(key, InputFile(name, member, relpath, digest))
+        cert.put(key, InputFile(name, _intern(member), relpath, _intern(digest)))
         return None
 
     def gather_for_run(
@@ -331,19 +350,31 @@ class Evaluator:
                 continue
             mvalues = inst.values(ieid)
             member = entity_id(inp.aggregated, {v: mvalues[v] for v in inp.aggregated})
-            cert.put((name, relpath), InputFile(name, member, relpath, digest))
+            cert.put((name, relpath), InputFile(name, _intern(member), relpath, _intern(digest)))
         cert.nxt = {}  # the manifest this run commits records the view as it is now
-        return Gathered(cert.files(), [], [])
+        g = Gathered(cert.files(), [], [])
+        m = self.index.manifests[qualname].get(eid)
+        now = {key: cert.view.get(key) for key in cert.pending}
+        g._hashes = membertables.from_changes(
+            self.index, stage, eid, m, cert.pending, now, cert.view
+        )
+        return g
 
     def run_inputs(
         self, q: str, eid: str, gathered: Gathered, read: dict[str, dict[str, str]] | None
-    ) -> dict[str, dict[str, str]]:
+    ) -> dict[str, Mapping[str, str]]:
         """What a run's manifest records: what it gathered, or, when its worker made the call
-        full, what the worker read (an aggregate's cert no longer matches that manifest)."""
-        if read is None:
-            return gathered.hashes()
-        self.certs.drop(q, eid)
-        return read
+        full, what the worker read (an aggregate's cert no longer matches that manifest); an
+        aggregated input as a member table (core/members.py)."""
+        inputs: Mapping[str, Mapping[str, str]] = gathered.hashes()
+        if read is not None:
+            self.certs.drop(q, eid)
+            inputs = read
+        stage = self.ws.graph.stages[q]
+        if not any(inp.aggregated for inp in stage.inputs):
+            return dict(inputs)
+        m = self.index.manifests[q].get(eid)
+        return membertables.by_reference(self.index, stage, eid, m, inputs)
 
     def _refresh(self, q: str, eid: str, cert: Cert, files: list[InputFile]) -> None:
         """A run gathered (and hashed afresh) every member: the cert's view follows, as the

@@ -10,7 +10,7 @@ import logging
 import os
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from eventrunner.core.errors import PermanentError, RetryLater, StorageError
@@ -56,7 +56,7 @@ class Finishing:
         q: str,
         eid: str,
         values: dict[str, str],
-        inputs: dict[str, dict[str, str]],
+        inputs: Mapping[str, Mapping[str, str]],
         written: Written,
         started: float,
         attempt: int,

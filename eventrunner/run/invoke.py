@@ -135,7 +135,7 @@ def build_kwargs(
     member id, `Changes` inputs as what changed since `previous` (the previous output, checked)
     for files marked for an incremental call (run/changes_input.py); else every member."""
     if previous is None and any(f.delta for f in files):
-        files = delta.full_call(files)
+        files = delta.full_call(files, [inp.name for inp in stage.inputs])
     shape = _shape(func)
     hints = shape.hints
     # `**inputs: Path` annotates every input that has no parameter of its own (stock handlers).
@@ -143,13 +143,15 @@ def build_kwargs(
     kwargs: dict[str, Any] = {}
     for inp in stage.inputs:
         ann = hints.get(inp.name, default_ann)
-        mine = [f for f in files if f.name == inp.name]
         if ann is Changes or typing.get_origin(ann) is Changes:
             if not inp.aggregated:
                 raise PermanentError(f"input {inp.name}: Changes[...] is for fan-in inputs only")
             read = partial(_read_member, root, delta.inner_type(ann), inp.name)
-            kwargs[inp.name] = delta.changes_value(mine, read, previous)
-        elif inp.aggregated:
+            alone = len(stage.inputs) == 1
+            kwargs[inp.name] = delta.changes_value(files, read, previous, inp.name, alone)
+            continue
+        mine = [f for f in files if f.name == inp.name]
+        if inp.aggregated:
             args = typing.get_args(ann)
             inner = args[1] if len(args) == 2 else ann if ann in (Path, bytes, str) else str
             kwargs[inp.name] = {
@@ -367,5 +369,5 @@ def _call_with_fallback(
             log.debug("%s %s: a full call asked for", stage.qualname, ctx.entity_id)
         if ctx.output_path is not None and os.path.lexists(ctx.output_path):
             Written([(ctx.output_path, ctx.output_path)], {}).discard()
-    full, read = delta.rehashed(delta.full_call(files), root)
+    full, read = delta.rehashed(delta.full_call(files, [i.name for i in stage.inputs]), root)
     return call_sync(func, given, build_kwargs(stage, func, full, root)), read

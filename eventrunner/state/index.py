@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from eventrunner.core.patterns import trusted_entity_id as entity_id
 from eventrunner.core.records import Control, Failure, Manifest
-from eventrunner.state import indexdb, indexmaps
+from eventrunner.state import heap, indexdb, indexmaps
 from eventrunner.state.entities import EntityQueries
 from eventrunner.state.filecache import FileCache
 from eventrunner.state.instances import Instances
@@ -80,12 +80,17 @@ class Index(Saving, EntityQueries):
         self.files.entries.cool()
 
     def cool_warm(self) -> None:
-        """`cool` only the maps a scan made complete (cheap when none is)."""
+        """`cool` only the maps a scan made complete (cheap when none is), and give the memory
+        they held back to the system."""
+        cooled = self.files.entries.complete
         for mm in self.manifests.values():
             if mm.complete:
                 mm.cool()
+                cooled = True
         if self.files.entries.complete:
             self.files.entries.cool()
+        if cooled:
+            heap.trim()
 
     @property
     def changed(self) -> bool:

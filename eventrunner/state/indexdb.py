@@ -26,9 +26,10 @@ from typing import Any
 import xxhash
 
 from eventrunner.core.records import Control, Failure, Manifest
+from eventrunner.state import members as _members_io  # noqa: F401 (the member log reader)
 from eventrunner.state.files import atomic_write
 
-CACHE_VERSION = 14  # of the layout: another version is rebuilt
+CACHE_VERSION = 15  # of the layout: another version is rebuilt (15: member tables by reference)
 _SUM = 8
 LEGACY = ("index.pickle", "index.journal")  # the cache of versions before 13
 _SCHEMA = (
@@ -85,7 +86,8 @@ def _rebuild() -> Any:
 def pack_manifest(m: Manifest) -> tuple[bytes, bytes]:
     """(outs, rec): the output and dropped paths alone (for narrow scans), and the record: its
     compact state marshalled (interned strings come back interned, so the paths, hashes, code
-    and params of decoded manifests are shared), or pickled if it holds anything else."""
+    and params of decoded manifests are shared; an aggregate's member tables by reference), or
+    pickled if it holds anything else."""
     key = _mkey(m.stage, m.entity)
     outs = marshal.dumps((tuple(m.output_paths), tuple(m.dropped)))
     rebuild, state = m.__reduce__()
@@ -215,12 +217,16 @@ class IndexDB:
 
     def manifest(self, q: str, eid: str) -> Manifest | None:
         row = self._one("SELECT rec FROM manifests WHERE stage = ? AND entity = ?", (q, eid))
-        return None if row is None else unpack_manifest(q, eid, row[0])
+        return None if row is None else self._located(unpack_manifest(q, eid, row[0]))
 
     def manifests(self, q: str) -> Iterator[tuple[str, Manifest]]:
         """(entity, manifest) of every manifest of a stage, in entity order."""
         for eid, rec in self._rows("SELECT entity, rec FROM manifests WHERE stage = ?", (q,)):
-            yield eid, unpack_manifest(q, eid, rec)
+            yield eid, self._located(unpack_manifest(q, eid, rec))
+
+    def _located(self, m: Manifest) -> Manifest:
+        """Member tables' logs are beside the manifest files (state/<stage>/)."""
+        return m.locate(str(self.path.parent / "state" / m.stage)) if m.members else m
 
     def manifest_outputs_of(
         self, q: str

@@ -22,6 +22,7 @@ from eventrunner.core.records import AttemptOutput, Control, Failure, Manifest
 from eventrunner.state.attempts import AttemptLog
 from eventrunner.state.files import atomic_write, dumps, temp_name, write_file
 from eventrunner.state.lock import WorkspaceLock
+from eventrunner.state.members import remove_logs, write_logs
 
 
 def _fname(eid: str) -> str:
@@ -142,6 +143,7 @@ class Store:
         """Forget a state (prune), and the output its attempts printed."""
         self._delete_record(self.manifest_path(stage, eid))
         self._delete_record(self.output_path(stage, eid))
+        remove_logs(str(self.manifest_path(stage, eid)))  # an aggregate's member logs
 
     def write_failure(self, failure: Failure) -> None:
         """Record a failure durably."""
@@ -161,7 +163,12 @@ class Store:
         staged: list[Staged] = []
         try:
             for record in records:
-                self._write_record(self._path_of(record), dumps(record.to_json()), staged)
+                path = self._path_of(record)
+                if isinstance(record, Manifest) and record.members:
+                    # An aggregate's member log lines, before the barrier and the rename.
+                    os.makedirs(path.parent, exist_ok=True)
+                    write_logs(record, str(path.parent))
+                self._write_record(path, dumps(record.to_json()), staged)
         except BaseException:
             self.abandon(staged)
             raise
@@ -202,7 +209,8 @@ class Store:
 
 def _read(path: Path, cls: Any) -> Any:
     try:
-        return cls.from_json(json.loads(path.read_bytes()))  # a Manifest or a Failure
+        item = cls.from_json(json.loads(path.read_bytes()))  # a Manifest or a Failure
+        return item.locate(str(path.parent)) if isinstance(item, Manifest) else item
     except (FileNotFoundError, NotADirectoryError):
         return None
     except (ValueError, KeyError, TypeError):

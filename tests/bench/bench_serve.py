@@ -252,7 +252,16 @@ def main() -> None:
         action="store_true",
         help="with --fanin: the fan-in total as an incremental handler (a Changes input)",
     )
+    parser.add_argument(
+        "--cpu-of",
+        type=Path,
+        default=None,
+        help="only: drops into this built fan-in workspace, wall and serve CPU per drop",
+    )
     args = parser.parse_args()
+    if args.cpu_of is not None:
+        fanin_drop_cpu(args.cpu_of, args.drops)
+        return
     sizes = [int(s) for s in args.sizes.split(",") if s]
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-serve-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -435,6 +444,38 @@ def fanin_rows(workdir: Path, sizes: list[int], drops: int, incremental: bool = 
     )
     for r in [head, ["-" * w for w in widths], *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+
+
+def fanin_drop_cpu(ws: Path, drops: int, warm: int = 1) -> None:
+    """Drops into a built fan-in workspace under serve (after `warm` drops: the first pays the
+    full walk that makes the aggregate's cert): wall to the new total.txt and the serve
+    process's CPU (user + system) per drop, p50 of each, and RSS after (issue 15's rows)."""
+    total = int((ws / "total.txt").read_text())
+    server = Serve(ws, {})
+    proc = psutil.Process(server.proc.pid)
+    lat: list[float] = []
+    cpu: list[float] = []
+    try:
+        for i in range(warm + drops):
+            total += 100 + i
+            c0 = sum(proc.cpu_times()[:2])
+            began = time.perf_counter()
+            (ws / f"inbox/drop-cpu-{time.strftime('%H%M%S')}-{i:03d}.txt").write_text(
+                "w " * (100 + i)
+            )
+            done = wait_for(ws / "total.txt", f"{total}\n", began + 900, "drop")
+            time.sleep(0.3)  # the commit's tail (index, events) counts in this drop's CPU
+            if i >= warm:
+                lat.append(done - began)
+                cpu.append(sum(proc.cpu_times()[:2]) - c0)
+        rss = server.rss_mb()
+    finally:
+        server.stop()
+    print(
+        f"drop -> total.txt over {drops} drops ({ws.name}): p50 {ms(statistics.median(lat))} "
+        f"(p90 {ms(pct(lat, 0.9))}), serve CPU p50 {ms(statistics.median(cpu))}, "
+        f"RSS after {rss:.0f} MB, start-up {server.startup:.2f} s"
+    )
 
 
 if __name__ == "__main__":
