@@ -77,13 +77,17 @@ class Engine(Finishing):
             self.ws.settings.runtime.executor, self.jobs, self.ws.settings.runtime
         )
         self.executor.on_capacity_change(self._wake.set)
-        self.committer = Committer(store, index.root)
+        self.committer = Committer(store, index.root, after_batch=self._follow_batch)
         self._funcs: dict[str, Callable[..., Any]] = {}
         loader.forget(
             self.ws.settings.handlers_dir
         )  # helpers edited since the last run import afresh
         self._dispatcher: asyncio.Task[None] | None = None
-        self._commits: set[asyncio.Task[None]] = set()
+        self._commits: set[asyncio.Task[None]] = set()  # recording failed commits
+        self._committing = 0  # successes queued for a group commit, not yet followed
+        self._follow: list[Target] = []
+        self._follow_written: dict[str, str] = {}
+        self._to_settle: list[str] = []
         self.max_inflight_commits = (
             2048  # backpressure: finished runs waiting for their group commit
         )
@@ -231,6 +235,7 @@ class Engine(Finishing):
             not self._heap
             and not self._tasks
             and not self._commits
+            and not self._committing
             and not any(self._deferred.values())
             and not self.settling.waiting
         )
@@ -240,11 +245,15 @@ class Engine(Finishing):
             await self._wake.wait()
             self._wake.clear()
             if self._accepting:
-                if self.settling.waiting and not (self._heap or self._tasks or self._commits):
+                busy = self._heap or self._tasks or self._commits or self._committing
+                if self.settling.waiting and not busy:
                     self.consider(self.settling.release_all())  # safety net: nothing in flight
                 self._dispatch()
-            if self._is_idle() or (not self._accepting and not self._tasks and not self._commits):
+            if self._is_idle() or (not self._accepting and not self._in_flight()):
                 self._idle.set()
+
+    def _in_flight(self) -> bool:
+        return bool(self._tasks or self._commits or self._committing)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop starting work; let running handlers finish (within `grace` s), commit, stop. Idempotent."""
@@ -253,7 +262,7 @@ class Engine(Finishing):
         pending: set[asyncio.Task[None]] = set()
         if self._tasks:
             _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-            pending &= self._tasks  # those past their handler are commits now: awaited below
+            pending &= self._tasks  # those past their handler queued their commits
             for task in pending:
                 task.cancel()
             if pending:
@@ -265,7 +274,8 @@ class Engine(Finishing):
             and not any(self._deferred.values())
             and not self.settling.waiting
         )
-        if self._commits:
+        await self.committer.flush()  # every queued commit written and followed
+        while self._commits:  # a failed commit's own record
             await asyncio.wait(set(self._commits))
         if self._dispatcher is not None:
             self._dispatcher.cancel()
@@ -282,7 +292,7 @@ class Engine(Finishing):
         while (
             self._heap
             and len(self._tasks) < slots
-            and len(self._commits) < self.max_inflight_commits
+            and self._committing + len(self._commits) < self.max_inflight_commits
         ):
             item = heapq.heappop(self._heap)
             q, eid = item[3], item[4]
@@ -298,7 +308,7 @@ class Engine(Finishing):
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._commits.discard(task)  # a run whose handler returned went on as a commit
+        self._commits.discard(task)  # a failed commit's record
         self._wake.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("internal error in a job", exc_info=task.exception())
@@ -351,20 +361,14 @@ class Engine(Finishing):
             inputs = self.evaluator.run_inputs(q, eid, gathered, written.inputs)
             manifest = self._manifest(q, eid, values, inputs, written, started, attempt)
             committing = True
-            # The slot is freed now: this task goes on as a commit (not a second task per run),
-            # which joins the next group (one sync for many runs).
-            task = asyncio.current_task()
-            assert task is not None  # _dispatch started this as a task
-            self._tasks.discard(task)
-            self._commits.add(task)
         finally:
             self.index.handler_returned(q, eid)
             if not committing:
                 self.index.attempt_ended(q, eid)
                 self._settled(q)
             self._release(q)
-        if committing:
-            await self._commit_success(manifest, written, key, prev)
+        if committing:  # joins the next group (one sync for many runs); no task waits on it
+            self._commit_then_follow(manifest, written, key, prev)
 
     def _call(
         self, q: str, eid: str, values: dict[str, str], files: list[Any], attempt: int
