@@ -56,6 +56,7 @@ class Finishing:
 
     consider: Callable[..., int]  # the Engine's: check targets and queue the stale ones
     _done: Callable[[asyncio.Task[None]], None]  # the Engine's: a task of its ended
+    _in_flight: Callable[[], bool]  # the Engine's: handlers running or commits under way
 
     def _manifest(
         self,
@@ -156,7 +157,8 @@ class Finishing:
         finally:
             for q in stages:
                 self._settled(q)
-            self._wake.set()  # the dispatcher looks again (work queued, or idle now)
+            if not self._in_flight():  # idle now, or an aggregate's safety net: look again
+                self._wake.set()
 
     async def _commit_failed(
         self,
