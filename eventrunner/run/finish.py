@@ -57,6 +57,7 @@ class Finishing:
     consider: Callable[..., int]  # the Engine's: check targets and queue the stale ones
     _done: Callable[[asyncio.Task[None]], None]  # the Engine's: a task of its ended
     _in_flight: Callable[[], bool]  # the Engine's: handlers running or commits under way
+    _heap: list[tuple[int, int, int, str, str]]  # the Engine's queue
 
     def _manifest(
         self,
@@ -157,7 +158,9 @@ class Finishing:
         finally:
             for q in stages:
                 self._settled(q)
-            if not self._in_flight():  # idle now, or an aggregate's safety net: look again
+            # The dispatcher looks again: idle now, an aggregate's safety net, or queued work
+            # that the commit backpressure (max_inflight_commits) may have held back.
+            if self._heap or not self._in_flight():
                 self._wake.set()
 
     async def _commit_failed(
