@@ -43,13 +43,23 @@ class Commit:
     stats: dict[str, os.stat_result] = field(default_factory=dict)
 
 
-class Committer:
-    """Batches commits; `submit` returns once its commit is durable and in place."""
+# Told on the loop how one commit went: None once it is durable and in place, else the error.
+Done = Callable[[BaseException | None], None]
 
-    def __init__(self, store: Store, data_root: Path) -> None:
+
+class Committer:
+    """Batches commits; `submit` returns once its commit is durable and in place, `submit_then`
+    calls back instead (no future and no task wake-up per commit). `after_batch` is called on
+    the loop once every commit of a batch has been told: the engine follows a whole batch's
+    outputs downstream in one pass."""
+
+    def __init__(
+        self, store: Store, data_root: Path, after_batch: Callable[[], None] | None = None
+    ) -> None:
         self.store = store
         self.data_root = data_root
-        self._queue: asyncio.Queue[tuple[Commit, asyncio.Future[None]]] | None = None
+        self.after_batch = after_batch
+        self._queue: asyncio.Queue[tuple[Commit, asyncio.Future[None] | Done]] | None = None
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.commits = 0
@@ -75,7 +85,7 @@ class Committer:
         """Finish queued commits, make the last renames durable, stop. Safe to call twice."""
         if self._task is None or self._queue is None:
             return
-        await self._queue.join()
+        await self.flush()
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
@@ -83,13 +93,26 @@ class Committer:
         if self.batches:
             await asyncio.to_thread(self._barrier)  # the last batch's manifest renames
 
+    async def flush(self) -> None:
+        """Return once every commit queued so far has been written and told (callbacks run)."""
+        if self._queue is not None:
+            await self._queue.join()
+
     async def submit(self, commit: Commit) -> None:
         """Queue a commit and wait until it is durable."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._put(commit, fut)
+        await fut
+
+    def submit_then(self, commit: Commit, done: Done) -> None:
+        """Queue a commit; `done(None)` (durable and in place) or `done(error)` is called on
+        the loop with the rest of its batch, before `after_batch`."""
+        self._put(commit, done)
+
+    def _put(self, commit: Commit, waiter: asyncio.Future[None] | Done) -> None:
         if self._queue is None:
             raise RuntimeError("committer is not running")
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((commit, fut))  # unbounded: never waits
-        await fut
+        self._queue.put_nowait((commit, waiter))  # unbounded: never waits
 
     async def _loop(self) -> None:
         assert self._queue is not None
@@ -97,17 +120,19 @@ class Committer:
             batch = [await self._queue.get()]
             while not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            error: BaseException | None = None
             try:
                 await asyncio.to_thread(self._write_batch, [c for c, _ in batch])
             except Exception as exc:
                 log.exception("commit of %d states failed", len(batch))
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-            else:
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_result(None)
+                error = exc
+            try:
+                for _, waiter in batch:
+                    _tell(waiter, error)
+                if self.after_batch is not None:
+                    self.after_batch()
+            except Exception:  # the engine's follow-up: logged, the committer goes on
+                log.exception("internal error after a group commit")
             finally:
                 for _ in batch:
                     self._queue.task_done()
@@ -153,3 +178,18 @@ class Committer:
                     log.error("could not delete a failure record: %s", exc)
         self.batches += 1
         self.commits += len(batch)
+
+
+def _tell(waiter: asyncio.Future[None] | Done, error: BaseException | None) -> None:
+    """Resolve a submit's future, or call a submit_then's callback (its errors are logged)."""
+    if isinstance(waiter, asyncio.Future):
+        if not waiter.done():
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
+        return
+    try:
+        waiter(error)
+    except Exception:
+        log.exception("internal error after a commit")

@@ -12,16 +12,15 @@ import contextlib
 import heapq
 import itertools
 import logging
-import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from eventrunner.core.staleness import Reason, Verdict
-from eventrunner.run.changes_input import incremental_possible, mark_for_call
+from eventrunner.run.attempt import Running
 from eventrunner.run.commit import Committer
 from eventrunner.run.evaluate import Evaluator
-from eventrunner.run.events import EventBus, Queued, Started
-from eventrunner.run.executors import Call, Executor
+from eventrunner.run.events import EventBus, Queued
+from eventrunner.run.executors import Executor
 from eventrunner.run.finish import Finishing
 from eventrunner.run.planner import Planner, Target
 from eventrunner.run.pools import make_executor
@@ -34,7 +33,7 @@ from eventrunner.workspace import loader
 log = logging.getLogger("eventrunner.engine")
 
 
-class Engine(Finishing):
+class Engine(Running, Finishing):
     """Runs stale states, upstream first and by priority, and follows their effects downstream."""
 
     def __init__(
@@ -68,7 +67,7 @@ class Engine(Finishing):
         self._running_per_stage: dict[str, int] = {}
         self._rerun: set[tuple[str, str]] = set()
         self._failed_now: set[tuple[str, str]] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()  # attempts under way (run/attempt.py)
         self._seq = itertools.count()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -77,13 +76,17 @@ class Engine(Finishing):
             self.ws.settings.runtime.executor, self.jobs, self.ws.settings.runtime
         )
         self.executor.on_capacity_change(self._wake.set)
-        self.committer = Committer(store, index.root)
+        self.committer = Committer(store, index.root, after_batch=self._follow_batch)
         self._funcs: dict[str, Callable[..., Any]] = {}
         loader.forget(
             self.ws.settings.handlers_dir
         )  # helpers edited since the last run import afresh
         self._dispatcher: asyncio.Task[None] | None = None
-        self._commits: set[asyncio.Task[None]] = set()
+        self._commits: set[asyncio.Task[None]] = set()  # recording failed commits
+        self._committing = 0  # successes queued for a group commit, not yet followed
+        self._follow: list[Target] = []
+        self._follow_written: dict[str, str] = {}
+        self._to_settle: list[str] = []
         self.max_inflight_commits = (
             2048  # backpressure: finished runs waiting for their group commit
         )
@@ -234,6 +237,7 @@ class Engine(Finishing):
             not self._heap
             and not self._tasks
             and not self._commits
+            and not self._committing
             and not any(self._deferred.values())
             and not self.settling.waiting
         )
@@ -243,24 +247,30 @@ class Engine(Finishing):
             await self._wake.wait()
             self._wake.clear()
             if self._accepting:
-                if self.settling.waiting and not (self._heap or self._tasks or self._commits):
+                busy = self._heap or self._tasks or self._commits or self._committing
+                if self.settling.waiting and not busy:
                     self.consider(self.settling.release_all())  # safety net: nothing in flight
                 self._dispatch()
-            if self._is_idle() or (not self._accepting and not self._tasks and not self._commits):
+            if self._is_idle() or (not self._accepting and not self._in_flight()):
                 self._idle.set()
+
+    def _in_flight(self) -> bool:
+        return bool(self._tasks or self._commits or self._committing)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop starting work; let running handlers finish (within `grace` s), commit, stop. Idempotent."""
         self._accepting = False
         dropped = self.executor.drop_queued()  # not started: they need not use the grace
-        pending: set[asyncio.Task[None]] = set()
+        pending: set[asyncio.Future[Any]] = set()
         if self._tasks:
             _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-            pending &= self._tasks  # those past their handler are commits now: awaited below
+            pending &= self._tasks  # those that ended meanwhile queued their commits
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
+        while self._tasks:  # failures being recorded (each keeps its slot until then)
+            await asyncio.wait(set(self._tasks))
         self.stopped_clean = (
             not dropped
             and not pending
@@ -268,7 +278,8 @@ class Engine(Finishing):
             and not any(self._deferred.values())
             and not self.settling.waiting
         )
-        if self._commits:
+        await self.committer.flush()  # every queued commit written and followed
+        while self._commits:  # a failed commit's own record
             await asyncio.wait(set(self._commits))
         if self._dispatcher is not None:
             self._dispatcher.cancel()
@@ -285,7 +296,7 @@ class Engine(Finishing):
         while (
             self._heap
             and len(self._tasks) < slots
-            and len(self._commits) < self.max_inflight_commits
+            and self._committing + len(self._commits) < self.max_inflight_commits
         ):
             item = heapq.heappop(self._heap)
             q, eid = item[3], item[4]
@@ -295,95 +306,17 @@ class Engine(Finishing):
                 continue
             values = self._queued.pop((q, eid))
             self._running_per_stage[q] = self._running_per_stage.get(q, 0) + 1
-            task = asyncio.ensure_future(self._run_one(q, eid, values))
-            self._tasks.add(task)
-            task.add_done_callback(self._done)
+            try:
+                self._start(q, eid, values)  # run/attempt.py: callbacks from here on
+            except Exception:  # before the attempt was noted (its inputs' gather)
+                log.exception("internal error in a job")
+                self._running_per_stage[q] -= 1
+                self._settled(q)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._commits.discard(task)  # a run whose handler returned went on as a commit
-        self._wake.set()
+        self._commits.discard(task)  # a failed commit's record
+        if not self._in_flight():  # else a later end wakes it (a freed slot did: _release)
+            self._wake.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("internal error in a job", exc_info=task.exception())
-
-    def _release(self, q: str) -> None:
-        self._running_per_stage[q] -= 1
-        for item in self._deferred.pop(q, []):
-            heapq.heappush(self._heap, item)
-        self._wake.set()
-
-    def _loaded(self, q: str) -> Callable[..., Any] | None:
-        """The handler, or None if it cannot be loaded (the call itself then fails)."""
-        try:
-            return self._handler(q)
-        except Exception:
-            return None
-
-    def _handler(self, q: str) -> Callable[..., Any]:
-        func = self._funcs.get(q)
-        if func is None:
-            func = self._funcs[q] = loader.load(self.ws.handlers[q])
-        return func
-
-    async def _run_one(self, q: str, eid: str, values: dict[str, str]) -> None:
-        # consider() just found every producer fresh; only the input files and hashes are needed.
-        incremental = incremental_possible(
-            self.evaluator, q, eid, values, self._loaded(q), self.ws.settings.runtime.executor
-        )
-        gathered = self.evaluator.gather_for_run(q, eid, values, from_cert=incremental)
-        key = self.evaluator.attempt_key(q, gathered.hashes())
-        prev = self.index.failures[q].get(eid)
-        attempt = (prev.attempts if prev is not None and prev.key == key else 0) + 1
-        started = time.time()
-        committing = False
-        try:
-            # Noted before the call: an attempt that takes the process down counts after a
-            # restart (state/recovery.py). A note that cannot be written fails the attempt.
-            self.index.attempt_started(q, eid, key, attempt, started)
-            self.outcome.executed += 1
-            self.outcome.ran.add((q, eid))
-            if self.events.listening:  # else not even built (per execution)
-                self.events.emit(Started(stage=q, entity=eid, attempt=attempt))
-            call = self._call(q, eid, values, gathered.files, attempt)
-            # The executor bounds the handler's own run time (stage.timeout) and raises
-            # HandlerTimeout or WorkerLost; a cancel of this task cancels the call.
-            written = await self.executor.submit(call)
-        except Exception as exc:
-            await self._fail(q, eid, key, prev, exc, started)
-        else:
-            inputs = self.evaluator.run_inputs(q, eid, gathered, written.inputs)
-            manifest = self._manifest(q, eid, values, inputs, written, started, attempt)
-            committing = True
-            # The slot is freed now: this task goes on as a commit (not a second task per run),
-            # which joins the next group (one sync for many runs).
-            task = asyncio.current_task()
-            assert task is not None  # _dispatch started this as a task
-            self._tasks.discard(task)
-            self._commits.add(task)
-        finally:
-            self.index.handler_returned(q, eid)
-            if not committing:
-                self.index.attempt_ended(q, eid)
-                self._settled(q)
-            self._release(q)
-        if committing:
-            await self._commit_success(manifest, written, key, prev)
-
-    def _call(
-        self, q: str, eid: str, values: dict[str, str], files: list[Any], attempt: int
-    ) -> Call:
-        """What the executor runs for one attempt."""
-        func = self._handler(q)
-        executor = self.ws.settings.runtime.executor
-        return Call(
-            stage=self.ws.graph.stages[q],
-            entity=eid,
-            handler=self.ws.handlers[q],
-            func=func,
-            # Marked for an incremental fan-in call when the handler takes Changes (issue 15).
-            files=mark_for_call(self.evaluator, q, eid, values, files, func, executor),
-            values=values,
-            attempt=attempt,
-            root=self.index.root,
-            code=self.ws.code[q],
-        )

@@ -6,6 +6,7 @@ that each half reads in one sitting.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -44,12 +45,19 @@ class Finishing:
     events: EventBus
     planner: Planner
     settling: Settling
-    _commits: set[asyncio.Task[None]]
+    _commits: set[asyncio.Task[None]]  # recording a commit's failure
+    _committing: int  # commits queued, not yet told
+    _follow: list[Target]  # what this batch's commits affect, checked once it is told
+    _follow_written: dict[str, str]  # this batch's outputs and their hashes
+    _to_settle: list[str]  # the stages of this batch's commits
     _failed_now: set[tuple[str, str]]
     _rerun: set[tuple[str, str]]
     _wake: asyncio.Event
 
     consider: Callable[..., int]  # the Engine's: check targets and queue the stale ones
+    _done: Callable[[asyncio.Task[None]], None]  # the Engine's: a task of its ended
+    _in_flight: Callable[[], bool]  # the Engine's: handlers running or commits under way
+    _heap: list[tuple[int, int, int, str, str]]  # the Engine's queue
 
     def _manifest(
         self,
@@ -90,36 +98,45 @@ class Finishing:
         if released := self.settling.done(q):
             self.consider(released)
 
-    async def _commit_success(
+    def _commit_then_follow(
         self, manifest: Manifest, written: Written, key: str, prev: Failure | None
     ) -> None:
-        try:
-            await self._commit_and_follow(manifest, written, key, prev)
-        finally:
-            self._settled(manifest.stage)
-
-    async def _commit_and_follow(
-        self, manifest: Manifest, written: Written, key: str, prev: Failure | None
-    ) -> None:
-        q, eid = manifest.stage, manifest.entity
+        """Queue a successful attempt's commit. Once durable it is recorded (`_committed`) and
+        followed downstream together with the rest of its batch (`_follow_batch`): no task
+        waits on it, and one pass checks what a whole group commit affects."""
         commit = Commit(
             manifest=manifest,
             temps=written.temps,
             clear_failure=prev is not None,
-            output=_output(manifest.stage, eid, manifest.attempt, manifest.started, written.output),
+            output=_output(
+                manifest.stage, manifest.entity, manifest.attempt, manifest.started, written.output
+            ),
         )
+        self._committing += 1
+        done = functools.partial(self._committed, commit, manifest, written, key, prev)
         try:
-            await self.committer.submit(commit)
-        except Exception as exc:
-            # Recorded and retried like a handler failure (disk full, I/O error): the retry runs
-            # the handler again and writes everything anew, never re-syncing the same data.
-            written.discard()
-            error = attach(StorageError(redact(f"commit failed: {exc}")), written.output)
-            try:
-                await self._fail(q, eid, key, prev, error, manifest.started)
-            finally:
-                self.index.attempt_ended(q, eid)
+            self.committer.submit_then(commit, done)
+        except Exception as exc:  # the committer is not running
+            done(exc)
+
+    def _committed(
+        self,
+        commit: Commit,
+        manifest: Manifest,
+        written: Written,
+        key: str,
+        prev: Failure | None,
+        error: BaseException | None,
+    ) -> None:
+        """One commit of a batch is durable (or failed): record it; followed after the batch."""
+        self._committing -= 1
+        q, eid = manifest.stage, manifest.entity
+        if error is not None:
+            task = asyncio.ensure_future(self._commit_failed(manifest, written, key, prev, error))
+            self._commits.add(task)
+            task.add_done_callback(self._done)
             return
+        self._to_settle.append(q)  # settled after the batch's pass, whatever happens here
         root = os.path.join(self.index.root, "")
         stats = {rel: st for rel in written.hashes if (st := commit.stats.get(root + rel))}
         old = self.index.record_success(manifest, written.hashes, stats)
@@ -127,6 +144,46 @@ class Finishing:
         if self.events.listening:
             self.events.emit(Succeeded(stage=q, entity=eid, duration_s=manifest.duration_s))
         self._after_commit(q, eid, manifest, old)
+
+    def _follow_batch(self) -> None:
+        """After a group commit: one pass over what its outputs affect (the committer's hook)."""
+        targets, self._follow = self._follow, []
+        written, self._follow_written = self._follow_written, {}
+        stages, self._to_settle = self._to_settle, []
+        try:
+            if targets:
+                self.evaluator.reset()
+                self.evaluator.written(written)  # in place, and stat'ed by record_success
+                self.consider(targets, fresh_pass=True)
+        finally:
+            for q in stages:
+                self._settled(q)
+            # The dispatcher looks again: idle now, an aggregate's safety net, or queued work
+            # that the commit backpressure (max_inflight_commits) may have held back.
+            if self._heap or not self._in_flight():
+                self._wake.set()
+
+    async def _commit_failed(
+        self,
+        manifest: Manifest,
+        written: Written,
+        key: str,
+        prev: Failure | None,
+        exc: BaseException,
+    ) -> None:
+        """A commit failed (disk full, I/O error): recorded and retried like a handler failure;
+        the retry runs the handler again and writes everything anew, never re-syncing the same
+        data."""
+        q, eid = manifest.stage, manifest.entity
+        try:
+            written.discard()
+            error = attach(StorageError(redact(f"commit failed: {exc}")), written.output)
+            try:
+                await self._fail(q, eid, key, prev, error, manifest.started)
+            finally:
+                self.index.attempt_ended(q, eid)
+        finally:
+            self._settled(q)
 
     async def _fail(
         self,
@@ -189,11 +246,12 @@ class Finishing:
             )
 
     def _after_commit(self, q: str, eid: str, manifest: Manifest, old: Manifest | None) -> None:
-        """A committed output is an event for the stages that read it (and read what it dropped)."""
+        """A committed output is an event for the stages that read it (and read what it
+        dropped): they join the batch's pass (`_follow_batch`)."""
         stage = self.ws.graph.stages[q]
         self.index.attempt_ended(q, eid)
         self.evaluator.committed(q, eid, manifest)  # an aggregate's cert moves on to it
-        targets: list[Target] = []
+        targets = self._follow
         pattern = self.index.instances[stage.output.key].pattern
         outputs = manifest.outputs  # a dict built per access
         for relpath in outputs:
@@ -207,9 +265,7 @@ class Finishing:
         if (q, eid) in self._rerun:
             self._rerun.discard((q, eid))
             targets.append((q, eid, manifest.values))
-        self.evaluator.reset()
-        self.evaluator.written(outputs)  # in place, and stat'ed by record_success
-        self.consider(targets, fresh_pass=True)
+        self._follow_written.update(outputs)
 
 
 def _output(

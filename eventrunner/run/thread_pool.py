@@ -174,6 +174,7 @@ class ThreadExecutor(Executor):
             # Resolved here, not cancelled: nothing for _resolved to do (one callback less).
             if job.on_done is not None:
                 job.future.remove_done_callback(job.on_done)
+                job.on_done = None  # it refers to the job: a cycle for the collector else
             if error is not None:
                 job.future.set_exception(error)
             else:
@@ -181,6 +182,7 @@ class ThreadExecutor(Executor):
 
     def _resolved(self, job: _Job) -> None:
         """The future is done; if it was cancelled, drop or abandon the call behind it."""
+        job.on_done = None  # (see _deliver)
         if job.timer is not None:
             job.timer.cancel()
         if job.future.cancelled():

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +46,42 @@ _EXCL_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 
 
+def _floatstr(o: float) -> str:
+    """A float as json writes it (allow_nan: NaN, Infinity, -Infinity)."""
+    if o != o:
+        return "NaN"
+    if o == math.inf:
+        return "Infinity"
+    if o == -math.inf:
+        return "-Infinity"
+    return float.__repr__(o)
+
+
+# json's own indented encoder, built once: json.dumps(..., indent=1) builds it on every call,
+# a JSONEncoder and a nest of closures that refer to each other, i.e. a reference cycle that
+# only the cycle collector frees (a cold run wrote ~30 such objects per manifest and ran a
+# collection every few executions). Without a markers dict (no circular check: records are
+# plain trees) it keeps no state between calls, so any thread may use it.
+_iterencode: Callable[[Any, int], Iterable[str]] = json.encoder._make_iterencode(  # type: ignore[attr-defined]
+    None,  # markers
+    json.JSONEncoder().default,  # what json raises for a value it cannot encode
+    json.encoder.encode_basestring,  # ensure_ascii=False
+    " ",  # indent=1
+    _floatstr,
+    ": ",  # key separator (json's default with an indent)
+    ",",  # item separator (json's default with an indent)
+    True,  # sort_keys
+    False,  # skipkeys
+    True,  # one-shot
+)
+
+
 def dumps(value: Any) -> bytes:
-    """Sorted-key, indented JSON so state files diff well."""
-    return (json.dumps(value, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode()
+    """Sorted-key, indented JSON so state files diff well: byte for byte what
+    `json.dumps(value, sort_keys=True, indent=1, ensure_ascii=False)` writes."""
+    if isinstance(value, str):
+        return (json.encoder.encode_basestring(value) + "\n").encode()
+    return ("".join(_iterencode(value, 0)) + "\n").encode()
 
 
 def temp_name(final_name: str) -> str:

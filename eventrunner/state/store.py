@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,13 @@ from eventrunner.state.files import atomic_write, dumps, temp_name, write_file
 from eventrunner.state.lock import WorkspaceLock
 from eventrunner.state.members import remove_logs, write_logs
 
+# An id of only these characters is its own quoted form (quote() leaves them as they are).
+_PLAIN = re.compile(r"[A-Za-z0-9_.~=,@+-]+").fullmatch
+
 
 def _fname(eid: str) -> str:
     """File name for an entity id: readable, reversible, short enough for any filesystem."""
-    name = quote(eid, safe="=,-_.@+")
+    name = eid if _PLAIN(eid) else quote(eid, safe="=,-_.@+")
     if name.startswith("."):
         name = "%2E" + name[1:]
     if len(name) > 200:
@@ -52,6 +56,9 @@ class Store:
         self.attempts = AttemptLog(state_dir / "attempts.log")
         self._lock = WorkspaceLock(self.lock_path)
         self._dirs: set[str] = set()  # record folders known to exist
+        self._manifests = os.fspath(self.manifests)
+        self._failures = os.fspath(self.failures)
+        self._outputs = os.fspath(self.outputs)
 
     def ensure(self) -> None:
         """Create the folder layout."""
@@ -102,13 +109,15 @@ class Store:
             return Control()
 
     # -- writing: one pair for every record file ------------------------------------------------
-    def _write_record(self, path: Path, data: bytes, staged: list[Staged] | None = None) -> None:
+    def _write_record(
+        self, path: Path | str, data: bytes, staged: list[Staged] | None = None
+    ) -> None:
         """The one writer of record files. Alone: durable now (temp, fsync, rename, fsync the
         folder). Given `staged` (a group commit): only the temp is written beside `path` and
         listed there; the caller's barrier makes it durable and `install` puts it in place.
         (Plain strings from here on: a group commit stages a record per execution.)"""
         if staged is None:
-            atomic_write(path, data)
+            atomic_write(Path(path), data)
             return
         folder, name = os.path.split(path)
         if folder not in self._dirs:
@@ -128,12 +137,15 @@ class Store:
         """The one deleter of record files."""
         path.unlink(missing_ok=True)
 
-    def _path_of(self, record: Record) -> Path:
+    def _path_of(self, record: Record) -> str:
+        """Where a record lives, as a plain string (a group commit stages one per execution)."""
         if isinstance(record, Manifest):
-            return self.manifest_path(record.stage, record.entity)
-        if isinstance(record, AttemptOutput):
-            return self.output_path(record.stage, record.entity)
-        return self.failure_path(record.stage, record.entity)
+            base = self._manifests
+        elif isinstance(record, AttemptOutput):
+            base = self._outputs
+        else:
+            base = self._failures
+        return f"{base}/{record.stage}/{_fname(record.entity)}"
 
     def write_manifest(self, manifest: Manifest) -> None:
         """Replace a manifest durably (prune's rewrite; runs commit theirs through `stage`)."""
