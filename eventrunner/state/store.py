@@ -178,8 +178,9 @@ class Store:
                 path = self._path_of(record)
                 if isinstance(record, Manifest) and record.members:
                     # An aggregate's member log lines, before the barrier and the rename.
-                    os.makedirs(path.parent, exist_ok=True)
-                    write_logs(record, str(path.parent))
+                    folder = os.path.dirname(path)
+                    os.makedirs(folder, exist_ok=True)
+                    write_logs(record, folder)
                 self._write_record(path, dumps(record.to_json()), staged)
         except BaseException:
             self.abandon(staged)
