@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eventrunner.core.patterns import entity_id
-from eventrunner.state.scan import inside, scan
+from eventrunner.state.scan import folder_of, named, one_level, scan
 
 if TYPE_CHECKING:
     from eventrunner.core.graph import Graph
@@ -85,23 +85,17 @@ def _new_files(pattern: Pattern, root: str, stamped: set[str]) -> list[tuple[str
     """(relpath, values) of the files the pattern matches that `stamped` does not list. Set
     operations in C where the pattern's variables are all in one folder level (out/{id}.txt):
     a folder of 100,000 outputs is one listdir, not 100,000 DirEntry objects."""
-    prefix, at = pattern.static_prefix, os.path.join(root, "")
-    if len(pattern.segments) != (prefix.count("/") + 1 if prefix else 0) + 1:
+    at = os.path.join(root, "")
+    if not one_level(pattern):
         skip = {p[len(at) :] for p in stamped if p.startswith(at)}
         return list(scan(pattern, Path(root), skip=skip))
-    folder = os.path.join(at + prefix, "")
+    folder = os.path.join(folder_of(root, pattern), "")
     try:
         listed = os.listdir(folder)
     except OSError:
         return []
-    out = []
-    for path in {folder + name for name in listed}.difference(stamped):
-        rel = path[len(at) :]
-        if (values := pattern.match(rel)) is None or not os.path.isfile(path):
-            continue
-        if not os.path.islink(path) or inside(path, os.path.realpath(root)):  # as scan() does
-            out.append((rel, values))
-    return sorted(out)
+    new = {folder + name for name in listed}.difference(stamped)
+    return named(pattern, root, (path[len(folder) :] for path in new))
 
 
 def produced(index: Index, q: str) -> set[str]:
@@ -129,7 +123,7 @@ def output_dirs(graph: Graph, root: str) -> dict[str, Stat]:
     """Stats of the folder each output pattern starts in (None: not there): a file dropped
     into one changes it, which sends a no-change run to look (main.py compares them)."""
     return {
-        (path := _folder(root, s.output)): _stat(path)
+        (path := folder_of(root, s.output)): _stat(path)
         for s in graph.stages.values()
         if not s.output.is_literal
     }
@@ -143,13 +137,10 @@ def changed_output_dirs(graph: Graph, root: str, recorded: dict[str, Stat]) -> l
         q
         for q, stage in graph.stages.items()
         if not stage.output.is_literal
-        and ((path := _folder(root, stage.output)) not in recorded or recorded[path] != _stat(path))
+        and (
+            (path := folder_of(root, stage.output)) not in recorded or recorded[path] != _stat(path)
+        )
     ]
-
-
-def _folder(root: str, pattern: Pattern) -> str:
-    prefix = pattern.static_prefix
-    return os.path.join(root, prefix) if prefix else root
 
 
 def _stat(path: str) -> Stat:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from operator import itemgetter
 from pathlib import Path
 
@@ -67,3 +67,34 @@ def scan(
     found.sort(key=itemgetter(0))
     for relpath, vals in found:
         yield relpath, dict(zip(variables, vals, strict=True))
+
+
+def one_level(pattern: Pattern) -> bool:
+    """All variables in the last segment, the segments before it literal (out/{id}.txt): the
+    pattern's matches are names in one folder, which one listing finds."""
+    prefix = pattern.static_prefix
+    return len(pattern.segments) == (prefix.count("/") + 1 if prefix else 0) + 1
+
+
+def folder_of(root: str, pattern: Pattern) -> str:
+    """The folder a pattern's matches start in: its literal prefix below root."""
+    prefix = pattern.static_prefix
+    return os.path.join(root, prefix) if prefix else root
+
+
+def named(pattern: Pattern, root: str, names: Iterable[str]) -> list[tuple[str, dict[str, str]]]:
+    """(relpath, values) of the names in a one_level pattern's folder that it matches, sorted,
+    by the rules of scan(): a file or a folder, a symlink only if it stays below root."""
+    lead = pattern.static_prefix + "/" if pattern.static_prefix else ""
+    folder, root_real = folder_of(root, pattern), os.path.realpath(root)
+    out = []
+    for name in names:
+        path = os.path.join(folder, name)
+        if (values := pattern.match(lead + name)) is None:
+            continue
+        if not (os.path.isfile(path) or os.path.isdir(path)):
+            continue
+        if os.path.islink(path) and not inside(path, root_real):
+            continue
+        out.append((lead + name, values))
+    return sorted(out)

@@ -16,7 +16,7 @@ from typing import Any
 
 from eventrunner.core.patterns import Pattern, entity_id
 from eventrunner.state.fastpath import Look
-from eventrunner.state.scan import inside
+from eventrunner.state.scan import folder_of, named, one_level
 
 
 @dataclass
@@ -52,13 +52,13 @@ def diff_sources(ws: Any, look: Look) -> SourceDiff | None:
     gone: list[str] = []
     then_paths: str | None = None
     for key, src in ws.graph.sources.items():
-        folder = _folder(root, src.pattern)
+        folder = folder_of(root, src.pattern)
         if key not in then_ids:
             return None
         if not any(_related(p, folder) for p in changed):
             ids[key] = then_ids[key]
             continue
-        if not _flat(src.pattern):
+        if not one_level(src.pattern):
             return None
         if then_paths is None:
             then_paths = "\0" + look.packed_sources
@@ -86,35 +86,14 @@ def _listing_diff(
         now = set(os.listdir(folder))
     except OSError:
         now = set()
-    real_root = os.path.realpath(root)
-    came = []
-    for name in now - then:
-        rel, path = lead + name, os.path.join(folder, name)
-        if (values := pattern.match(rel)) is None:
-            continue
-        if not (os.path.isfile(path) or os.path.isdir(path)):
-            continue
-        if os.path.islink(path) and not inside(path, real_root):  # as scan() passes them over
-            continue
-        came.append((rel, values))
+    came = named(pattern, root, now - then)
     went = [(lead + n, vs) for n in then - now if (vs := pattern.match(lead + n)) is not None]
-    return sorted(came), sorted(went)
+    return came, sorted(went)
 
 
 def _top(then_paths: str) -> set[str]:
     """The stamp's source relpaths in the data root itself (no folder)."""
     return {p for p in then_paths.split("\0") if "/" not in p}
-
-
-def _flat(pattern: Pattern) -> bool:
-    """All variables in the last segment, the segments before it literal (out/{id}.txt)."""
-    prefix = pattern.static_prefix
-    return len(pattern.segments) == (prefix.count("/") + 1 if prefix else 0) + 1
-
-
-def _folder(root: str, pattern: Pattern) -> str:
-    prefix = pattern.static_prefix
-    return os.path.join(root, prefix) if prefix else root
 
 
 def _related(path: str, folder: str) -> bool:
