@@ -9,15 +9,21 @@ the members to look at again (`dirty`). Every change reaches the engine as a tar
 of each such target, so a member that is not dirty is as the walk found it. What no target
 announces (new definitions, a hold or an invalidation, a manifest the engine did not write)
 makes the cert invalid (`Certs.valid`), and the next check walks every member again.
+
+A session that follows only what changed since a stamp (everything was fresh then) seeds the
+certs instead (`Certs.seed`): an aggregate's first check takes its manifest's member tables as
+the view, with the members its catch-up and later targets marked as dirty, so no check ever
+walks every member (issue 15: at 100,000 members that walk took tens of seconds).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from eventrunner.core.graph import Input, Stage
+from eventrunner.core.members import Members
 from eventrunner.core.patterns import trusted_entity_id as entity_id
 from eventrunner.core.records import Manifest
 from eventrunner.core.staleness import Reason
@@ -94,9 +100,15 @@ class Cert:
 class Certs:
     """The certs of one engine's aggregate states, and the marking of their dirty members."""
 
-    def __init__(self, index: Index) -> None:
+    def __init__(self, index: Index, file_of: Callable[[str, str, str, str], Any]) -> None:
         self.index = index
         self.ws = index.ws
+        self._file_of = file_of  # (input name, member id, relpath, hash) -> an InputFile
+        # Seeding (see the module docstring): what it holds for, the members marked per state
+        # before its first check, and the states past their first check.
+        self._seed: tuple[object, object] | None = None
+        self._marks: dict[tuple[str, str], dict[Key, str]] = {}
+        self._spent: set[tuple[str, str]] = set()
         graph = index.ws.graph
         self.planner = Planner(index)
         self._certs: dict[tuple[str, str], Cert] = {}
@@ -124,11 +136,45 @@ class Certs:
         """The state's cert, if it still holds for the workspace, control and manifest."""
         cert = self._certs.get((qualname, eid))
         if cert is None:
-            return None
+            return self._seeded(qualname, eid, m)
         idx = self.index
         if cert.ws is not idx.ws or cert.control is not idx.control or cert.manifest != _stamp(m):
             del self._certs[(qualname, eid)]
             return None
+        return cert
+
+    def seed(self) -> None:
+        """Every state was fresh at the stamp this session follows, and each change since then
+        reaches touched() as a target: first checks take their view from the manifests."""
+        self._seed = (self.index.ws, self.index.control)
+
+    def _seeded(self, qualname: str, eid: str, m: Manifest | None) -> Cert | None:
+        """A state's first cert from its manifest's member tables (O(members), no stat and no
+        verdict), or None: not seeding, not its first check, or a table that does not read."""
+        k = (qualname, eid)
+        if self._seed is None or k in self._spent:
+            return None
+        if self._seed != (self.index.ws, self.index.control):
+            self._seed, self._marks = None, {}  # new definitions or control: walks from here on
+            return None
+        self._spent.add(k)
+        marks = self._marks.pop(k, {})
+        if m is None:
+            return None
+        view: dict[Key, Any] = {}
+        for inp in self.ws.graph.stages[qualname].inputs:
+            table = m.inputs.get(inp.name, {})
+            entries = table.table() if isinstance(table, Members) else table
+            if isinstance(table, Members) and table.broken:
+                return None
+            for path, digest in entries.items():
+                values = inp.pattern.match(path)
+                if values is None:
+                    return None
+                member = entity_id(inp.aggregated, {v: values[v] for v in inp.aggregated})
+                view[(inp.name, path)] = self._file_of(inp.name, member, path, digest)
+        cert = Cert(self.index.ws, self.index.control, _stamp(m), view, {}, marks)
+        self._certs[k] = cert
         return cert
 
     def make(
@@ -153,14 +199,19 @@ class Certs:
                     pending[(name, path)] = digest
         cert = Cert(self.index.ws, self.index.control, _stamp(m), view, pending, dict(dirty))
         self._certs[(qualname, eid)] = cert
+        self._spent.add((qualname, eid))
         return cert
 
     def drop(self, qualname: str, eid: str) -> None:
         """Forget a state's cert (its next check walks every member)."""
         self._certs.pop((qualname, eid), None)
+        self._spent.add((qualname, eid))
+        self._marks.pop((qualname, eid), None)
 
     def committed(self, qualname: str, eid: str, m: Manifest) -> None:
         """The aggregate committed `m`, made from the view its run took (Evaluator.gather_for_run)."""
+        self._spent.add((qualname, eid))
+        self._marks.pop((qualname, eid), None)
         cert = self._certs.get((qualname, eid))
         if cert is None:
             return
@@ -171,7 +222,7 @@ class Certs:
 
     def touched(self, qualname: str, values: dict[str, str]) -> None:
         """A target is being considered: the members it may change are dirty in their certs."""
-        if not self._certs:
+        if not self._certs and self._seed is None:
             return
         if qualname in self.members_of:
             self._mark(qualname, values)
@@ -184,9 +235,13 @@ class Certs:
         for agg, inp in self.members_of[producer]:
             mv = {v: values[v] for v in inp.pattern.variables}
             aeid = entity_id(agg.entity_vars, {v: values[v] for v in agg.entity_vars})
-            cert = self._certs.get((agg.qualname, aeid))
+            k = (agg.qualname, aeid)
+            cert = self._certs.get(k)
             if cert is not None:
                 cert.dirty[(inp.name, inp.pattern.join(mv))] = entity_id(inp.pattern.variables, mv)
+            elif self._seed is not None and k not in self._spent:
+                marks = self._marks.setdefault(k, {})
+                marks[(inp.name, inp.pattern.join(mv))] = entity_id(inp.pattern.variables, mv)
 
 
 def _eligible(stage: Stage, producer: dict[str, str], stages: dict[str, Stage]) -> bool:

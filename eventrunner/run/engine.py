@@ -118,6 +118,13 @@ class Engine(Running, Finishing):
         """What an instance that vanished affects (entities vanishing with it followed)."""
         return self.planner.removed_targets(pattern_key, values)
 
+    def seed_certs(self, targets: list[Target]) -> None:
+        """Everything was fresh at the stamp and `targets` are what changed since: aggregates
+        take their members from their manifests, those the targets may change marked first."""
+        self.evaluator.certs.seed()
+        for q, _eid, values in targets:
+            self.evaluator.touched(q, values)
+
     def verdict(self, qualname: str, eid: str, values: dict[str, str]) -> Verdict:
         """The state of (stage, entity) now, memoised until forget_verdicts()."""
         return self.evaluator.verdict(qualname, eid, values)

@@ -67,11 +67,11 @@ class Evaluator:
         self.ws = index.ws
         self.now = time.time() if now is None else now
         self._memo: dict[tuple[str, str], Verdict] = {}
-        # File hashes read in this pass: a member's output is read by its producer's verdict
-        # and again, just after, as the consumer's input; one stat serves both (the verdicts
-        # they feed are memoised for the same span). Bounded: only the recent reads matter.
+        # File hashes read in this pass (a member's output is read by its producer's verdict,
+        # then as the consumer's input: one stat serves both). Bounded: recent reads matter.
         self._hashes: dict[str, str | None] = {}
-        self.certs = Certs(index)  # kept across passes: what aggregates know of their members
+        # Kept across passes: what aggregates know of their members.
+        self.certs = Certs(index, lambda n, m, p, h: InputFile(n, _intern(m), p, _intern(h)))
         self._cert_stages = {q for q in self.ws.graph.stages if self.certs.eligible(q)}
 
     def reset(self, now: float | None = None) -> None:

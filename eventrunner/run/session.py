@@ -219,6 +219,7 @@ class Session:
             self._changed = look.changed
             changes = stamping.changes_since(self.index, self.ws, look, self._source_diff)
             targets = [t for kind, rel in changes for t in engine.affected_by(kind, rel)[0]]
+            engine.seed_certs(targets)  # aggregates start from their manifests: no member walk
         else:
             targets = (t for t in engine.targets(self.stages) if entity in (None, t[1]))
             if self.whole:

@@ -1,7 +1,7 @@
 """Benchmark `eventrunner run` against GNU make doing the same two-stage work.
 
 Run: python tests/bench/bench_engine.py [--entities 10000] [--repeat 5] [--jobs 2] [--keep]
-     python tests/bench/bench_engine.py --one-change-at 100000 [--workdir DIR] [--repeat 5]
+     python tests/bench/bench_engine.py --one-change-at 100000 [--fanin] [--workdir DIR] [--repeat 5]
 
 Generates, under a temp folder, N text files `inbox/{name}.txt` and two equal workspaces:
   make/  a Makefile: upper/%.txt <- inbox/%.txt (tr a-z A-Z), count/%.txt <- upper/%.txt (wc -w)
@@ -16,7 +16,8 @@ then times whole processes (time.perf_counter around subprocess.run):
                            input changed, and the cold run's cost against the pipeline without it
 and checks that both tools produced byte-identical outputs on a sample of files.
 With --one-change-at N (e.g. 100000) only the one-changed-input rows are measured, at N
-entities, on workspaces built once and kept under --workdir (whole process, make -r beside).
+entities, on workspaces built once and kept under --workdir (whole process, make -r beside);
+--fanin adds the fan-in stage to both (make's total.txt rule reads every count, as the handler).
 The temp folder is removed at the end unless --keep.
 
 --scaling instead runs the cold-run rows of issue 15 alone (see cold_scaling): at each size of
@@ -245,19 +246,23 @@ def fmt_s(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
 
 
-def one_change_at_scale(n: int, workdir: Path, reps: int, jobs: int, seed: int) -> None:
+def one_change_at_scale(
+    n: int, workdir: Path, reps: int, jobs: int, seed: int, fanin: bool = False
+) -> None:
     """Rows "one changed input, N entities, whole process" (<= 0.3 s at 100,000) and "vs make -r
     -jJ" (<= 1x at 10,000): a different input edited before each pair of timed processes. The
     workspaces are built and brought up to date once under `workdir` and reused (100,000
-    entities take minutes to build on 2 cores)."""
+    entities take minutes to build on 2 cores). `fanin`: with the fan-in stage (total.txt),
+    whose one call reads every member in both tools."""
     cmd = eventrunner_cmd()
-    root = workdir / f"one-change-{n}"
+    root = workdir / f"one-change-{n}{'-fanin' if fanin else ''}"
     mk, er = root / "make", root / "er"
+    execs = 2 + int(fanin)
     if not (root / ".ready").exists():
         shutil.rmtree(root, ignore_errors=True)
         t0 = time.perf_counter()
-        build(root, n, seed)
-        er_run(cmd, er, jobs, 2 * n)
+        build(root, n, seed, fanin=fanin)
+        er_run(cmd, er, jobs, 2 * n + int(fanin))
         make_run(mk, jobs)
         er_run(cmd, er, jobs, 0)
         (root / ".ready").touch()
@@ -274,15 +279,20 @@ def one_change_at_scale(n: int, workdir: Path, reps: int, jobs: int, seed: int) 
             os.utime(path, (future, future))
         elapsed, proc = timed([*cmd, "-w", str(er), "run", "--json", "-j", str(jobs)], er)
         result = json.loads(proc.stdout)
-        if result.get("executed") != 2 or result.get("failed"):
-            sys.exit(f"one-change run executed {result.get('executed')}, expected 2: {result}")
+        if result.get("executed") != execs or result.get("failed"):
+            sys.exit(
+                f"one-change run executed {result.get('executed')}, expected {execs}: {result}"
+            )
         er_s.append(elapsed)
         modes.append(result.get("mode", "?"))
         mk_s.append(make_run(mk, jobs))
         compare(mk, er, [], [name])
+        if fanin and (mk / "total.txt").read_text() != (er / "total.txt").read_text():
+            sys.exit("total.txt differs between make and eventrunner")
     med = statistics.median
     target = 0.3 if n >= 100_000 else None
-    print(f"one changed input, {n:,} entities x 2 stages, -j{jobs}, median of {reps}")
+    shape = "x 2 stages + a fan-in" if fanin else "x 2 stages"
+    print(f"one changed input, {n:,} entities {shape}, -j{jobs}, median of {reps}")
     print("| measurement | eventrunner | make -r | ratio er/make | target | |")
     print("|---|---|---|---|---|---|")
     ratio = med(er_s) / med(mk_s)
@@ -314,6 +324,9 @@ def main() -> None:
         help="only the one-changed-input rows at N entities (workspace kept in --workdir)",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="for --one-change-at")
+    parser.add_argument(
+        "--fanin", action="store_true", help="--one-change-at: with the fan-in stage (total.txt)"
+    )
     parser.add_argument("--scaling", action="store_true", help="only the cold-run scaling rows")
     parser.add_argument(
         "--sizes", default="1000,10000", help="--scaling sizes (default 1000,10000)"
@@ -328,7 +341,9 @@ def main() -> None:
         sys.exit("GNU make not found on PATH")
     if args.one_change_at:
         workdir = args.workdir or Path(tempfile.gettempdir()) / "er-bench-one-change"
-        one_change_at_scale(args.one_change_at, workdir, args.repeat, args.jobs, args.seed)
+        one_change_at_scale(
+            args.one_change_at, workdir, args.repeat, args.jobs, args.seed, args.fanin
+        )
         return
     n, reps, jobs = args.entities, args.repeat, args.jobs
     cmd = eventrunner_cmd()
