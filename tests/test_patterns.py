@@ -571,3 +571,24 @@ def test_join_gives_the_path_match_read_and_format_gives(
     assert p.join(values) == path
     assert p.format(values) == path
     assert p.match(path) == values
+
+
+@pytest.mark.parametrize(
+    "text, own, foreign",
+    [
+        ("count/{name}.txt", ["count/e1.txt", "count/a.b.txt"], ["other/e1.txt", "count/x/y.txt"]),
+        ("a/{x}-{y}/{x}.txt", ["a/1-2/1.txt", "a/b-c-d/b.txt"], ["a/1.txt"]),
+        ("b/{d:\\d+}.json", ["b/12.json"], ["b/x.json"]),
+    ],
+)
+def test_recorded_values_are_what_match_gives_for_the_patterns_own_paths(
+    text: str, own: list[str], foreign: list[str]
+) -> None:
+    # Given a pattern, paths it matches and paths of another shape
+    pattern = parse_pattern(text)
+    # Then the values read back without re-checking are match()'s, and other shapes have none
+    for path in own:
+        assert pattern.match(path) is not None
+        assert pattern.recorded_values(path) == pattern.match(path)
+    for path in foreign:
+        assert pattern.recorded_values(path) is None

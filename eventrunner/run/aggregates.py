@@ -167,12 +167,11 @@ class Certs:
             entries = table.table() if isinstance(table, Members) else table
             if isinstance(table, Members) and table.broken:
                 return None
+            name, fit, made = inp.name, inp.pattern.recorded_values, self._file_of
             for path, digest in entries.items():
-                values = inp.pattern.match(path)
-                if values is None:
+                if (values := fit(path)) is None:
                     return None
-                member = entity_id(inp.aggregated, {v: values[v] for v in inp.aggregated})
-                view[(inp.name, path)] = self._file_of(inp.name, member, path, digest)
+                view[(name, path)] = made(name, entity_id(inp.aggregated, values), path, digest)
         cert = Cert(self.index.ws, self.index.control, _stamp(m), view, {}, marks)
         self._certs[k] = cert
         return cert

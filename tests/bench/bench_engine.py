@@ -129,8 +129,10 @@ FANIN_INCREMENTAL_STAGE = FANIN_STAGE.replace("textops:total", "textops_inc:tota
 FANIN_RULE = """
 all: total.txt
 
+# the member list goes through a file: 10,000s of names exceed one command line's limit
 total.txt: $(COUNTS)
-\tcat $^ | awk '{ s += $$1 } END { print s }' > $@
+\t$(file >$@.in,$^)
+\txargs cat < $@.in | awk '{ s += $$1 } END { print s }' > $@
 """
 
 MAKEFILE = """\
