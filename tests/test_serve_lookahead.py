@@ -1,6 +1,6 @@
-"""serve's start with its look in worker processes: what changed while down is still caught up
-before ready, a failed look is a clear start-up error, and flat source folders are watched
-without recursion."""
+"""serve's start and run's look in worker processes: what changed while down is still caught up
+(before ready), a failed look is a clear start-up error for serve and a full check for run, and
+flat source folders are watched without recursion."""
 
 from __future__ import annotations
 
@@ -129,3 +129,44 @@ def test_sources_in_subfolders_or_at_the_root_are_watched_recursively(
     data_paths, _ = watch_targets(loaded2)
     assert data_paths == [loaded2.settings.data_root]
     assert not flat(loaded2, data_paths)
+
+
+def test_run_takes_a_large_look_in_workers_and_answers_as_the_look_in_process_would(
+    make_workspace: MakeWorkspace,
+) -> None:
+    # Given a settled workspace whose stamp is large enough for worker processes
+    ws = settled(make_workspace)
+    inflate(ws)
+
+    # When nothing changed, a run answers from the stats alone
+    quiet = ws.sub("run", "--json")
+    assert quiet.code == 0 and quiet.json["mode"] == "stat", quiet.stderr
+
+    # And when an input changed, the run follows only that change
+    ws.runs()
+    ws.write("inbox/hello.txt", "hello from the workers\n")
+    age(ws)
+    changed = ws.sub("run", "--json")
+    assert changed.code == 0 and changed.json["mode"] == "incremental", changed.stderr
+    assert sorted(ws.runs()) == ["count hello", "shout hello", "summary _"]
+    assert ws.read("shouted/hello.txt") == "HELLO FROM THE WORKERS!\n"
+
+
+def test_run_whose_stamp_stats_do_not_read_takes_the_full_path_and_leaves_no_worker(
+    make_workspace: MakeWorkspace,
+) -> None:
+    # Given a stamp that loads but whose stats no longer match its paths (its workers fail)
+    ws = settled(make_workspace)
+    stamp = inflate(ws, truncate=True)
+    ws.write("inbox/hello.txt", "hello again\n")
+    age(ws)
+
+    # When `run` runs
+    result = ws.sub("run", "--json")
+
+    # Then it does not trust the stamp: a full check, the change built, no worker left behind
+    assert result.code == 0, result.stderr
+    assert result.json["mode"] == "full"
+    assert ws.read("shouted/hello.txt") == "HELLO AGAIN!\n"
+    left = [p for p in psutil.process_iter(["cmdline"]) if str(stamp) in (p.info["cmdline"] or [])]
+    assert left == []

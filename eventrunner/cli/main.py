@@ -16,6 +16,9 @@ from eventrunner.core.errors import ConfigError, EventRunnerError, exit_code_for
 
 if TYPE_CHECKING:
     from logging import LogRecord
+    from pathlib import Path
+
+    from eventrunner.state.fastpath import Look
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -105,10 +108,9 @@ def _noop_fast_path(args: argparse.Namespace) -> int | None:
     t0 = time.perf_counter()
     if args.pipeline or args.stage or args.entity or args.dry_run:
         return None
-    from eventrunner.state import fastpath
     from eventrunner.workspace.find import STATE_DIR
 
-    args.look = fastpath.look(workspace_path(args) / STATE_DIR)  # the full path follows it
+    args.look = _look(workspace_path(args) / STATE_DIR)  # the full path follows it
     if args.look is None or not args.look.unchanged:
         return None
     from eventrunner.run.report import RunReport
@@ -125,6 +127,41 @@ def _noop_fast_path(args: argparse.Namespace) -> int | None:
     )
     print_report(args, report)
     return report.exit_code()
+
+
+# What a run that finds changes imports, in import order: taken while a look's workers stat.
+_RUN_PATH = (
+    "asyncio",
+    "eventrunner.run.events",
+    "eventrunner.state.index",
+    "eventrunner.run.evaluate",
+    "eventrunner.run.engine",
+    "eventrunner.run.session",
+    "eventrunner.cli.run",
+)
+
+
+def _look(state_dir: Path) -> Look | None:
+    """The stamp's look (fastpath.Look, None: no usable stamp). A large stamp's stats are taken
+    by worker processes (lookahead.py) while this one imports what a run that finds changes
+    needs, a module at a time until they are done: a no-change answer waits for no import."""
+    import importlib
+
+    from eventrunner.core.errors import StorageError
+    from eventrunner.state import fastpath
+    from eventrunner.state.lookahead import PendingLook
+
+    pending = PendingLook(state_dir)
+    try:
+        for name in _RUN_PATH:
+            if pending.done():
+                break
+            importlib.import_module(name)
+        return pending.result()
+    except StorageError:  # a worker failed (its reason is serve's start-up error): look here
+        return fastpath.look(state_dir)
+    finally:
+        pending.cancel()
 
 
 def _unchanged(stats: dict[str, tuple[int, int, int] | None]) -> bool:

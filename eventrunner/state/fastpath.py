@@ -138,8 +138,11 @@ def look(state_dir: Path) -> Look | None:
     stamp = read_stamp(state_dir)[1]
     if stamp is None:
         return None
-    defs_changed = bool(differs(stamp["defs"]))
-    return look_of(stamp, defs_changed, [] if defs_changed else differs(stamp["paths"]))
+    try:
+        defs_changed = bool(differs(stamp["defs"]))
+        return look_of(stamp, defs_changed, [] if defs_changed else differs(stamp["paths"]))
+    except (KeyError, ValueError, TypeError):  # stats that do not fit their paths: no stamp
+        return None
 
 
 def look_of(stamp: dict[str, Any], defs_changed: bool, changed: list[str]) -> Look:

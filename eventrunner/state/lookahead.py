@@ -1,4 +1,5 @@
-"""A look begun early: the stamp's stats taken by worker processes while `serve` imports.
+"""A look begun early: the stamp's stats taken by worker processes while `serve` (or `run`)
+imports.
 
 `serve` must know what changed while it was down before it is ready, and that look (a stat per
 stamped path: 300,000 at 100,000 entities x 2 stages) and its imports were a second each, one
@@ -52,6 +53,10 @@ class PendingLook:
             changed = stamp is not None and bool(fastpath.differs(stamp["defs"]))
             self._read = (ident, stamp, changed)
         return self._read
+
+    def done(self) -> bool:
+        """True when result() will not wait for a worker."""
+        return self._workers is None or self._workers.done()
 
     def sources_if_unchanged(self) -> dict[str, list[str]] | None:
         """The stamp's source entity ids, which the look will vouch for unless a stamped

@@ -141,6 +141,10 @@ class Workers:
         finally:
             self.cancel()
 
+    def done(self) -> bool:
+        """True once every worker has exited (result() will not wait)."""
+        return all(proc.poll() is not None for proc in self._procs)
+
     def cancel(self) -> None:
         procs, self._procs = self._procs, []
         for proc in procs:
