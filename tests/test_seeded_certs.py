@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from conftest import MakeWorkspace, Workspace, age
 from serve_helpers import Server, wait_until
-from test_aggregate_certs import calls, full_total, total_is, workspace
+from test_aggregate_certs import HANDLERS, calls, full_total, total_is, workspace
 
 from eventrunner.run.session import Session
 from eventrunner.workspace.load import load_workspace
@@ -171,3 +171,30 @@ def test_serve_from_a_stamp_keeps_the_aggregate_right_through_drops(
     # And `run` agrees: nothing to do
     assert ws.sub("run", "--json").json["executed"] == 0
     assert ws.states()[("p.total", "_")] == "fresh"
+
+
+ORDER_HANDLERS = HANDLERS.replace(
+    'return ",".join(f"{k}={v}" for k, v in sorted(c.items())) + "\\n"',
+    'return ",".join(c) + "\\n"  # the order the members are given in',
+)
+
+
+def test_a_full_call_from_a_seeded_cert_gets_its_members_in_the_order_of_a_full_walk(
+    make_workspace: MakeWorkspace,
+) -> None:
+    # Given a settled workspace whose fan-in writes its members in the order it is given them
+    ws = workspace(make_workspace)
+    ws.write("handlers/h.py", ORDER_HANDLERS)
+    assert ws.sub("run").code == 0
+    age(ws)
+    settled(ws)
+
+    # When members are added after the stamp (last in the manifest's member log)
+    ws.write("raw/e20.txt", "twenty")
+    ws.write("raw/e11.txt", "eleven")
+    age(ws)
+    assert ws.run()["mode"] == "incremental"
+
+    # Then the fan-in got every member in member order, as a run without a stamp gives them
+    names = sorted(p.stem for p in ws.path("raw").glob("*.txt"))
+    assert ws.read("total.txt") == ",".join(names) + "\n"

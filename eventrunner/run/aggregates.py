@@ -219,6 +219,29 @@ class Certs:
             return
         cert.manifest, cert.pending, cert.nxt = _stamp(m), cert.nxt, None
 
+    def refresh(self, q: str, eid: str, cert: Cert, files: list[Any]) -> None:
+        """A run gathered (and hashed afresh) every member: the cert's view follows, as the
+        manifest it commits will; a member found changed with no event for it (an output
+        edited by hand: outputs are not watched) is re-checked at the next check."""
+        stage = self.ws.graph.stages[q]
+        now = {(f.name, f.relpath): f for f in files}
+        changed = [k for k in cert.view if k not in now]
+        for key in changed:
+            cert.put(key, None)
+        for key, f in now.items():
+            old = cert.view.get(key)
+            if old is None or old.hash != f.hash:
+                cert.put(key, f)
+                changed.append(key)
+        for name, relpath in changed:
+            inp = stage.input(name)
+            mv = inp.pattern.match(relpath)
+            if mv is None:
+                self.drop(q, eid)
+                return
+            cert.dirty.setdefault((name, relpath), entity_id(inp.pattern.variables, mv))
+        cert.nxt = {}  # the manifest this run commits records the view as it is now
+
     def touched(self, qualname: str, values: dict[str, str]) -> None:
         """A target is being considered: the members it may change are dirty in their certs."""
         if not self._certs and self._seed is None:

@@ -55,6 +55,7 @@ class Running:
     executor: Executor
     outcome: RunReport
     events: EventBus
+    retry_in_run: bool  # serve's engine
     _funcs: dict[str, Callable[..., Any]]
     _heap: list[tuple[int, int, int, str, str]]
     _deferred: dict[str, list[tuple[int, int, int, str, str]]]
@@ -76,7 +77,11 @@ class Running:
         incremental = incremental_possible(
             self.evaluator, q, eid, values, self._loaded(q), self.ws.settings.runtime.executor
         )
-        gathered = self.evaluator.gather_for_run(q, eid, values, from_cert=incremental)
+        # An aggregate's cert holds its members as they are when every change reaches the engine
+        # as a target: in a run (its look saw every file), not under serve (outputs are not
+        # watched: a full call there hashes every member afresh).
+        from_cert = incremental or not self.retry_in_run
+        gathered = self.evaluator.gather_for_run(q, eid, values, from_cert, incremental)
         key = self.evaluator.attempt_key(q, gathered.hashes())
         prev = self.index.failures[q].get(eid)
         attempt = (prev.attempts if prev is not None and prev.key == key else 0) + 1

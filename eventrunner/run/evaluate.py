@@ -324,18 +324,23 @@ class Evaluator:
         return None
 
     def gather_for_run(
-        self, qualname: str, eid: str, values: dict[str, str], from_cert: bool = False
+        self,
+        qualname: str,
+        eid: str,
+        values: dict[str, str],
+        from_cert: bool = False,
+        incremental: bool = True,
     ) -> Gathered:
         """A run's input files (gather without the upstream checks, which consider() just
-        made), each hashed afresh. `from_cert` (an incremental call, which reads only what
-        changed): an aggregate with a cert re-reads only its dirty members."""
+        made), each hashed afresh. `from_cert`: an aggregate with a cert re-reads only its
+        dirty members; for a full call (not `incremental`) in the order of a full walk."""
         cert = None
         if qualname in self._cert_stages:
             cert = self.certs.valid(qualname, eid, self.index.manifests[qualname].get(eid))
         if cert is None or not from_cert:
             g = self.gather(qualname, values, check_upstream=False)
             if cert is not None:
-                self._refresh(qualname, eid, cert, g.files)
+                self.certs.refresh(qualname, eid, cert, g.files)
             return g
         stage = self.ws.graph.stages[qualname]
         for (name, relpath), ieid in cert.dirty.items():
@@ -352,7 +357,11 @@ class Evaluator:
             member = entity_id(inp.aggregated, {v: mvalues[v] for v in inp.aggregated})
             cert.put((name, relpath), InputFile(name, _intern(member), relpath, _intern(digest)))
         cert.nxt = {}  # the manifest this run commits records the view as it is now
-        g = Gathered(cert.files(), [], [])
+        files = cert.files()
+        if not incremental:
+            rank = {inp.name: i for i, inp in enumerate(stage.inputs)}
+            files.sort(key=lambda f: (rank[f.name], f.member))
+        g = Gathered(files, [], [])
         m = self.index.manifests[qualname].get(eid)
         now = {key: cert.view.get(key) for key in cert.pending}
         g._hashes = membertables.from_changes(
@@ -375,26 +384,3 @@ class Evaluator:
             return dict(inputs)
         m = self.index.manifests[q].get(eid)
         return membertables.by_reference(self.index, stage, eid, m, inputs)
-
-    def _refresh(self, q: str, eid: str, cert: Cert, files: list[InputFile]) -> None:
-        """A run gathered (and hashed afresh) every member: the cert's view follows, as the
-        manifest it commits will; a member found changed with no event for it (an output
-        edited by hand: outputs are not watched) is re-checked at the next check."""
-        stage = self.ws.graph.stages[q]
-        now = {(f.name, f.relpath): f for f in files}
-        changed = [k for k in cert.view if k not in now]
-        for key in changed:
-            cert.put(key, None)
-        for key, f in now.items():
-            old = cert.view.get(key)
-            if old is None or old.hash != f.hash:
-                cert.put(key, f)
-                changed.append(key)
-        for name, relpath in changed:
-            inp = stage.input(name)
-            mv = inp.pattern.match(relpath)
-            if mv is None:
-                self.certs.drop(q, eid)
-                return
-            cert.dirty.setdefault((name, relpath), entity_id(inp.pattern.variables, mv))
-        cert.nxt = {}  # the manifest this run commits records the view as it is now

@@ -273,7 +273,9 @@ def one_change_at_scale(
     er_s, mk_s, modes = [], [], []
     for i in range(reps):
         name = f"e{rng.randrange(n):06d}"
-        body = text_for(rng) + f"one change {i} {time.time_ns()}\n"
+        # Four more words than now: its count changes, so the fan-in has to run (a new random
+        # text could have as many words as the old, and the fan-in would rightly not run)
+        body = (er / "inbox" / f"{name}.txt").read_text() + f"one change {i} {time.time_ns()}\n"
         for ws in (mk, er):
             path = ws / "inbox" / f"{name}.txt"
             path.write_text(body)
