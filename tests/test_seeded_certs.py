@@ -5,6 +5,9 @@ subprocesses; the in-process test shows the walk is gone."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -198,3 +201,54 @@ def test_a_full_call_from_a_seeded_cert_gets_its_members_in_the_order_of_a_full_
     # Then the fan-in got every member in member order, as a run without a stamp gives them
     names = sorted(p.stem for p in ws.path("raw").glob("*.txt"))
     assert ws.read("total.txt") == ",".join(names) + "\n"
+
+
+HOLDING_HANDLERS = HANDLERS.replace(
+    "def total(c: dict[str, str]) -> str:\n",
+    """def total(c: dict[str, str]) -> str:
+    root = Path(__file__).resolve().parent.parent
+    if (root / "hold").exists():  # the test kills the run here, mid-call
+        (root / "started").write_text("")
+        while True:
+            pass
+""",
+)
+
+
+def test_a_run_killed_while_following_a_stamp_then_an_edit_then_a_run_is_right(
+    make_workspace: MakeWorkspace,
+) -> None:
+    # Given a settled workspace with a stamp, whose fan-in call blocks while `hold` exists
+    ws = workspace(make_workspace)
+    ws.write("handlers/h.py", HOLDING_HANDLERS)
+    assert ws.sub("run").code == 0
+    age(ws)
+    settled(ws)
+
+    # When a member changes, the run that follows it is killed inside the fan-in's call,
+    ws.write("raw/e3.txt", "a much longer text")
+    ws.write("hold", "")
+    age(ws)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eventrunner.cli", "-w", str(ws.root), "run", "--json"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until(lambda: ws.exists("started") or proc.poll() is not None, "the fan-in call")
+        assert proc.poll() is None, proc.communicate()[1]
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.communicate(timeout=30)
+    # and another member is edited before the next run
+    ws.delete("hold")
+    ws.write("raw/e5.txt", "five five five five five")
+    age(ws)
+    report = ws.run()
+
+    # Then that run trusts no stamp (a full check) and the aggregate holds today's members
+    assert report["mode"] == "full"
+    assert ws.read("total.txt") == full_total(ws)
+    assert set(ws.states().values()) == {"fresh"}
+    age(ws)
+    assert ws.run()["executed"] == 0

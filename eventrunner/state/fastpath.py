@@ -147,14 +147,8 @@ def look(state_dir: Path) -> Look | None:
 
 def look_of(stamp: dict[str, Any], defs_changed: bool, changed: list[str]) -> Look:
     """The Look of a loaded stamp, given what its stats showed."""
-    return Look(
-        stamp["result"],
-        defs_changed,
-        changed,
-        stamp["sources"],
-        stamp["paths"],
-        stamp.get("source_ids", {}),
-    )
+    paths, ids = stamp["paths"], stamp.get("source_ids", {})
+    return Look(stamp["result"], defs_changed, changed, stamp["sources"], paths, ids)
 
 
 class _MovedMidRun(Exception):
