@@ -24,8 +24,8 @@ from dask_helpers import MARK, Cluster, cluster, free_port, marked_processes
 
 from eventrunner.core.errors import HandlerTimeout
 from eventrunner.run.engine import Engine
-from eventrunner.run.evaluate import InputFile
 from eventrunner.run.executors import Call
+from eventrunner.run.inputfile import InputFile
 from eventrunner.run.report import RunReport
 from eventrunner.state.index import Index
 from eventrunner.state.store import Store

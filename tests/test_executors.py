@@ -16,8 +16,8 @@ from serve_helpers import make_workspace as make_files
 
 from eventrunner.core.errors import HandlerTimeout
 from eventrunner.run import events as ev
-from eventrunner.run.evaluate import InputFile
 from eventrunner.run.executors import Call
+from eventrunner.run.inputfile import InputFile
 from eventrunner.run.thread_pool import ThreadExecutor
 from eventrunner.service.runtime import Runtime
 from eventrunner.workspace import loader

@@ -142,30 +142,17 @@ class Pattern:
         return {var: values[var] for var in self.variables}
 
     def recorded_values(self, relpath: str) -> dict[str, str] | None:
-        """match() for a path this pattern matched before (a manifest's member): the values
-        without re-checking the names (3x faster, 20x with one variable occurring once; None if
-        it does not fit at all)."""
-        if self._affix is not None:  # one variable, once: the path is before + value + after
-            before, var, after = self._affix
-            end = len(relpath) - len(after)
-            if end > len(before) and relpath.startswith(before) and relpath.endswith(after):
-                value = relpath[len(before) : end]
-                if "/" not in value:
-                    return {var: value}
-            return None
-        names = relpath.split("/")
-        if len(names) != len(self.segments):
-            return None
-        values: dict[str, str] = {}
-        for seg, name in zip(self.segments, names, strict=True):
-            if seg.literal is None:
-                if (m := seg.regex.fullmatch(name)) is None:
-                    return None
-                for group, var, _check in seg.groups:
-                    values[var] = m.group(group)
-            elif name != seg.literal:
-                return None
-        return values
+        """match() for a path this pattern matched before (a manifest's member): with one
+        variable occurring once, sliced out without re-checking the name (5x faster)."""
+        if self._affix is None:
+            return self.match(relpath)
+        before, var, after = self._affix
+        end = len(relpath) - len(after)
+        if end > len(before) and relpath.startswith(before) and relpath.endswith(after):
+            value = relpath[len(before) : end]
+            if "/" not in value:
+                return {var: value}
+        return None
 
     def can_name(self, path: Sequence[str]) -> bool:
         """True when a path this pattern matches could be `path` (segments), lie below it or

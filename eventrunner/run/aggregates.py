@@ -18,7 +18,7 @@ walks every member (issue 15: at 100,000 members that walk took tens of seconds)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ from eventrunner.core.members import Members
 from eventrunner.core.patterns import trusted_entity_id as entity_id
 from eventrunner.core.records import Manifest
 from eventrunner.core.staleness import Reason
+from eventrunner.run.inputfile import member_file
 from eventrunner.run.planner import Planner
 from eventrunner.state import heap
 from eventrunner.state.index import Index
@@ -102,10 +103,9 @@ class Cert:
 class Certs:
     """The certs of one engine's aggregate states, and the marking of their dirty members."""
 
-    def __init__(self, index: Index, file_of: Callable[[str, str, str, str], Any]) -> None:
+    def __init__(self, index: Index) -> None:
         self.index = index
         self.ws = index.ws
-        self._file_of = file_of  # (input name, member id, relpath, hash) -> an InputFile
         # Seeding (see the module docstring): what it holds for, the members marked per state
         # before its first check, and the states past their first check.
         self._seed: tuple[object, object] | None = None
@@ -169,16 +169,21 @@ class Certs:
             entries = table.table() if isinstance(table, Members) else table
             if isinstance(table, Members) and table.broken:
                 return None
-            name, fit, made = inp.name, inp.pattern.recorded_values, self._file_of
+            name, fit = inp.name, inp.pattern.recorded_values
             for path, digest in entries.items():
                 if (values := fit(path)) is None:
                     return None
-                view[(name, path)] = made(name, entity_id(inp.aggregated, values), path, digest)
+                view[(name, path)] = member_file(inp, values, path, digest)
         cert = Cert(self.index.ws, self.index.control, _stamp(m), view, {}, marks)
         self._certs[k] = cert
         if len(view) >= _TRIM_FROM:
             heap.trim()  # the member log's parse left free pages (17 MB at 100,000 members)
         return cert
+
+    def _spend(self, qualname: str, eid: str) -> None:
+        """The state is past its first check: no seed for it any more."""
+        self._spent.add((qualname, eid))
+        self._marks.pop((qualname, eid), None)
 
     def make(
         self,
@@ -202,19 +207,17 @@ class Certs:
                     pending[(name, path)] = digest
         cert = Cert(self.index.ws, self.index.control, _stamp(m), view, pending, dict(dirty))
         self._certs[(qualname, eid)] = cert
-        self._spent.add((qualname, eid))
+        self._spend(qualname, eid)
         return cert
 
     def drop(self, qualname: str, eid: str) -> None:
         """Forget a state's cert (its next check walks every member)."""
         self._certs.pop((qualname, eid), None)
-        self._spent.add((qualname, eid))
-        self._marks.pop((qualname, eid), None)
+        self._spend(qualname, eid)
 
     def committed(self, qualname: str, eid: str, m: Manifest) -> None:
         """The aggregate committed `m`, made from the view its run took (Evaluator.gather_for_run)."""
-        self._spent.add((qualname, eid))
-        self._marks.pop((qualname, eid), None)
+        self._spend(qualname, eid)
         cert = self._certs.get((qualname, eid))
         if cert is None:
             return

@@ -25,7 +25,8 @@ from eventrunner.core.changes import (
 )
 from eventrunner.core.patterns import trusted_entity_id as entity_id
 from eventrunner.core.records import Manifest
-from eventrunner.run.evaluate import Evaluator, InputFile
+from eventrunner.run.evaluate import Evaluator
+from eventrunner.run.inputfile import InputFile, in_walk_order
 from eventrunner.state.files import read_file
 from eventrunner.state.hashing import hash_bytes, hash_path
 
@@ -41,10 +42,7 @@ def full_call(files: list[InputFile], order: list[str] | None = None) -> list[In
     incremental call's list has its marks first, then every current file unmarked
     (mark_for_call): those, in the order of a full walk (`order`: the stage's input names)."""
     if files and files[0].delta:
-        rank = {n: i for i, n in enumerate(order or ())}
-        rest = [f for f in files if not f.delta]
-        rest.sort(key=lambda f: (rank.get(f.name, 0), f.member or f.relpath))
-        return rest
+        return in_walk_order([f for f in files if not f.delta], order or ())
     return [replace(f, delta="") for f in files if f.delta not in (REMOVED, PREVIOUS)]
 
 

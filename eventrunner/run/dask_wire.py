@@ -21,8 +21,8 @@ from eventrunner.core.errors import HandlerError, PermanentError, RetryLater
 from eventrunner.core.graph import Stage
 from eventrunner.run.bundle import pack_tree, unpack_tree
 from eventrunner.run.capture import attach
-from eventrunner.run.evaluate import InputFile
 from eventrunner.run.executors import Call
+from eventrunner.run.inputfile import InputFile
 from eventrunner.run.invoke import Written, output_path
 from eventrunner.run.process_pool import RemoteTraceback
 from eventrunner.state.files import read_file, temp_path, write_file

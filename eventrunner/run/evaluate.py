@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,24 +13,11 @@ from eventrunner.core.records import Manifest
 from eventrunner.core.staleness import Facts, Verdict, decide
 from eventrunner.run import membertables
 from eventrunner.run.aggregates import Cert, Certs
+from eventrunner.run.inputfile import InputFile, in_walk_order, member_file
 from eventrunner.state.hashing import combine
 from eventrunner.state.index import Index
 
 _RECENT_HASHES = 4096  # file hashes an evaluator keeps between resets
-_intern = sys.intern
-
-
-@dataclass(slots=True)
-class InputFile:
-    """One concrete input file of a run: its input name, member key (fan-in), path and hash."""
-
-    name: str
-    member: str | None  # entity id over the aggregated variables, None for a map input
-    relpath: str
-    hash: str
-    # An incremental call's mark (core/changes.py): how this member differs from the previous
-    # output's manifest; "removed" and "previous" entries are no input of the call's manifest.
-    delta: str = ""
 
 
 @dataclass
@@ -70,8 +56,7 @@ class Evaluator:
         # File hashes read in this pass (a member's output is read by its producer's verdict,
         # then as the consumer's input: one stat serves both). Bounded: recent reads matter.
         self._hashes: dict[str, str | None] = {}
-        # Kept across passes: what aggregates know of their members.
-        self.certs = Certs(index, lambda n, m, p, h: InputFile(n, _intern(m), p, _intern(h)))
+        self.certs = Certs(index)  # kept across passes: what aggregates know of their members
         self._cert_stages = {q for q in self.ws.graph.stages if self.certs.eligible(q)}
 
     def reset(self, now: float | None = None) -> None:
@@ -145,13 +130,11 @@ class Evaluator:
                     (upstream if producer else missing).append(relpath)
                     unverified[(inp.name, relpath)] = ieid
                     continue
-                member = None
-                if inp.aggregated:  # an aggregate's cert keeps these: shared, not copied
-                    member = _intern(
-                        entity_id(inp.aggregated, {v: mvalues[v] for v in inp.aggregated})
-                    )
-                    digest = _intern(digest)
-                files.append(InputFile(inp.name, member, relpath, digest))
+                files.append(
+                    member_file(inp, mvalues, relpath, digest)
+                    if inp.aggregated
+                    else InputFile(inp.name, None, relpath, digest)
+                )
         return Gathered(files, missing, upstream, unverified)
 
     def verdict(
@@ -319,8 +302,7 @@ class Evaluator:
         digest = self._hash(relpath)
         if digest is None:
             return relpath
-        member = entity_id(inp.aggregated, {v: mvalues[v] for v in inp.aggregated})
-        cert.put(key, InputFile(name, _intern(member), relpath, _intern(digest)))
+        cert.put(key, member_file(inp, mvalues, relpath, digest))
         return None
 
     def gather_for_run(
@@ -353,14 +335,11 @@ class Evaluator:
             if digest is None:
                 cert.put((name, relpath), None)
                 continue
-            mvalues = inst.values(ieid)
-            member = entity_id(inp.aggregated, {v: mvalues[v] for v in inp.aggregated})
-            cert.put((name, relpath), InputFile(name, _intern(member), relpath, _intern(digest)))
+            cert.put((name, relpath), member_file(inp, inst.values(ieid), relpath, digest))
         cert.nxt = {}  # the manifest this run commits records the view as it is now
         files = cert.files()
         if not incremental:
-            rank = {inp.name: i for i, inp in enumerate(stage.inputs)}
-            files.sort(key=lambda f: (rank[f.name], f.member))
+            in_walk_order(files, [inp.name for inp in stage.inputs])
         g = Gathered(files, [], [])
         m = self.index.manifests[qualname].get(eid)
         now = {key: cert.view.get(key) for key in cert.pending}

@@ -63,7 +63,7 @@ from typing import TYPE_CHECKING, Any
 from eventrunner.core.errors import HandlerError, HandlerTimeout
 from eventrunner.core.graph import Stage
 from eventrunner.run.capture import attach, capturing
-from eventrunner.run.evaluate import InputFile
+from eventrunner.run.inputfile import InputFile
 from eventrunner.run.invoke import Written, build_kwargs, make_context, store_result, wants_ctx
 from eventrunner.run.tasks import ClosesOnce
 from eventrunner.workspace.loader import HandlerRef

@@ -26,7 +26,7 @@ from eventrunner.core.redact import SECRETS
 from eventrunner.run import changes_input as delta
 from eventrunner.run.capture import HandlerLog, attach, capturing, guard_logging
 from eventrunner.run.context import Context
-from eventrunner.run.evaluate import InputFile
+from eventrunner.run.inputfile import InputFile
 from eventrunner.state.contain import resolve_inside
 from eventrunner.state.files import read_file, remove_path, temp_path, write_file
 from eventrunner.state.hashing import hash_bytes, hash_path
