@@ -170,3 +170,25 @@ def test_run_whose_stamp_stats_do_not_read_takes_the_full_path_and_leaves_no_wor
     assert ws.read("shouted/hello.txt") == "HELLO AGAIN!\n"
     left = [p for p in psutil.process_iter(["cmdline"]) if str(stamp) in (p.info["cmdline"] or [])]
     assert left == []
+
+
+def test_a_stamp_whose_definition_stats_do_not_read_is_no_stamp_with_the_look_in_workers(
+    make_workspace: MakeWorkspace,
+) -> None:
+    # Given a large stamp whose definitions' stats no longer match their paths
+    ws = settled(make_workspace)
+    stamp = inflate(ws)
+    data = marshal.loads(stamp.read_bytes())
+    names, raw = data["defs"]
+    data["defs"] = (names, raw[:-24])
+    stamp.write_bytes(marshal.dumps(data))
+    ws.write("inbox/hello.txt", "hello once more\n")
+    age(ws)
+
+    # When serve starts, and later a run: both check in full instead of failing
+    rt = asyncio.run(serve_until_idle(ws))
+    assert rt.start_mode == "full"
+    assert ws.read("shouted/hello.txt") == "HELLO ONCE MORE!\n"
+    stamp.write_bytes(marshal.dumps(data))
+    result = ws.sub("run", "--json")
+    assert result.code == 0 and result.json["mode"] == "full", result.stderr

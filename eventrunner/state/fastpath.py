@@ -28,6 +28,7 @@ STAMP = "stamp.bin"
 PREVIOUS = "stamp.prev"  # a stamp set aside while its paths are still to be carried forward
 # Bump with any change of the stamp format (10: a missing eventrunner.toml is recorded).
 VERSION = 10
+DAMAGED = (KeyError, ValueError, TypeError)  # a stamp whose stats do not fit its paths: none
 RACY_NS = 50_000_000  # stats this recent may still change within their mtime tick
 
 
@@ -141,7 +142,7 @@ def look(state_dir: Path) -> Look | None:
     try:
         defs_changed = bool(differs(stamp["defs"]))
         return look_of(stamp, defs_changed, [] if defs_changed else differs(stamp["paths"]))
-    except (KeyError, ValueError, TypeError):  # stats that do not fit their paths: no stamp
+    except DAMAGED:
         return None
 
 

@@ -50,7 +50,10 @@ class PendingLook:
         its definitions changed (then no path stats are needed)."""
         if self._read is None:
             ident, stamp = fastpath.read_stamp(self.state_dir)
-            changed = stamp is not None and bool(fastpath.differs(stamp["defs"]))
+            try:
+                changed = stamp is not None and bool(fastpath.differs(stamp["defs"]))
+            except fastpath.DAMAGED:
+                stamp, changed = None, False
             self._read = (ident, stamp, changed)
         return self._read
 
