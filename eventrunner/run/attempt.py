@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from eventrunner.core.records import Failure
 from eventrunner.run.changes_input import incremental_possible, mark_for_call
+from eventrunner.run.checked import worker_checks
 from eventrunner.run.evaluate import Evaluator, Gathered
 from eventrunner.run.events import EventBus, Started
 from eventrunner.run.executors import Call, Executor
@@ -74,13 +75,17 @@ class Running:
     def _start(self, q: str, eid: str, values: dict[str, str]) -> None:
         """Start one attempt (its slot is taken): inputs hashed, noted, handed to the executor."""
         # consider() just found every producer fresh; only the input files and hashes are needed.
-        incremental = incremental_possible(
-            self.evaluator, q, eid, values, self._loaded(q), self.ws.settings.runtime.executor
-        )
+        func, executor = self._loaded(q), self.ws.settings.runtime.executor
+        incremental = incremental_possible(self.evaluator, q, eid, values, func, executor)
         # An aggregate's cert holds its members as they are when every change reaches the engine
         # as a target: in a run (its look saw every file), not under serve (outputs are not
-        # watched: a full call there hashes every member afresh).
-        from_cert = incremental or not self.retry_in_run
+        # watched). There a full call takes its members from the cert only when its worker
+        # hashes what it reads (run/checked.py); else it hashes every member afresh first.
+        from_cert = (
+            incremental
+            or not self.retry_in_run
+            or worker_checks(func, self.ws.graph.stages[q], executor)
+        )
         gathered = self.evaluator.gather_for_run(q, eid, values, from_cert, incremental)
         key = self.evaluator.attempt_key(q, gathered.hashes())
         prev = self.index.failures[q].get(eid)

@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Any
 from eventrunner.core.errors import HandlerError, HandlerTimeout
 from eventrunner.core.graph import Stage
 from eventrunner.run.capture import attach, capturing
+from eventrunner.run.checked import Checked, as_read
 from eventrunner.run.inputfile import InputFile
 from eventrunner.run.invoke import Written, build_kwargs, make_context, store_result, wants_ctx
 from eventrunner.run.tasks import ClosesOnce
@@ -181,7 +182,10 @@ async def _run_coroutine(call: Call) -> Written:
     with capturing() as capture:  # this task's context only: other tasks print as before
         ctx.log.sink = capture
         try:
-            kwargs = await asyncio.to_thread(build_kwargs, stage, func, call.files, root)
+            checked: Checked = {}  # a full fan-in call's members as read (run/checked.py)
+            kwargs = await asyncio.to_thread(
+                build_kwargs, stage, func, call.files, root, checked=checked
+            )
             coro = func(ctx, **kwargs) if wants_ctx(func) else func(**kwargs)
             try:
                 result = await asyncio.wait_for(coro, stage.timeout)
@@ -193,6 +197,8 @@ async def _run_coroutine(call: Call) -> Written:
             attach(exc, capture.text())
             raise
     written.output = capture.text()
+    if checked:
+        written.inputs = as_read(call.files, checked)
     return written
 
 

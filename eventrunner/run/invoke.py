@@ -24,6 +24,7 @@ from eventrunner.core.graph import Stage
 from eventrunner.core.patterns import entity_id, parse_entity_id
 from eventrunner.core.redact import SECRETS
 from eventrunner.run import changes_input as delta
+from eventrunner.run import checked as checking
 from eventrunner.run.capture import HandlerLog, attach, capturing, guard_logging
 from eventrunner.run.context import Context
 from eventrunner.run.inputfile import InputFile
@@ -44,8 +45,9 @@ class Written:
     temps: list[tuple[Path, Path]]  # (temp, final)
     hashes: dict[str, str]  # relpath -> hash
     output: str = ""  # what the attempt printed and logged (run/capture.py), secrets masked
-    # An incremental call made full in the worker: the hashes of the inputs it read, which its
-    # manifest records instead of those the loop gathered (unchanged members were not re-read).
+    # What the call read, when it is not what the loop gathered (an incremental call made full
+    # in the worker, a fan-in member that differs from its cert: run/checked.py): the hashes its
+    # manifest records instead.
     inputs: dict[str, dict[str, str]] | None = None
 
     def discard(self) -> None:
@@ -97,22 +99,23 @@ def _base_model() -> type[BaseModel] | None:
     return model
 
 
-def convert(path: Path, annotation: Any, what: str) -> Any:
-    """Read one input file in the form its annotation asks for."""
+def convert(path: Path, annotation: Any, what: str, data: bytes | None = None) -> Any:
+    """Read one input file in the form its annotation asks for (`data`: its bytes, when the
+    caller read them already: run/checked.py)."""
     try:
         if annotation is Path or annotation is os.PathLike:
             return path
         if annotation is bytes:
-            return read_file(path)
+            return read_file(path) if data is None else data
         if annotation in (str, None, Any, inspect.Parameter.empty):
-            return path.read_text(encoding="utf-8")
+            return path.read_text(encoding="utf-8") if data is None else _text(data)
         origin = typing.get_origin(annotation) or annotation
         if origin in (dict, list):
-            return json.loads(read_file(path))
+            return json.loads(read_file(path) if data is None else data)
         model = _base_model()
         if model and isinstance(annotation, type) and issubclass(annotation, model):
-            return annotation.model_validate_json(read_file(path))
-        return path.read_text(encoding="utf-8")
+            return annotation.model_validate_json(read_file(path) if data is None else data)
+        return path.read_text(encoding="utf-8") if data is None else _text(data)
     except IsADirectoryError:
         raise PermanentError(
             f"{what}: {path.name} is a folder; annotate the parameter as pathlib.Path"
@@ -124,16 +127,23 @@ def convert(path: Path, annotation: Any, what: str) -> Any:
         ) from exc
 
 
+def _text(data: bytes) -> str:
+    """`data` as read_text decodes a file: strict UTF-8, universal newlines."""
+    return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+
+
 def build_kwargs(
     stage: Stage,
     func: Callable[..., Any],
     files: list[InputFile],
     root: Path,
     previous: bytes | None = None,
+    checked: checking.Checked | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for the handler: map inputs as one value, fan-in inputs as dict by
     member id, `Changes` inputs as what changed since `previous` (the previous output, checked)
-    for files marked for an incremental call (run/changes_input.py); else every member."""
+    for files marked for an incremental call (run/changes_input.py); else every member.
+    `checked`: fan-in members are hashed as read, those that differ noted (run/checked.py)."""
     if previous is None and any(f.delta for f in files):
         files = delta.full_call(files, [inp.name for inp in stage.inputs])
     shape = _shape(func)
@@ -154,6 +164,9 @@ def build_kwargs(
         if inp.aggregated:
             args = typing.get_args(ann)
             inner = args[1] if len(args) == 2 else ann if ann in (Path, bytes, str) else str
+            if checked is not None:
+                kwargs[inp.name] = checking.members(root, mine, inner, inp.name, checked, convert)
+                continue
             kwargs[inp.name] = {
                 f.member: convert(root / f.relpath, inner, inp.name)
                 for f in mine
@@ -360,7 +373,9 @@ def _call_with_fallback(
     NeedFullCall, is made full at once, over the members as read now (their hashes returned)."""
     given = ctx if wants_ctx(func) else None
     if not any(f.delta for f in files):
-        return call_sync(func, given, build_kwargs(stage, func, files, root)), None
+        checked: checking.Checked = {}
+        kwargs = build_kwargs(stage, func, files, root, checked=checked)
+        return call_sync(func, given, kwargs), checking.as_read(files, checked) if checked else None
     previous = delta.previous_output(files, root)
     if previous is not None:
         try:
