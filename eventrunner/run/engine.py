@@ -183,9 +183,14 @@ class Engine(Running, Finishing):
         *,
         chunk: int = 500,
         blocked: set[tuple[str, str]] | None = None,
+        warm: bool = False,
     ) -> int:
         """consider() a long run of targets in slices, yielding to the event loop between them:
-        a whole-workspace pass in serve must not hold up intake and events for seconds."""
+        a whole-workspace pass in serve must not hold up intake and events for seconds. `warm`:
+        the targets are most states; the index's records are read first, in steps too."""
+        if warm:
+            for _ in self.index.warm_in_steps():
+                await asyncio.sleep(0)
         self.evaluator.reset()
         n, batch = 0, []
         for target in targets:

@@ -305,7 +305,9 @@ async def run_selection(
             if entity is None
             else ((q, e, idx.entity_values(q, e)) for q, e in selected)
         )
-        await engine.consider_async(itertools.chain(removed, targets), blocked=blocked)
+        await engine.consider_async(
+            itertools.chain(removed, targets), blocked=blocked, warm=entity is None
+        )
         # Skipped: selected states the pass found held, failed or dead (not run).
         report.skipped = len(blocked)
         await _idle_or_stopping(engine, stopping)

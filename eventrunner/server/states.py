@@ -110,6 +110,10 @@ class StateTable:
         # What happens from here on is caught up afterwards (the pass may have read it already).
         self._all, self._dirty, self._paths = False, set(), []
         started = time.monotonic()
+        for _ in index.warm_in_steps():  # the records, read a few thousand at a time
+            await asyncio.sleep(0)
+            if rt.index is not index:
+                return await self._full_pass()
         ev = Evaluator(index)
         states: dict[str, dict[str, str]] = {}
         n = 0

@@ -208,7 +208,8 @@ class Runtime:
         the evaluation yields to intake and events every few hundred states."""
         assert self.engine is not None
         removed = await self.rescan()
-        n = await self.engine.consider_async(itertools.chain(removed, self.engine.targets()))
+        targets = itertools.chain(removed, self.engine.targets())
+        n = await self.engine.consider_async(targets, warm=True)
         log.info("reconcile queued %d state(s)", n)
         self.last_reconcile = time.time()
         return n

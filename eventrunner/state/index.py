@@ -73,6 +73,15 @@ class Index(Saving, EntityQueries):
             mm.warm()
         self.files.entries.warm()
 
+    def warm_in_steps(self) -> Iterator[None]:
+        """warm() a few thousand records at a time (LazyMap.warm_in_steps): serve's passes
+        over every state take their scans this way, the loop serving others between steps."""
+        for mm in self.manifests.values():
+            if not mm.complete:
+                yield from mm.warm_in_steps()
+        if not self.files.entries.complete:
+            yield from self.files.entries.warm_in_steps()
+
     def cool(self) -> None:
         """Back to bounded caches of what is asked for (serve, once its full check is done)."""
         for mm in self.manifests.values():

@@ -22,7 +22,17 @@ class LazyMap(Generic[V]):
     """str -> V over `fetch` (one key from the file, None when absent) and `scan` (every
     (key, value) in the file); the dict read API, plus `[k] = v`, `pop` and `del`."""
 
-    __slots__ = ("_cache", "_complete", "_fetch", "_keys", "_limit", "_scan", "pending")
+    __slots__ = (
+        "_cache",
+        "_complete",
+        "_epoch",
+        "_fetch",
+        "_keys",
+        "_limit",
+        "_scan",
+        "_unpinned",
+        "pending",
+    )
 
     def __init__(
         self,
@@ -35,6 +45,8 @@ class LazyMap(Generic[V]):
         self.pending: dict[str, V | None] = {}  # changed since the last save (None: deleted)
         self._cache: dict[str, V | None] = {}  # read from the file (None: not there)
         self._complete = False  # the cache holds every row (warm): a key not in it is absent
+        self._epoch = 0  # counts cools: a warm in steps begun before one is not adopted
+        self._unpinned: set[str] | None = None  # keys settled while a warm in steps reads
 
     # -- reading ------------------------------------------------------------------------------
     def get(self, key: str, default: V | None = None) -> V | None:
@@ -123,6 +135,8 @@ class LazyMap(Generic[V]):
             now = pending.get(key, _MISS)
             if now is value or (now is not _MISS and now == value):
                 del pending[key]
+                if self._unpinned is not None:
+                    self._unpinned.add(key)
                 if self._complete:
                     self._cache[key] = value  # a warm cache must stay complete
 
@@ -140,8 +154,32 @@ class LazyMap(Generic[V]):
         self._cache = {key: value for key, value in self._scan() if key not in pending}
         self._complete = True
 
+    def warm_in_steps(self, step: int = 4096) -> Iterator[None]:
+        """warm() in steps, yielding after every `step` rows read, so that an event loop can
+        serve others between them (a whole scan at 100,000 records holds it for a second).
+        The rows are one snapshot of the file: a key a save settled meanwhile is read again
+        at the end; a cool meanwhile (a rebuild, a damaged row) leaves the map as it is."""
+        epoch, self._unpinned = self._epoch, set()
+        try:
+            rows: list[tuple[str, V]] = []
+            for n, row in enumerate(self._scan(), 1):
+                rows.append(row)
+                if n % step == 0:
+                    yield
+            if epoch != self._epoch:
+                return
+            pending, again = self.pending, self._unpinned
+            cache: dict[str, V | None] = {k: v for k, v in rows if k not in pending}
+            for key in again:
+                if key not in pending:
+                    cache[key] = self._fetch(key)  # the save's row, not the snapshot's
+            self._cache, self._complete = cache, True
+        finally:
+            self._unpinned = None
+
     def cool(self) -> None:
         """Back to a bounded cache of what is asked for."""
+        self._epoch += 1
         self._complete = False
         self._cache = {}
 
