@@ -222,3 +222,33 @@ def test_a_one_change_run_gates_its_aggregate_as_a_full_check_would(
     assert fixed.code == 0 and fixed.json["not_fresh"] == [], fixed.out
     assert (ws.root / "book.txt").read_text() == "OK\nMENDED\nGOOD\n"
     assert ws.sub("status", "--check", "--json").code == 0
+
+
+def test_a_run_through_a_server_reports_held_states_and_gates_only_its_selection(
+    make_workspace: MakeWorkspace, tmp_path: Path
+) -> None:
+    # Given a served workspace with a failing entity and a hold on another's first stage
+    ws = workspace(make_workspace, a="ok", b="bad", c="fine")
+    assert ws.sub("run").code == 1
+    assert ws.sub("hold", "clean", "c").code == 0
+    ws.write("in/c.txt", "fine again")
+    with serving(ws.root, tmp_path / "logs") as server:
+        # When the whole workspace is run through the server
+        whole = ws.sub("run", "--json")
+        # Then it names the failure and what waits on it, and the held state (not counted)
+        assert whole.code == 1 and whole.json["mode"] == "server", whole.out
+        held = {(e["stage"], e["entity"]) for e in whole.json["not_fresh"] if e["held"]}
+        assert ("p.clean", "c") in held
+        assert not_fresh(whole.json) >= FAILED_AND_BELOW
+        # And a run of the held entity alone passes (a hold says "not now"), while one of
+        # the failing entity names only that entity's states
+        only_c = ws.sub("run", "--entity", "c", "--json")
+        assert only_c.code == 0, only_c.out
+        assert {(e["stage"], e["entity"]) for e in only_c.json["not_fresh"]} <= {
+            ("p.clean", "c"),
+            ("p.upper", "c"),
+        }
+        only_b = ws.sub("run", "--entity", "b", "--json")
+        assert only_b.code == 1
+        assert not_fresh(only_b.json) == {("p.clean", "b", "failed"), ("p.upper", "b", "waiting")}
+        assert server.proc is not None and server.proc.poll() is None

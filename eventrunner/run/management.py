@@ -22,6 +22,7 @@ from eventrunner.core.patterns import parse_entity_id
 from eventrunner.core.records import Manifest
 from eventrunner.run.engine import Engine
 from eventrunner.run.events import Event, Failed, Managed, Pruned, Started, Succeeded
+from eventrunner.run.gate import Gate
 from eventrunner.run.planner import Planner, Target
 from eventrunner.run.queries import entity_values as _entity_values  # the ops' old name
 from eventrunner.run.queries import resolve_stages
@@ -283,10 +284,13 @@ async def run_selection(
     began = time.perf_counter()
     counts: Counter[str] = Counter()
     report = RunReport(mode="server")
+    ran: set[tuple[str, str]] = set()
 
     def tally(event: Event) -> None:
         if isinstance(event, Started | Succeeded | Failed):
             counts[str(event.kind)] += 1
+        if isinstance(event, Started):
+            ran.add((event.stage, event.entity))
         if isinstance(event, Failed):
             report.failures.append(
                 {"stage": event.stage, "entity": event.entity, "error": event.error}
@@ -320,8 +324,33 @@ async def run_selection(
         )
     report.executed, report.succeeded = counts["started"], counts["succeeded"]
     report.failed = counts["failed"]
+    report.not_fresh = await _not_fresh(session, blocked | ran, set(stages), entity)
     report.duration_s = round(time.perf_counter() - began, 3)
     return report
+
+
+async def _not_fresh(
+    session: Session, seen: set[tuple[str, str]], stages: set[str], entity: str | None
+) -> list[dict[str, Any]]:
+    """The selected states not fresh after the run, as a local run finds them (cli/run.py):
+    those its pass found blocked and those that ran, evaluated again, then everything below
+    the ones still not fresh (O(what is not fresh), yielding to the loop as it goes)."""
+    index = session.index
+    assert index is not None
+    gate = Gate(index)  # a fresh evaluator: the run changed state since its pass
+    batch: list[Target] = []
+    for q, e in sorted(seen):
+        if q not in stages or entity not in (None, e):
+            continue  # the server's other work
+        if (values := index.values_or_none(q, e)) is not None:
+            batch.append((q, e, values))
+        if len(batch) >= 500:
+            gate.check(batch)
+            batch.clear()
+            await asyncio.sleep(0)
+    gate.check(batch)
+    gate.follow(lambda q, e: q in stages and entity in (None, e))
+    return gate.entries()
 
 
 async def _idle_or_stopping(engine: Engine, stopping: asyncio.Event | None) -> None:

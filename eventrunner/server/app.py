@@ -299,7 +299,6 @@ async def run(request: web.Request) -> web.Response:
     body = await _body(request, "RunRequest")
     stages = queries.resolve_stages(rt.ws.graph, body.stage, p)
     report = await management.run_selection(rt.session, stages, body.entity, rt.stop_event)
-    report.not_fresh = await _not_fresh(request, stages, body.entity)
     report.warnings = noops.source_warnings(rt.index) + await _strays(rt.index)
     return web.json_response(report.to_json(), dumps=_dumps)
 
