@@ -324,3 +324,22 @@ def test_a_warm_in_steps_cut_by_a_cool_leaves_the_map_bounded_and_right(ws: Work
         pass
     assert all(index.manifests[q].complete for q in STAGES) and index.files.entries.complete
     assert _seen(index) == _truth(index)
+
+
+def test_reads_between_the_steps_of_a_warm_see_what_a_save_committed_meanwhile(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a warm in steps of one map paused after its first step, mid-scan (pages of 8
+    # rows: an open statement would pin every read of the connection to its snapshot)
+    monkeypatch.setattr("eventrunner.state.indexdb._PAGE", 8)
+    index = _load(ws)
+    steps = index.manifests["echo.shout"].warm_in_steps(step=5)
+    next(steps)
+    # When another map's state is forgotten and saved meanwhile
+    index.forget_state("echo.count", "n07")
+    index.save()
+    # Then a read of it (from the file: nothing of it is pinned or cached) sees the save
+    assert index.manifests["echo.count"].get("n07") is None
+    assert index.db.manifest("echo.count", "n07") is None
+    list(steps)
+    assert _seen(index) == _truth(index)

@@ -47,6 +47,7 @@ _SCHEMA = (
 
 _REBUILD: Any = None
 _BROKEN = (sqlite3.DatabaseError, UnicodeDecodeError)
+_PAGE = 4096  # rows a paged scan reads per statement
 
 
 class Damaged(Exception):
@@ -188,6 +189,26 @@ class IndexDB:
         except _BROKEN as exc:  # a damaged page, or damaged text in a key
             raise Damaged(str(exc)) from exc
 
+    def _paged(self, sql: str, args: tuple[Any, ...] = ()) -> Iterator[Any]:
+        """Every row of a keyed query (`sql` ends "KEY > ? ORDER BY KEY LIMIT ?", its first
+        column KEY), a page per statement: a reader that pauses between rows (a warm in steps,
+        state/lazymap.py) leaves no statement open, which would pin every other read of this
+        connection to that statement's snapshot meanwhile, saves committed since unseen."""
+        last = ""
+        while True:
+            if self.damaged:
+                raise Damaged("found damaged before")
+            if self._reader is None:
+                return
+            try:
+                page = self._reader.execute(sql, (*args, last, _PAGE)).fetchall()
+            except _BROKEN as exc:
+                raise Damaged(str(exc)) from exc
+            yield from page
+            if len(page) < _PAGE:
+                return
+            last = page[-1][0]
+
     def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> Iterator[Any]:
         """Every row of a query, fetched in batches (nothing without a trusted file)."""
         if self.damaged:
@@ -221,7 +242,11 @@ class IndexDB:
 
     def manifests(self, q: str) -> Iterator[tuple[str, Manifest]]:
         """(entity, manifest) of every manifest of a stage, in entity order."""
-        for eid, rec in self._rows("SELECT entity, rec FROM manifests WHERE stage = ?", (q,)):
+        sql = (
+            "SELECT entity, rec FROM manifests WHERE stage = ? AND entity > ?"
+            " ORDER BY entity LIMIT ?"
+        )
+        for eid, rec in self._paged(sql, (q,)):
             yield eid, self._located(unpack_manifest(q, eid, rec))
 
     def _located(self, m: Manifest) -> Manifest:
@@ -256,7 +281,9 @@ class IndexDB:
         return None if row is None else _open(rel, row[0])
 
     def file_entries(self) -> Iterator[tuple[str, bytes]]:
-        for rel, entry in self._rows("SELECT path, entry FROM files"):
+        for rel, entry in self._paged(
+            "SELECT path, entry FROM files WHERE path > ? ORDER BY path LIMIT ?"
+        ):
             yield sys.intern(rel), _open(rel, entry)
 
     # -- writing ------------------------------------------------------------------------------
