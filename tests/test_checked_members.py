@@ -10,10 +10,12 @@ import pytest
 from conftest import FANIN_CHAIN, MakeWorkspace, Workspace
 from serve_helpers import FAST_RUNTIME, Server, wait_until
 
-from eventrunner.run.checked import as_read, members
+from eventrunner.core.errors import PermanentError
+from eventrunner.run.checked import as_read, members, worker_checks
 from eventrunner.run.inputfile import InputFile
-from eventrunner.run.invoke import convert
-from eventrunner.state.hashing import hash_bytes, hash_file
+from eventrunner.run.invoke import build_kwargs, convert
+from eventrunner.state.hashing import hash_bytes
+from eventrunner.workspace.load import load_workspace
 
 HANDLERS = """\
 def upper(r: str) -> str:
@@ -56,15 +58,35 @@ def test_members_are_read_once_and_only_those_that_differ_or_vanished_are_noted(
     }
 
 
-def test_path_members_are_hashed_from_their_files(tmp_path: Path) -> None:
-    # Given a member whose file changed since its hash was taken, read as a Path
+def test_path_members_are_left_to_the_handler_and_not_checked(tmp_path: Path) -> None:
+    # Given handlers taking a fan-in's members as paths, and as text
+    def as_paths(c: dict[str, Path]) -> str:
+        return ""
+
+    def as_text(c: dict[str, str]) -> str:
+        return ""
+
+    ws = load_workspace(_fanin_workspace(tmp_path))
+    stage = ws.graph.stages["p.total"]
     f = _file(tmp_path, "count/a", b"new", given=b"old")
+    # Then a Path member is not read for a check (the handler reads it, if it wants)
     checked: dict[tuple[str, str], str | None] = {}
-    # When the worker gives the handler its path
-    value = members(tmp_path, [f], Path, "c", checked, convert)
-    # Then the handler gets the path and the change is noted
-    assert value == {"a": tmp_path / "count/a"}
-    assert checked == {("c", "count/a"): hash_file(tmp_path / "count/a")}
+    assert build_kwargs(stage, as_paths, [f], tmp_path, checked=checked) == {
+        "c": {"a": tmp_path / "count/a"}
+    }
+    assert checked == {}
+    # And serve hashes such members before the call instead, on every executor but with text
+    assert not worker_checks(as_paths, stage, "thread")
+    assert worker_checks(as_text, stage, "thread") and worker_checks(as_text, stage, "process")
+    assert not worker_checks(as_text, stage, "dask")
+
+
+def _fanin_workspace(root: Path) -> Path:
+    (root / "pipelines").mkdir(parents=True)
+    (root / "pipelines/p.toml").write_text(FANIN_CHAIN)
+    (root / "handlers").mkdir()
+    (root / "handlers/h.py").write_text(HANDLERS)
+    return root
 
 
 def _workspace(make_workspace: MakeWorkspace, executor: str) -> Workspace:
@@ -110,3 +132,14 @@ def test_member_outputs_edited_or_removed_by_hand_under_serve_are_recorded_as_re
         assert server.stop() == 0, server.stderr
     # And a `run` afterwards finds everything fresh
     assert ws.sub("run", "--json").json["executed"] == 0
+
+
+def test_a_folder_member_read_as_text_is_a_permanent_error_naming_the_fix(tmp_path: Path) -> None:
+    # Given a member that is a folder, for a handler taking members as text
+    (tmp_path / "count/d").mkdir(parents=True)
+    f = InputFile("c", "d", "count/d", "0" * 32)
+    # Then the call fails for good, saying to annotate the input as a Path
+    with pytest.raises(
+        PermanentError, match=r"is a folder; annotate the parameter as pathlib\.Path"
+    ):
+        members(tmp_path, [f], str, "c", {}, convert)

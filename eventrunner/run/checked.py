@@ -12,6 +12,7 @@ which makes the engine walk every member at the next check (run/evaluate.py: run
 from __future__ import annotations
 
 import os
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,20 +21,38 @@ from eventrunner.core.changes import changes_inputs
 from eventrunner.core.graph import Stage
 from eventrunner.run.inputfile import InputFile
 from eventrunner.state.files import read_file
-from eventrunner.state.hashing import hash_bytes, hash_path
+from eventrunner.state.hashing import hash_bytes
 
+_PATHS = (Path, os.PathLike)
 Checked = dict[tuple[str, str], str | None]  # (input, relpath) -> hash as read, None: gone
 Convert = Callable[[Path, Any, str, "bytes | None"], Any]
 
 
+def member_type(annotation: Any) -> Any:
+    """What a fan-in input's handler gets per member: T of `dict[str, T]`, a bare Path, bytes or
+    str as given, else str."""
+    args = typing.get_args(annotation)
+    if len(args) == 2:
+        return args[1]
+    return annotation if annotation in (Path, bytes, str) else str
+
+
 def worker_checks(func: Callable[..., Any] | None, stage: Stage, executor: str) -> bool:
-    """True when a full call of `stage` hashes its fan-in members in the worker: any handler
-    on the thread or process executor whose fan-in inputs are plain (a `Changes` input's full
-    call is not checked, nor is a Dask task, which reads on another host)."""
+    """True when a full call of `stage` hashes its fan-in members in the worker: a handler on
+    the thread or process executor that takes each fan-in member's content. A `Path` member
+    is the handler's to read (hashing it would read it once more), a `Changes` input's full
+    call is not checked, and a Dask task reads on another host."""
+    from eventrunner.run.invoke import annotation_of
+
     if func is None or executor == "dask":
         return False
     names = changes_inputs(func)
-    return not any(inp.name in names for inp in stage.inputs if inp.aggregated)
+    for inp in stage.inputs:
+        if inp.aggregated and (
+            inp.name in names or member_type(annotation_of(func, inp.name)) in _PATHS
+        ):
+            return False
+    return True
 
 
 def members(
@@ -44,21 +63,21 @@ def members(
     checked: Checked,
     convert: Convert,
 ) -> dict[str | None, Any]:
-    """One fan-in input's handler value (member id -> converted file) from one read of each
+    """One fan-in input's handler value (member id -> converted content) from one read of each
     member, its hash compared with the one given: a differing or vanished member is noted in
     `checked` (a vanished one is left out, as a gather leaves out a missing file)."""
     out: dict[str | None, Any] = {}
-    as_path = annotation is Path or annotation is os.PathLike
     for f in files:
         path = root / f.relpath
         try:
-            data = None if as_path else read_file(path)
-            digest = hash_path(path) if data is None else hash_bytes(data)
+            data = read_file(path)
         except (FileNotFoundError, NotADirectoryError):
             checked[(f.name, f.relpath)] = None
             continue
         except IsADirectoryError:
-            data, digest = None, hash_path(path)  # convert() says what to annotate instead
+            convert(path, annotation, what, None)  # raises, saying to annotate it as a Path
+            raise
+        digest = hash_bytes(data)
         if digest != f.hash:
             checked[(f.name, f.relpath)] = digest
         out[f.member] = convert(path, annotation, what, data)

@@ -162,9 +162,8 @@ def build_kwargs(
             continue
         mine = [f for f in files if f.name == inp.name]
         if inp.aggregated:
-            args = typing.get_args(ann)
-            inner = args[1] if len(args) == 2 else ann if ann in (Path, bytes, str) else str
-            if checked is not None:
+            inner = checking.member_type(ann)
+            if checked is not None and inner not in (Path, os.PathLike):
                 kwargs[inp.name] = checking.members(root, mine, inner, inp.name, checked, convert)
                 continue
             kwargs[inp.name] = {
@@ -177,6 +176,13 @@ def build_kwargs(
                 raise HandlerError(f"input {inp.name} has no file")
             kwargs[inp.name] = convert(root / mine[0].relpath, ann, inp.name)
     return kwargs
+
+
+def annotation_of(func: Callable[..., Any], name: str) -> Any:
+    """The annotation build_kwargs reads input `name` by (`**inputs: T` for unnamed ones)."""
+    shape = _shape(func)
+    default = shape.hints.get(shape.var_kw) if shape.var_kw else None
+    return shape.hints.get(name, default)
 
 
 def _read_member(root: Path, annotation: Any, what: str, f: InputFile) -> Any:
