@@ -11,7 +11,8 @@ from conftest import FANIN_CHAIN, MakeWorkspace, Workspace
 from serve_helpers import FAST_RUNTIME, Server, wait_until
 
 from eventrunner.core.errors import PermanentError
-from eventrunner.run.checked import as_read, members, worker_checks
+from eventrunner.run.attempt import worker_checks
+from eventrunner.run.checked import as_read, members
 from eventrunner.run.inputfile import InputFile
 from eventrunner.run.invoke import build_kwargs, convert
 from eventrunner.state.hashing import hash_bytes

@@ -16,13 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from eventrunner.core.changes import changes_inputs
+from eventrunner.core.graph import Stage
 from eventrunner.core.records import Failure
 from eventrunner.run.changes_input import incremental_possible, mark_for_call
-from eventrunner.run.checked import worker_checks
+from eventrunner.run.checked import PATHS, member_type
 from eventrunner.run.evaluate import Evaluator, Gathered
 from eventrunner.run.events import EventBus, Started
 from eventrunner.run.executors import Call, Executor
-from eventrunner.run.invoke import Written
+from eventrunner.run.invoke import Written, annotation_of
 from eventrunner.run.report import RunReport
 from eventrunner.state.index import Index
 from eventrunner.workspace import loader
@@ -192,3 +194,19 @@ class Running:
             root=self.index.root,
             code=self.ws.code[q],
         )
+
+
+def worker_checks(func: Callable[..., Any] | None, stage: Stage, executor: str) -> bool:
+    """True when a full call of `stage` hashes its fan-in members in the worker (run/checked.py):
+    a handler on the thread or process executor that takes each fan-in member's content. A
+    `Path` member is the handler's to read (hashing it would read it once more), a `Changes`
+    input's full call is not checked, and a Dask task reads on another host."""
+    if func is None or executor == "dask":
+        return False
+    names = changes_inputs(func)
+    for inp in stage.inputs:
+        if inp.aggregated and (
+            inp.name in names or member_type(annotation_of(func, inp.name)) in PATHS
+        ):
+            return False
+    return True

@@ -17,13 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from eventrunner.core.changes import changes_inputs
-from eventrunner.core.graph import Stage
 from eventrunner.run.inputfile import InputFile
 from eventrunner.state.files import read_file
 from eventrunner.state.hashing import hash_bytes
 
-_PATHS = (Path, os.PathLike)
+PATHS = (Path, os.PathLike)  # member types the handler reads itself: not checked
 Checked = dict[tuple[str, str], str | None]  # (input, relpath) -> hash as read, None: gone
 Convert = Callable[[Path, Any, str, "bytes | None"], Any]
 
@@ -35,24 +33,6 @@ def member_type(annotation: Any) -> Any:
     if len(args) == 2:
         return args[1]
     return annotation if annotation in (Path, bytes, str) else str
-
-
-def worker_checks(func: Callable[..., Any] | None, stage: Stage, executor: str) -> bool:
-    """True when a full call of `stage` hashes its fan-in members in the worker: a handler on
-    the thread or process executor that takes each fan-in member's content. A `Path` member
-    is the handler's to read (hashing it would read it once more), a `Changes` input's full
-    call is not checked, and a Dask task reads on another host."""
-    from eventrunner.run.invoke import annotation_of
-
-    if func is None or executor == "dask":
-        return False
-    names = changes_inputs(func)
-    for inp in stage.inputs:
-        if inp.aggregated and (
-            inp.name in names or member_type(annotation_of(func, inp.name)) in _PATHS
-        ):
-            return False
-    return True
 
 
 def members(

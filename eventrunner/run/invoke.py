@@ -163,7 +163,7 @@ def build_kwargs(
         mine = [f for f in files if f.name == inp.name]
         if inp.aggregated:
             inner = checking.member_type(ann)
-            if checked is not None and inner not in (Path, os.PathLike):
+            if checked is not None and inner not in checking.PATHS:
                 kwargs[inp.name] = checking.members(root, mine, inner, inp.name, checked, convert)
                 continue
             kwargs[inp.name] = {
