@@ -91,10 +91,15 @@ def _fanin_workspace(root: Path) -> Path:
 
 
 def _workspace(make_workspace: MakeWorkspace, executor: str) -> Workspace:
+    # "async": the thread executor with an async fan-in handler (its inputs are read in a
+    # thread, its coroutine awaited on the loop: run/executors.py)
+    handlers = (
+        HANDLERS.replace("def total(", "async def total(") if executor == "async" else HANDLERS
+    )
     files: dict[str, str | bytes] = {
-        "eventrunner.toml": FAST_RUNTIME + f'executor = "{executor}"\n',
+        "eventrunner.toml": FAST_RUNTIME + f'executor = "{executor.replace("async", "thread")}"\n',
         "pipelines/p.toml": FANIN_CHAIN,
-        "handlers/h.py": HANDLERS,
+        "handlers/h.py": handlers,
     }
     files.update({f"raw/e{i}.txt": "x" * (i + 1) for i in range(6)})
     return make_workspace(files)
@@ -105,7 +110,7 @@ def _today(ws: Workspace) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(counts.items())) + "\n"
 
 
-@pytest.mark.parametrize("executor", ["thread", "process"])
+@pytest.mark.parametrize("executor", ["thread", "process", "async"])
 def test_member_outputs_edited_or_removed_by_hand_under_serve_are_recorded_as_read(
     make_workspace: MakeWorkspace, tmp_path: Path, executor: str
 ) -> None:
