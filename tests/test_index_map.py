@@ -343,3 +343,25 @@ def test_reads_between_the_steps_of_a_warm_see_what_a_save_committed_meanwhile(
     assert index.db.manifest("echo.count", "n07") is None
     list(steps)
     assert _seen(index) == _truth(index)
+
+
+def test_a_scan_of_outputs_paused_across_a_save_loses_no_changed_state(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an unsaved change to an early state, and a scan of the stage's outputs (pages of
+    # 8 rows) paused just past that state's row (skipped: the change is pending)
+    monkeypatch.setattr("eventrunner.state.indexdb._PAGE", 8)
+    index = _load(ws)
+    index.outputs_pruned("echo.shout", "n01")
+    changed = index.manifests["echo.shout"]["n01"]
+    scan = index.stage_outputs("echo.shout")
+    seen = [next(scan) for _ in range(3)]
+    # When a save settles the change meanwhile (no longer pending), and the scan goes on
+    index.save()
+    seen += list(scan)
+    # Then every state's outputs were given once, the changed one's as changed
+    want = sorted(
+        (tuple(m.output_paths), tuple(m.dropped)) for m in index.manifests["echo.shout"].values()
+    )
+    assert sorted(seen) == want
+    assert (tuple(changed.output_paths), tuple(changed.dropped)) in seen

@@ -259,7 +259,11 @@ class IndexDB:
         """(entity, (output paths, dropped paths)) of every manifest of a stage, in entity
         order, from the narrow table (one tight loop: this runs at every run's stray check)."""
         digest, loads, prefix = xxhash.xxh3_64_digest, marshal.loads, q + "\0"
-        rows = self._rows("SELECT entity, outs FROM outputs WHERE stage = ?", (q,))
+        sql = (
+            "SELECT entity, outs FROM outputs WHERE stage = ? AND entity > ?"
+            " ORDER BY entity LIMIT ?"
+        )
+        rows = self._paged(sql, (q,))
         for eid, outs in rows:
             data = outs[_SUM:]
             if (

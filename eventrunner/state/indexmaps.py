@@ -56,7 +56,9 @@ def stage_outputs(
     if mm.complete:  # warm (a fan-in checked every member): in memory already
         yield from [_outputs(m) for m in mm.values()]
         return
-    pending = mm.pending
+    # A copy: a reader may pause between rows (the server's stray check), and a change saved
+    # meanwhile must not leave both its row (skipped as pending) and its pending entry unseen.
+    pending = dict(mm.pending)
     for eid, outs in rows(db.manifest_outputs_of, store, q, damaged, _outputs):
         if eid not in pending:
             yield outs

@@ -154,7 +154,7 @@ class LazyMap(Generic[V]):
         self._cache = {key: value for key, value in self._scan() if key not in pending}
         self._complete = True
 
-    def warm_in_steps(self, step: int = 4096) -> Iterator[None]:
+    def warm_in_steps(self, step: int = 1024) -> Iterator[None]:
         """warm() in steps, yielding after every `step` rows read, so that an event loop can
         serve others between them (a whole scan at 100,000 records holds it for a second).
         The rows are one snapshot of the file: a key a save settled meanwhile is read again
