@@ -326,13 +326,19 @@ def test_a_warm_in_steps_cut_by_a_cool_leaves_the_map_bounded_and_right(ws: Work
     assert _seen(index) == _truth(index)
 
 
-def test_reads_between_the_steps_of_a_warm_see_what_a_save_committed_meanwhile(
-    ws: Workspace, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Given a warm in steps of one map paused after its first step, mid-scan (pages of 8
-    # rows: an open statement would pin every read of the connection to its snapshot)
+@pytest.fixture
+def paged(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> Index:
+    """The index with its scans read 8 rows per statement (many pages at N entities): an
+    open statement would pin every read of the connection to its snapshot."""
     monkeypatch.setattr("eventrunner.state.indexdb._PAGE", 8)
-    index = _load(ws)
+    return _load(ws)
+
+
+def test_reads_between_the_steps_of_a_warm_see_what_a_save_committed_meanwhile(
+    paged: Index,
+) -> None:
+    # Given a warm in steps of one map paused after its first step, mid-scan
+    index = paged
     steps = index.manifests["echo.shout"].warm_in_steps(step=5)
     next(steps)
     # When another map's state is forgotten and saved meanwhile
@@ -345,13 +351,10 @@ def test_reads_between_the_steps_of_a_warm_see_what_a_save_committed_meanwhile(
     assert _seen(index) == _truth(index)
 
 
-def test_a_scan_of_outputs_paused_across_a_save_loses_no_changed_state(
-    ws: Workspace, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Given an unsaved change to an early state, and a scan of the stage's outputs (pages of
-    # 8 rows) paused just past that state's row (skipped: the change is pending)
-    monkeypatch.setattr("eventrunner.state.indexdb._PAGE", 8)
-    index = _load(ws)
+def test_a_scan_of_outputs_paused_across_a_save_loses_no_changed_state(paged: Index) -> None:
+    # Given an unsaved change to an early state, and a scan of the stage's outputs paused
+    # just past that state's row (skipped: the change is pending)
+    index = paged
     index.outputs_pruned("echo.shout", "n01")
     changed = index.manifests["echo.shout"]["n01"]
     scan = index.stage_outputs("echo.shout")
