@@ -146,13 +146,9 @@ def build_kwargs(
     `checked`: fan-in members are hashed as read, those that differ noted (run/checked.py)."""
     if previous is None and any(f.delta for f in files):
         files = delta.full_call(files, [inp.name for inp in stage.inputs])
-    shape = _shape(func)
-    hints = shape.hints
-    # `**inputs: Path` annotates every input that has no parameter of its own (stock handlers).
-    default_ann = hints.get(shape.var_kw) if shape.var_kw else None
     kwargs: dict[str, Any] = {}
     for inp in stage.inputs:
-        ann = hints.get(inp.name, default_ann)
+        ann = annotation_of(func, inp.name)
         if ann is Changes or typing.get_origin(ann) is Changes:
             if not inp.aggregated:
                 raise PermanentError(f"input {inp.name}: Changes[...] is for fan-in inputs only")
@@ -179,7 +175,8 @@ def build_kwargs(
 
 
 def annotation_of(func: Callable[..., Any], name: str) -> Any:
-    """The annotation build_kwargs reads input `name` by (`**inputs: T` for unnamed ones)."""
+    """The annotation input `name` is read by: its parameter's, else that of `**inputs: T`,
+    which annotates every input with no parameter of its own (stock handlers)."""
     shape = _shape(func)
     default = shape.hints.get(shape.var_kw) if shape.var_kw else None
     return shape.hints.get(name, default)

@@ -69,9 +69,8 @@ class Index(Saving, EntityQueries):
     def warm(self) -> None:
         """Read every manifest and stat/hash entry in one scan each, kept until `cool` (a full
         check asks for nearly all of them: a scan instead of a query per key)."""
-        for mm in self.manifests.values():
-            mm.warm()
-        self.files.entries.warm()
+        for _ in self.warm_in_steps():
+            pass
 
     def warm_in_steps(self) -> Iterator[None]:
         """warm() a few thousand records at a time (LazyMap.warm_in_steps): serve's passes

@@ -149,17 +149,18 @@ class LazyMap(Generic[V]):
     def warm(self) -> None:
         """Read every row now, in one scan, and keep them until `cool` (a pass that is to ask
         for most keys: one scan instead of a query per key)."""
-        pending = self.pending
         self.cool()
-        self._cache = {key: value for key, value in self._scan() if key not in pending}
-        self._complete = True
+        for _ in self.warm_in_steps():
+            pass
 
     def warm_in_steps(self, step: int = 1024) -> Iterator[None]:
         """warm() in steps, yielding after every `step` rows read, so that an event loop can
         serve others between them (a whole scan at 100,000 records holds it for a second).
-        The rows are one snapshot of the file: a key a save settled meanwhile is read again
-        at the end; a cool meanwhile (a rebuild, a damaged row) leaves the map as it is."""
-        epoch, self._unpinned = self._epoch, set()
+        The scan's pages may come from different saves: a key a save settled meanwhile is read
+        again at the end; a cool meanwhile (a rebuild, a damaged row, a warm() asked for by a
+        read between the steps) leaves the map as that made it."""
+        epoch, again = self._epoch, set[str]()
+        self._unpinned = again
         try:
             rows: list[tuple[str, V]] = []
             for n, row in enumerate(self._scan(), 1):
@@ -168,14 +169,15 @@ class LazyMap(Generic[V]):
                     yield
             if epoch != self._epoch:
                 return
-            pending, again = self.pending, self._unpinned
+            pending = self.pending
             cache: dict[str, V | None] = {k: v for k, v in rows if k not in pending}
             for key in again:
                 if key not in pending:
-                    cache[key] = self._fetch(key)  # the save's row, not the snapshot's
+                    cache[key] = self._fetch(key)  # the save's row, not the page's
             self._cache, self._complete = cache, True
         finally:
-            self._unpinned = None
+            if self._unpinned is again:
+                self._unpinned = None
 
     def cool(self) -> None:
         """Back to a bounded cache of what is asked for."""
