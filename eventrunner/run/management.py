@@ -14,7 +14,7 @@ import itertools
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from eventrunner.core.errors import ShuttingDown, UnknownName, UsageError
@@ -335,9 +335,18 @@ async def _not_fresh(
     """The selected states not fresh after the run, as a local run finds them (cli/run.py):
     those its pass found blocked and those that ran, evaluated again, then everything below
     the ones still not fresh (O(what is not fresh), yielding to the loop as it goes)."""
-    index = session.index
-    assert index is not None
-    gate = Gate(index)  # a fresh evaluator: the run changed state since its pass
+    index, engine = session.index, session.engine
+    assert index is not None and engine is not None
+    # The engine's evaluator: an aggregate that ran is checked from its cert, not by a walk of
+    # every member. Its memo is dropped around each slice: the run changed state since its
+    # pass, and another pass (a reconcile) may be under way between the slices.
+    gate = Gate(index, engine.evaluator, incremental=True)
+
+    def isolated(check: Callable[[], object]) -> None:
+        engine.forget_verdicts()
+        check()
+        engine.forget_verdicts()
+
     batch: list[Target] = []
     for q, e in sorted(seen):
         if q not in stages or entity not in (None, e):
@@ -345,11 +354,11 @@ async def _not_fresh(
         if (values := index.values_or_none(q, e)) is not None:
             batch.append((q, e, values))
         if len(batch) >= 500:
-            gate.check(batch)
+            isolated(lambda: gate.check(batch))
             batch.clear()
             await asyncio.sleep(0)
-    gate.check(batch)
-    gate.follow(lambda q, e: q in stages and entity in (None, e))
+    isolated(lambda: gate.check(batch))
+    isolated(lambda: gate.follow(lambda q, e: q in stages and entity in (None, e)))
     return gate.entries()
 
 
