@@ -256,10 +256,11 @@ def test_a_source_folder_created_after_the_stamp_is_seen(make_workspace: MakeWor
 def _stamped_paths(ws: Workspace) -> dict[str, tuple[int, int, int]]:
     import marshal
 
-    from eventrunner.state import fastpath
+    from eventrunner.state import fastpath, packed
 
     with open(ws.root / ".eventrunner" / fastpath.STAMP, "rb") as fh:
-        return fastpath.recorded_stats(marshal.load(fh)["paths"])
+        stamp = marshal.load(fh)
+    return packed.recorded_stats(stamp["paths"], stamp["root"])
 
 
 def _past_racy_window(ws: Workspace) -> None:

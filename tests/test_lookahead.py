@@ -15,8 +15,9 @@ from eventrunner.state import fastpath, statlook
 from eventrunner.state.lookahead import PendingLook
 
 
-def stamped(tmp_path: Path, n: int = 40) -> tuple[Path, list[Path]]:
-    """n data files (in two folders) and a stamp vouching for their stats, as written by a run."""
+def stamped(tmp_path: Path, n: int = 40, relative: bool = True) -> tuple[Path, list[Path]]:
+    """n data files (in two folders) and a stamp vouching for their stats, as written by a run:
+    their paths recorded relative to the workspace (as a run records them), or in full."""
     state = tmp_path / "ws" / ".eventrunner"
     state.mkdir(parents=True)
     files = []
@@ -29,7 +30,8 @@ def stamped(tmp_path: Path, n: int = 40) -> tuple[Path, list[Path]]:
     for path in [*files, *(f.parent for f in files)]:
         os.utime(path, (old, old))
     paths = sorted({str(f.parent) for f in files}) + [str(f) for f in files]
-    assert fastpath.write(state, [], paths, "", {}, float(2**62), {"skipped": 0})
+    root = os.path.join(tmp_path / "ws", "") if relative else ""
+    assert fastpath.write(state, [], paths, "", {}, float(2**62), {"skipped": 0}, root=root)
     return state, files
 
 
@@ -43,12 +45,14 @@ def workers_alive(stamp: Path) -> list[psutil.Process]:
     return found
 
 
+@pytest.mark.parametrize("relative", [True, False])
 @pytest.mark.parametrize("workers", [1, 2, 3, 7])
 def test_workers_find_what_the_look_in_process_finds_in_recorded_order(
-    tmp_path: Path, workers: int
+    tmp_path: Path, workers: int, relative: bool
 ) -> None:
-    # Given a stamp, then an edit, a deletion and an edit that keeps the size
-    state, files = stamped(tmp_path)
+    # Given a stamp (its paths relative or in full), then an edit, a deletion and an edit
+    # that keeps the size
+    state, files = stamped(tmp_path, relative=relative)
     files[4].write_text("edited, longer\n")
     files[9].unlink()
     files[30].write_text("file 99\n")  # same size, new mtime
@@ -63,6 +67,34 @@ def test_workers_find_what_the_look_in_process_finds_in_recorded_order(
     assert {str(files[4]), str(files[9]), str(files[30]), str(files[9].parent)} <= set(look.changed)
     assert look.incremental and not look.defs_changed
     assert workers_alive(state / fastpath.STAMP) == []
+
+
+def test_a_look_counts_the_recorded_paths_of_a_folder_and_finds_given_ones(
+    tmp_path: Path,
+) -> None:
+    # Given a stamp of files in a/ and b/ (paths relative to the workspace)
+    state, files = stamped(tmp_path)
+    look = fastpath.look(state)
+    assert look is not None and look.unchanged
+    ws = tmp_path / "ws"
+    # Then it counts each folder's recorded files, without the folders themselves
+    assert look.count_in(str(ws / "a")) == sum(1 for f in files if f.parent.name == "a")
+    assert look.count_in(str(ws / "b")) == sum(1 for f in files if f.parent.name == "b")
+    assert look.count_in(str(ws / "c")) == 0
+    # And finds which of some paths it records
+    assert look.listed([str(files[0]), str(ws / "a" / "new.txt")]) == {str(files[0])}
+    # But a recorded path deeper in a folder leaves the folder's count unknown (a listing of
+    # the folder would not show it)
+    deep = ws / "a" / "sub" / "x.txt"
+    deep.parent.mkdir()
+    deep.write_text("x")
+    paths = [str(f) for f in files] + [str(deep)]
+    root = os.path.join(ws, "")
+    assert fastpath.write(state, [], paths, "", {}, float(2**62), {"skipped": 0}, root=root)
+    look = fastpath.look(state)
+    assert look is not None
+    assert look.count_in(str(ws / "a")) is None
+    assert look.count_in(str(ws / "b")) == sum(1 for f in files if f.parent.name == "b")
 
 
 def test_nothing_changed_is_an_unchanged_look_from_the_workers(tmp_path: Path) -> None:

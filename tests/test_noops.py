@@ -10,7 +10,12 @@ from conftest import ECHO_HANDLERS, ECHO_PIPELINE, MakeWorkspace, Workspace, age
 from serve_helpers import serving
 
 from eventrunner.core.patterns import parse_pattern
-from eventrunner.run.noops import unproduced
+from eventrunner.run.noops import nothing_new, unproduced
+from eventrunner.state import fastpath
+from eventrunner.state.hashing import hash_file
+from eventrunner.state.index import Index
+from eventrunner.state.store import Store
+from eventrunner.workspace.load import load_workspace
 
 NO_INBOX = (
     "eventrunner: warning: source inbox/{name}.txt (read by echo.shout (text)): its folder "
@@ -123,6 +128,54 @@ def test_an_incremental_run_tells_its_own_outputs_from_files_dropped_beside_them
     echo.delete("shouted/b.txt")
     res = echo.sub("run", "--json")
     assert echo.exists("shouted/b.txt") and res.json["warnings"] == []
+
+
+def test_an_output_deleted_and_a_file_dropped_beside_it_in_one_go_is_still_warned(
+    echo: Workspace,
+) -> None:
+    # Given an up-to-date workspace whose next runs follow only what changed
+    assert echo.sub("run").code == 0
+    age(echo)
+    assert echo.sub("run").code == 0
+    assert echo.sub("run", "--json").json["mode"] == "stat"
+
+    # When one output goes and a stray comes (the folder holds as many files as before)
+    echo.delete("shouted/b.txt")
+    echo.write("shouted/zz.txt", "by hand\n")
+    res = echo.sub("run", "--json")
+
+    # Then the output is made again and the stray is warned all the same
+    assert res.json["mode"] == "incremental" and echo.exists("shouted/b.txt")
+    [warning] = res.json["warnings"]
+    assert "of stage echo.shout but no state produced them, e.g. shouted/zz.txt" in warning
+
+
+def test_the_count_check_answers_from_the_stamp_and_our_writes(echo: Workspace) -> None:
+    # Given an up-to-date workspace and its stamp, loaded in this process as a run loads them
+    assert echo.sub("run").code == 0
+    age(echo)
+    assert echo.sub("run").code == 0
+    assert echo.sub("run", "--json").json["mode"] == "stat"
+    state = echo.root / ".eventrunner"
+    ws = load_workspace(echo.root)
+    index = Index.load(ws, Store(ws.settings.state_dir))
+
+    def counts_settle() -> bool:
+        look = fastpath.look(state)
+        assert look is not None
+        return nothing_new(index, "echo.shout", look)
+
+    # Then the folder holds what the stamp recorded, also with an output gone (the look
+    # finds it changed)
+    assert counts_settle()
+    echo.delete("shouted/b.txt")
+    assert counts_settle()
+    # And a file this process wrote counts as ours; one dropped beside it does not
+    written = echo.write("shouted/c.txt", "C!\n")
+    index.files.remember("shouted/c.txt", hash_file(str(written)))
+    assert counts_settle()
+    echo.write("shouted/zz.txt", "by hand\n")
+    assert not counts_settle()
 
 
 def test_outputs_eventrunner_wrote_are_not_strays_and_webhook_sources_need_no_files(

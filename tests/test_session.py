@@ -24,7 +24,7 @@ from conftest import (
 from eventrunner.core.errors import LockHeld, UnknownName
 from eventrunner.run.session import Session
 from eventrunner.service.runtime import Runtime
-from eventrunner.state import fastpath
+from eventrunner.state import fastpath, packed
 from eventrunner.state.store import Store
 from eventrunner.workspace.load import load_workspace
 
@@ -205,8 +205,9 @@ def stamp_of(ws: Workspace) -> dict[str, Any]:
         stamp = marshal.load(fh)
     root = str(ws.root)
 
-    def rel(packed: tuple[str, bytes]) -> set[str]:
-        return {p.removeprefix(root) for p in fastpath.recorded_stats(packed)}
+    def rel(paths: tuple[str, bytes]) -> set[str]:
+        stats = packed.recorded_stats(paths, stamp.get("root", ""))
+        return {p.removeprefix(root) for p in stats}
 
     result = dict(stamp["result"])
     result["outdirs"] = {p.removeprefix(root) for p in result.get("outdirs", {})}

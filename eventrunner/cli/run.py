@@ -115,9 +115,10 @@ def _strays(session: Session, stamped: dict[str, Any]) -> dict[str, str]:
     # writes move the folder too, and a full check reads every manifest of the stage).
     again = [q for q in moved if q in kept]
     out = {q: w for q, w in kept.items() if q not in moved} | noops.stray_outputs(index, again)
-    vouched = set(look.packed_paths[0].split("\0")) if len(again) < len(moved) else set()
-    for q in moved:
-        if q not in kept and (found := noops.new_strays(index, q, vouched)):
+    unsure = [q for q in moved if q not in kept and not noops.nothing_new(index, q, look)]
+    vouched = look.stamped() if unsure else set()
+    for q in unsure:
+        if found := noops.new_strays(index, q, vouched, look.root):
             out[q] = noops.stray_message(graph, q, noops.output_pattern(index, q), found)
     return {q: out[q] for q in graph.order if q in out}
 

@@ -21,6 +21,7 @@ from eventrunner.state.scan import folder_of, named, one_level, scan
 if TYPE_CHECKING:
     from eventrunner.core.graph import Graph
     from eventrunner.core.patterns import Pattern
+    from eventrunner.state.fastpath import Look
     from eventrunner.state.index import Index
 
 Stat = tuple[int, int, int] | None
@@ -62,13 +63,39 @@ def output_pattern(index: Index, q: str) -> Pattern:
     return index.instances[index.ws.graph.stages[q].output.key].pattern
 
 
-def new_strays(index: Index, q: str, stamped: set[str]) -> list[str]:
+def nothing_new(index: Index, q: str, look: Look) -> bool:
+    """True when stage q's output folder holds exactly the files the stamp of `look` recorded
+    there (less those its look found gone) and those this process wrote that it did not:
+    shown by counts, a listing and no set of 100,000s of paths. False: not shown (a file came,
+    or the output is nested or fans out): new_strays() looks."""
+    pattern = output_pattern(index, q)
+    if not one_level(pattern) or index.ws.graph.stages[q].fanout_vars:
+        return False
+    folder = folder_of(str(index.root), pattern)
+    recorded = look.count_in(folder)
+    if recorded is None:
+        return False
+    try:
+        listed = len(os.listdir(folder))
+    except OSError:
+        return False
+    lead = os.path.join(str(index.root), "")
+    ours = {p for r in index.files.written if os.path.dirname(p := lead + r) == folder}
+    gone = [p for p in look.changed if os.path.dirname(p) == folder and not os.path.lexists(p)]
+    # Every recorded file the look found unchanged still exists, and so do our writes: equal
+    # counts leave no room for a file the two do not name.
+    return listed == recorded - len(gone) + len(ours - look.listed(ours))
+
+
+def new_strays(index: Index, q: str, stamped: set[str], below: str = "") -> list[str]:
     """Files where stage q writes that no state produced, when none of the files a stamp
-    recorded (`stamped`: their absolute paths) was one then: an incremental run's
-    check. The files new since get a manifest read each; every output of the stage is read
-    only when there are some and the output does not name its state."""
+    recorded (`stamped`: their paths as it names them, relative to `below` when below it)
+    was one then: an incremental run's check. The files new since get a manifest read each;
+    every output of the stage is read only when there are some and the output does not
+    name its state."""
     pattern, written = output_pattern(index, q), index.files.written
-    new = [(r, vs) for r, vs in _new_files(pattern, str(index.root), stamped) if r not in written]
+    found = _new_files(pattern, str(index.root), stamped, below)
+    new = [(r, vs) for r, vs in found if r not in written]
     stage = index.ws.graph.stages[q]
     if not new or stage.fanout_vars or pattern.variables != tuple(stage.entity_vars):
         made = produced(index, q) if new else set()
@@ -81,21 +108,25 @@ def new_strays(index: Index, q: str, stamped: set[str]) -> list[str]:
     return out
 
 
-def _new_files(pattern: Pattern, root: str, stamped: set[str]) -> list[tuple[str, dict[str, str]]]:
+def _new_files(
+    pattern: Pattern, root: str, stamped: set[str], below: str
+) -> list[tuple[str, dict[str, str]]]:
     """(relpath, values) of the files the pattern matches that `stamped` does not list. Set
     operations in C where the pattern's variables are all in one folder level (out/{id}.txt):
     a folder of 100,000 outputs is one listdir, not 100,000 DirEntry objects."""
     at = os.path.join(root, "")
     if not one_level(pattern):
-        skip = {p[len(at) :] for p in stamped if p.startswith(at)}
+        full = (p if p.startswith("/") else below + p for p in stamped)
+        skip = {p[len(at) :] for p in full if p.startswith(at)}
         return list(scan(pattern, Path(root), skip=skip))
     folder = os.path.join(folder_of(root, pattern), "")
     try:
         listed = os.listdir(folder)
     except OSError:
         return []
-    new = {folder + name for name in listed}.difference(stamped)
-    return named(pattern, root, (path[len(folder) :] for path in new))
+    named_as = folder[len(below) :] if below and folder.startswith(below) else folder
+    new = {named_as + name for name in listed}.difference(stamped)
+    return named(pattern, root, (path[len(named_as) :] for path in new))
 
 
 def produced(index: Index, q: str) -> set[str]:

@@ -77,11 +77,12 @@ def write_stamp(
     common = (sources, source_ids, min(retries, default=float(2**62)))
     result = {**(recorded or {}), "skipped": skipped}
     prefix = os.path.join(root, "")
-    if base is None or not dirs_before:
+    if base is None or not dirs_before or base.root != prefix:
+        # (A base below another root: the data root moved, and every path is read again.)
         paths = dirs + sorted(_known_paths(index, prefix) - set(dirs))
         expected = _expected(index.files.entries.items(), prefix, dirs_before)
         return fastpath.write(
-            ws.settings.state_dir, defs, paths, *common, result, replaced, expected
+            ws.settings.state_dir, defs, paths, *common, result, replaced, expected, root=prefix
         )
     restat = [*dirs, *(changed or ()), *(prefix + r for r in index.files.touched)]
     entries = index.files.entries
@@ -96,6 +97,7 @@ def write_stamp(
         replaced,
         expected,
         base=base.packed_paths,
+        root=prefix,
     )
 
 
