@@ -142,6 +142,52 @@ def test_a_worker_that_fails_is_a_start_up_error_naming_the_stamp(tmp_path: Path
     assert workers_alive(stamp_file) == []
 
 
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_the_workers_tell_a_change_before_their_answer_and_no_change_only_at_the_end(
+    tmp_path: Path, workers: int
+) -> None:
+    # Given a stamp nothing has changed since: the look says so, and its answer agrees
+    state, files = stamped(tmp_path, n=300)
+    pending = PendingLook(state, workers=workers, min_bytes=0)
+    assert pending.maybe_changed() is False
+    look = pending.result()
+    assert look is not None and look.unchanged
+
+    # When one file changes, Then a worker tells at once, and the answer names that file
+    files[200].write_text("edited, longer\n")
+    pending = PendingLook(state, workers=workers, min_bytes=0)
+    assert pending.maybe_changed() is True
+    look = pending.result()
+    assert look is not None and look.changed == [str(files[200])]
+    assert workers_alive(state / fastpath.STAMP) == []
+
+
+def test_changed_definitions_or_a_failing_worker_never_read_as_no_change(
+    tmp_path: Path,
+) -> None:
+    # Given a stamp whose stats no longer fit its paths: a worker fails before it can tell
+    state, _ = stamped(tmp_path)
+    stamp_file = state / fastpath.STAMP
+    with open(stamp_file, "rb") as fh:
+        data = marshal.load(fh)
+    names, raw = data["paths"]
+    data["paths"] = (names, raw[:-24])
+    stamp_file.write_bytes(marshal.dumps(data))
+    pending = PendingLook(state, workers=2, min_bytes=0)
+    assert pending.maybe_changed() is True  # the failure is result()'s to raise
+    with pytest.raises(StorageError, match="start-up look"):
+        pending.result()
+    # And a stamp whose definitions changed is a change without a worker's word
+    data["paths"] = (names, raw)
+    data["defs"] = (str(tmp_path / "ws" / "gone.toml"), raw[:24])
+    stamp_file.write_bytes(marshal.dumps(data))
+    pending = PendingLook(state, workers=2, min_bytes=0)
+    assert pending.maybe_changed() is True
+    look = pending.result()
+    assert look is not None and look.defs_changed
+    assert workers_alive(stamp_file) == []
+
+
 def test_a_cancelled_look_leaves_no_worker_behind(tmp_path: Path) -> None:
     state, _ = stamped(tmp_path, n=400)
     pending = PendingLook(state, workers=3, min_bytes=0)

@@ -143,8 +143,9 @@ _RUN_PATH = (
 
 def _look(state_dir: Path) -> Look | None:
     """The stamp's look (fastpath.Look, None: no usable stamp). A large stamp's stats are taken
-    by worker processes (lookahead.py) while this one imports what a run that finds changes
-    needs, a module at a time until they are done: a no-change answer waits for no import."""
+    by worker processes (lookahead.py); once one finds a change, this one imports what a run
+    needs, a module at a time until they are done. Until then it waits idle: a no-change
+    answer leaves the cores to the workers and waits for no import."""
     import importlib
 
     from eventrunner.core.errors import StorageError
@@ -153,10 +154,11 @@ def _look(state_dir: Path) -> Look | None:
 
     pending = PendingLook(state_dir)
     try:
-        for name in _RUN_PATH:
-            if pending.done():
-                break
-            importlib.import_module(name)
+        if pending.maybe_changed():
+            for name in _RUN_PATH:
+                if pending.done():
+                    break
+                importlib.import_module(name)
         return pending.result()
     except StorageError:  # a worker failed (its reason is serve's start-up error): look here
         return fastpath.look(state_dir)

@@ -61,6 +61,17 @@ class PendingLook:
         """True when result() will not wait for a worker."""
         return self._workers is None or self._workers.done()
 
+    def maybe_changed(self) -> bool:
+        """False once the workers have all found their paths unchanged; True as soon as one
+        finds a change, and when no worker can tell (definitions changed, no usable stamp, a
+        small look in-process). Waits idle: a no-change answer leaves the workers the cores."""
+        if self._workers is None:
+            return True
+        _, stamp, defs_changed = self._stamp()
+        if stamp is None or defs_changed:
+            return True
+        return self._workers.any_changed()
+
     def sources_if_unchanged(self) -> dict[str, list[str]] | None:
         """The stamp's source entity ids, which the look will vouch for unless a stamped
         folder changed: the index can be loaded from them while the workers take the stats.

@@ -79,7 +79,7 @@ def write_stamp(
     prefix = os.path.join(root, "")
     if base is None or not dirs_before or base.root != prefix:
         # (A base below another root: the data root moved, and every path is read again.)
-        paths = dirs + sorted(_known_paths(index, prefix) - set(dirs))
+        paths = _full_paths(index, prefix, dirs)
         expected = _expected(index.files.entries.items(), prefix, dirs_before)
         return fastpath.write(
             ws.settings.state_dir, defs, paths, *common, result, replaced, expected, root=prefix
@@ -118,14 +118,22 @@ def _sources(
     )
 
 
+def _full_paths(index: Any, prefix: str, dirs: list[str]) -> list[str]:
+    """What a full stamp records: the folders, then the source files (what users change: the
+    look finds them early, and tells its caller to begin a run's imports at the first
+    change), then everything else a full evaluation depended on."""
+    sources = {prefix + rel for rel in index.source_paths()}.difference(dirs)
+    rest = _known_paths(index, prefix).difference(dirs, sources)
+    return dirs + sorted(sources) + sorted(rest)
+
+
 def _known_paths(index: Any, prefix: str) -> set[str]:
-    """What a full evaluation depended on: the file cache's entries (those of files gone since,
-    an orphan's input, played no part), every source file and every recorded output, cached
-    or not. The cache forgets what it hashed within the racy window (a source written just
+    """What a full evaluation depended on besides the source files: the file cache's entries
+    (those of files gone since, an orphan's input, played no part) and every recorded
+    output, cached or not. The cache forgets what it hashed within the racy window (a source written just
     before the run, an output committed just before the save), and a path left out of the
     stamp is never looked at again: an in-place edit of it went unseen."""
     known = {prefix + rel for rel in index.files.entries}
-    known.update(prefix + rel for rel in index.source_paths())
     for q in index.manifests:
         known.update(prefix + rel for made, _ in index.stage_outputs(q) for rel in made)
     return known

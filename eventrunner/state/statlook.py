@@ -13,6 +13,7 @@ import marshal
 import os
 import sys
 from array import array
+from collections.abc import Callable
 from typing import Any
 
 ABSENT = (
@@ -22,6 +23,10 @@ ABSENT = (
 )  # the recorded stats of a path recorded as missing (a missing eventrunner.toml)
 
 Ident = tuple[int, int, int]  # (size, mtime_ns, inode) of a file
+
+# A worker's answer starts with one of these: CHANGED as soon as it finds a differing path
+# (the caller can begin what a change needs while the stats go on), NONE at the end otherwise.
+CHANGED, NONE = b"C", b"N"
 
 
 def absolute(root: str, name: str) -> str:
@@ -35,10 +40,15 @@ def differing(paths: list[str], stats: array[int]) -> list[str]:
     return [os.fsdecode(path) for path in _differing([os.fsencode(p) for p in paths], stats)]
 
 
-def _differing(paths: list[bytes], stats: array[int], root: bytes = b"") -> list[bytes]:
+def _differing(
+    paths: list[bytes],
+    stats: array[int],
+    root: bytes = b"",
+    first: Callable[[], None] | None = None,
+) -> list[bytes]:
     """differing() over bytes paths (relative ones below `root`), each stat relative to its
     folder's descriptor: a quarter less CPU than a stat of the whole str path (no encoding,
-    one lookup, not one per part). Returns them as given."""
+    one lookup, not one per part). Returns them as given; `first` is called at the first."""
     st = os.stat
     out = []
     triples = iter(stats)  # (size, mtime_ns, inode) per path, no indexing
@@ -63,20 +73,31 @@ def _differing(paths: list[bytes], stats: array[int], root: bytes = b"") -> list
             except OSError:
                 if (size, mtime_ns, ino) != ABSENT:
                     out.append(path)
+                    if first is not None and len(out) == 1:
+                        first()
                 continue
             if s.st_mtime_ns != mtime_ns or s.st_size != size or s.st_ino != ino:
                 out.append(path)
+                if first is not None and len(out) == 1:
+                    first()
     finally:
         if fd >= 0:
             os.close(fd)
     return out
 
 
-def changed_in(names: str, raw: bytes, k: int = 0, n: int = 1, root: str = "") -> list[str]:
+def changed_in(
+    names: str,
+    raw: bytes,
+    k: int = 0,
+    n: int = 1,
+    root: str = "",
+    first: Callable[[], None] | None = None,
+) -> list[str]:
     """differing() over part `k` of `n` of packed (NUL-joined names, int64 stats), relative
-    names below `root`: the paths in full."""
+    names below `root`: the paths in full (`first`: called when the first is found)."""
     paths, stats = part(names, raw, k, n)
-    found = _differing(paths, stats, os.fsencode(root))
+    found = _differing(paths, stats, os.fsencode(root), first)
     return [absolute(root, os.fsdecode(path)) for path in found]
 
 
@@ -119,10 +140,11 @@ class Workers:
     worker outlives the call."""
 
     def __init__(self, stamp: str, key: str, n: int) -> None:
-        import subprocess  # here: the no-change `run` never starts a worker
+        import subprocess  # here: a small look starts no worker
 
         cmd = [sys.executable, "-I", "-S", os.path.abspath(__file__), stamp, key, str(n)]
         self._procs: list[subprocess.Popen[bytes]] = []
+        self._heads: dict[int, bytes] = {}  # pid -> the first byte any_changed() read
         try:
             for k in range(n):
                 self._procs.append(
@@ -143,6 +165,7 @@ class Workers:
             changed: list[str] = []
             for proc in list(self._procs):
                 out, err = proc.communicate()
+                out = self._heads.get(proc.pid, b"") + out  # what any_changed() read of it
                 if proc.returncode != 0:
                     tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
                     raise LookFailed(f"exit status {proc.returncode}: {tail[0]}")
@@ -158,6 +181,22 @@ class Workers:
         """True once every worker has exited (result() will not wait)."""
         return all(proc.poll() is not None for proc in self._procs)
 
+    def any_changed(self) -> bool:
+        """Wait until a worker has found a changed path (True) or all have found none (False);
+        True too when one ended without saying (result() tells why). Idle meanwhile: the
+        workers have the cores to themselves."""
+        import select
+
+        waiting = {proc.stdout.fileno(): proc for proc in self._procs if proc.stdout is not None}
+        while waiting:
+            ready, _, _ = select.select(list(waiting), [], [])
+            for fd in ready:
+                head = os.read(fd, 1)  # before communicate() reads the rest through the pipe
+                self._heads[waiting.pop(fd).pid] = head
+                if head != NONE:
+                    return True
+        return False
+
     def cancel(self) -> None:
         procs, self._procs = self._procs, []
         for proc in procs:
@@ -171,8 +210,11 @@ class Workers:
 
 
 def _decode(out: bytes) -> tuple[Ident, list[str]]:
+    """A worker's whole answer: CHANGED or NONE, then the marshal of its findings."""
+    if out[:1] not in (CHANGED, NONE):
+        raise LookFailed(f"unreadable answer ({len(out)} bytes): no status byte")
     try:
-        ident, paths = marshal.loads(out)
+        ident, paths = marshal.loads(out[1:])
         return (ident[0], ident[1], ident[2]), list(paths)
     except (EOFError, ValueError, TypeError) as exc:
         raise LookFailed(f"unreadable answer ({len(out)} bytes): {exc}") from None
@@ -190,8 +232,16 @@ def _work(argv: list[str]) -> None:
         ident = file_ident(fh.fileno())
         data: dict[str, Any] = marshal.load(fh)
     names, raw = data[key]
-    found = changed_in(names, raw, k, n, data.get("root", ""))
-    sys.stdout.buffer.write(marshal.dumps((ident, found)))
+    out = sys.stdout.buffer
+
+    def tell() -> None:
+        out.write(CHANGED)
+        out.flush()
+
+    found = changed_in(names, raw, k, n, data.get("root", ""), first=tell)
+    if not found:
+        out.write(NONE)
+    out.write(marshal.dumps((ident, found)))
 
 
 if __name__ == "__main__":
