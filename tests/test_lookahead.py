@@ -6,6 +6,7 @@ import marshal
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -33,6 +34,17 @@ def stamped(tmp_path: Path, n: int = 40, relative: bool = True) -> tuple[Path, l
     root = os.path.join(tmp_path / "ws", "") if relative else ""
     assert fastpath.write(state, [], paths, "", {}, float(2**62), {"skipped": 0}, root=root)
     return state, files
+
+
+def cut_short(state: Path) -> tuple[Path, dict[str, Any]]:
+    """Drop the stamp's last stats triple: still loadable, but no look can compare its paths.
+    Returns the stamp file and what it held before."""
+    stamp_file = state / fastpath.STAMP
+    with open(stamp_file, "rb") as fh:
+        data = marshal.load(fh)
+    names, raw = data["paths"]
+    stamp_file.write_bytes(marshal.dumps({**data, "paths": (names, raw[:-24])}))
+    return stamp_file, data
 
 
 def workers_alive(stamp: Path) -> list[psutil.Process]:
@@ -124,12 +136,7 @@ def test_a_worker_that_fails_is_a_start_up_error_naming_the_stamp(tmp_path: Path
     # Given a stamp whose stats no longer match its paths (one triple short): loadable, but
     # no look can compare it
     state, _ = stamped(tmp_path)
-    stamp_file = state / fastpath.STAMP
-    with open(stamp_file, "rb") as fh:
-        data = marshal.load(fh)
-    names, raw = data["paths"]
-    data["paths"] = (names, raw[:-24])
-    stamp_file.write_bytes(marshal.dumps(data))
+    stamp_file, _ = cut_short(state)
 
     # When the look runs in workers, Then its failure is raised as a StorageError that says
     # what failed and what to do, and no worker is left behind
@@ -167,19 +174,13 @@ def test_changed_definitions_or_a_failing_worker_never_read_as_no_change(
 ) -> None:
     # Given a stamp whose stats no longer fit its paths: a worker fails before it can tell
     state, _ = stamped(tmp_path)
-    stamp_file = state / fastpath.STAMP
-    with open(stamp_file, "rb") as fh:
-        data = marshal.load(fh)
-    names, raw = data["paths"]
-    data["paths"] = (names, raw[:-24])
-    stamp_file.write_bytes(marshal.dumps(data))
+    stamp_file, data = cut_short(state)
     pending = PendingLook(state, workers=2, min_bytes=0)
     assert pending.maybe_changed() is True  # the failure is result()'s to raise
     with pytest.raises(StorageError, match="start-up look"):
         pending.result()
     # And a stamp whose definitions changed is a change without a worker's word
-    data["paths"] = (names, raw)
-    data["defs"] = (str(tmp_path / "ws" / "gone.toml"), raw[:24])
+    data["defs"] = (str(tmp_path / "ws" / "gone.toml"), data["paths"][1][:24])
     stamp_file.write_bytes(marshal.dumps(data))
     pending = PendingLook(state, workers=2, min_bytes=0)
     assert pending.maybe_changed() is True

@@ -27,6 +27,15 @@ def warnings(res_err: str) -> list[str]:
     return [x for x in res_err.splitlines() if x.startswith("eventrunner: warning: ")]
 
 
+def follow_changes(ws: Workspace) -> None:
+    """Bring the workspace up to date and past the racy window: its next runs follow only
+    what changed (a no-change run answers from stats)."""
+    assert ws.sub("run").code == 0
+    age(ws)
+    assert ws.sub("run").code == 0
+    assert ws.sub("run", "--json").json["mode"] == "stat"
+
+
 def test_a_missing_source_folder_is_warned_by_validate_run_and_status(
     make_workspace: MakeWorkspace,
 ) -> None:
@@ -100,10 +109,7 @@ def test_an_incremental_run_tells_its_own_outputs_from_files_dropped_beside_them
     echo: Workspace,
 ) -> None:
     # Given an up-to-date workspace whose next runs follow only what changed
-    assert echo.sub("run").code == 0
-    age(echo)
-    assert echo.sub("run").code == 0
-    assert echo.sub("run", "--json").json["mode"] == "stat"
+    follow_changes(echo)
 
     # When an input changes, its outputs are rewritten in their folders (which moves them)
     echo.write("inbox/a.txt", "changed words here\n")
@@ -134,10 +140,7 @@ def test_an_output_deleted_and_a_file_dropped_beside_it_in_one_go_is_still_warne
     echo: Workspace,
 ) -> None:
     # Given an up-to-date workspace whose next runs follow only what changed
-    assert echo.sub("run").code == 0
-    age(echo)
-    assert echo.sub("run").code == 0
-    assert echo.sub("run", "--json").json["mode"] == "stat"
+    follow_changes(echo)
 
     # When one output goes and a stray comes (the folder holds as many files as before)
     echo.delete("shouted/b.txt")
@@ -152,10 +155,7 @@ def test_an_output_deleted_and_a_file_dropped_beside_it_in_one_go_is_still_warne
 
 def test_the_count_check_answers_from_the_stamp_and_our_writes(echo: Workspace) -> None:
     # Given an up-to-date workspace and its stamp, loaded in this process as a run loads them
-    assert echo.sub("run").code == 0
-    age(echo)
-    assert echo.sub("run").code == 0
-    assert echo.sub("run", "--json").json["mode"] == "stat"
+    follow_changes(echo)
     state = echo.root / ".eventrunner"
     ws = load_workspace(echo.root)
     index = Index.load(ws, Store(ws.settings.state_dir))
