@@ -12,9 +12,13 @@ from __future__ import annotations
 import marshal
 import os
 import sys
-from array import array
-from collections.abc import Callable
-from typing import Any
+
+# Not `typing`: a worker is a bare interpreter, where importing typing (and re with it) takes
+# longer than starting it (~13 ms); mypy still reads these.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
 
 ABSENT = (
     -1,
@@ -34,7 +38,7 @@ def absolute(root: str, name: str) -> str:
     return name if not root or name.startswith("/") else root + name
 
 
-def differing(paths: list[str], stats: array[int]) -> list[str]:
+def differing(paths: list[str], stats: Sequence[int]) -> list[str]:
     """The paths whose stats are not the recorded ones (gone ones too, unless recorded ABSENT),
     in recorded order. A racy path, recorded with mtime -1, never matches."""
     return [os.fsdecode(path) for path in _differing([os.fsencode(p) for p in paths], stats)]
@@ -42,7 +46,7 @@ def differing(paths: list[str], stats: array[int]) -> list[str]:
 
 def _differing(
     paths: list[bytes],
-    stats: array[int],
+    stats: Sequence[int],
     root: bytes = b"",
     first: Callable[[], None] | None = None,
 ) -> list[bytes]:
@@ -101,18 +105,17 @@ def changed_in(
     return [absolute(root, os.fsdecode(path)) for path in found]
 
 
-def part(names: str, raw: bytes, k: int, n: int) -> tuple[list[bytes], array[int]]:
+def part(names: str, raw: bytes, k: int, n: int) -> tuple[list[bytes], Sequence[int]]:
     """Part `k` of `n` of packed (NUL-joined names, int64 stats), as bytes paths: contiguous,
-    cut between names, in recorded order; the parts together are every path once."""
+    cut between names, in recorded order; the parts together are every path once. The stats
+    are a view of `raw` (no copy, and no `array` module to load in a worker)."""
     starts = [0, *(_next_name(names, len(names) * i // n) for i in range(1, n)), len(names) + 1]
     begin, end = starts[k], starts[k + 1]
     if not names or begin >= end:
-        return [], array("q")
+        return [], ()
     first = names.count("\0", 0, begin)  # names before this part
     paths = os.fsencode(names[begin : end - 1]).split(b"\0")
-    stats = array("q")
-    stats.frombytes(raw[first * 24 : (first + len(paths)) * 24])
-    return paths, stats
+    return paths, memoryview(raw)[first * 24 : (first + len(paths)) * 24].cast("q")
 
 
 def _next_name(names: str, at: int) -> int:
@@ -222,11 +225,12 @@ def _decode(out: bytes) -> tuple[Ident, list[str]]:
 
 def _work(argv: list[str]) -> None:
     """A worker: stamp path, key, n, k -> marshal of (the stamp's ident, differing paths)."""
-    import signal
+    # signal's C half: the module itself builds its enums (enum, functools: ~5 ms here).
+    import _signal
 
     # A Ctrl-C at the terminal reaches the whole process group: serve stops cleanly on it,
     # and its look is to end with its own stop, not fail under it (SIGTERM still ends it).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
     stamp, key, n, k = argv[0], argv[1], int(argv[2]), int(argv[3])
     with open(stamp, "rb") as fh:
         ident = file_ident(fh.fileno())
