@@ -129,3 +129,42 @@ def _connected(pid: int, port: int) -> bool:
         if fields[3] == "01" and int(fields[2].split(":")[1], 16) == port and fields[9] in inodes:
             return True
     return False
+
+
+ALLOCATOR_FILES = {
+    "eventrunner.toml": '[runtime]\nexecutor = "process"\n',
+    "pipelines/p.toml": """\
+        [stages.env]
+        handler = "h:env"
+        inputs = { t = "inbox/{n}.txt" }
+        output = "out/{n}.txt"
+        """,
+    "handlers/h.py": """\
+        import os
+
+
+        def env(t: str) -> str:
+            return os.environ.get("PYTHONMALLOC", "unset")
+        """,
+}
+
+
+@pytest.mark.parametrize("chosen", [None, "pymalloc"])
+def test_serve_runs_on_glibcs_allocator_unless_one_is_chosen_and_handlers_get_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chosen: str | None
+) -> None:
+    # Given a workspace whose handler (in a worker process) reports its PYTHONMALLOC
+    if chosen is None:
+        monkeypatch.delenv("PYTHONMALLOC", raising=False)
+    else:
+        monkeypatch.setenv("PYTHONMALLOC", chosen)
+    root = make_workspace(tmp_path / "ws", ALLOCATOR_FILES)
+    with Server(root, tmp_path / "logs") as server:
+        cmdline = Path(f"/proc/{server.pid}/cmdline").read_bytes().split(b"\0")
+        (root / "inbox" / "a.txt").parent.mkdir(exist_ok=True)
+        (root / "inbox" / "a.txt").write_text("x")
+        seen = wait_until(lambda: read(root / "out" / "a.txt"), "the handler's output")
+    # Then serve re-executed itself (same PID) on glibc's allocator only when none was chosen,
+    # and the handler's process was started with the allocator the user had
+    assert (b"eventrunner_malloc" in cmdline) is (chosen is None)
+    assert seen == (chosen or "unset")
