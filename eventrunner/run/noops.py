@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eventrunner.core.patterns import entity_id
+from eventrunner.state import packed, statlook
 from eventrunner.state.scan import folder_of, named, one_level, scan
 
 if TYPE_CHECKING:
@@ -116,7 +117,7 @@ def _new_files(
     a folder of 100,000 outputs is one listdir, not 100,000 DirEntry objects."""
     at = os.path.join(root, "")
     if not one_level(pattern):
-        full = (p if p.startswith("/") else below + p for p in stamped)
+        full = (statlook.absolute(below, p) for p in stamped)
         skip = {p[len(at) :] for p in full if p.startswith(at)}
         return list(scan(pattern, Path(root), skip=skip))
     folder = os.path.join(folder_of(root, pattern), "")
@@ -124,7 +125,7 @@ def _new_files(
         listed = os.listdir(folder)
     except OSError:
         return []
-    named_as = folder[len(below) :] if below and folder.startswith(below) else folder
+    named_as = packed.rel(below, folder)
     new = {named_as + name for name in listed}.difference(stamped)
     return named(pattern, root, (path[len(named_as) :] for path in new))
 

@@ -101,11 +101,6 @@ class Look:
         """Relpaths of the source files at the stamp (built on demand: 100,000s of strings)."""
         return set(filter(None, self.packed_sources.split("\0")))
 
-    @property
-    def recorded(self) -> dict[str, tuple[int, int, int]]:
-        """path -> its recorded stats (what an incremental run carries into its stamp)."""
-        return packed.recorded_stats(self.packed_paths, self.root)
-
     def stamped(self) -> set[str]:
         """Every recorded path as the stamp names it (relative to `root` when below it)."""
         names = self.packed_paths[0]
@@ -113,9 +108,9 @@ class Look:
 
     def listed(self, paths: Iterable[str]) -> set[str]:
         """Which of these absolute paths the stamp records (a search each for a few)."""
-        paths = list(paths)
-        where = packed.positions(self.packed_paths[0], [packed.rel(self.root, p) for p in paths])
-        return {p for p in paths if packed.rel(self.root, p) in where}
+        named = {p: packed.rel(self.root, p) for p in paths}
+        where = packed.positions(self.packed_paths[0], named.values())
+        return {p for p, name in named.items() if name in where}
 
     def count_in(self, folder: str) -> int | None:
         """How many recorded paths are directly in `folder` (counted in C, no list of every
