@@ -304,7 +304,7 @@ class Engine(Running, Finishing):
 
     def _dispatch(self) -> None:
         """Start the best ready jobs while global and per-stage slots are free."""
-        slots = self.executor.capacity
+        slots = self.executor.capacity + self.executor.read_ahead
         while (
             self._heap
             and len(self._tasks) < slots

@@ -17,7 +17,10 @@ The contract, for every implementation:
 - `capacity` is how many calls may run at once now. The engine never has more calls
   outstanding, so an executor queues little and the engine's priorities decide what runs.
   When capacity changes on its own (a worker lost for good, one returned, a cluster scaled),
-  the executor calls `_capacity_changed()` so the engine dispatches again.
+  the executor calls `_capacity_changed()` so the engine dispatches again. `read_ahead` is
+  how many calls more it accepts queued, to start the moment a worker frees: 0 unless its
+  calls are short enough that the trip back to the loop for the next one would idle the
+  worker (thread_pool.py). Queued calls are noted as started; `drop_queued()` drops them.
 - Timeouts: `call.stage.timeout` bounds the call's own run time, measured from the moment a
   worker starts it; time spent waiting for a worker never counts. When it expires the future
   fails with `HandlerTimeout` and the call's slot is free again (capacity stays as it was):
@@ -124,6 +127,11 @@ class Executor(ClosesOnce, ABC):
     def capacity(self) -> int:
         """How many calls may run at once now."""
 
+    @property
+    def read_ahead(self) -> int:
+        """How many calls more than `capacity` it takes now, queued (see the module)."""
+        return 0
+
     @abstractmethod
     def submit(self, call: Call) -> asyncio.Future[Written]:
         """Start `call` (on the loop's thread); the future holds its result or its error."""
@@ -138,8 +146,8 @@ class Executor(ClosesOnce, ABC):
 
     def drop_queued(self) -> int:
         """Shutdown began: cancel the calls that have not started (their futures), so only
-        running ones use the grace period; how many were dropped. The local executors start
-        what they accept at once: nothing to drop."""
+        running ones use the grace period; how many were dropped. The process executor
+        starts what it accepts at once: nothing to drop."""
         return 0
 
     @abstractmethod
