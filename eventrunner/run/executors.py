@@ -15,7 +15,8 @@ The contract, for every implementation:
   The error is always an `Exception`: a handler's SystemExit or KeyboardInterrupt is passed
   through `as_failure`, since raised into the engine it would stop the whole process.
 - `capacity` is how many calls may run at once now. The engine never has more calls
-  outstanding, so an executor queues little and the engine's priorities decide what runs.
+  outstanding than `capacity + read_ahead`, so an executor queues little and the engine's
+  priorities decide what runs.
   When capacity changes on its own (a worker lost for good, one returned, a cluster scaled),
   the executor calls `_capacity_changed()` so the engine dispatches again. `read_ahead` is
   how many calls more it accepts queued, to start the moment a worker frees: 0 unless its

@@ -28,7 +28,7 @@ MAX_ABANDONED = 16  # hung handler threads replaced before capacity starts to sh
 # Read-ahead: while calls take under QUICK_S on average, each serving thread may have
 # READ_AHEAD calls more queued behind it. A short call's thread would otherwise idle for the
 # trip to the loop and back (result posted, committed, next call prepared), which at -j2 cost
-# ~15% of a cold run's wall time; a slow call's queue would only hold states that show as
+# ~12% of a cold run's wall time; a slow call's queue would only hold states that show as
 # running early and count as attempted if the process dies.
 QUICK_S = 0.005
 READ_AHEAD = 3
