@@ -40,6 +40,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or imported
+import fsprobe
+
 WORDS = [
     "event",
     "driven",
@@ -363,6 +366,7 @@ def main() -> None:
         sample = sorted(set(rng.sample(names, min(200, n))) | {names[0], names[-1]})
 
         # 1. cold
+        probe = fsprobe.create_us(root)
         er_cold = er_run(cmd, er, jobs, 2 * n)
         mk_cold = make_run(mk, jobs)
         compare(mk, er, names, sample)
@@ -520,6 +524,10 @@ def main() -> None:
             f"outputs identical on {len(sample) + len(changed)} sampled entities (upper and count); "
             f"index cache present after cold run: {had_index}"
         )
+        print(
+            f"one file creation cost {fsprobe.fmt_us(probe)} of CPU before the cold runs "
+            "(fsprobe.py: right after a mass delete this machine's ext4 takes ~50x longer)"
+        )
     finally:
         if args.keep:
             print(f"kept: {root}")
@@ -544,16 +552,18 @@ def cold_scaling(sizes: list[int], jobs: int, seed: int, repeat: int, keep: bool
     root = Path(tempfile.mkdtemp(prefix="er-scale-"))
     rows: list[tuple[str, ...]] = []
     per_entity: dict[int, float] = {}
+    probes: list[float] = []  # fsprobe.create_us before each cold run
     try:
         for n in sizes:
             reps = 1 if n >= 100_000 else max(1, min(repeat, 3))
             got: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
             for rep in range(reps):
                 for fanin in (False, True):  # alternated, so both see the same machine load
+                    # Kept until the end: a delete slows the next run's creations (fsprobe.py).
                     base = root / f"{n}-{int(fanin)}-{rep}"
                     _, er, _ = build(base, n, seed, fanin=fanin)
+                    probes.append(fsprobe.create_us(root))
                     got[fanin].append(cold_timed(cmd, er, jobs, 2 * n + int(fanin)))
-                    shutil.rmtree(base, ignore_errors=True)
             med = statistics.median
             for fanin in (False, True):
                 wall = med(w for w, _ in got[fanin])
@@ -593,7 +603,11 @@ def cold_scaling(sizes: list[int], jobs: int, seed: int, repeat: int, keep: bool
     head = ("entities", "pipeline", "cold wall", "executions/s", "CPU/execution")
     head += ("wall/entity", "target")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    print(f"cold runs, -j{jobs}, {os.cpu_count()} CPUs (median of up to 3, alternated)")
+    print(
+        f"cold runs, -j{jobs}, {os.cpu_count()} CPUs (median of up to 3, alternated); one file "
+        f"creation cost {fsprobe.fmt_us(min(probes))} to {fsprobe.fmt_us(max(probes))} of CPU "
+        "before them (fsprobe.py)"
+    )
     for r in [head, tuple("-" * w for w in widths), *rows]:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
     if len(per_entity) >= 2:

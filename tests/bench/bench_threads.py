@@ -27,7 +27,10 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fsprobe
 from bench_engine import build
+
+_NOT_CPU = ("wall", "executed", "probe")  # what a run's dict holds besides CPU seconds
 
 # Run inside the measured process: wraps threading.Thread.run to read each thread's own CPU
 # (/proc/thread-self/stat) as it ends, and the main thread's at exit; prints one JSON line.
@@ -65,26 +68,24 @@ finally:
 """
 
 
-def one_run(template: Path, tree: str | None, jobs: int) -> dict[str, list[float]]:
-    """A cold run on a fresh copy of the template; per-thread-kind [user, system] seconds."""
-    work = Path(tempfile.mkdtemp(prefix="er-threads-"))
-    try:
-        shutil.copytree(template, work / "er", symlinks=True)
-        env = dict(os.environ)
-        if tree:
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [tree, env.get("PYTHONPATH")]))
-        cmd = [sys.executable, "-c", WRAPPER, "-w", str(work / "er"), "run", "--json"]
-        proc = subprocess.run([*cmd, "-j", str(jobs)], capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            sys.exit(
-                f"run failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-            )
-        result = json.loads(proc.stdout)
-        acc: dict[str, list[float]] = json.loads(proc.stderr.strip().splitlines()[-1])
-        acc["executed"] = [float(result["executed"]), 0.0]
-        return acc
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+def one_run(template: Path, tree: str | None, jobs: int, root: Path) -> dict[str, list[float]]:
+    """A cold run on a fresh copy of the template, below `root` (deleted only after the last
+    run: see fsprobe.py); per-thread-kind [user, system] seconds, and the creation probe."""
+    work = Path(tempfile.mkdtemp(prefix="er-threads-", dir=root))
+    shutil.copytree(template, work / "er", symlinks=True)
+    probe = fsprobe.create_us(root)
+    env = dict(os.environ)
+    if tree:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [tree, env.get("PYTHONPATH")]))
+    cmd = [sys.executable, "-c", WRAPPER, "-w", str(work / "er"), "run", "--json"]
+    proc = subprocess.run([*cmd, "-j", str(jobs)], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        sys.exit(f"run failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    result = json.loads(proc.stdout)
+    acc: dict[str, list[float]] = json.loads(proc.stderr.strip().splitlines()[-1])
+    acc["executed"] = [float(result["executed"]), 0.0]
+    acc["probe"] = [probe, 0.0]
+    return acc
 
 
 def main() -> None:
@@ -101,14 +102,15 @@ def main() -> None:
         _, template, _ = build(root, args.entities, seed=1)
         for _ in range(args.repeat):
             for tree in trees:  # alternated: each tree sees the same load
-                run = one_run(template, tree or None, args.jobs)
+                run = one_run(template, tree or None, args.jobs, root)
                 rows[tree].append(run)
-                cpu = {k: round(sum(v), 2) for k, v in run.items() if k != "executed"}
+                cpu = {k: round(sum(v), 2) for k, v in run.items() if k not in _NOT_CPU}
                 print(f"  {tree or '(installed)'}: {cpu}", flush=True)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)  # every copy at once, after the last run
     kinds = ("loop", "handlers", "committer")
     head = ["tree", "executions/s", "CPU/execution", *(f"{k} u+s us" for k in kinds)]
+    head.append("file creation (fsprobe)")
     print(
         f"cold runs, {args.entities:,} entities x 2 stages, -j{args.jobs} (median of {args.repeat})"
     )
@@ -117,7 +119,7 @@ def main() -> None:
     med = statistics.median
     for tree, runs in rows.items():
         n = runs[0]["executed"][0]
-        total = [sum(sum(v) for k, v in r.items() if k not in ("wall", "executed")) for r in runs]
+        total = [sum(sum(v) for k, v in r.items() if k not in _NOT_CPU) for r in runs]
         cells = [
             tree or "(installed)",
             f"{med(n / r['wall'][0] for r in runs):,.0f}/s",
@@ -127,6 +129,7 @@ def main() -> None:
             u = med(r.get(k, [0.0, 0.0])[0] for r in runs) / n * 1e6
             s = med(r.get(k, [0.0, 0.0])[1] for r in runs) / n * 1e6
             cells.append(f"{u:,.0f} + {s:,.0f}")
+        cells.append(fsprobe.fmt_us(med(r["probe"][0] for r in runs)))
         print("| " + " | ".join(cells) + " |")
 
 
