@@ -13,7 +13,6 @@ import contextlib
 import errno
 import os
 import stat
-import uuid
 from pathlib import Path
 
 from eventrunner.core.errors import PatternError
@@ -51,7 +50,7 @@ class DataRoot:
         fd, names, _ = self._open(folder, create=True)
         try:
             canonical = self._allowed([*names, name], relpath)
-            tmp = f"{TMP_PREFIX}{uuid.uuid4().hex[:16]}"
+            tmp = f"{TMP_PREFIX}{os.urandom(8).hex()}"  # not uuid: it imports platform
             out = os.open(tmp, _NEW_FILE, 0o666, dir_fd=fd)
             try:
                 try:
