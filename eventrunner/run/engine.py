@@ -46,10 +46,12 @@ class Engine(Running, Finishing):
         events: EventBus | None = None,
         executor: Executor | None = None,
         retry_in_run: bool = False,
+        one_core: bool = False,
     ) -> None:
         """`events`: where to tell what happens (a fresh bus by default). `executor`: where
         handler calls run (the caller closes one it passes; by default the engine makes the
-        one `[runtime] executor` names, sized `jobs`, and closes it at stop)."""
+        one `[runtime] executor` names, sized `jobs`, and closes it at stop). `one_core`: that
+        one may keep the process on one core while calls are quick (run/affinity.py)."""
         self.index = index
         self.ws = index.ws
         self.store = store
@@ -72,8 +74,9 @@ class Engine(Running, Finishing):
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._owns_executor = executor is None
+        runtime = self.ws.settings.runtime
         self.executor = executor or make_executor(
-            self.ws.settings.runtime.executor, self.jobs, self.ws.settings.runtime
+            runtime.executor, self.jobs, runtime, one_core and runtime.one_core
         )
         self.executor.on_capacity_change(self._wake.set)
         self.committer = Committer(store, index.root, after_batch=self._follow_batch)

@@ -7,9 +7,12 @@ from eventrunner.run.executors import Executor
 from eventrunner.workspace.settings import RuntimeSettings
 
 
-def make_executor(kind: str, size: int, runtime: RuntimeSettings | None = None) -> Executor:
+def make_executor(
+    kind: str, size: int, runtime: RuntimeSettings | None = None, one_core: bool = False
+) -> Executor:
     """The executor named by `[runtime] executor`, sized for `size` calls at once (the local
-    ones; a Dask cluster sizes itself). ExecutorUnavailable when its package is missing."""
+    ones; a Dask cluster sizes itself). ExecutorUnavailable when its package is missing.
+    `one_core`: the thread executor keeps the process on one core while calls are quick."""
     if kind == "dask":
         from eventrunner.run.dask_pool import DaskExecutor  # imports distributed: only here
 
@@ -24,7 +27,10 @@ def make_executor(kind: str, size: int, runtime: RuntimeSettings | None = None) 
 
         return ProcessExecutor(size)
     if kind == "thread":
+        from eventrunner.run.affinity import OneCore
         from eventrunner.run.thread_pool import ThreadExecutor
 
-        return ThreadExecutor(size)
+        return ThreadExecutor(
+            size, one_core=OneCore() if one_core and OneCore.available() else None
+        )
     raise ValueError(f"unknown executor {kind!r}")

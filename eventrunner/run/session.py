@@ -200,6 +200,7 @@ class Session:
             else (lambda q, e: (stages is None or q in stages) and entity in (None, e))
         )
         # retry_in_run: serve retries failures through its sweep; a run gives a state one go.
+        # one_core: a run's threads may share one core (serve's share the host with its API).
         return Engine(
             self.index,
             self.store,
@@ -207,6 +208,7 @@ class Session:
             allow=allow,
             events=self.events,
             retry_in_run=self.live,
+            one_core=not self.live,
         )
 
     def _catch_up(self, look: fastpath.Look | None) -> None:

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from eventrunner.run.affinity import OneCore
 from eventrunner.run.executors import Call, Executor, as_failure, run_coroutine
 from eventrunner.run.invoke import Written, prepare_and_call
 
@@ -62,8 +63,12 @@ class _Job:
 class ThreadExecutor(Executor):
     """`size` worker threads; hung handlers' threads are abandoned and replaced (see module)."""
 
-    def __init__(self, size: int, *, max_abandoned: int = MAX_ABANDONED) -> None:
+    def __init__(
+        self, size: int, *, max_abandoned: int = MAX_ABANDONED, one_core: OneCore | None = None
+    ) -> None:
         super().__init__()
+        # Pinned while calls are quick (affinity.py), under the lock: one transition at a time.
+        self.one_core = one_core
         self.size = max(1, size)
         self.max_abandoned = max_abandoned
         self.abandoned = 0  # ever abandoned (timeouts and cancels)
@@ -113,9 +118,12 @@ class ThreadExecutor(Executor):
         return job.future
 
     async def _release(self) -> None:
-        """Ask idle threads to exit; running handlers are abandoned (their threads are daemons)."""
+        """Ask idle threads to exit; running handlers are abandoned (their threads are daemons).
+        Whatever the process does next has its cores back."""
         with self._lock:
             serving = self._serving
+            if self.one_core is not None:
+                self.one_core.release()
         for _ in range(serving):
             self._queue.put(None)
 
@@ -141,6 +149,8 @@ class ThreadExecutor(Executor):
             written, error = self._call(job.call)
             with self._lock:
                 self._mean += 0.1 * (time.monotonic() - job.began - self._mean)
+                if self.one_core is not None and self.one_core.pinned != (self._mean < QUICK_S):
+                    (self.one_core.release if self.one_core.pinned else self.one_core.pin)()
                 abandoned = job.state is _State.ABANDONED
                 job.state = _State.DONE
                 rejoin = abandoned and not job.replaced and not self._closed

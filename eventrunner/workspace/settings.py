@@ -150,6 +150,8 @@ class RuntimeSettings:
     dask_scheduler: Annotated[str | None, _Checked("BeforeValidator", _blank_is_none)] = None
     dask_workers: AtLeastOne = field(default_factory=lambda: os.cpu_count() or 1)
     shared_fs: bool = False
+    # `run` with the thread executor: every thread on one core while calls average < 5 ms
+    one_core: bool = True
     debounce: Duration = 0.05
     settle: Duration = 0.05
     retry_sweep_interval: Duration = 30.0
