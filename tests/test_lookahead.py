@@ -207,21 +207,6 @@ def test_a_small_stamp_is_looked_at_in_process(tmp_path: Path) -> None:
     assert look is not None and look.changed == [str(files[0])]
 
 
-def test_a_stamp_below_two_workers_worth_gets_one_and_a_larger_one_two(tmp_path: Path) -> None:
-    # Given a stamp of 400 paths, and a look started with the default worker count
-    state, files = stamped(tmp_path, n=400)
-    size = (state / fastpath.STAMP).stat().st_size
-    # When the second worker's threshold is above its size, Then one worker takes the stats
-    one = PendingLook(state, min_bytes=0, two_from=size + 1)
-    assert one.worker_count == 1
-    # And when it is at its size, two (on two or more cores), which find the same change
-    two = PendingLook(state, min_bytes=0, two_from=size)
-    assert two.worker_count == min(2, os.cpu_count() or 1)
-    files[7].write_text("edited, longer\n")
-    assert one.result().changed == two.result().changed == [str(files[7])]
-    assert workers_alive(state / fastpath.STAMP) == []
-
-
 def test_no_stamp_is_no_look_and_no_worker(tmp_path: Path) -> None:
     state = tmp_path / ".eventrunner"
     state.mkdir()

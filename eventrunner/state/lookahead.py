@@ -17,10 +17,6 @@ from eventrunner.core.errors import StorageError
 from eventrunner.state import fastpath, statlook
 
 WORKERS_FROM = 1 << 20  # stamp bytes (~16,000 paths) from which worker processes pay off
-# Stamp bytes (~60,000 paths) from which a second worker pays off. Below it one worker's stats
-# end before the run's imports (~100 ms) do, and a second would only take a core from them:
-# at 10,000 entities x 2 stages (1.5 MB) one worker made a one-change run 9% faster.
-TWO_WORKERS_FROM = 3 << 20
 
 
 class PendingLook:
@@ -30,13 +26,11 @@ class PendingLook:
     starting a worker costs more than its stats."""
 
     def __init__(
-        self,
-        state_dir: Path,
-        workers: int | None = None,
-        min_bytes: int = WORKERS_FROM,
-        two_from: int = TWO_WORKERS_FROM,
+        self, state_dir: Path, workers: int | None = None, min_bytes: int = WORKERS_FROM
     ) -> None:
         self.state_dir = state_dir
+        # One per core, two at most: the serve process needs a core for its imports and index.
+        workers = workers or min(2, os.cpu_count() or 1)
         self._workers: statlook.Workers | None = None
         self._read: tuple[statlook.Ident | None, dict[str, Any] | None, bool] | None = None
         try:
@@ -44,19 +38,12 @@ class PendingLook:
         except OSError:
             return
         if size >= min_bytes and not os.path.exists(state_dir / "index.dirty"):
-            # One per core, two at most: the caller needs a core for its imports and index.
-            workers = workers or (1 if size < two_from else min(2, os.cpu_count() or 1))
             self._workers = statlook.Workers(str(state_dir / fastpath.STAMP), "paths", workers)
 
     @property
     def in_workers(self) -> bool:
         """True while worker processes are taking the stats."""
         return self._workers is not None
-
-    @property
-    def worker_count(self) -> int:
-        """How many worker processes take the stats (0: none, or no longer)."""
-        return 0 if self._workers is None else self._workers.count
 
     def _stamp(self) -> tuple[statlook.Ident | None, dict[str, Any] | None, bool]:
         """The stamp as read here (once): its ident, contents (None: unusable), and whether

@@ -180,11 +180,6 @@ class Workers:
         finally:
             self.cancel()
 
-    @property
-    def count(self) -> int:
-        """How many workers were started (and not yet reaped)."""
-        return len(self._procs)
-
     def done(self) -> bool:
         """True once every worker has exited (result() will not wait)."""
         return all(proc.poll() is not None for proc in self._procs)
