@@ -19,17 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from call_helpers import stage_call
 from conftest import MakeWorkspace, Workspace
 from dask_helpers import MARK, Cluster, cluster, free_port, marked_processes
 
 from eventrunner.core.errors import HandlerTimeout
 from eventrunner.run.engine import Engine
-from eventrunner.run.executors import Call
-from eventrunner.run.inputfile import InputFile
 from eventrunner.run.report import RunReport
 from eventrunner.state.index import Index
 from eventrunner.state.store import Store
-from eventrunner.workspace import loader
 from eventrunner.workspace.load import load_workspace
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -357,23 +355,6 @@ async def test_a_code_edit_during_a_run_is_never_recorded_under_the_wrong_identi
     assert {m["code"] for m in manifests(ws.root).values()} == {v2}
 
 
-def _call(root: Path, qualname: str, entity: str) -> Call:
-    """The call the engine would make for one (stage, entity) of a loaded workspace."""
-    loaded = load_workspace(root)
-    stage, ref = loaded.graph.stages[qualname], loaded.handlers[qualname]
-    return Call(
-        stage=stage,
-        entity=entity,
-        handler=ref,
-        func=loader.load(ref),
-        files=[InputFile("t", None, f"in/{entity}.txt", "")],
-        values={"n": entity},
-        attempt=1,
-        root=root,
-        code=loaded.code[qualname],
-    )
-
-
 async def test_a_timeout_is_enforced_by_the_coordinator_and_the_late_result_ignored(
     make_workspace: MakeWorkspace, dask: Cluster, tmp_path: Path
 ) -> None:
@@ -387,7 +368,7 @@ async def test_a_timeout_is_enforced_by_the_coordinator_and_the_late_result_igno
         # When it runs on the cluster
         t0 = time.monotonic()
         with pytest.raises(HandlerTimeout, match=r"timed out after 1\.0s"):
-            await pool.submit(_call(ws.root, "p.s", "a"))
+            await pool.submit(stage_call(ws.root, "p.s", "a", checked=True))
         # Then it failed once its time on the worker was up, though the handler still runs
         assert time.monotonic() - t0 >= 1.0
         assert not (tmp_path / "pids/a-1.returned").exists()

@@ -10,17 +10,15 @@ import time
 from pathlib import Path
 
 import pytest
+from call_helpers import stage_call
 from conftest import MakeWorkspace, Workspace
 from serve_helpers import FAST_RUNTIME, read, until
 from serve_helpers import make_workspace as make_files
 
 from eventrunner.core.errors import HandlerTimeout
 from eventrunner.run import events as ev
-from eventrunner.run.executors import Call
-from eventrunner.run.inputfile import InputFile
 from eventrunner.run.thread_pool import ThreadExecutor
 from eventrunner.service.runtime import Runtime
-from eventrunner.workspace import loader
 from eventrunner.workspace.load import load_workspace
 
 # Blocks until the test creates `release` (bounded, so a thread left behind ends on its own).
@@ -118,23 +116,6 @@ def test_hung_sync_handlers_time_out_and_every_other_stage_still_runs(
 
 
 # -- the thread executor alone ------------------------------------------------------------------
-def _call(ws: Workspace, qualname: str, entity: str) -> Call:
-    """The call the engine would make for one (stage, entity) of a loaded workspace."""
-    loaded = load_workspace(ws.root)
-    stage, ref = loaded.graph.stages[qualname], loaded.handlers[qualname]
-    rel = f"in/{entity}.txt"
-    return Call(
-        stage=stage,
-        entity=entity,
-        handler=ref,
-        func=loader.load(ref),
-        files=[InputFile("t", None, rel, "")],
-        values={"n": entity},
-        attempt=1,
-        root=ws.root,
-    )
-
-
 async def _until(condition: object, what: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():  # type: ignore[operator]
@@ -164,11 +145,11 @@ async def test_a_timeout_counts_the_handlers_own_run_time_not_its_wait_for_a_thr
     ws = _workspace(make_workspace, QUEUE_PIPELINE)
     pool = ThreadExecutor(1)
     try:
-        busy = pool.submit(_call(ws, "p.hang", "a"))
+        busy = pool.submit(stage_call(ws.root, "p.hang", "a"))
         await _until(lambda: ws.exists("pids/a"), "the first handler to start")
         # When a quick call with a 500 ms timeout waits behind it for longer than that
         submitted = time.monotonic()
-        quick = pool.submit(_call(ws, "p.quick", "b"))
+        quick = pool.submit(stage_call(ws.root, "p.quick", "b"))
         await _until(lambda: time.monotonic() - submitted > 0.75, "its timeout to pass")
         ws.write("release", "")
         # Then both succeed: the wait was not run time
@@ -192,7 +173,7 @@ async def test_past_the_cap_hung_threads_cost_capacity_until_they_return(
             caplog.at_level(logging.WARNING, logger="eventrunner.executor"),
             pytest.raises(HandlerTimeout, match=r"timed out after 0\.3s"),
         ):
-            await pool.submit(_call(ws, "p.hang", "a"))
+            await pool.submit(stage_call(ws.root, "p.hang", "a"))
         # Then its slot is lost, with an error that says why and what to do
         assert pool.capacity == 1 and changes == [1]
         assert 'use executor = "process"' in caplog.text
@@ -205,7 +186,7 @@ async def test_past_the_cap_hung_threads_cost_capacity_until_they_return(
         assert ws.exists("pids/a.returned")
         assert list((ws.root / "hung").iterdir()) == []
         # And the executor still runs calls
-        assert (await pool.submit(_call(ws, "p.plain", "b"))).hashes
+        assert (await pool.submit(stage_call(ws.root, "p.plain", "b"))).hashes
     finally:
         ws.write("release", "")
         await pool.close()

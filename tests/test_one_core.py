@@ -7,14 +7,12 @@ from __future__ import annotations
 import os
 
 import pytest
+from call_helpers import stage_call
 from conftest import MakeWorkspace, Workspace
 
 from eventrunner.run.affinity import OneCore
-from eventrunner.run.executors import Call
-from eventrunner.run.inputfile import InputFile
 from eventrunner.run.session import Session
 from eventrunner.run.thread_pool import ThreadExecutor
-from eventrunner.workspace import loader
 from eventrunner.workspace.load import load_workspace
 
 pytestmark = pytest.mark.skipif(not OneCore.available(), reason="needs Linux and 2+ cores")
@@ -55,24 +53,9 @@ def ws(make_workspace: MakeWorkspace) -> Workspace:
     return make_workspace(files)
 
 
-def _call(ws: Workspace, q: str, n: str) -> Call:
-    loaded = load_workspace(ws.root)
-    stage, ref = loaded.graph.stages[q], loaded.handlers[q]
-    return Call(
-        stage=stage,
-        entity=n,
-        handler=ref,
-        func=loader.load(ref),
-        files=[InputFile("t", None, f"in/{n}.txt", "")],
-        values={"n": n},
-        attempt=1,
-        root=ws.root,
-    )
-
-
 async def test_quick_calls_share_one_core_until_a_slow_call_or_the_close(ws: Workspace) -> None:
     before = os.sched_getaffinity(0)
-    quick, slow = _call(ws, "p.cores", "e000"), _call(ws, "p.slow", "e000")
+    quick, slow = stage_call(ws.root, "p.cores", "e000"), stage_call(ws.root, "p.slow", "e000")
     pool = ThreadExecutor(2, one_core=OneCore())
     try:
         # Given quick calls, until the pool pins (bounded: its mean starts at 1 s)
@@ -96,7 +79,7 @@ async def test_quick_calls_share_one_core_until_a_slow_call_or_the_close(ws: Wor
 
 async def test_close_gives_the_cores_back(ws: Workspace) -> None:
     before = os.sched_getaffinity(0)
-    quick = _call(ws, "p.cores", "e000")
+    quick = stage_call(ws.root, "p.cores", "e000")
     pool = ThreadExecutor(2, one_core=OneCore())
     for _ in range(500):
         (await pool.submit(quick)).discard()

@@ -8,15 +8,14 @@ import asyncio
 import time
 
 import pytest
+from call_helpers import stage_call
 from conftest import MakeWorkspace, Workspace
 
 from eventrunner.run.engine import Engine
 from eventrunner.run.executors import Call
-from eventrunner.run.inputfile import InputFile
 from eventrunner.run.thread_pool import READ_AHEAD, ThreadExecutor
 from eventrunner.state.index import Index
 from eventrunner.state.store import Store
-from eventrunner.workspace import loader
 from eventrunner.workspace.load import load_workspace
 
 HANDLERS = """\
@@ -91,22 +90,8 @@ def ws(make_workspace: MakeWorkspace) -> Workspace:
 def _calls(ws: Workspace) -> dict[tuple[str, str], Call]:
     """Every call of the workspace, as the engine would make it (one handler module for all)."""
     loaded = load_workspace(ws.root)
-    calls = {}
-    for q in ("p.counted", "p.upper", "p.slow", "p.hang"):
-        stage, ref = loaded.graph.stages[q], loaded.handlers[q]
-        func = loader.load(ref)
-        for n in ENTITIES:
-            calls[(q, n)] = Call(
-                stage=stage,
-                entity=n,
-                handler=ref,
-                func=func,
-                files=[InputFile("t", None, f"in/{n}.txt", "")],
-                values={"n": n},
-                attempt=1,
-                root=ws.root,
-            )
-    return calls
+    qualnames = ("p.counted", "p.upper", "p.slow", "p.hang")
+    return {(q, n): stage_call(ws.root, q, n, loaded=loaded) for q in qualnames for n in ENTITIES}
 
 
 async def _warm(pool: ThreadExecutor, call: Call) -> None:
