@@ -12,7 +12,12 @@ from typing import TYPE_CHECKING
 
 from eventrunner.cli.common import print_json, print_report, workspace_path
 from eventrunner.cli.parser import build_parser
-from eventrunner.core.errors import ConfigError, EventRunnerError, exit_code_for
+from eventrunner.core.errors import (
+    ConfigError,
+    EventRunnerError,
+    exit_code_for,
+    is_environmental,
+)
 
 if TYPE_CHECKING:
     from logging import LogRecord
@@ -50,8 +55,20 @@ def main(argv: Sequence[str] | None = None, reexec: bool = False) -> int:
     except EventRunnerError as exc:
         print(f"eventrunner: {exc}", file=sys.stderr)
         return exit_code_for(exc)
+    except OSError as exc:
+        if not is_environmental(exc):
+            raise  # a bug: its traceback is wanted
+        # A full disk, a read-only or failing filesystem: nothing half-done is trusted later
+        # (see the guarantees), so the fix is the machine's and the command can be run again.
+        print(f"eventrunner: {exc.strerror or exc}{_named(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _named(exc: OSError) -> str:
+    """ ": <path>" for an OSError that names its file, else ""."""
+    return f": {exc.filename}" if exc.filename else ""
 
 
 def _setup_logging(verbose: int, command: str) -> None:

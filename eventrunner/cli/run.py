@@ -53,6 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if report.would_run is not None:
         return _print_dry_run(args, report)
     report.duration_s = round(time.perf_counter() - t0, 3)
+    report.warnings += session.stop_warnings  # a cache the disk refused (the states are kept)
     if left is not None:
         args.abandoned = getattr(args, "abandoned", 0) + left["running"]
         return _print_interrupted(args, report, left)

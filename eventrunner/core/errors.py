@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -155,6 +156,27 @@ def exit_code_for(exc: BaseException) -> int:
 def http_status_for(exc: BaseException) -> int:
     """The HTTP status for an error."""
     return _lookup(HTTP_STATUS, exc, 500)
+
+
+# OSErrors of the machine, not of eventrunner: a full disk, a quota, a read-only or failing
+# filesystem, no file descriptors left, no permission. Told in one line, without a traceback.
+ENVIRONMENT_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EROFS,
+        errno.EIO,
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.EACCES,
+        errno.EPERM,
+    }
+)
+
+
+def is_environmental(exc: BaseException) -> bool:
+    """True for an OSError that says what the machine lacks (see ENVIRONMENT_ERRNOS)."""
+    return isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS
 
 
 def did_you_mean(name: str, candidates: Iterable[str], prefix: str = "") -> str:

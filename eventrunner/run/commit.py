@@ -22,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from eventrunner.core.errors import is_environmental
 from eventrunner.core.records import AttemptOutput, Failure, Manifest
 from eventrunner.state.files import replace_path, syncfs
 from eventrunner.state.store import Store
@@ -124,7 +125,10 @@ class Committer:
             try:
                 await asyncio.to_thread(self._write_batch, [c for c, _ in batch])
             except Exception as exc:
-                log.exception("commit of %d states failed", len(batch))
+                if is_environmental(exc):  # a full disk is the machine's, not a bug: one line
+                    log.error("commit of %d states failed: %s", len(batch), exc)
+                else:
+                    log.exception("commit of %d states failed", len(batch))
                 error = exc
             try:
                 for _, waiter in batch:

@@ -8,7 +8,7 @@ told apart: a failed start is kept as `start_error`, releases what it took (the 
 is raised; each failed stop step is kept in `stop_errors`. `close()` is ordered and idempotent
 like arq's: safe to call twice, a failed step skips only the steps that depend on it (no save
 after a failed engine stop, no stamp after a failed save), the lock is always released, and a
-cancellation is re-raised once it is.
+cancellation is re-raised once it is. A cache (index, stamp) a full disk refuses is a warning.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from eventrunner.core.errors import UnknownName
+from eventrunner.core.errors import UnknownName, is_environmental
 from eventrunner.run import noops
 from eventrunner.run.engine import Engine
 from eventrunner.run.events import EventBus, Listener
@@ -84,6 +84,7 @@ class Session:
         self.caught_up = 0  # states the catch-up queued
         self.start_error: BaseException | None = None
         self.stop_errors: list[tuple[str, BaseException]] = []
+        self.stop_warnings: list[str] = []  # cache steps that could not write (see _step)
         self._given_look = look
         self.follows: fastpath.Look | None = None  # the stamp a one-shot run follows
         self._changed: list[str] = []  # what changed while down (its stats are read again)
@@ -304,6 +305,12 @@ class Session:
         try:
             await fn()
         except BaseException as exc:  # a cancellation too: the later steps must still run
+            if name in ("index save", "stamp") and is_environmental(exc):  # a full disk
+                text = f"{name} not written ({exc}): the next start is slower, no state is lost"
+                self.stop_warnings.append(text)  # a run prints them with its report
+                if self.live:
+                    log.warning("%s: %s", self.purpose, text)
+                return False
             self.stop_errors.append((name, exc))
             log.error("%s: stop step %r failed: %s", self.purpose, name, exc or type(exc).__name__)
             return False

@@ -14,6 +14,7 @@ reader go on during a save and never see a half-applied one.
 
 from __future__ import annotations
 
+import errno
 import marshal
 import pickle
 import secrets
@@ -55,7 +56,16 @@ class Damaged(Exception):
 
 
 class WriteFailed(OSError):
-    """A save could not be committed (nothing of it is in the file)."""
+    """A save could not be committed (nothing of it is in the file); its errno says why when
+    SQLite's code maps to one (a full disk: ENOSPC)."""
+
+
+# SQLite's primary result codes that are the machine's doing, as the errno they mean.
+_ERRNOS = {
+    sqlite3.SQLITE_FULL: errno.ENOSPC,
+    sqlite3.SQLITE_IOERR: errno.EIO,
+    sqlite3.SQLITE_READONLY: errno.EROFS,
+}
 
 
 def _seal(key: str, data: bytes) -> bytes:
@@ -305,7 +315,9 @@ class IndexDB:
                 conn.execute("ROLLBACK")
                 raise
         except (sqlite3.Error, UnicodeDecodeError) as exc:
-            raise WriteFailed(f"index cache {self.path}: {exc}") from exc
+            text = f"index cache {self.path}: {exc}"
+            code = _ERRNOS.get(getattr(exc, "sqlite_errorcode", 0) & 0xFF)
+            raise (WriteFailed(code, text) if code else WriteFailed(text)) from exc
         atomic_write(self.seal_path, token, durable=True)
         self.fresh = False
 

@@ -66,8 +66,15 @@ class WorkspaceLock:
             "purpose": purpose,
             "since": time.time(),
         }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, dumps(info), 0)
+        data = dumps(info)
+        try:
+            # Written over, then cut to length: a write that fails (a full disk) never leaves
+            # the file empty, which would tell the next holder that a crashed one stopped clean.
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+        except OSError as exc:  # not taken; the error names the file
+            os.close(fd)
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from None
         st = os.fstat(fd)
         _HELD[(st.st_dev, st.st_ino)] = fd
         self._fd = fd
