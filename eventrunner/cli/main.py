@@ -233,11 +233,15 @@ def _serve_allocator() -> None:
     hands back: after a pass over every state at 100,000 entities, Python's own allocator kept
     ~100 MB of 1 MiB arenas that a few live objects pinned (213-249 MB resident, 124-133 MB on
     glibc's; no slower there). Re-executes once, same PID, unless PYTHONMALLOC is set (the
-    user's choice). Handlers and worker processes get the default allocator back."""
+    user's choice), and on one glibc arena (heap.one_arena). Handlers and worker processes get
+    the default allocator back."""
     if sys.platform != "linux":
         return
     if _MALLOC_MARK in sys._xoptions:
         os.environ.pop("PYTHONMALLOC", None)  # for what this process starts
+        from eventrunner.state import heap
+
+        heap.one_arena()  # before any thread: see heap.one_arena
         return
     if "PYTHONMALLOC" in os.environ or not sys.orig_argv:
         return

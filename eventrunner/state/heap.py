@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 _LIBC: Any = None
+_M_ARENA_MAX = -8  # mallopt's parameter number (malloc.h)
 
 
 def trim() -> None:
@@ -25,3 +26,20 @@ def trim() -> None:
             _LIBC = False
     if _LIBC:
         _LIBC(0)
+
+
+def one_arena() -> bool:
+    """Have glibc serve every thread from its main heap (mallopt M_ARENA_MAX = 1), for the
+    arenas made from now on; False where that cannot be done.
+
+    Each thread that allocates gets an arena of its own (up to 8 per core), and memory freed in
+    one stays there: a fan-in call reading 100,000 members in a handler thread left its arena's
+    pages pinned by a few live objects, which malloc_trim could not return (`serve` settled at
+    156-165 MB after 20 drops at 100,000 entities, 135 MB on one arena). With the GIL, threads
+    seldom allocate at once, so the one lock costs little."""
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, 1))
+    except (OSError, AttributeError):
+        return False
