@@ -3,7 +3,10 @@
 `index.sqlite` holds manifests and failures (stage, entity -> packed record), the stat/hash
 cache (path -> packed entry) and meta (layout version, control, a token). Every value carries
 an xxh3-64 checksum of its key and bytes, checked on every read: a damaged value reads as
-`Damaged`, never as a record. A save is one transaction of upserts and deletes that also sets a
+`Damaged`, never as a record. A damaged page can also hide rows without any error (a cell
+pointer off by a byte: SQLite's own count agrees with the scan), so meta keeps each stage's
+manifest count, kept up by every save from the rows it inserted and deleted, and a scan first
+checks the b-tree's count against it. A save is one transaction of upserts and deletes that also sets a
 new token; the token is then written to `index.seal` (replaced by rename). A reader trusts the
 file only when its token is the seal's: a lost or foreign WAL, an older copy of the file, or a
 crash between the commit and the seal all read as "no cache" (rebuilt from the manifests).
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import marshal
-import pickle
 import secrets
 import sqlite3
 import sys
@@ -29,9 +31,20 @@ import xxhash
 from eventrunner.core.records import Control, Failure, Manifest
 from eventrunner.state import members as _members_io  # noqa: F401 (the member log reader)
 from eventrunner.state.files import atomic_write
+from eventrunner.state.indexrecords import (
+    SUM,
+    Damaged,
+    pack_failure,
+    pack_manifest,
+    seal,
+    unpack_failure,
+    unpack_manifest,
+    unseal,
+)
 
-CACHE_VERSION = 15  # of the layout: another version is rebuilt (15: member tables by reference)
-_SUM = 8
+__all__ = ["CACHE_VERSION", "Damaged", "IndexDB", "WriteFailed"]
+
+CACHE_VERSION = 16  # of the layout: another version is rebuilt (16: sealed manifest counts)
 LEGACY = ("index.pickle", "index.journal")  # the cache of versions before 13
 _SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID",
@@ -46,13 +59,8 @@ _SCHEMA = (
 )
 
 
-_REBUILD: Any = None
 _BROKEN = (sqlite3.DatabaseError, UnicodeDecodeError)
 _PAGE = 4096  # rows a paged scan reads per statement
-
-
-class Damaged(Exception):
-    """A value, a page or the file itself does not check out: nothing read from it is trusted."""
 
 
 class WriteFailed(OSError):
@@ -66,74 +74,6 @@ _ERRNOS = {
     sqlite3.SQLITE_IOERR: errno.EIO,
     sqlite3.SQLITE_READONLY: errno.EROFS,
 }
-
-
-def _seal(key: str, data: bytes) -> bytes:
-    return xxhash.xxh3_64_digest(key.encode("utf-8", "surrogatepass") + b"\0" + data) + data
-
-
-def _open(key: str, value: Any) -> bytes:
-    if not isinstance(value, bytes) or len(value) < _SUM:
-        raise Damaged(key)
-    data = value[_SUM:]
-    if xxhash.xxh3_64_digest(key.encode("utf-8", "surrogatepass") + b"\0" + data) != value[:_SUM]:
-        raise Damaged(key)
-    return data
-
-
-def _mkey(q: str, eid: str) -> str:
-    return q + "\0" + eid
-
-
-# -- records as bytes ---------------------------------------------------------------------------
-def _rebuild() -> Any:
-    """The function a Manifest's compact state rebuilds it with (its __reduce__'s)."""
-    global _REBUILD
-    if _REBUILD is None:
-        _REBUILD = Manifest("s", "e", {}, "", "", {}, {}, 0.0, 0, 0.0).__reduce__()[0]
-    return _REBUILD
-
-
-def pack_manifest(m: Manifest) -> tuple[bytes, bytes]:
-    """(outs, rec): the output and dropped paths alone (for narrow scans), and the record: its
-    compact state marshalled (interned strings come back interned, so the paths, hashes, code
-    and params of decoded manifests are shared; an aggregate's member tables by reference), or
-    pickled if it holds anything else."""
-    key = _mkey(m.stage, m.entity)
-    outs = marshal.dumps((tuple(m.output_paths), tuple(m.dropped)))
-    rebuild, state = m.__reduce__()
-    try:
-        if rebuild is not _rebuild():
-            raise ValueError("another shape")
-        rec = b"M" + marshal.dumps(state)
-    except ValueError:
-        rec = b"P" + pickle.dumps(m, protocol=pickle.HIGHEST_PROTOCOL)
-    return _seal(key, outs), _seal(key, rec)
-
-
-def unpack_manifest(q: str, eid: str, rec: Any) -> Manifest:
-    """The manifest of a row (Damaged unless it checks out and is the row's)."""
-    data = _open(_mkey(q, eid), rec)
-    try:
-        rest = data[1:]
-        m = _rebuild()(*marshal.loads(rest)) if data[:1] == b"M" else pickle.loads(rest)
-    except (pickle.PickleError, ValueError, EOFError, TypeError, AttributeError) as exc:
-        raise Damaged(_mkey(q, eid)) from exc
-    if not isinstance(m, Manifest) or m.stage != q or m.entity != eid:
-        raise Damaged(_mkey(q, eid))
-    return m
-
-
-def _pack_failure(f: Failure) -> bytes:
-    fields = tuple(getattr(f, k) for k in Failure.__dataclass_fields__)
-    return _seal(_mkey(f.stage, f.entity), marshal.dumps(fields))
-
-
-def _unpack_failure(q: str, eid: str, rec: Any) -> Failure:
-    try:
-        return Failure(*marshal.loads(_open(_mkey(q, eid), rec)))
-    except (ValueError, EOFError, TypeError) as exc:
-        raise Damaged(_mkey(q, eid)) from exc
 
 
 class IndexDB:
@@ -161,8 +101,8 @@ class IndexDB:
         try:
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
             ok = (
-                _open("version", meta.get("version")) == str(CACHE_VERSION).encode()
-                and _open("token", meta.get("token")) == seal
+                unseal("version", meta.get("version")) == str(CACHE_VERSION).encode()
+                and unseal("token", meta.get("token")) == seal
             )
         except (*_BROKEN, Damaged):
             ok = False
@@ -238,13 +178,13 @@ class IndexDB:
         if row is None:
             return None
         try:
-            return Control.from_json(marshal.loads(_open("control", row[0])))
+            return Control.from_json(marshal.loads(unseal("control", row[0])))
         except (ValueError, EOFError, TypeError) as exc:
             raise Damaged("control") from exc
 
     def failures(self) -> Iterator[Failure]:
         for q, eid, rec in self._rows("SELECT stage, entity, rec FROM failures"):
-            yield _unpack_failure(q, eid, rec)
+            yield unpack_failure(q, eid, rec)
 
     def manifest(self, q: str, eid: str) -> Manifest | None:
         row = self._one("SELECT rec FROM manifests WHERE stage = ? AND entity = ?", (q, eid))
@@ -252,6 +192,7 @@ class IndexDB:
 
     def manifests(self, q: str) -> Iterator[tuple[str, Manifest]]:
         """(entity, manifest) of every manifest of a stage, in entity order."""
+        self._check_count("manifests", q)
         sql = (
             "SELECT entity, rec FROM manifests WHERE stage = ? AND entity > ?"
             " ORDER BY entity LIMIT ?"
@@ -268,6 +209,7 @@ class IndexDB:
     ) -> Iterator[tuple[str, tuple[tuple[str, ...], tuple[str, ...]]]]:
         """(entity, (output paths, dropped paths)) of every manifest of a stage, in entity
         order, from the narrow table (one tight loop: this runs at every run's stray check)."""
+        self._check_count("outputs", q)
         digest, loads, prefix = xxhash.xxh3_64_digest, marshal.loads, q + "\0"
         sql = (
             "SELECT entity, outs FROM outputs WHERE stage = ? AND entity > ?"
@@ -275,46 +217,61 @@ class IndexDB:
         )
         rows = self._paged(sql, (q,))
         for eid, outs in rows:
-            data = outs[_SUM:]
-            if (
-                digest((prefix + eid).encode("utf-8", "surrogatepass") + b"\0" + data)
-                != outs[:_SUM]
-            ):
+            data = outs[SUM:]
+            if digest((prefix + eid).encode("utf-8", "surrogatepass") + b"\0" + data) != outs[:SUM]:
                 raise Damaged(prefix + eid)
             try:
                 yield eid, loads(data)
             except (ValueError, EOFError, TypeError) as exc:
                 raise Damaged(prefix + eid) from exc
 
-    def count(self, q: str) -> int:
-        row = self._one("SELECT count(*) FROM manifests WHERE stage = ?", (q,))
-        return int(row[0]) if row is not None else 0
+    def _check_count(self, table: str, q: str) -> None:
+        """Damaged unless the b-tree holds as many rows of stage `q` as the saves put there (one
+        snapshot for both: a save may commit between the statements of a paged scan)."""
+        if self.damaged:
+            raise Damaged("found damaged before")
+        if self._reader is None:
+            return
+        try:
+            self._reader.execute("BEGIN")
+            try:
+                row = self._reader.execute("SELECT value FROM meta WHERE key = 'counts'").fetchone()
+                (found,) = self._reader.execute(
+                    f"SELECT count(*) FROM {table} WHERE stage = ?", (q,)
+                ).fetchone()
+            finally:
+                self._reader.execute("COMMIT")
+        except _BROKEN as exc:
+            raise Damaged(str(exc)) from exc
+        if found != _counts(row).get(q, 0):
+            raise Damaged(f"{table} of {q}: {found} rows, {_counts(row).get(q, 0)} saved")
 
     def file_entry(self, rel: str) -> bytes | None:
         row = self._one("SELECT entry FROM files WHERE path = ?", (rel,))
-        return None if row is None else _open(rel, row[0])
+        return None if row is None else unseal(rel, row[0])
 
     def file_entries(self) -> Iterator[tuple[str, bytes]]:
         for rel, entry in self._paged(
             "SELECT path, entry FROM files WHERE path > ? ORDER BY path LIMIT ?"
         ):
-            yield sys.intern(rel), _open(rel, entry)
+            yield sys.intern(rel), unseal(rel, entry)
 
     # -- writing ------------------------------------------------------------------------------
     def write(self, changes: dict[str, Any]) -> None:
         """One transaction of the changes (None: deleted) and a new token, then the seal: either
         all of them are in the file and sealed, or the seal disagrees (WriteFailed raised)."""
         try:
+            fresh = self.fresh
             conn = self._writer_conn()
             token = secrets.token_bytes(16)
             conn.execute("BEGIN IMMEDIATE")
             try:
-                _apply(conn, changes, token)
+                _apply(conn, changes, token, fresh)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        except (sqlite3.Error, UnicodeDecodeError) as exc:
+        except (sqlite3.Error, UnicodeDecodeError, Damaged) as exc:
             text = f"index cache {self.path}: {exc}"
             code = _ERRNOS.get(getattr(exc, "sqlite_errorcode", 0) & 0xFF)
             raise (WriteFailed(code, text) if code else WriteFailed(text)) from exc
@@ -339,37 +296,65 @@ class IndexDB:
         return self._writer
 
 
-def _apply(conn: sqlite3.Connection, changes: dict[str, Any], token: bytes) -> None:
-    put_m, put_o, del_m, put_f, del_f, put_files, del_files = [], [], [], [], [], [], []
+def _counts(row: Any) -> dict[str, int]:
+    """Stage -> manifest rows, from the meta row (Damaged unless it checks out)."""
+    if row is None:
+        return {}
+    try:
+        counts = marshal.loads(unseal("counts", row[0]))
+    except (ValueError, EOFError, TypeError) as exc:
+        raise Damaged("counts") from exc
+    if not isinstance(counts, dict):
+        raise Damaged("counts")
+    return counts
+
+
+def _apply_manifests(conn: sqlite3.Connection, changes: dict[str, Any], fresh: bool) -> bytes:
+    """Each stage's manifest and output rows upserted or deleted; the new counts (packed). An
+    update then an insert-or-ignore, not a replace: their row counts say which rows are new."""
+    row = None if fresh else conn.execute("SELECT value FROM meta WHERE key = 'counts'").fetchone()
+    counts = _counts(row)
     for q, ms in changes["manifests"].items():
+        puts, outs, dels = [], [], []
         for eid, m in ms.items():
             if m is None:
-                del_m.append((q, eid))
+                dels.append((q, eid))
             else:
-                outs, rec = pack_manifest(m)
-                put_m.append((q, eid, rec))
-                put_o.append((q, eid, outs))
+                out, rec = pack_manifest(m)
+                puts.append((q, eid, rec))
+                outs.append((q, eid, out))
+        gone = conn.executemany(
+            "DELETE FROM manifests WHERE stage = ? AND entity = ?", dels
+        ).rowcount
+        conn.executemany("DELETE FROM outputs WHERE stage = ? AND entity = ?", dels)
+        if not fresh:  # a new file has no rows to update
+            conn.executemany("UPDATE manifests SET rec = ?3 WHERE stage = ?1 AND entity = ?2", puts)
+        new = conn.executemany("INSERT OR IGNORE INTO manifests VALUES (?, ?, ?)", puts).rowcount
+        conn.executemany("INSERT OR REPLACE INTO outputs VALUES (?, ?, ?)", outs)
+        counts[q] = counts.get(q, 0) + max(new, 0) - max(gone, 0)
+    return marshal.dumps(counts)
+
+
+def _apply(conn: sqlite3.Connection, changes: dict[str, Any], token: bytes, fresh: bool) -> None:
+    put_f, del_f, put_files, del_files = [], [], [], []
+    counts = _apply_manifests(conn, changes, fresh)
     for (q, eid), f in changes["failures"].items():
         if f is None:
             del_f.append((q, eid))
         else:
-            put_f.append((q, eid, _pack_failure(f)))
+            put_f.append((q, eid, pack_failure(f)))
     for rel, entry in changes["files"].items():
         if entry is None:
             del_files.append((rel,))
         else:
-            put_files.append((rel, _seal(rel, entry)))
-    conn.executemany("DELETE FROM manifests WHERE stage = ? AND entity = ?", del_m)
-    conn.executemany("DELETE FROM outputs WHERE stage = ? AND entity = ?", del_m)
-    conn.executemany("INSERT OR REPLACE INTO manifests VALUES (?, ?, ?)", put_m)
-    conn.executemany("INSERT OR REPLACE INTO outputs VALUES (?, ?, ?)", put_o)
+            put_files.append((rel, seal(rel, entry)))
     conn.executemany("DELETE FROM failures WHERE stage = ? AND entity = ?", del_f)
     conn.executemany("INSERT OR REPLACE INTO failures VALUES (?, ?, ?)", put_f)
     conn.executemany("DELETE FROM files WHERE path = ?", del_files)
     conn.executemany("INSERT OR REPLACE INTO files VALUES (?, ?)", put_files)
-    meta = [("version", str(CACHE_VERSION).encode()), ("token", token)]
+    meta = [("version", str(CACHE_VERSION).encode()), ("token", token), ("counts", counts)]
     if changes["control"] is not None:
         meta.append(("control", marshal.dumps(changes["control"].to_json())))
     conn.executemany(
-        "INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, _seal(k, v)) for k, v in meta]
+        "INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, seal(k, v)) for k, v in meta]
     )
