@@ -286,11 +286,7 @@ def test_output_paths_read_narrow_or_warm_are_the_manifests_outputs(ws: Workspac
     # Given a state forgotten and not saved yet
     index = _load(ws)
     index.forget_state("echo.shout", "n04")
-    truth = sorted(
-        (tuple(m.output_paths), tuple(m.dropped))
-        for m in _truth(index).values()
-        if m.stage == "echo.shout"
-    )
+    truth = sorted(_outputs(_truth(index), "echo.shout"))
 
     # Then the narrow scan and the warm maps give the same outputs, the change included
     narrow = sorted(index.stage_outputs("echo.shout"))

@@ -6,8 +6,8 @@ an xxh3-64 checksum of its key and bytes, checked on every read: a damaged value
 `Damaged`, never as a record. A damaged page can also hide rows without any error (a cell
 pointer off by a byte: SQLite's own count agrees with the scan), so meta keeps each stage's
 manifest count, kept up by every save from the rows it inserted and deleted, and a scan first
-checks the b-tree's count against it. A save is one transaction of upserts and deletes that also sets a
-new token; the token is then written to `index.seal` (replaced by rename). A reader trusts the
+checks the b-tree's count against it. A save is one transaction of upserts and deletes that
+also sets a new token; the token is then written to `index.seal` (replaced by rename). A reader trusts the
 file only when its token is the seal's: a lost or foreign WAL, an older copy of the file, or a
 crash between the commit and the seal all read as "no cache" (rebuilt from the manifests).
 
@@ -92,7 +92,7 @@ class IndexDB:
         """Open the file for reading when it is whole, of this layout and sealed by the seal's
         token; False (nothing kept open) otherwise."""
         try:
-            seal = self.seal_path.read_bytes()
+            sealed = self.seal_path.read_bytes()
             if not self.path.is_file():
                 return False
             conn = self._connect()
@@ -102,7 +102,7 @@ class IndexDB:
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
             ok = (
                 unseal("version", meta.get("version")) == str(CACHE_VERSION).encode()
-                and unseal("token", meta.get("token")) == seal
+                and unseal("token", meta.get("token")) == sealed
             )
         except (*_BROKEN, Damaged):
             ok = False
@@ -235,7 +235,7 @@ class IndexDB:
         try:
             self._reader.execute("BEGIN")
             try:
-                row = self._reader.execute("SELECT value FROM meta WHERE key = 'counts'").fetchone()
+                saved = _saved_counts(self._reader).get(q, 0)
                 (found,) = self._reader.execute(
                     f"SELECT count(*) FROM {table} WHERE stage = ?", (q,)
                 ).fetchone()
@@ -243,8 +243,8 @@ class IndexDB:
                 self._reader.execute("COMMIT")
         except _BROKEN as exc:
             raise Damaged(str(exc)) from exc
-        if found != _counts(row).get(q, 0):
-            raise Damaged(f"{table} of {q}: {found} rows, {_counts(row).get(q, 0)} saved")
+        if found != saved:
+            raise Damaged(f"{table} of {q}: {found} rows, {saved} saved")
 
     def file_entry(self, rel: str) -> bytes | None:
         row = self._one("SELECT entry FROM files WHERE path = ?", (rel,))
@@ -296,8 +296,9 @@ class IndexDB:
         return self._writer
 
 
-def _counts(row: Any) -> dict[str, int]:
-    """Stage -> manifest rows, from the meta row (Damaged unless it checks out)."""
+def _saved_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Stage -> manifest rows, as the last save put them in meta (Damaged unless it checks out)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'counts'").fetchone()
     if row is None:
         return {}
     try:
@@ -312,8 +313,7 @@ def _counts(row: Any) -> dict[str, int]:
 def _apply_manifests(conn: sqlite3.Connection, changes: dict[str, Any], fresh: bool) -> bytes:
     """Each stage's manifest and output rows upserted or deleted; the new counts (packed). An
     update then an insert-or-ignore, not a replace: their row counts say which rows are new."""
-    row = None if fresh else conn.execute("SELECT value FROM meta WHERE key = 'counts'").fetchone()
-    counts = _counts(row)
+    counts = {} if fresh else _saved_counts(conn)
     for q, ms in changes["manifests"].items():
         puts, outs, dels = [], [], []
         for eid, m in ms.items():
@@ -331,7 +331,7 @@ def _apply_manifests(conn: sqlite3.Connection, changes: dict[str, Any], fresh: b
             conn.executemany("UPDATE manifests SET rec = ?3 WHERE stage = ?1 AND entity = ?2", puts)
         new = conn.executemany("INSERT OR IGNORE INTO manifests VALUES (?, ?, ?)", puts).rowcount
         conn.executemany("INSERT OR REPLACE INTO outputs VALUES (?, ?, ?)", outs)
-        counts[q] = counts.get(q, 0) + max(new, 0) - max(gone, 0)
+        counts[q] = counts.get(q, 0) + new - gone
     return marshal.dumps(counts)
 
 
